@@ -1,0 +1,52 @@
+"""The error hierarchy that the engine raises and the CLI turns into one line.
+
+Every error carries what went wrong (the message) and, where there is one, what
+to do next (``hint``). The CLI prints ``error: <message>`` and ``hint: <hint>``
+and exits 1; a traceback is printed only with ``T2_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+
+class T2Error(Exception):
+    """Base class of every error a user can cause or fix."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}: {self.hint}"
+
+
+class UsageError(T2Error):
+    """Arguments that do not fit together or cannot be parsed."""
+
+    exit_code = 2
+
+
+class ModelNotFound(T2Error):
+    """A model name that is neither an alias, a path, nor a reachable Hub id."""
+
+
+class ModelLoadError(T2Error):
+    """A model that exists but cannot be loaded (corrupt file, unsupported architecture)."""
+
+
+class TargetError(T2Error):
+    """A target selection that matches nothing or is not a valid pattern."""
+
+
+class DecompositionError(T2Error):
+    """A decomposition that cannot be computed, stored or found."""
+
+
+class ExpertNotFound(T2Error):
+    """An expert name that is not in the registry."""
+
+
+class StorageError(T2Error):
+    """The home directory, the database or the blob store cannot be written or read."""
