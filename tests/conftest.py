@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# huggingface_hub reads these once, at import: set them before anything imports it.
+# Tests never reach the network; the Hub client is exercised offline on a local cache layout.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -13,6 +18,30 @@ def t2_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point T2_HOME at a fresh temporary directory so no test touches the user's data."""
     home = tmp_path / "t2home"
     monkeypatch.setenv("T2_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("T2_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random model folder per supported architecture, built once per test session."""
+    from tests.tiny_models import ARCHITECTURES, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: build_tiny_model(arch, root / arch, seed=i) for i, arch in enumerate(ARCHITECTURES)}
+
+
+@pytest.fixture()
+def tiny_llama(tiny_model_dirs: dict[str, Path]) -> Path:
+    return tiny_model_dirs["llama"]
+
+
+@pytest.fixture()
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HF hub cache directory that huggingface_hub uses for this test."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache

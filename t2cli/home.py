@@ -1,0 +1,25 @@
+"""Where t2 keeps its data: one home directory, overridable with ``T2_HOME``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_data_dir
+
+HOME_ENV = "T2_HOME"
+
+
+def t2_home() -> Path:
+    """The home directory: ``$T2_HOME`` if set, else the platform's user data dir for t2."""
+    configured = os.environ.get(HOME_ENV)
+    if configured:
+        return Path(configured).expanduser().absolute()
+    return Path(user_data_dir("t2", appauthor=False))
+
+
+def open_registry():  # -> registry.Registry (imported lazily: SQLAlchemy is slow to import)
+    """Open (creating and migrating if needed) the registry under the home directory."""
+    from registry import Registry
+
+    return Registry.open(t2_home())
