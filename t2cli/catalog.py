@@ -1,0 +1,166 @@
+"""Read and remove what the registry holds: base models, decompositions, experts.
+
+Plain functions over a ``Registry`` that return dataclasses; the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from t2cli.errors import ExpertNotFound, T2Error
+
+if TYPE_CHECKING:
+    from registry import Registry
+
+
+@dataclass(frozen=True)
+class DecompositionInfo:
+    id: int
+    targets_spec: str
+    dtype: str
+    method: str
+    status: str
+    num_matrices: int
+    stored_matrices: int
+    size_bytes: int
+    max_rel_error: float | None
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    id: int
+    name: str
+    source: str
+    location: str
+    revision: str | None
+    fingerprint: str
+    architecture: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    decompositions: list[DecompositionInfo] = field(default_factory=list)
+    num_experts: int = 0
+
+
+@dataclass(frozen=True)
+class ExpertInfo:
+    name: str
+    kind: str
+    base_model: str
+    task: str | None
+    category: str | None
+    description: str | None
+    blob_sha256: str
+    created_at: str
+    parents: list[tuple[str, float | None, str]] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def list_base_models(registry: Registry) -> list[BaseModelInfo]:
+    """Every registered base model with its decompositions and expert count."""
+    from sqlalchemy import func, select
+
+    from registry.schema import BaseModel, Decomposition, DecompositionMatrix, Expert
+
+    with registry.session() as session:
+        infos = []
+        for base in session.scalars(select(BaseModel).order_by(BaseModel.id)):
+            decompositions = []
+            for dec in session.scalars(
+                select(Decomposition).where(Decomposition.base_model_id == base.id).order_by(Decomposition.id)
+            ):
+                stored = session.scalar(
+                    select(func.count(DecompositionMatrix.id)).where(DecompositionMatrix.decomposition_id == dec.id)
+                )
+                decompositions.append(
+                    DecompositionInfo(
+                        dec.id, dec.targets_spec, dec.dtype, dec.method, dec.status, dec.num_matrices,
+                        int(stored or 0), dec.size_bytes or 0, dec.max_rel_error, dec.seconds,
+                    )
+                )
+            experts = session.scalar(select(func.count(Expert.id)).where(Expert.base_model_id == base.id))
+            infos.append(
+                BaseModelInfo(
+                    base.id, base.name, base.source, base.location, base.revision, base.fingerprint,
+                    base.architecture, base.model_type, base.num_layers, base.hidden_size,
+                    decompositions, int(experts or 0),
+                )
+            )
+        return infos
+
+
+def list_experts(registry: Registry) -> list[ExpertInfo]:
+    """Every registered expert, oldest first."""
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    with registry.session() as session:
+        names = list(session.scalars(select(Expert.name).order_by(Expert.id)))
+    return [get_expert(registry, name) for name in names]
+
+
+def get_expert(registry: Registry, name: str) -> ExpertInfo:
+    """One expert with its lineage, tags and evaluations."""
+    from sqlalchemy import select
+
+    from registry.schema import BaseModel, Evaluation, Expert, ExpertParent, ExpertTag
+
+    with registry.session() as session:
+        expert = session.scalars(select(Expert).where(Expert.name == name)).first()
+        if expert is None:
+            known = list(session.scalars(select(Expert.name).order_by(Expert.name).limit(10)))
+            raise ExpertNotFound(
+                f"no expert named {name!r}",
+                f"known experts: {', '.join(known)}" if known else "none registered yet: train one with `t2 train`",
+            )
+        base = session.get(BaseModel, expert.base_model_id)
+        parents = [
+            (session.get(Expert, link.parent_id).name, link.weight, link.relation)
+            for link in session.scalars(select(ExpertParent).where(ExpertParent.expert_id == expert.id))
+        ]
+        children = [
+            session.get(Expert, link.expert_id).name
+            for link in session.scalars(select(ExpertParent).where(ExpertParent.parent_id == expert.id))
+        ]
+        tags = list(session.scalars(select(ExpertTag.tag).where(ExpertTag.expert_id == expert.id)))
+        evaluations = [
+            {
+                "task": ev.task, "split": ev.split, "n": ev.n, "correct": ev.correct, "accuracy": ev.accuracy,
+                "ci_low": ev.ci_low, "ci_high": ev.ci_high, "created_at": str(ev.created_at),
+            }
+            for ev in session.scalars(select(Evaluation).where(Evaluation.expert_id == expert.id))
+        ]
+        return ExpertInfo(
+            name=expert.name, kind=expert.kind, base_model=base.name if base else "?", task=expert.task,
+            category=expert.category, description=expert.description, blob_sha256=expert.blob_sha256,
+            created_at=str(expert.created_at), parents=parents, children=children, tags=tags,
+            evaluations=evaluations, config=json.loads(expert.config_json or "{}"),
+        )
+
+
+def remove_expert(registry: Registry, name: str) -> None:
+    """Delete an expert's rows; refused while other experts derive from it. Blobs go with `t2 db gc`."""
+    from sqlalchemy import select
+
+    from registry.schema import Expert, ExpertParent
+
+    get_expert(registry, name)  # raises the clear not-found error
+    with registry.session() as session:
+        expert = session.scalars(select(Expert).where(Expert.name == name)).one()
+        children = [
+            session.get(Expert, link.expert_id).name
+            for link in session.scalars(select(ExpertParent).where(ExpertParent.parent_id == expert.id))
+        ]
+        if children:
+            raise T2Error(
+                f"expert {name!r} is a parent of {', '.join(children)}",
+                "remove those experts first (lineage must stay complete)",
+            )
+        session.delete(expert)

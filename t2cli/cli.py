@@ -1,0 +1,106 @@
+"""The ``t2`` command: a root app that wires the command groups and owns the error boundary.
+
+Every engine error reaches the user as ``error: <what and why>`` plus
+``hint: <what to do>``, exit code 1 (2 for usage errors, 130 for Ctrl-C). Set
+``T2_DEBUG=1`` to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from t2cli import __version__
+from t2cli.console import err
+from t2cli.errors import T2Error
+
+
+def _debug() -> bool:
+    return os.environ.get("T2_DEBUG", "") not in ("", "0")
+
+
+def report_error(message: str, hint: str | None) -> None:
+    """Print one error line (and a hint line) on stderr."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    if hint:
+        err.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False)
+
+
+class T2Group(TyperGroup):
+    """Root group whose ``invoke`` maps every known error to one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from registry.errors import RegistryError
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except (T2Error, RegistryError) as exc:
+            if _debug():
+                raise
+            report_error(exc.message, exc.hint)
+            ctx.exit(getattr(exc, "exit_code", 1))
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            report_error("interrupted", "nothing half-written was kept; run the command again")
+            ctx.exit(130)
+        except Exception as exc:  # a bug: say so in one line, keep the traceback behind T2_DEBUG
+            if _debug():
+                raise
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            report_error(
+                f"unexpected {type(exc).__name__}: {text}",
+                "this is a bug in t2; run again with T2_DEBUG=1 for the traceback and report it",
+            )
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    name="t2",
+    cls=T2Group,
+    help="Transformer-Squared for working ML engineers: decompose a model's weights once, train "
+    "SVF experts, and answer prompts with self-adapted weights.",
+    epilog="Examples:  t2 decompose   ·   t2 models list   ·   t2 db status   ·   T2_DEBUG=1 t2 ... for tracebacks",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"t2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Transformer-Squared: self-adaptive LLMs from the command line."""
+
+
+def _register_commands() -> None:
+    from t2cli.commands import db, decompose, experts, models
+
+    app.add_typer(models.app, name="models")
+    app.add_typer(experts.app, name="experts")
+    app.add_typer(db.app, name="db")
+    decompose.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,20 @@
+"""Arguments and options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="An alias (see `t2 models list`), a local Hugging Face folder, a .gguf file or a Hub id. "
+        "Default: the embedded SmolLM2-135M-Instruct.",
+        show_default=False,
+    ),
+]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ExpertArg = Annotated[str, typer.Argument(help="Expert name (see `t2 experts list`).", show_default=False)]
