@@ -50,7 +50,7 @@ class VerifyReport:
     """What ``Registry.verify`` found; every list holds sha256 digests, sorted."""
 
     checked: int = 0  # blob files re-hashed
-    missing: list[str] = field(default_factory=list)  # a row names it, the file is gone
+    missing: list[str] = field(default_factory=list)  # a row refers to it, the file is gone
     corrupt: list[str] = field(default_factory=list)  # the file's content hashes differently
     orphans: list[str] = field(default_factory=list)  # a file with no blobs row (gc removes it)
     unreferenced: list[str] = field(default_factory=list)  # a blobs row nothing uses (gc removes it)
@@ -187,7 +187,8 @@ class Registry:
             rows, referenced = self._blob_rows(session)
         files = list(self.blobs.iter_shas())
         report = VerifyReport(
-            missing=sorted(rows - set(files)),
+            # Only referenced blobs count as missing: a lost file nothing uses loses no data.
+            missing=sorted(referenced - set(files)),
             orphans=sorted(set(files) - rows),
             unreferenced=sorted(rows - referenced),
         )

@@ -193,8 +193,10 @@ def test_verify_reports_missing_corrupt_orphan_and_unreferenced(reg: Registry) -
         corrupt = _expert(reg, session, base, "bitrot").blob_sha256
         intact = _expert(reg, session, base, "fine").blob_sha256
         unreferenced = reg.add_blob(session, reg.blobs.put_bytes(b"left over"), "svd").sha256
+        lost_unused = reg.add_blob(session, reg.blobs.put_bytes(b"lost, unused"), "svd").sha256
     orphan = reg.blobs.put_bytes(b"never registered").sha256
     reg.blobs.remove(missing)
+    reg.blobs.remove(lost_unused)  # nothing refers to it: wasted row, not lost data
     path = reg.blobs.path(corrupt)
     path.chmod(0o644)
     path.write_bytes(b"flipped")
@@ -203,7 +205,7 @@ def test_verify_reports_missing_corrupt_orphan_and_unreferenced(reg: Registry) -
     assert report.missing == [missing]
     assert report.corrupt == [corrupt]
     assert report.orphans == [orphan]
-    assert report.unreferenced == [unreferenced]
+    assert report.unreferenced == sorted([unreferenced, lost_unused])
     assert intact not in report.missing + report.corrupt
     assert report.checked == 4 and not report.ok
     assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
@@ -213,15 +215,20 @@ def test_gc_removes_orphans_and_unreferenced_but_never_a_referenced_blob(reg: Re
     with reg.session() as session:
         kept = _expert(reg, session, _base_model(session), "math").blob_sha256
         unreferenced = reg.add_blob(session, reg.blobs.put_bytes(b"left over"), "svd").sha256
+        fileless = reg.add_blob(session, reg.blobs.put_bytes(b"row whose file is gone"), "svd").sha256
+    reg.blobs.remove(fileless)
     orphan = reg.blobs.put_bytes(b"never registered").sha256
     fresh_orphan = reg.blobs.put_bytes(b"being written by another process").sha256
     for sha in (kept, unreferenced, orphan):
         _age(reg, sha)
+    expected = sorted([unreferenced, fileless, orphan])
 
-    assert reg.gc(dry_run=True) == sorted([unreferenced, orphan])
+    assert reg.gc(dry_run=True) == expected
     assert reg.blobs.exists(orphan) and reg.blobs.exists(unreferenced)
+    with reg.session() as session:
+        assert session.get(Blob, fileless) is not None
 
-    assert reg.gc() == sorted([unreferenced, orphan])
+    assert reg.gc() == expected
     assert sorted(reg.blobs.iter_shas()) == sorted([kept, fresh_orphan])
     with reg.session() as session:
         assert session.scalars(select(Blob.sha256)).all() == [kept]
