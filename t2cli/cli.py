@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -33,12 +32,12 @@ def report_error(message: str, hint: str | None) -> None:
 class T2Group(TyperGroup):
     """Root group whose ``invoke`` maps every known error to one line and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         from registry.errors import RegistryError
 
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
             raise
         except (T2Error, RegistryError) as exc:
             if _debug():

@@ -86,8 +86,12 @@ def test_deleted_blob_is_recomputed(tiny_llama: Path) -> None:
         path.unlink()
         again = decompose_model(registry, str(tiny_llama))
         assert again.computed >= 1 and not again.already_complete
-        assert registry.blobs.exists(victim)  # same content, same address
         assert again.decomposition_id == first.decomposition_id
+        assert again.num_matrices == first.num_matrices and again.max_rel_error < 1e-5
+        # Every row now points at a blob that exists (recomputed in a smaller batch, the bytes
+        # may differ in the last bits from the deleted ones, so the address may differ too).
+        report = registry.verify()
+        assert not report.missing and not report.corrupt
 
 
 def test_float64_compute_is_a_separate_decomposition(tiny_llama: Path) -> None:

@@ -41,12 +41,12 @@ def status_cmd(as_json: JsonOpt = False) -> None:
         out.print_json(json.dumps(asdict(status), default=str))
         return
     out.print(f"home: {registry.home}")
-    out.print(f"database: {status.db_path} ({human_bytes(status.db_size_bytes)}), schema revision {status.revision}")
+    out.print(f"database: {status.db_path} ({human_bytes(status.db_bytes)}), schema revision {status.revision}")
     out.print(f"blobs: {status.blob_count} files, {human_bytes(status.blob_bytes)}")
     table = Table(title="Rows")
     table.add_column("table")
     table.add_column("rows", justify="right")
-    for name, count in sorted(status.row_counts.items()):
+    for name, count in sorted(status.rows.items()):
         table.add_row(name, str(count))
     out.print(table)
 
@@ -60,7 +60,7 @@ def verify_cmd(as_json: JsonOpt = False) -> None:
     from t2cli.home import open_registry
 
     with open_registry() as registry, Progress(
-        TextColumn("verifying blobs"), BarColumn(), MofNCompleteColumn(), console=err, disable=as_json
+        TextColumn("verifying blobs"), BarColumn(), MofNCompleteColumn(), console=err, disable=as_json or not err.is_terminal, transient=True
     ) as progress:
         task = progress.add_task("verify", total=None)
         report = registry.verify(progress=lambda done, total: progress.update(task, completed=done, total=total))

@@ -93,8 +93,9 @@ class _progress_bar:
             TextColumn("eta"),
             TimeRemainingColumn(),
             console=err,
-            disable=disable,
-            transient=False,
+            # Not a terminal (CI logs, pipes): no bar frames in the output, only the summary.
+            disable=disable or not err.is_terminal,
+            transient=True,
         )
         self.task = self.progress.add_task("loading model", total=None, stored="0 B")
 
