@@ -1,0 +1,190 @@
+"""Singular Value Fine-tuning: adapt a loaded model with one multiplier vector z per matrix.
+
+W' = U diag(S * z) Vh, computed as W' = W + U diag(S * (z - 1)) Vh with the delta in
+float32, so z = 1 gives W back exactly whatever the model's dtype (REFERENCE.md §1).
+
+``SVFModel`` keeps the factors in memory on the model's device and the base weight
+tensors untouched: applying an expert rebinds each target parameter to a composed
+tensor, restoring rebinds it to the original tensor (bit for bit, no arithmetic),
+and composed weights are cached per expert so switching back and forth costs no
+recomposition and no disk read.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from t2cli.errors import T2Error
+
+ZVectors = dict[str, torch.Tensor]  # matrix name ("model.layers.3.mlp.down_proj") -> z, shape (r,)
+
+
+class SVFError(T2Error):
+    """An expert that does not fit the model, or weights that came out non-finite."""
+
+
+@dataclass(frozen=True)
+class Factors:
+    """The reduced SVD of one weight matrix, float32, on the model's device."""
+
+    U: torch.Tensor  # (m, r)
+    S: torch.Tensor  # (r,)
+    Vh: torch.Tensor  # (r, n)
+
+    @property
+    def rank(self) -> int:
+        return int(self.S.shape[0])
+
+
+def compose_delta(factors: Factors, z: torch.Tensor) -> torch.Tensor:
+    """U diag(S * (z - 1)) Vh in float32: the change z makes to W (zero where z = 1)."""
+    scale = factors.S * (z.to(factors.S.dtype) - 1.0)
+    return (factors.U * scale) @ factors.Vh
+
+
+def compose_weight(base: torch.Tensor, factors: Factors, z: torch.Tensor) -> torch.Tensor:
+    """W' = W + delta, summed in float32 and cast back to W's dtype."""
+    return (base.to(torch.float32) + compose_delta(factors, z)).to(base.dtype)
+
+
+def identity_z(factors: Mapping[str, Factors]) -> ZVectors:
+    """z = 1 for every matrix: the expert that changes nothing."""
+    return {name: torch.ones_like(f.S) for name, f in factors.items()}
+
+
+class SVFModel:
+    """A causal LM plus the SVD factors of its target matrices, ready to be adapted."""
+
+    def __init__(self, model: nn.Module, factors: Mapping[str, Factors], *, cache_size: int = 4) -> None:
+        self.model = model
+        # Only z is ever trained: the base weights never need gradients (nor their memory).
+        model.requires_grad_(False)
+        self.factors = dict(factors)
+        modules = dict(model.named_modules())
+        self._params: dict[str, nn.Parameter] = {}
+        for name in self.factors:
+            module = modules.get(name)
+            if module is None or not isinstance(getattr(module, "weight", None), torch.Tensor):
+                raise SVFError(f"the model has no matrix {name!r}", "the decomposition belongs to another model")
+            weight = module.weight
+            f = self.factors[name]
+            if tuple(weight.shape) != (f.U.shape[0], f.Vh.shape[1]):
+                raise SVFError(
+                    f"matrix {name} is {tuple(weight.shape)} but its factors are "
+                    f"{(f.U.shape[0], f.Vh.shape[1])}",
+                    "the decomposition belongs to another model",
+                )
+            self._params[name] = weight
+        # The original tensors, never written to: restore rebinds to them.
+        self._base: dict[str, torch.Tensor] = {name: p.data for name, p in self._params.items()}
+        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._cache_size = cache_size
+        self.active: str | None = None
+
+    # ------------------------------------------------------------------ checks
+
+    def check_z(self, z: Mapping[str, torch.Tensor]) -> None:
+        """Fail with one line if z does not match the targets (names, lengths, finiteness)."""
+        unknown = sorted(set(z) - set(self.factors))
+        if unknown:
+            raise SVFError(
+                f"expert adapts {unknown[0]!r} ({len(unknown)} matrices) that this model's decomposition lacks",
+                "decompose the model with the expert's targets (t2 decompose --targets ...)",
+            )
+        for name, vector in z.items():
+            rank = self.factors[name].rank
+            if vector.ndim != 1 or vector.shape[0] != rank:
+                raise SVFError(
+                    f"z for {name} has shape {tuple(vector.shape)}, expected ({rank},)",
+                    "the expert was made for a model with other shapes: use `t2 transfer`",
+                )
+            if not torch.isfinite(vector).all():
+                raise SVFError(f"z for {name} holds NaN or inf", "the expert file is damaged")
+
+    # ------------------------------------------------------------------ apply / restore
+
+    @torch.no_grad()
+    def composed(self, z: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """W' for every matrix z names (others keep W); checked finite before anyone uses them."""
+        self.check_z(z)
+        weights = {}
+        for name, vector in z.items():
+            weight = compose_weight(self._base[name], self.factors[name], vector.to(self.factors[name].S.device))
+            if not torch.isfinite(weight).all():
+                raise SVFError(f"adapting {name} gives non-finite weights", "the expert's z values are too large")
+            weights[name] = weight
+        return weights
+
+    @torch.no_grad()
+    def apply(self, z: Mapping[str, torch.Tensor], *, key: str | None = None) -> None:
+        """Adapt the model in place; ``key`` (an expert name) caches the composed weights for reuse."""
+        if key is not None and key in self._cache:
+            weights = self._cache[key]
+            self._cache.move_to_end(key)
+        else:
+            weights = self.composed(z)
+            if key is not None and self._cache_size > 0:
+                self._cache[key] = weights
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        self.restore()
+        for name, weight in weights.items():
+            self._params[name].data = weight
+        self.active = key or "<unnamed>"
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Give every target matrix its original tensor back (bit-exact: nothing is recomputed)."""
+        for name, param in self._params.items():
+            param.data = self._base[name]
+        self.active = None
+
+    def forget(self, key: str) -> None:
+        """Drop an expert's composed weights from the cache (after it changed)."""
+        self._cache.pop(key, None)
+
+    @contextmanager
+    def adapted(self, z: Mapping[str, torch.Tensor] | None, *, key: str | None = None) -> Iterator[None]:
+        """Run a block with z applied (None: base weights); the base weights are back afterwards."""
+        if z is None:
+            self.restore()
+        else:
+            self.apply(z, key=key)
+        try:
+            yield
+        finally:
+            self.restore()
+
+    # ------------------------------------------------------------------ training
+
+    def differentiable_weights(self, z: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """W'(z) as graph nodes, keyed by parameter name, for ``torch.func.functional_call``.
+
+        Only z carries gradients; U, S, Vh and W are constants.
+        """
+        return {
+            f"{name}.weight": compose_weight(self._base[name], self.factors[name], vector)
+            for name, vector in z.items()
+        }
+
+    def forward_adapted(self, z: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
+        """Model forward with W'(z) in place of the target weights, differentiable in z."""
+        from torch.func import functional_call
+
+        return functional_call(self.model, self.differentiable_weights(z), args=(), kwargs=inputs, strict=False)
+
+
+def load_svf_model(model: nn.Module, raw_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> SVFModel:
+    """Wrap a loaded model with factors read from the registry, moved to the model's device."""
+    device = next(model.parameters()).device
+    factors = {
+        name: Factors(U.to(device, torch.float32), S.to(device, torch.float32), Vh.to(device, torch.float32))
+        for name, (U, S, Vh) in raw_factors.items()
+    }
+    return SVFModel(model, factors)
