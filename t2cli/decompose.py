@@ -100,8 +100,13 @@ def decompose_model(
     revision: str | None = None,
     chunk_matrices: int = DEFAULT_CHUNK_MATRICES,
     on_progress: ProgressCallback | None = None,
+    loaded: object | None = None,
 ) -> DecompositionSummary:
-    """Decompose ``model``'s target matrices into the registry; a no-op when already done."""
+    """Decompose ``model``'s target matrices into the registry; a no-op when already done.
+
+    ``loaded``: the same model already loaded by the caller (an ``nn.Module``), read
+    instead of loading it a second time.
+    """
     if dtype not in COMPUTE_DTYPES:
         raise DecompositionError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(COMPUTE_DTYPES)}")
     from t2cli.svd import SVD_METHODS
@@ -123,7 +128,7 @@ def decompose_model(
     pending = [m for m in pending if m.name not in reused]
     computed = 0
     if pending:
-        source = _open_weights(ref)
+        source = ModuleWeights(loaded) if loaded is not None else _open_weights(ref)  # type: ignore[arg-type]
         check_present(source, [m.weight_name for m in pending], identity.model_type)
         done_count = len(chosen) - len(pending)
         try:

@@ -300,14 +300,22 @@ class _quiet_transformers:
     """Silence transformers' own progress bars and info logs (t2 draws its own)."""
 
     def __enter__(self) -> None:
+        import contextlib
+        import io
+
         from transformers.utils import logging as hf_logging
 
         self._verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        # The GGUF loader draws a plain tqdm bar that ignores the switch above; errors are
+        # raised as exceptions, not printed, so nothing of value is lost.
+        self._stderr = contextlib.redirect_stderr(io.StringIO())
+        self._stderr.__enter__()
 
     def __exit__(self, *exc: object) -> None:
         from transformers.utils import logging as hf_logging
 
+        self._stderr.__exit__(*exc)
         hf_logging.set_verbosity(self._verbosity)
         hf_logging.enable_progress_bar()

@@ -18,3 +18,12 @@ RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revisio
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ExpertArg = Annotated[str, typer.Argument(help="Expert name (see `t2 experts list`).", show_default=False)]
+TaskOpt = Annotated[
+    str,
+    typer.Option(
+        "--task", "-t",
+        help="A task name (gsm8k|math, math500, arithmetic, addition, arc-easy|reasoning, arc-challenge, "
+        "mbpp|code, humaneval) or a .jsonl file. See `t2 tasks`.",
+        show_default=False,
+    ),
+]

@@ -1,0 +1,101 @@
+"""``t2 eval``: accuracy of the base model or an expert on a task, with its 95% interval."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from t2cli.console import err, out
+from t2cli.options import DeviceOpt, JsonOpt, TaskOpt
+
+
+def eval_cmd(
+    task: TaskOpt,
+    expert: Annotated[str | None, typer.Option("--expert", "-e", help="Expert to evaluate.")] = None,
+    base: Annotated[bool, typer.Option("--base", help="Evaluate the base weights.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")] = None,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 32,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Greedy accuracy on a task split, stored in the registry (shown by `t2 experts show`).
+
+    Examples:
+
+      t2 eval --task addition --base --limit 200
+
+      t2 eval --task addition --expert add-v1 --limit 200 --json
+    """
+    from t2cli.errors import UsageError
+    from t2cli.evaluate import evaluate
+    from t2cli.experts import load_expert
+    from t2cli.home import open_registry
+    from t2cli.runtime import load_adaptable
+    from t2cli.tasks import get_task
+
+    if base == (expert is not None):
+        raise UsageError("give exactly one of --expert NAME or --base", "e.g. t2 eval --task math --base")
+    task_obj = get_task(task)
+    with open_registry() as registry:
+        loaded = load_expert(registry, expert) if expert else None
+        targets = loaded.config.targets if loaded else "all"
+        if loaded is not None:
+            model = _expert_model(loaded, model)
+        err.print(f"loading {model or 'the embedded model'}...")
+        adaptable = load_adaptable(registry, model, targets=targets, device=device)
+        if loaded is not None:
+            _check_same_base(loaded, adaptable)
+        items = task_obj.split(split)
+        total = min(limit, len(items)) if limit else len(items)
+        with Progress(
+            TextColumn(f"eval {task_obj.name}/{split}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=err, disable=as_json,
+        ) as progress:
+            bar = progress.add_task("eval", total=total)
+            result = evaluate(
+                registry, adaptable, task_obj, expert=expert, z=loaded.z if loaded else None, split=split,
+                limit=limit, batch_size=batch_size, on_batch=lambda k: progress.advance(bar, k),
+            )
+    if as_json:
+        out.print_json(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"{task_obj.name} ({split})")
+    for column in ("weights", "n", "correct", "accuracy", "95% CI", "seconds", "tok/s"):
+        table.add_column(column, justify="right" if column != "weights" else "left")
+    table.add_row(
+        expert or "base", str(result.n), str(result.correct), f"{result.accuracy:.1%}",
+        f"[{result.ci_low:.1%}, {result.ci_high:.1%}]", f"{result.seconds:.0f}", f"{result.tokens_per_s:.0f}",
+    )
+    out.print(table)
+
+
+def _expert_model(loaded, model: str | None) -> str | None:
+    """The model an expert belongs to: an alias when it has one, else its location."""
+    from t2cli.models import ALIASES
+
+    base = loaded.config.base_model
+    own = base["name"] if base.get("name") in ALIASES else base.get("location")
+    return model or own
+
+
+def _check_same_base(loaded, adaptable) -> None:
+    from t2cli.errors import T2Error
+
+    want = loaded.config.base_model.get("fingerprint")
+    if want != adaptable.identity.fingerprint:
+        raise T2Error(
+            f"expert {loaded.name!r} was trained on {loaded.config.base_model.get('name')}; "
+            f"the loaded model is {adaptable.identity.ref.name}",
+            f"use `t2 transfer {loaded.name} --to {adaptable.identity.ref.name}`",
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,104 @@
+"""``t2 train``: train an SVF expert with RL on a task."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+from t2cli.console import err, out
+from t2cli.options import DeviceOpt, JsonOpt, TaskOpt
+
+def train_cmd(
+    task: TaskOpt,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M).")] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Expert name (default: TASK-svf).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 12,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest interrupted run of this --name.")] = False,
+    targets: Annotated[str, typer.Option(help="Adapted matrices: attn, mlp, all or a regex.")] = "all",
+    prompts_per_step: Annotated[int, typer.Option(help="Training prompts per step.")] = 16,
+    samples_per_prompt: Annotated[int, typer.Option(help="Rollouts per prompt (the group of the baseline).")] = 4,
+    temperature: Annotated[float, typer.Option(help="Rollout sampling temperature.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (cosine decay).")] = 3e-3,
+    kl_coef: Annotated[float, typer.Option(help="KL penalty to the base model (0 = off).")] = 0.0,
+    advantage: Annotated[str, typer.Option(help="group, group-norm or raw.")] = "group",
+    clip_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 1.0,
+    eval_every: Annotated[int, typer.Option(help="Validate every K steps.")] = 4,
+    valid_size: Annotated[int, typer.Option(help="Validation items.")] = 100,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget (default: the task's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for prompt order and sampling.")] = 0,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Train an SVF expert (one z vector per matrix) with REINFORCE on TASK's reward.
+
+    The best-on-validation z is registered as the expert; every step is checkpointed,
+    so `--resume` continues an interrupted run.
+
+    Examples:
+
+      t2 train --task addition --name add-v1          # CPU, ~10 min on the embedded model
+
+      t2 train --task math --model llama3-8b --device cuda --steps 200 --prompts-per-step 64
+
+      t2 train --task ./my_task.jsonl --name mine --resume
+    """
+    from t2cli.home import open_registry
+    from t2cli.runtime import load_adaptable
+    from t2cli.tasks import get_task
+    from t2cli.train import TrainConfig, find_resumable_run, train
+
+    task_obj = get_task(task)
+    name = name or f"{task_obj.name}-svf"
+    config = TrainConfig(
+        task=task, name=name, model=model, targets=targets, steps=steps, prompts_per_step=prompts_per_step,
+        samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
+        advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
+        max_new_tokens=max_new_tokens, seed=seed, device=device,
+    )
+    with open_registry() as registry:
+        run = None
+        if resume:
+            run = find_resumable_run(registry, name)
+            if run is None:
+                from t2cli.errors import T2Error
+
+                raise T2Error(f"no interrupted run trains {name!r}", "start one without --resume")
+        err.print(f"loading {model or 'the embedded model'} and its decomposition...")
+        adaptable = load_adaptable(registry, model, targets=targets, device=device)
+        progress = Progress(
+            TextColumn("training {task.fields[expert]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("reward {task.fields[reward]} · valid {task.fields[valid]} · {task.fields[tps]} tok/s"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json,
+        )
+        bar = progress.add_task("train", total=config.steps, expert=name, reward="-", valid="-", tps="-")
+        valid_seen = {"last": "-"}
+
+        def on_event(message, metrics) -> None:
+            if metrics is None:
+                progress.console.print(message)
+                return
+            if metrics.valid_accuracy is not None:
+                valid_seen["last"] = f"{metrics.valid_accuracy:.1%}"
+            progress.update(bar, completed=metrics.step, reward=f"{metrics.reward:+.2f}", valid=valid_seen["last"],
+                            tps=f"{metrics.tokens_per_s:.0f}")
+
+        with progress:
+            result = train(registry, adaptable, task_obj, config, resume_run=run, on_event=on_event)
+    if as_json:
+        out.print_json(json.dumps(asdict(result)))
+        return
+    out.print(
+        f"expert [bold]{result.expert}[/] registered from {result.run_id}: validation accuracy "
+        f"{result.base_valid_accuracy:.1%} (base) -> {result.best_valid_accuracy:.1%} (step {result.best_step}), "
+        f"{result.seconds / 60:.1f} min"
+    )
+    out.print(f"next: t2 eval --task {task} --expert {result.expert}   ·   t2 runs show {result.run_id} --plot curve.png")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

@@ -1,0 +1,429 @@
+"""``t2 train``: an SVF expert trained with REINFORCE on a task's own reward.
+
+Read top to bottom: one config, one loop with numbered steps, evaluation outside
+the loop, a checkpoint after every step (z, best z, optimizer moments, step, RNG
+state and config in one safetensors file, no pickle), and the run's metrics in the
+registry. Only z is trainable; rollouts use the adapted weights without gradients,
+the loss re-scores them through W'(z) (REFERENCE.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from t2cli.errors import T2Error
+from t2cli.evaluate import run_items
+from t2cli.experts import ExpertConfig, register_expert
+from t2cli.generation import completion_logprobs, generate, render_prompt
+
+if TYPE_CHECKING:
+    from registry import Registry
+    from t2cli.runtime import Adaptable
+    from t2cli.tasks import Task
+
+ADVANTAGES = ("group", "group-norm", "raw")
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+class TrainingInterrupted(T2Error):
+    """Ctrl-C during training: the last completed step is checkpointed."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (stored with the run and the expert)."""
+
+    task: str
+    name: str
+    model: str | None = None
+    targets: str = "all"
+    steps: int = 12  # optimizer steps
+    prompts_per_step: int = 16  # distinct training prompts per step
+    samples_per_prompt: int = 4  # rollouts per prompt (a group, for the group baseline)
+    temperature: float = 1.0  # rollout sampling temperature
+    lr: float = 3e-3  # AdamW peak learning rate, cosine-decayed to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0  # decays z towards 0, not 1: keep 0 unless you know why
+    clip_norm: float = 1.0  # gradient clipping (global L2 norm over all z)
+    kl_coef: float = 0.0  # KL(adapted || base) penalty per token; the paper tries 0-0.3
+    advantage: str = "group"  # group: reward - group mean; group-norm: also / group std; raw: the +1/-1 reward
+    max_new_tokens: int | None = None  # rollout/validation budget; None: the task's default
+    eval_every: int = 4  # validation every K steps (and at step 0 and the last step)
+    valid_size: int = 100  # validation items (greedy)
+    micro_batch: int = 16  # sequences per forward/backward in the loss
+    gen_batch: int = 64  # sequences per generate() call
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "prompts_per_step", "samples_per_prompt", "eval_every", "valid_size", "micro_batch", "gen_batch")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise T2Error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise T2Error(f"--lr must be a positive number (got {self.lr})")
+        if self.temperature < 0 or self.kl_coef < 0 or self.clip_norm <= 0:
+            raise T2Error("--temperature and --kl-coef must be >= 0, --clip-norm > 0")
+        if self.advantage not in ADVANTAGES:
+            raise T2Error(f"unknown --advantage {self.advantage!r}", f"use one of {', '.join(ADVANTAGES)}")
+        if self.advantage != "raw" and self.samples_per_prompt < 2:
+            raise T2Error("a group baseline needs --samples-per-prompt >= 2", "or use --advantage raw")
+
+
+@dataclass
+class StepMetrics:
+    """What one step measured (also the registry's run_metrics rows)."""
+
+    step: int
+    reward: float  # mean +1/-1 reward of the rollouts
+    accuracy: float  # fraction of correct rollouts
+    loss: float
+    grad_norm: float
+    lr: float
+    tokens_per_s: float
+    seconds: float
+    kl: float = 0.0
+    valid_accuracy: float | None = None
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    expert: str
+    best_step: int
+    best_valid_accuracy: float
+    base_valid_accuracy: float
+    history: list[StepMetrics] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+ProgressCallback = Callable[[str, StepMetrics | None], None]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    registry: Registry,
+    adaptable: Adaptable,
+    task: Task,
+    config: TrainConfig,
+    *,
+    resume_run: str | None = None,
+    on_event: ProgressCallback | None = None,
+) -> TrainResult:
+    """Train z on ``task``; register the best-on-validation z as expert ``config.name``."""
+    emit = on_event or (lambda message, metrics: None)
+    svf = adaptable.svf
+    max_new = config.max_new_tokens or task.max_new_tokens
+    valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
+
+    # 0. state: fresh or from the checkpoint of an interrupted run
+    run_id, run_dir = _start_run(registry, adaptable, config, resume_run)
+    z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
+    optimizer = torch.optim.AdamW(list(z.values()), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config))
+    item_rng = random.Random(config.seed)
+    torch.manual_seed(config.seed)
+    state: dict[str, Any] = {"step": 0, "best_valid": -1.0, "best_step": 0, "base_valid": None, "history": []}
+    best_z = {name: v.detach().clone() for name, v in z.items()}
+    if (run_dir / CHECKPOINT_FILE).exists():
+        state, best_z = _load_checkpoint(run_dir, z, optimizer, schedule, item_rng)
+        emit(f"resumed {run_id} at step {state['step']}", None)
+    history = [StepMetrics(**m) for m in state["history"]]
+    started = time.perf_counter()
+
+    def validate(step: int) -> float:
+        frozen = {name: v.detach() for name, v in z.items()}
+        correct, _, _, _ = run_items(adaptable, task, valid_items, frozen, batch_size=config.gen_batch, max_new_tokens=max_new)
+        return sum(correct) / len(correct)
+
+    try:
+        if state["base_valid"] is None:
+            state["base_valid"] = validate(0)  # z = 1: the base model's validation accuracy
+            state["best_valid"] = state["base_valid"]
+            emit(f"step 0 (base weights): validation accuracy {state['base_valid']:.1%}", None)
+            _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
+
+        for step in range(state["step"] + 1, config.steps + 1):
+            step_start = time.perf_counter()
+            # 1. a batch of training prompts
+            items = task.sample_train(config.prompts_per_step, item_rng)
+            prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
+
+            # 2. rollouts with the current z, no gradients
+            with svf.adapted({name: v.detach() for name, v in z.items()}):
+                gens = generate(
+                    adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
+                    temperature=config.temperature, per_prompt=config.samples_per_prompt, batch_size=config.gen_batch,
+                )
+            gen_seconds = time.perf_counter() - step_start
+
+            # 3. rewards: +1 correct, -1 otherwise
+            expanded = [item for item in items for _ in range(config.samples_per_prompt)]
+            correct = [s.correct for s in task.score_batch(expanded, gens.texts)]
+            rewards = torch.tensor([1.0 if ok else -1.0 for ok in correct])
+
+            # 4. advantages (a per-prompt group baseline removes most of REINFORCE's variance)
+            advantages = _advantages(rewards, config)
+
+            # 5. loss = -(advantage * sum of completion log-probs), averaged; backward in micro-batches
+            optimizer.zero_grad(set_to_none=True)
+            loss_total, kl_total = _accumulate_gradients(adaptable, z, gens, advantages, config)
+
+            # 6. clip and step
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(list(z.values()), config.clip_norm))
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            schedule.step()
+
+            metrics = StepMetrics(
+                step=step, reward=float(rewards.mean()), accuracy=sum(correct) / len(correct), loss=loss_total,
+                grad_norm=grad_norm, lr=lr, tokens_per_s=gens.new_tokens / max(gen_seconds, 1e-9),
+                seconds=time.perf_counter() - step_start, kl=kl_total,
+            )
+            # 7. validation; the best-on-validation z is what gets registered
+            if step % config.eval_every == 0 or step == config.steps:
+                metrics.valid_accuracy = validate(step)
+                if metrics.valid_accuracy > state["best_valid"]:
+                    state["best_valid"], state["best_step"] = metrics.valid_accuracy, step
+                    best_z = {name: v.detach().clone() for name, v in z.items()}
+            history.append(metrics)
+            state["step"] = step
+            state["history"] = [asdict(m) for m in history]
+
+            # 8. checkpoint every step, metrics to the registry
+            _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
+            _record_metrics(registry, run_id, metrics)
+            emit("step", metrics)
+    except KeyboardInterrupt:
+        _set_status(registry, run_id, "interrupted")
+        raise TrainingInterrupted(
+            f"training interrupted after step {state['step']} of {config.steps} (checkpointed)",
+            f"resume with: t2 train --task {config.task} --name {config.name} --resume",
+        ) from None
+    except BaseException:
+        _set_status(registry, run_id, "failed")
+        raise
+
+    expert_config = ExpertConfig(
+        name=config.name, base_model=adaptable.base_model_record(), targets=adaptable.targets, num_matrices=len(z),
+        kind="trained", task=task.name, category=task.category, description=f"SVF expert trained with RL on {task.name}",
+        parametrization={"stored": "effective_multiplier", "trained": "direct z, init 1.0", "norm_rescaled": False},
+        metrics={"valid_accuracy": state["best_valid"], "base_valid_accuracy": state["base_valid"],
+                 "best_step": state["best_step"], "valid_n": len(valid_items)},
+        training={**asdict(config), "run_id": run_id},
+    )
+    expert_id = register_expert(
+        registry, best_z, expert_config, base_model_id=adaptable.base_model_id,
+        decomposition_id=adaptable.decomposition_id,
+    )
+    _finish_run(registry, run_id, expert_id)
+    return TrainResult(
+        run_id=run_id, expert=config.name, best_step=state["best_step"], best_valid_accuracy=state["best_valid"],
+        base_valid_accuracy=state["base_valid"], history=history, seconds=time.perf_counter() - started,
+    )
+
+
+def _cosine(config: TrainConfig) -> Callable[[int], float]:
+    """Cosine decay from 1 to ``min_lr_ratio`` over the run (as a LambdaLR factor)."""
+    def factor(step: int) -> float:
+        progress = min(step / max(config.steps - 1, 1), 1.0)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def _advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    if config.advantage == "raw":
+        return rewards
+    groups = rewards.view(-1, config.samples_per_prompt)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if config.advantage == "group-norm":
+        centred = centred / (groups.std(dim=1, keepdim=True) + 1e-6)
+    return centred.reshape(-1)
+
+
+def _accumulate_gradients(adaptable: Adaptable, z, gens, advantages: torch.Tensor, config: TrainConfig) -> tuple[float, float]:
+    """Backward of the REINFORCE (+KL) loss in micro-batches; returns (loss, mean KL)."""
+    svf = adaptable.svf
+    n = len(gens.completion_ids)
+    # Samples with zero advantage and no KL term contribute nothing: skip their forward/backward.
+    active = [i for i in range(n) if gens.completion_ids[i] and (config.kl_coef > 0 or advantages[i] != 0)]
+    loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
+    pad = adaptable.tokenizer.pad_token_id
+    for start in range(0, len(active), config.micro_batch):
+        rows = active[start : start + config.micro_batch]
+        prompts = [gens.prompt_ids[i] for i in rows]
+        completions = [gens.completion_ids[i] for i in rows]
+        logprobs, mask, logits = completion_logprobs(
+            lambda **kw: svf.forward_adapted(z, **kw), prompts, completions, pad_id=pad,
+            device=adaptable.device, return_logits=config.kl_coef > 0,
+        )
+        adv = advantages[rows].to(logprobs.device)
+        loss = -(adv * logprobs.sum(dim=1)).sum() / n
+        if config.kl_coef > 0:
+            with torch.no_grad():
+                _, _, base_logits = completion_logprobs(
+                    adaptable.model, prompts, completions, pad_id=pad, device=adaptable.device, return_logits=True
+                )
+            log_p = logits.float().log_softmax(-1)
+            log_q = base_logits.float().log_softmax(-1)
+            kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum()
+            loss = loss + config.kl_coef * kl / max(float(mask.sum()), 1.0) * len(rows) / n
+            kl_total += kl.item()
+            kl_tokens += float(mask.sum())
+        loss.backward()
+        loss_total += loss.item()
+    return loss_total, kl_total / kl_tokens if kl_tokens else 0.0
+
+
+# --------------------------------------------------------------------------- runs and checkpoints
+
+
+def _start_run(registry: Registry, adaptable: Adaptable, config: TrainConfig, resume_run: str | None) -> tuple[str, Path]:
+    from sqlalchemy import select
+
+    from registry.schema import Expert, TrainingRun
+
+    with registry.session() as session:
+        if resume_run is not None:
+            row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == resume_run)).first()
+            if row is None:
+                raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
+            stored = json.loads(row.config_json)
+            if {k: stored.get(k) for k in ("task", "name", "targets")} != {
+                "task": config.task, "name": config.name, "targets": config.targets,
+            }:
+                raise T2Error(
+                    f"run {resume_run} trained {stored.get('name')!r} on {stored.get('task')!r}",
+                    "resume it with the same --task and --name",
+                )
+            row.status = "running"
+            return row.run_id, Path(row.checkpoint_dir)
+        if session.scalars(select(Expert.id).where(Expert.name == config.name)).first() is not None:
+            raise T2Error(f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_id = f"run-{stamp}-{os.urandom(2).hex()}"
+        run_dir = registry.home / "runs" / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        session.add(
+            TrainingRun(
+                run_id=run_id, base_model_id=adaptable.base_model_id, task=config.task, status="running",
+                config_json=json.dumps(asdict(config), sort_keys=True), checkpoint_dir=str(run_dir),
+            )
+        )
+        return run_id, run_dir
+
+
+def find_resumable_run(registry: Registry, name: str) -> str | None:
+    """The latest unfinished run that trains expert ``name``."""
+    from sqlalchemy import select
+
+    from registry.schema import TrainingRun
+
+    with registry.session(readonly=True) as session:
+        rows = session.scalars(
+            select(TrainingRun).where(TrainingRun.status != "finished").order_by(TrainingRun.id.desc())
+        ).all()
+        for row in rows:
+            if json.loads(row.config_json).get("name") == name:
+                return row.run_id
+    return None
+
+
+def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z, optimizer, schedule, item_rng) -> None:
+    """One safetensors file (tensors + JSON metadata), written to a temp file then renamed."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in z.items():
+        tensors[f"z/{name}"] = value.detach().contiguous()
+        tensors[f"best/{name}"] = best_z[name].contiguous()
+        moments = optimizer.state.get(value, {})
+        for moment in ("exp_avg", "exp_avg_sq"):
+            if moment in moments:
+                tensors[f"adam/{moment}/{name}"] = moments[moment].contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    adam_steps = {name: float(optimizer.state[v]["step"]) for name, v in z.items() if "step" in optimizer.state.get(v, {})}
+    py_state = item_rng.getstate()
+    metadata = {
+        "config": json.dumps(asdict(config), sort_keys=True),
+        "state": json.dumps(state, sort_keys=True),
+        "adam_steps": json.dumps(adam_steps),
+        "schedule": json.dumps(schedule.state_dict()),
+        "python_rng": json.dumps([py_state[0], list(py_state[1]), py_state[2]]),
+    }
+    tmp = run_dir / f".{CHECKPOINT_FILE}.tmp"
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, run_dir / CHECKPOINT_FILE)
+
+
+def _load_checkpoint(run_dir: Path, z, optimizer, schedule, item_rng) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    path = run_dir / CHECKPOINT_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    adam_steps = json.loads(metadata["adam_steps"])
+    with torch.no_grad():
+        for name, value in z.items():
+            value.copy_(tensors[f"z/{name}"])
+            if f"adam/exp_avg/{name}" in tensors:
+                optimizer.state[value] = {
+                    "step": torch.tensor(adam_steps[name]),
+                    "exp_avg": tensors[f"adam/exp_avg/{name}"].clone(),
+                    "exp_avg_sq": tensors[f"adam/exp_avg_sq/{name}"].clone(),
+                }
+    schedule.load_state_dict(json.loads(metadata["schedule"]))
+    torch.set_rng_state(tensors["rng/torch"])
+    version, internal, gauss = json.loads(metadata["python_rng"])
+    item_rng.setstate((version, tuple(internal), gauss))
+    best_z = {name: tensors[f"best/{name}"].clone() for name in z}
+    return json.loads(metadata["state"]), best_z
+
+
+def _record_metrics(registry: Registry, run_id: str, metrics: StepMetrics) -> None:
+    from sqlalchemy import select
+
+    from registry.schema import RunMetric, TrainingRun
+
+    with registry.session() as session:
+        run_pk = session.scalars(select(TrainingRun.id).where(TrainingRun.run_id == run_id)).one()
+        for key, value in asdict(metrics).items():
+            if key != "step" and value is not None:
+                session.merge(RunMetric(run_id=run_pk, step=metrics.step, name=key, value=float(value)))
+
+
+def _set_status(registry: Registry, run_id: str, status: str) -> None:
+    from sqlalchemy import select
+
+    from registry.schema import TrainingRun
+
+    with registry.session() as session:
+        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).first()
+        if row is not None:
+            row.status = status
+
+
+def _finish_run(registry: Registry, run_id: str, expert_id: int) -> None:
+    from sqlalchemy import select
+
+    from registry.schema import TrainingRun
+
+    with registry.session() as session:
+        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).one()
+        row.status, row.expert_id, row.finished_at = "finished", expert_id, datetime.now(timezone.utc)
