@@ -43,6 +43,37 @@ def build_tiny_model(arch: str, folder: Path, seed: int = 0) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(arch))
+    config = _config(arch)
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2  # the tiny tokenizer's ids
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
     model.save_pretrained(folder)
+    build_tiny_tokenizer(folder)
+    return folder
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer(folder: Path) -> Path:
+    """A character-level tokenizer (digits, letters, punctuation) with a ChatML template, vocab < 128."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    chars = list("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ +-*/=?.,:;!'\"()\n")
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()  # characters join back without spaces
+    tokenizer.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+        unk_token="<unk>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
     return folder

@@ -1,0 +1,102 @@
+"""Training on a tiny random model: registers an expert, resumes after a crash to the same z, evals store results."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2cli.evaluate import evaluate, wilson_interval
+from t2cli.experts import load_expert
+from t2cli.home import open_registry
+from t2cli.runtime import load_adaptable
+from t2cli.train import TrainConfig, TrainingInterrupted, find_resumable_run, train
+
+
+@pytest.fixture()
+def sums_task(tmp_path: Path):
+    from t2cli.tasks import get_task
+
+    rng = random.Random(0)
+    path = tmp_path / "sums.jsonl"
+    lines = []
+    for i in range(30):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        split = "train" if i < 20 else "valid" if i < 25 else "test"
+        lines.append(json.dumps({"prompt": f"{a}+{b}=?", "answer": str(a + b), "kind": "number", "split": split}))
+    path.write_text("\n".join(lines) + "\n")
+    return get_task(str(path))
+
+
+def _config(**overrides) -> TrainConfig:
+    settings = dict(task="sums", name="sums-v1", steps=3, prompts_per_step=4, samples_per_prompt=2, eval_every=2,
+                    valid_size=5, max_new_tokens=4, micro_batch=4, gen_batch=8, lr=0.05, device="cpu", seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_training_registers_the_best_expert_with_its_run(tiny_llama: Path, sums_task) -> None:
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+        result = train(registry, adaptable, sums_task, _config())
+        expert = load_expert(registry, "sums-v1")
+        from t2cli.runs import get_run
+
+        run = get_run(registry, result.run_id)
+    assert run.status == "finished" and run.expert == "sums-v1"
+    assert sorted(run.metrics["reward"]) == [1, 2, 3] and set(run.metrics["valid_accuracy"]) == {2, 3}
+    assert set(expert.z) == set(adaptable.svf.factors) and len(expert.z) == 21
+    assert expert.config.task == "sums" and expert.config.training["run_id"] == result.run_id
+    assert expert.config.base_model["fingerprint"] == adaptable.identity.fingerprint
+    moved = sum(float((v - 1).abs().sum()) for v in expert.z.values())
+    assert (result.best_step == 0) == (moved == 0)  # best at step 0 means z = 1 was kept
+
+
+def test_interrupted_run_resumes_to_the_same_z(tiny_llama: Path, sums_task, tmp_path: Path, monkeypatch) -> None:
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+        clean = train(registry, adaptable, sums_task, _config(name="clean", eval_every=1))
+        clean_z = load_expert(registry, "clean").z
+
+        def crash_after_step_2(message, metrics) -> None:
+            if metrics is not None and metrics.step == 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(TrainingInterrupted) as info:
+            train(registry, adaptable, sums_task, _config(name="resumed", eval_every=1), on_event=crash_after_step_2)
+        assert "--resume" in info.value.hint
+        run_id = find_resumable_run(registry, "resumed")
+        assert run_id is not None
+        resumed = train(registry, adaptable, sums_task, _config(name="resumed", eval_every=1), resume_run=run_id)
+        resumed_z = load_expert(registry, "resumed").z
+    assert resumed.run_id == run_id and resumed.best_step == clean.best_step
+    assert [m.reward for m in resumed.history] == [m.reward for m in clean.history]
+    for name in clean_z:
+        assert torch.allclose(clean_z[name], resumed_z[name], atol=1e-6), name
+
+
+def test_eval_stores_accuracy_with_interval(tiny_llama: Path, sums_task) -> None:
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+        result = evaluate(registry, adaptable, sums_task, split="test")
+        status = registry.status()
+    assert result.n == 5 and 0 <= result.correct <= 5
+    assert (result.ci_low, result.ci_high) == pytest.approx(wilson_interval(result.correct, 5))
+    assert status.rows["evaluations"] == 1
+
+
+def test_wilson_interval_known_values() -> None:
+    low, high = wilson_interval(75, 100)
+    assert low == pytest.approx(0.6566, abs=1e-3) and high == pytest.approx(0.8245, abs=1e-3)
+    assert wilson_interval(0, 200)[0] == 0.0 and wilson_interval(200, 200)[1] == 1.0
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=-1.0), dict(advantage="best"), dict(samples_per_prompt=1)])
+def test_bad_training_settings_are_refused(bad) -> None:
+    from t2cli.errors import T2Error
+
+    with pytest.raises(T2Error):
+        _config(**bad)
