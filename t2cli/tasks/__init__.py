@@ -1,0 +1,15 @@
+"""Tasks: benchmark datasets as prompts with gold answers, fixed seeded splits and scorers.
+
+    from t2cli.tasks import get_task
+    task = get_task("gsm8k")              # or an alias ("math"), or "path/to/file.jsonl"
+    items = task.split("train")           # TaskItem(id, prompt, answer, kind, meta)
+    score = task.score(items[0], completion)   # Score(correct, extracted, reason)
+
+Callers wrap ``item.prompt`` (and ``task.system_prompt`` when set) in the
+model's chat template. docs/tasks.md lists the tasks and their split sizes.
+"""
+
+from t2cli.tasks.base import Score, Task, TaskError, TaskItem
+from t2cli.tasks.registry import get_task, list_tasks, register_task, task_names
+
+__all__ = ["Score", "Task", "TaskError", "TaskItem", "get_task", "list_tasks", "register_task", "task_names"]
