@@ -12,4 +12,7 @@ model's chat template. docs/tasks.md lists the tasks and their split sizes.
 from t2cli.tasks.base import Score, Task, TaskError, TaskItem
 from t2cli.tasks.registry import get_task, list_tasks, register_task, task_names
 
+# Importing these modules registers the built-in tasks.
+from t2cli.tasks import choice_tasks, code_tasks, math_tasks  # noqa: E402,F401  isort: skip
+
 __all__ = ["Score", "Task", "TaskError", "TaskItem", "get_task", "list_tasks", "register_task", "task_names"]
