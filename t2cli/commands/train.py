@@ -84,6 +84,12 @@ def train_cmd(
                 return
             if metrics.valid_accuracy is not None:
                 valid_seen["last"] = f"{metrics.valid_accuracy:.1%}"
+            if not err.is_terminal and not as_json:  # logs and pipes get one line per step instead of a bar
+                err.print(
+                    f"step {metrics.step}/{config.steps}: reward {metrics.reward:+.3f} rollout accuracy "
+                    f"{metrics.accuracy:.1%} valid {valid_seen['last']} loss {metrics.loss:.3f} "
+                    f"grad {metrics.grad_norm:.3f} lr {metrics.lr:.2e} {metrics.tokens_per_s:.0f} tok/s {metrics.seconds:.0f} s"
+                )
             progress.update(bar, completed=metrics.step, reward=f"{metrics.reward:+.2f}", valid=valid_seen["last"],
                             tps=f"{metrics.tokens_per_s:.0f}")
 
