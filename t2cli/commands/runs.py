@@ -62,9 +62,10 @@ def show_cmd(
         out.print(f"[bold]{run.run_id}[/] task={run.task} status={run.status} expert={run.expert or '-'}")
         table = Table(title="Per-step metrics")
         names = ("reward", "accuracy", "loss", "grad_norm", "lr", "tokens_per_s", "seconds", "valid_accuracy")
-        table.add_column("step", justify="right")
-        for name in names:
-            table.add_column(name, justify="right")
+        headers = ("reward", "rollout acc", "loss", "grad", "lr", "tok/s", "s", "valid acc")
+        table.add_column("step", justify="right", no_wrap=True, min_width=4)
+        for header in headers:
+            table.add_column(header, justify="right", no_wrap=True, overflow="ignore")
         steps = sorted({s for values in run.metrics.values() for s in values})
         for step in steps:
             table.add_row(str(step), *(_fmt(run.metrics.get(n, {}).get(step)) for n in names))
@@ -75,4 +76,4 @@ def show_cmd(
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else f"{value:.3g}"
