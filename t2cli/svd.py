@@ -151,10 +151,11 @@ def _auto_method(device: torch.device) -> str:
     if device.type != "cpu":
         # Not measured off CPU; torch's batched SVD lets cuSOLVER pick its driver.
         return "gesdd-batched"
-    # All 210 SmolLM2-135M matrices on 2 cores (AMD EPYC, MKL), best of 3 quiet
-    # rounds, checks included: plain loop 13.2 s; gesdd 12.8 s; gram64 13.5 s
-    # (its float64 GEMMs and extra checks eat what its eigh saves over gesdd);
-    # gesdd-batched 16.5 s. gesdd is also the reference and never falls back.
+    # All 210 SmolLM2-135M matrices on 2 cores (AMD EPYC, MKL), bench/decompose.py,
+    # best of 3 quiet rounds, checks included, two runs: plain loop 12.7-13.2 s;
+    # gesdd 11.8-12.8 s; gram64 12.2-13.5 s (its float64 GEMMs and extra checks
+    # eat what its eigh saves over gesdd); gesdd-batched 16.1-16.5 s. gesdd is
+    # also the reference accuracy and never falls back.
     return "gesdd"
 
 
