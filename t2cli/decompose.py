@@ -226,10 +226,14 @@ def _stored_matrix_names(registry: Registry, decomposition_id: int) -> set[str]:
         ).all()
     stale = [name for name, sha in rows if not registry.blobs.exists(sha)]
     if stale:  # the blob vanished behind t2's back: forget the row so the matrix is recomputed
+        from sqlalchemy import delete
+
         with registry.session() as session:
-            session.query(DecompositionMatrix).filter(
-                DecompositionMatrix.decomposition_id == decomposition_id, DecompositionMatrix.name.in_(stale)
-            ).delete(synchronize_session=False)
+            session.execute(
+                delete(DecompositionMatrix).where(
+                    DecompositionMatrix.decomposition_id == decomposition_id, DecompositionMatrix.name.in_(stale)
+                )
+            )
     return {name for name, _ in rows if name not in stale}
 
 
@@ -276,7 +280,7 @@ def _finish(
 ) -> DecompositionSummary:
     from sqlalchemy import func, select
 
-    from registry.schema import Blob, Decomposition, DecompositionMatrix
+    from registry.schema import Decomposition, DecompositionMatrix
 
     with registry.session() as session:
         row = session.get(Decomposition, decomposition_id)
@@ -285,11 +289,7 @@ def _finish(
                 DecompositionMatrix.decomposition_id == decomposition_id
             )
         ).one()
-        size = session.scalar(
-            select(func.coalesce(func.sum(Blob.size), 0))
-            .join(DecompositionMatrix, DecompositionMatrix.blob_sha256 == Blob.sha256)
-            .where(DecompositionMatrix.decomposition_id == decomposition_id)
-        )
+        size = _size_in(session, decomposition_id)
         if count != row.num_matrices:
             raise DecompositionError(
                 f"decomposition {decomposition_id} holds {count} of {row.num_matrices} matrices",
@@ -310,18 +310,23 @@ def _finish(
 
 
 def _size(registry: Registry, decomposition_id: int) -> int:
+    with registry.session(readonly=True) as session:
+        return _size_in(session, decomposition_id)
+
+
+def _size_in(session, decomposition_id: int) -> int:
+    """Bytes of the blobs a decomposition's matrices point at."""
     from sqlalchemy import func, select
 
     from registry.schema import Blob, DecompositionMatrix
 
-    with registry.session() as session:
-        return int(
-            session.scalar(
-                select(func.coalesce(func.sum(Blob.size), 0))
-                .join(DecompositionMatrix, DecompositionMatrix.blob_sha256 == Blob.sha256)
-                .where(DecompositionMatrix.decomposition_id == decomposition_id)
-            )
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Blob.size), 0))
+            .join(DecompositionMatrix, DecompositionMatrix.blob_sha256 == Blob.sha256)
+            .where(DecompositionMatrix.decomposition_id == decomposition_id)
         )
+    )
 
 
 # --------------------------------------------------------------------------- computing
