@@ -155,6 +155,7 @@ def train(
         if state["base_valid"] is None:
             state["base_valid"] = validate(0)  # z = 1: the base model's validation accuracy
             state["best_valid"] = state["base_valid"]
+            _record_values(registry, run_id, 0, {"valid_accuracy": state["base_valid"]})
             emit(f"step 0 (base weights): validation accuracy {state['base_valid']:.1%}", None)
             _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
 
@@ -397,15 +398,19 @@ def _load_checkpoint(run_dir: Path, z, optimizer, schedule, item_rng) -> tuple[d
 
 
 def _record_metrics(registry: Registry, run_id: str, metrics: StepMetrics) -> None:
+    values = {key: value for key, value in asdict(metrics).items() if key != "step" and value is not None}
+    _record_values(registry, run_id, metrics.step, values)
+
+
+def _record_values(registry: Registry, run_id: str, step: int, values: dict[str, float]) -> None:
     from sqlalchemy import select
 
     from registry.schema import RunMetric, TrainingRun
 
     with registry.session() as session:
         run_pk = session.scalars(select(TrainingRun.id).where(TrainingRun.run_id == run_id)).one()
-        for key, value in asdict(metrics).items():
-            if key != "step" and value is not None:
-                session.merge(RunMetric(run_id=run_pk, step=metrics.step, name=key, value=float(value)))
+        for key, value in values.items():
+            session.merge(RunMetric(run_id=run_pk, step=step, name=key, value=float(value)))
 
 
 def _set_status(registry: Registry, run_id: str, status: str) -> None:
