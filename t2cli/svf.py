@@ -133,10 +133,23 @@ class SVFModel:
                 self._cache[key] = weights
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
+        self._bind(weights, key or "<unnamed>")
+
+    @torch.no_grad()
+    def apply_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Adapt the model with already composed W' tensors (checked finite, then bound in place)."""
+        for name, weight in weights.items():
+            if name not in self._params or weight.shape != self._params[name].shape:
+                raise SVFError(f"no target matrix {name!r} of shape {tuple(weight.shape)}")
+            if not torch.isfinite(weight).all():
+                raise SVFError(f"adapting {name} gives non-finite weights", "the expert's z values are too large")
+        self._bind({name: w.detach() for name, w in weights.items()}, "<composed>")
+
+    def _bind(self, weights: Mapping[str, torch.Tensor], label: str) -> None:
         self.restore()
         for name, weight in weights.items():
             self._params[name].data = weight
-        self.active = key or "<unnamed>"
+        self.active = label
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -164,20 +177,19 @@ class SVFModel:
     # ------------------------------------------------------------------ training
 
     def differentiable_weights(self, z: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """W'(z) as graph nodes, keyed by parameter name, for ``torch.func.functional_call``.
+        """W'(z) as graph nodes keyed by matrix name: only z carries gradients (U, S, Vh, W are constants)."""
+        return {name: compose_weight(self._base[name], self.factors[name], vector) for name, vector in z.items()}
 
-        Only z carries gradients; U, S, Vh and W are constants.
-        """
-        return {
-            f"{name}.weight": compose_weight(self._base[name], self.factors[name], vector)
-            for name, vector in z.items()
-        }
+    def forward_with(self, weights: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
+        """Model forward with the given W' tensors (keyed by matrix name) in place of the target weights."""
+        from torch.func import functional_call
+
+        params = {f"{name}.weight": weight for name, weight in weights.items()}
+        return functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
 
     def forward_adapted(self, z: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
         """Model forward with W'(z) in place of the target weights, differentiable in z."""
-        from torch.func import functional_call
-
-        return functional_call(self.model, self.differentiable_weights(z), args=(), kwargs=inputs, strict=False)
+        return self.forward_with(self.differentiable_weights(z), **inputs)
 
 
 def load_svf_model(model: nn.Module, raw_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> SVFModel:

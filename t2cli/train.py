@@ -50,7 +50,7 @@ class TrainConfig:
     name: str
     model: str | None = None
     targets: str = "all"
-    steps: int = 12  # optimizer steps
+    steps: int = 20  # optimizer steps
     prompts_per_step: int = 16  # distinct training prompts per step
     samples_per_prompt: int = 4  # rollouts per prompt (a group, for the group baseline)
     temperature: float = 1.0  # rollout sampling temperature
@@ -165,13 +165,18 @@ def train(
             items = task.sample_train(config.prompts_per_step, item_rng)
             prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
 
-            # 2. rollouts with the current z, no gradients
-            with svf.adapted({name: v.detach() for name, v in z.items()}):
+            # 2. W'(z) composed once per step: the rollouts run on its values, the loss backpropagates into it
+            composed = svf.differentiable_weights(z)
+            svf.apply_weights(composed)
+            try:
+                gen_start = time.perf_counter()
                 gens = generate(
                     adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
                     temperature=config.temperature, per_prompt=config.samples_per_prompt, batch_size=config.gen_batch,
                 )
-            gen_seconds = time.perf_counter() - step_start
+                gen_seconds = time.perf_counter() - gen_start
+            finally:
+                svf.restore()
 
             # 3. rewards: +1 correct, -1 otherwise
             expanded = [item for item in items for _ in range(config.samples_per_prompt)]
@@ -183,7 +188,8 @@ def train(
 
             # 5. loss = -(advantage * sum of completion log-probs), averaged; backward in micro-batches
             optimizer.zero_grad(set_to_none=True)
-            loss_total, kl_total = _accumulate_gradients(adaptable, z, gens, advantages, config)
+            loss_total, kl_total = _accumulate_gradients(adaptable, composed, gens, advantages, config)
+            del composed
 
             # 6. clip and step
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(z.values()), config.clip_norm))
@@ -257,12 +263,23 @@ def _advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     return centred.reshape(-1)
 
 
-def _accumulate_gradients(adaptable: Adaptable, z, gens, advantages: torch.Tensor, config: TrainConfig) -> tuple[float, float]:
-    """Backward of the REINFORCE (+KL) loss in micro-batches; returns (loss, mean KL)."""
+def _accumulate_gradients(
+    adaptable: Adaptable, composed: dict[str, torch.Tensor], gens, advantages: torch.Tensor, config: TrainConfig
+) -> tuple[float, float]:
+    """Backward of the REINFORCE (+KL) loss into z; returns (loss, mean KL).
+
+    The micro-batches accumulate dL/dW' on detached copies of ``composed`` (= W'(z)),
+    then one backward carries it through the composition to z: composing and its
+    backward (an m x n x r product per matrix) happen once per step, not once per
+    micro-batch.
+    """
     svf = adaptable.svf
     n = len(gens.completion_ids)
     # Samples with zero advantage and no KL term contribute nothing: skip their forward/backward.
     active = [i for i in range(n) if gens.completion_ids[i] and (config.kl_coef > 0 or advantages[i] != 0)]
+    if not active:
+        return 0.0, 0.0
+    leaves = {name: weight.detach().requires_grad_(True) for name, weight in composed.items()}
     loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
     pad = adaptable.tokenizer.pad_token_id
     for start in range(0, len(active), config.micro_batch):
@@ -270,7 +287,7 @@ def _accumulate_gradients(adaptable: Adaptable, z, gens, advantages: torch.Tenso
         prompts = [gens.prompt_ids[i] for i in rows]
         completions = [gens.completion_ids[i] for i in rows]
         logprobs, mask, logits = completion_logprobs(
-            lambda **kw: svf.forward_adapted(z, **kw), prompts, completions, pad_id=pad,
+            lambda **kw: svf.forward_with(leaves, **kw), prompts, completions, pad_id=pad,
             device=adaptable.device, return_logits=config.kl_coef > 0,
         )
         adv = advantages[rows].to(logprobs.device)
@@ -288,6 +305,8 @@ def _accumulate_gradients(adaptable: Adaptable, z, gens, advantages: torch.Tenso
             kl_tokens += float(mask.sum())
         loss.backward()
         loss_total += loss.item()
+    names = [name for name in composed if leaves[name].grad is not None]
+    torch.autograd.backward([composed[name] for name in names], [leaves[name].grad for name in names])
     return loss_total, kl_total / kl_tokens if kl_tokens else 0.0
 
 
