@@ -85,6 +85,7 @@ def evaluate(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
     record: bool = True,
+    max_new_tokens: int | None = None,
 ) -> EvalResult:
     """Score greedy answers on a split and (by default) store the result in the registry."""
     if split not in ("train", "valid", "test"):
@@ -96,8 +97,11 @@ def evaluate(
         items = items[:limit]
     if not items:
         raise T2Error(f"task {task.name} has no {split} items", "pick another --split")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise T2Error(f"--max-new-tokens {max_new_tokens} must be at least 1")
+    budget = max_new_tokens or task.max_new_tokens
     correct, texts, seconds, tokens = run_items(
-        adaptable, task, items, z, key=expert, batch_size=batch_size, on_batch=on_batch
+        adaptable, task, items, z, key=expert, batch_size=batch_size, on_batch=on_batch, max_new_tokens=budget
     )
     k, n = sum(correct), len(items)
     low, high = wilson_interval(k, n)
@@ -110,11 +114,14 @@ def evaluate(
         ],
     )
     if record:
-        _record(registry, adaptable, result, limit=limit, batch_size=batch_size)
+        _record(registry, adaptable, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
     return result
 
 
-def _record(registry: Registry, adaptable: Adaptable, result: EvalResult, *, limit: int | None, batch_size: int) -> None:
+def _record(
+    registry: Registry, adaptable: Adaptable, result: EvalResult, *, limit: int | None, batch_size: int,
+    max_new_tokens: int,
+) -> None:
     from sqlalchemy import select
 
     from registry.schema import Evaluation, Expert
@@ -128,6 +135,8 @@ def _record(registry: Registry, adaptable: Adaptable, result: EvalResult, *, lim
                 base_model_id=adaptable.base_model_id, expert_id=expert_id, task=result.task, split=result.split,
                 n=result.n, correct=result.correct, accuracy=result.accuracy, ci_low=result.ci_low,
                 ci_high=result.ci_high, seconds=result.seconds,
-                config_json=json.dumps({"limit": limit, "batch_size": batch_size, "decoding": "greedy"}),
+                config_json=json.dumps(
+                    {"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens}
+                ),
             )
         )

@@ -50,7 +50,9 @@ def load_adaptable(
     device = resolve_device(device)
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
-    loaded = load_model(ref, device="cpu", dtype=dtype)
+    # GGUF models are dequantised once into the home's cache (keyed by the file's fingerprint).
+    dequantised = registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
+    loaded = load_model(ref, device="cpu", dtype=dtype, dequantised_cache=dequantised)
     summary = decompose_model(registry, model, targets=targets, device=device, loaded=loaded)
     base = register_base_model(registry, identity)
     loaded = loaded.to(device)

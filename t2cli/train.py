@@ -135,7 +135,7 @@ def train(
     run_id, run_dir = _start_run(registry, adaptable, config, resume_run)
     z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
     optimizer = torch.optim.AdamW(list(z.values()), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config))
     item_rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     state: dict[str, Any] = {"step": 0, "best_valid": -1.0, "best_step": 0, "base_valid": None, "history": []}
@@ -184,11 +184,11 @@ def train(
             rewards = torch.tensor([1.0 if ok else -1.0 for ok in correct])
 
             # 4. advantages (a per-prompt group baseline removes most of REINFORCE's variance)
-            advantages = _advantages(rewards, config)
+            advantages = group_advantages(rewards, config)
 
             # 5. loss = -(advantage * sum of completion log-probs), averaged; backward in micro-batches
             optimizer.zero_grad(set_to_none=True)
-            loss_total, kl_total = _accumulate_gradients(adaptable, composed, gens, advantages, config)
+            loss_total, kl_total = svf_policy_gradient(adaptable, composed, gens, advantages, config)
             del composed
 
             # 6. clip and step
@@ -245,7 +245,7 @@ def train(
     )
 
 
-def _cosine(config: TrainConfig) -> Callable[[int], float]:
+def cosine_factor(config: TrainConfig) -> Callable[[int], float]:
     """Cosine decay from 1 to ``min_lr_ratio`` over the run (as a LambdaLR factor)."""
     def factor(step: int) -> float:
         progress = min(step / max(config.steps - 1, 1), 1.0)
@@ -253,7 +253,8 @@ def _cosine(config: TrainConfig) -> Callable[[int], float]:
     return factor
 
 
-def _advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Per-sample advantages from +1/-1 rewards laid out as consecutive groups of ``samples_per_prompt``."""
     if config.advantage == "raw":
         return rewards
     groups = rewards.view(-1, config.samples_per_prompt)
@@ -263,7 +264,7 @@ def _advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     return centred.reshape(-1)
 
 
-def _accumulate_gradients(
+def svf_policy_gradient(
     adaptable: Adaptable, composed: dict[str, torch.Tensor], gens, advantages: torch.Tensor, config: TrainConfig
 ) -> tuple[float, float]:
     """Backward of the REINFORCE (+KL) loss into z; returns (loss, mean KL).
@@ -273,29 +274,43 @@ def _accumulate_gradients(
     backward (an m x n x r product per matrix) happen once per step, not once per
     micro-batch.
     """
-    svf = adaptable.svf
+    leaves = {name: weight.detach().requires_grad_(True) for name, weight in composed.items()}
+    loss, kl = policy_gradient(
+        lambda **kw: adaptable.svf.forward_with(leaves, **kw), adaptable.model, adaptable.tokenizer.pad_token_id,
+        gens, advantages, config, device=adaptable.device,
+    )
+    names = [name for name in composed if leaves[name].grad is not None]
+    if names:
+        torch.autograd.backward([composed[name] for name in names], [leaves[name].grad for name in names])
+    return loss, kl
+
+
+def policy_gradient(
+    forward: Callable[..., Any], base_forward: Callable[..., Any], pad_id: int, gens, advantages: torch.Tensor,
+    config: TrainConfig, *, device: str = "cpu",
+) -> tuple[float, float]:
+    """Backward of the REINFORCE (+KL) loss through ``forward``, micro-batched; returns (loss, mean KL per token).
+
+    loss = -sum_i advantage_i * log p(completion_i | prompt_i) / N (+ kl_coef * per-token KL to ``base_forward``).
+    Any differentiable policy can be plugged in (SVF here; bench/train.py passes a LoRA model).
+    """
     n = len(gens.completion_ids)
     # Samples with zero advantage and no KL term contribute nothing: skip their forward/backward.
     active = [i for i in range(n) if gens.completion_ids[i] and (config.kl_coef > 0 or advantages[i] != 0)]
-    if not active:
-        return 0.0, 0.0
-    leaves = {name: weight.detach().requires_grad_(True) for name, weight in composed.items()}
     loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
-    pad = adaptable.tokenizer.pad_token_id
     for start in range(0, len(active), config.micro_batch):
         rows = active[start : start + config.micro_batch]
         prompts = [gens.prompt_ids[i] for i in rows]
         completions = [gens.completion_ids[i] for i in rows]
         logprobs, mask, logits = completion_logprobs(
-            lambda **kw: svf.forward_with(leaves, **kw), prompts, completions, pad_id=pad,
-            device=adaptable.device, return_logits=config.kl_coef > 0,
+            forward, prompts, completions, pad_id=pad_id, device=device, return_logits=config.kl_coef > 0
         )
         adv = advantages[rows].to(logprobs.device)
         loss = -(adv * logprobs.sum(dim=1)).sum() / n
         if config.kl_coef > 0:
             with torch.no_grad():
                 _, _, base_logits = completion_logprobs(
-                    adaptable.model, prompts, completions, pad_id=pad, device=adaptable.device, return_logits=True
+                    base_forward, prompts, completions, pad_id=pad_id, device=device, return_logits=True
                 )
             log_p = logits.float().log_softmax(-1)
             log_q = base_logits.float().log_softmax(-1)
@@ -305,8 +320,6 @@ def _accumulate_gradients(
             kl_tokens += float(mask.sum())
         loss.backward()
         loss_total += loss.item()
-    names = [name for name in composed if leaves[name].grad is not None]
-    torch.autograd.backward([composed[name] for name in names], [leaves[name].grad for name in names])
     return loss_total, kl_total / kl_tokens if kl_tokens else 0.0
 
 

@@ -40,3 +40,21 @@ def test_decompose_first_and_last_layer_of_the_embedded_model() -> None:
     listing = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
     (registered,) = listing["registered"]
     assert registered["source"] == "embedded" and registered["num_layers"] == 30
+
+
+def test_dequantised_cache_gives_identical_weights_and_rebuilds_when_damaged(tmp_path) -> None:
+    ref = resolve_model(None)
+    cache = tmp_path / "dequantised"
+    fresh = load_model(ref, dequantised_cache=cache)  # dequantises the GGUF and writes the cache
+    assert (cache / "config.json").is_file() and not list(tmp_path.glob(".dequantised-*"))
+    cached = load_model(ref, dequantised_cache=cache)  # read back from safetensors
+    expected, got = fresh.state_dict(), cached.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert cached.lm_head.weight.data_ptr() == cached.model.embed_tokens.weight.data_ptr()  # still tied
+
+    for weights in cache.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    rebuilt = load_model(ref, dequantised_cache=cache)
+    assert torch.equal(rebuilt.model.layers[3].mlp.down_proj.weight, fresh.model.layers[3].mlp.down_proj.weight)
+    assert load_model(ref, dequantised_cache=cache).config.num_hidden_layers == 30  # the rebuilt cache loads

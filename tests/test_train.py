@@ -100,3 +100,19 @@ def test_bad_training_settings_are_refused(bad) -> None:
 
     with pytest.raises(T2Error):
         _config(**bad)
+
+
+def test_cli_defaults_are_the_documented_train_config_defaults() -> None:
+    """`t2 train`'s option defaults and TrainConfig's must not drift apart (docs state one set)."""
+    import inspect
+    from dataclasses import fields
+
+    from t2cli.commands.train import train_cmd
+
+    config_defaults = {f.name: f.default for f in fields(TrainConfig)}
+    shared = 0
+    for name, parameter in inspect.signature(train_cmd).parameters.items():
+        if name in config_defaults and name not in ("task", "name", "model"):
+            assert parameter.default == config_defaults[name], name
+            shared += 1
+    assert shared >= 12

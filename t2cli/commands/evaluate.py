@@ -22,6 +22,7 @@ def eval_cmd(
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 32,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer (default: the task's).")] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -62,6 +63,7 @@ def eval_cmd(
             result = evaluate(
                 registry, adaptable, task_obj, expert=expert, z=loaded.z if loaded else None, split=split,
                 limit=limit, batch_size=batch_size, on_batch=lambda k: progress.advance(bar, k),
+                max_new_tokens=max_new_tokens,
             )
     if as_json:
         out.print_json(json.dumps(asdict(result)))
