@@ -196,3 +196,33 @@ def test_lora_export_without_peft_says_how_to_install_it(adapted, tmp_path: Path
     result = t2("export", "sums-v1", tmp_path / "lora", "--lora")
     assert result.exit_code == 1
     assert "needs the peft package" in _one_error(result) and "t2cli[lora]" in _one_error(result)
+
+
+class _Quantizer:
+    """Stands in for transformers' HfQuantizer record on a loaded model (the library boundary)."""
+
+    def __init__(self, method: str, packed: dict) -> None:
+        from types import SimpleNamespace
+
+        self.quantization_config = SimpleNamespace(quant_method=method)
+        self.packed_modules = packed
+        self.removed = False
+
+    def remove_quantization_config(self, model) -> None:
+        self.removed = True
+
+
+def test_a_dequantised_gguf_model_is_made_saveable_and_a_quantized_one_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from t2cli.errors import T2Error
+    from t2cli.export import _drop_gguf_record
+
+    dense = _Quantizer("gguf", {})
+    _drop_gguf_record(SimpleNamespace(hf_quantizer=dense))
+    assert dense.removed
+    for quantizer in (_Quantizer("gguf", {"model.layers.0.mlp.up_proj": object()}), _Quantizer("bitsandbytes", {})):
+        with pytest.raises(T2Error, match="needs dense weights"):
+            _drop_gguf_record(SimpleNamespace(hf_quantizer=quantizer))
+        assert not quantizer.removed
+    _drop_gguf_record(SimpleNamespace())  # an ordinary model: nothing to do
