@@ -32,13 +32,14 @@ def export_cmd(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Write an expert to FOLDER: the expert folder (default), a merged model, or a LoRA adapter.
+    """Write an expert to FOLDER: expert folder, merged model or LoRA adapter.
 
-    The default is the three-file expert folder (expert.safetensors, expert_config.json,
-    README.md) that `t2 import` reads. --merged folds the expert into the base weights and
-    writes a Hugging Face model folder any tool can load. --lora writes the best rank-R
-    approximation of the expert's weight change as a PEFT LoRA adapter (vLLM, TGI, PEFT)
-    and prints how much of the change it keeps.
+    Default: the three-file expert folder (expert.safetensors,
+    expert_config.json, README.md) that `t2 import` reads. --merged folds
+    the expert into the base weights: a Hugging Face model folder any tool
+    loads. --lora writes the best rank-R approximation of the expert's
+    weight change as a PEFT LoRA adapter (vLLM, TGI, PEFT) and prints the
+    relative error it leaves.
 
     Examples:
 
@@ -88,10 +89,10 @@ def import_cmd(
 ) -> None:
     """Validate an expert folder and register it (kind 'imported').
 
-    Nothing is registered unless every check passes: only the three expert files (no
-    pickles, code, symlinks or other files), a known format version, 1-D float vectors of
-    sane size, and a base model here with the same weight fingerprint whose matrices have
-    the expert's shapes. See docs/sharing.md.
+    Nothing is registered unless every check passes: only the three expert
+    files (no pickles, code, symlinks or other files), a known format
+    version, 1-D float vectors of sane size, and a base model here with the
+    expert's weight fingerprint and shapes. See docs/sharing.md.
 
     Examples:
 
@@ -115,10 +116,11 @@ def push_cmd(
     message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload an expert to the Hugging Face Hub as one commit of its three files.
+    """Upload an expert to the Hugging Face Hub: one commit of its three files.
 
-    Uses the token of `hf auth login` or HF_TOKEN (never printed). The model card says
-    library_name t2, the base model, task, metrics and lineage.
+    Uses the token of `hf auth login` or HF_TOKEN (never printed). The
+    model card gives library_name t2, the base model, task, metrics and
+    lineage.
 
     Examples:
 
@@ -146,10 +148,10 @@ def pull_cmd(
     model: BaseModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Download an expert from the Hub (into the HF cache), validate it like `t2 import`, register it.
+    """Download an expert from the Hub, validate it like `t2 import`, register it.
 
-    Only expert.safetensors, expert_config.json and README.md are downloaded;
-    HF_HUB_OFFLINE=1 uses the cache alone.
+    Only expert.safetensors, expert_config.json and README.md are
+    downloaded, into the HF cache; HF_HUB_OFFLINE=1 uses the cache alone.
 
     Examples:
 
