@@ -93,7 +93,7 @@ def read_expert_folder(folder: Path, *, links_into: Path | None = None) -> Exper
             )
     if CARD_FILE in present:
         _check_size(folder / CARD_FILE, MAX_TEXT_BYTES)
-    config, unknown = parse_config((folder / CONFIG_FILE))
+    config, unknown = parse_config(folder / CONFIG_FILE)
     weights = folder / WEIGHTS_FILE
     _check_header(weights)
     z = _load_vectors(weights)

@@ -24,7 +24,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, sna
 
 from t2cli.errors import T2Error
 from t2cli.expert_files import EXPERT_FILES, ImportResult, import_expert
-from t2cli.experts import load_expert, write_expert_folder
+from t2cli.experts import WEIGHTS_FILE, load_expert, write_expert_folder
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -98,6 +98,9 @@ def pull_expert(
     with hub_errors(repo_id, revision, writing=False):
         snapshot = Path(snapshot_download(repo_id, repo_type="model", revision=revision,
                                           allow_patterns=list(EXPERT_FILES)))
+    if not (snapshot / WEIGHTS_FILE).exists():
+        raise HubError(f"Hub repo {repo_id} holds no t2 expert (no {WEIGHTS_FILE})",
+                       "t2 pull reads repos written by `t2 push`; check the repo id and --revision")
     # A cache snapshot links each file to ../../blobs/<hash>; links anywhere else are refused.
     return import_expert(
         registry, snapshot, name=name, model=model, source="hub", location=repo_id, revision=snapshot.name,

@@ -296,6 +296,16 @@ def test_pull_offline_of_an_uncached_repo_or_revision_is_one_line(exported: Path
     assert result.exit_code == 1 and "at revision 'v9' is not in the HF cache" in _one_error(result)
 
 
+def test_pull_of_a_repo_without_an_expert_says_so(hf_cache: Path, tmp_path: Path) -> None:
+    model_repo = tmp_path / "not-an-expert"
+    model_repo.mkdir()
+    (model_repo / "config.json").write_text("{}")
+    populate_hf_cache(hf_cache, "acme/some-model", model_repo)
+    result = t2("pull", "acme/some-model")
+    assert result.exit_code == 1
+    assert "Hub repo acme/some-model holds no t2 expert (no expert.safetensors)" in _one_error(result)
+
+
 def _escaping_link(hf_cache: Path, tmp: Path) -> None:
     (snapshot,) = (hf_cache / "models--acme--sums-svf" / "snapshots").iterdir()
     outside = tmp / "elsewhere.json"
