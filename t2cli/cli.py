@@ -23,10 +23,12 @@ def _debug() -> bool:
 
 
 def report_error(message: str, hint: str | None) -> None:
-    """Print one error line (and a hint line) on stderr."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """Print one error line (and a hint line) on stderr; the texts are shown verbatim (no Rich markup)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     if hint:
-        err.print(f"[dim]hint:[/] {hint}", markup=True, highlight=False)
+        err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False)
 
 
 class T2Group(TyperGroup):
@@ -89,13 +91,14 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.commands import adapt, db, decompose, evaluate, experts, mix, models, runs, train
+    from t2cli.commands import adapt, db, decompose, evaluate, experts, mix, models, runs, share, train
 
     decompose.register(app)
     train.register(app)
     evaluate.register(app)
     mix.register(app)
     adapt.register(app)
+    share.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(experts.app, name="experts")
     app.add_typer(runs.app, name="runs")

@@ -51,6 +51,9 @@ class ExpertConfig:
     metrics: dict[str, Any] = field(default_factory=dict)
     parents: list[dict[str, Any]] = field(default_factory=list)  # {"name", "weight", "relation"}
     training: dict[str, Any] = field(default_factory=dict)
+    # Where an imported expert came from: {"kind" (its kind before import), "name", "source"
+    # ("folder" | "hub"), "location", "revision", "sha256" of expert.safetensors}. Empty otherwise.
+    origin: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     t2_version: str = __version__
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -102,18 +105,32 @@ def load_z(path: Path) -> dict[str, torch.Tensor]:
     return {key: tensor.to(torch.float32) for key, tensor in tensors.items()}
 
 
+def base_hub_id(base: dict[str, Any]) -> str | None:
+    """The Hub id of an expert's base model, when it has one (Hub models and the embedded alias)."""
+    from t2cli.models import ALIASES
+
+    if base.get("hub_id"):
+        return str(base["hub_id"])
+    if base.get("source") == "hub":
+        return base.get("location")
+    alias = ALIASES.get(str(base.get("name", "")).lower())
+    if base.get("source") == "embedded" and alias is not None:
+        return alias.hub_id
+    return None
+
+
 def model_card(config: ExpertConfig) -> str:
-    """A Hugging Face model card (YAML front matter + prose) for the expert folder."""
+    """A Hugging Face model card (YAML front matter + prose) for the expert folder.
+
+    ``base_model`` is written only when the base has a Hub id (the Hub refuses other values);
+    ``base_model_relation: adapter`` files the expert under its base model's adapters.
+    """
     base = config.base_model
-    lines = [
-        "---",
-        "library_name: t2",
-        f"base_model: {base.get('hub_id') or base.get('name')}",
-        "tags:",
-        "- transformer-squared",
-        "- svf",
-        f"- {config.kind}",
-    ]
+    hub_id = base_hub_id(base)
+    lines = ["---", "library_name: t2"]
+    if hub_id:
+        lines += [f"base_model: {hub_id}", "base_model_relation: adapter"]
+    lines += ["pipeline_tag: text-generation", "tags:", "- t2", "- transformer-squared", "- svf", f"- {config.kind}"]
     if config.task:
         lines.append(f"- task:{config.task}")
     lines += ["---", "", f"# {config.name}", ""]
@@ -128,10 +145,14 @@ def model_card(config: ExpertConfig) -> str:
     if config.metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v} |" for k, v in sorted(config.metrics.items())]
-    if config.parents:
+    if config.parents or config.origin:
         lines += ["", "## Lineage", ""]
         lines += [f"- {p['relation']} from `{p['name']}`" + (f" (weight {p['weight']})" if p.get("weight") is not None else "")
                   for p in config.parents]
+        if config.origin:
+            where = config.origin.get("location") or "?"
+            lines.append(f"- imported from `{where}` (originally a {config.origin.get('kind', '?')} expert "
+                         f"named `{config.origin.get('name', '?')}`)")
     lines += [
         "",
         "## Use",
@@ -171,8 +192,13 @@ def register_expert(
     base_model_id: int,
     decomposition_id: int | None,
     replace: bool = False,
+    link_parents: bool = True,
 ) -> int:
-    """Store z as a blob and insert the expert row with its parent links; returns the expert id."""
+    """Store z as a blob and insert the expert row with its parent links; returns the expert id.
+
+    ``link_parents=False`` keeps the lineage in the config only (imported experts: a local expert
+    that happens to share a parent's name is not that parent).
+    """
     from sqlalchemy import select
 
     from registry.schema import Expert, ExpertParent
@@ -202,7 +228,7 @@ def register_expert(
         )
         session.add(expert)
         session.flush()
-        for parent in config.parents:
+        for parent in config.parents if link_parents else []:
             parent_row = session.scalars(select(Expert).where(Expert.name == parent["name"])).first()
             if parent_row is None:
                 raise ExpertNotFound(f"parent expert {parent['name']!r} is not registered")
