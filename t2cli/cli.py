@@ -91,7 +91,7 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.commands import adapt, db, decompose, evaluate, experts, mix, models, runs, share, train
+    from t2cli.commands import adapt, db, decompose, evaluate, experts, mix, models, runs, share, train, transfer
 
     decompose.register(app)
     train.register(app)
@@ -99,6 +99,7 @@ def _register_commands() -> None:
     mix.register(app)
     adapt.register(app)
     share.register(app)
+    transfer.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(experts.app, name="experts")
     app.add_typer(runs.app, name="runs")
