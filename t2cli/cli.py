@@ -89,11 +89,12 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.commands import db, decompose, evaluate, experts, models, runs, train
+    from t2cli.commands import ask, db, decompose, evaluate, experts, models, runs, train
 
     decompose.register(app)
     train.register(app)
     evaluate.register(app)
+    ask.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(experts.app, name="experts")
     app.add_typer(runs.app, name="runs")

@@ -423,27 +423,3 @@ def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     mix = " + ".join(f"{w:.3g} {n}" for n, w in weights.items()) or "its stored z"
     return lambda prompt: Dispatch(name, weights or {name: 1.0},
                                    f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name)
-
-
-# --------------------------------------------------------------------------- mixing
-
-
-# Replaced by `t2cli.mixing` (branch `mix`) when it lands: kept private and minimal until then.
-def _mix_linear(zs: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """z' = sum_k alpha_k z_k per matrix; an expert that does not adapt a matrix counts as z = 1 there."""
-    matrices = sorted({m for z in zs.values() for m in z})
-    mixed = {}
-    for matrix in matrices:
-        like = next(z[matrix] for z in zs.values() if matrix in z)
-        total = torch.zeros_like(like, dtype=torch.float32)
-        for name, alpha in weights.items():
-            vector = zs[name].get(matrix)
-            total += alpha * (vector.to(torch.float32) if vector is not None else torch.ones_like(total))
-        mixed[matrix] = total
-    return mixed
-
-
-def mixture_key(weights: Mapping[str, float]) -> str:
-    """The composed-weight cache key of a mixture (the same weights give the same key)."""
-    return "mix[" + ",".join(f"{name}={alpha:.9g}" for name, alpha in sorted(weights.items())) + "]"
-

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from t2cli import dispatch
 from t2cli.dispatch import BASE, DispatchContext, DispatchError, build_dispatcher, category_experts, parse_strategy
@@ -91,15 +90,6 @@ def test_strategy_decorator_registers_and_refuses_duplicates(monkeypatch) -> Non
         dispatch.strategy("prompt")(_always)
 
 
-def test_mix_linear_sums_weighted_z_and_counts_missing_matrices_as_one() -> None:
-    za = {"m1": torch.tensor([1.0, 2.0, 3.0]), "m2": torch.tensor([2.0, 2.0])}
-    zb = {"m1": torch.tensor([3.0, 0.0, 1.0])}
-    mixed = dispatch._mix_linear({"a": za, "b": zb}, {"a": 0.25, "b": 0.75})
-    assert torch.allclose(mixed["m1"], torch.tensor([2.5, 0.5, 1.5]))
-    assert torch.allclose(mixed["m2"], torch.tensor([1.25, 1.25]))  # 0.25 * 2 + 0.75 * 1
-    assert dispatch.mixture_key({"b": 0.75, "a": 0.25}) == dispatch.mixture_key({"a": 0.25, "b": 0.75})
-
-
 # --------------------------------------------------------------------------- strategies on a tiny model
 
 
@@ -153,6 +143,9 @@ def test_category_experts_one_per_category_latest_wins(env, tiny_model_dirs) -> 
 def test_prompt_strategy_routes_the_category_the_base_model_names(env, answer, choice, category) -> None:
     registry, adaptable, _ = env
     stub = StubModel(answer)
+    from t2cli.experts import load_expert
+
+    adaptable.svf.apply(load_expert(registry, "c").z, key="c")  # whatever was applied before, pass 1 uses base
     decision = build_dispatcher(_context(registry, adaptable, complete=stub), "prompt")("What is 2 + 3?")
     assert (decision.choice, decision.category) == (choice, category)
     assert decision.weights == ({} if choice == BASE else {choice: 1.0})
@@ -293,3 +286,33 @@ def test_dispatch_task_needs_two_categories_with_loadable_tasks(tiny_llama: Path
         with pytest.raises(TaskError) as info:
             dispatch_task(registry, adaptable.base_model_id)
         assert "expert 'c' was trained on task" in info.value.message and "cannot be loaded" in info.value.message
+
+
+def test_train_and_eval_the_dispatch_classifier_then_ask_with_it(env, tiny_llama: Path) -> None:
+    """`t2 train --task dispatch` registers the classifier; `t2 eval --task dispatch` scores it; `ask` uses it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from t2cli.cli import app
+    from t2cli.experts import load_expert
+
+    registry, _, _ = env
+    runner = CliRunner()
+    model = ["--model", str(tiny_llama), "--device", "cpu"]
+    trained = runner.invoke(app, ["train", "--task", "dispatch", *model, "--steps", "1", "--prompts-per-step", "2",
+                                  "--samples-per-prompt", "2", "--valid-size", "2", "--max-new-tokens", "4", "--json"])
+    assert trained.exit_code == 0, trained.output
+    expert = load_expert(registry, "dispatch-svf")
+    assert (expert.config.task, expert.config.category) == ("dispatch", "dispatch")
+
+    scored = runner.invoke(app, ["eval", "--task", "dispatch", "--expert", "dispatch-svf", "--limit", "3", "--json"])
+    assert scored.exit_code == 0, scored.output
+    result = json.loads(scored.stdout)
+    assert (result["task"], result["n"], result["expert"]) == ("dispatch", 3, "dispatch-svf")
+    assert all(s["answer"] in ("math", "code") for s in result["samples"])
+
+    asked = runner.invoke(app, ["ask", "What is 2 + 3?", *model, "--strategy", "classifier", "--max-new-tokens", "4",
+                                "--json"])
+    assert asked.exit_code == 0, asked.output
+    assert "classifier dispatch-svf" in json.loads(asked.stdout)["reason"]
