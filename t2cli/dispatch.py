@@ -421,5 +421,8 @@ def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     row = _expert_row(ctx.registry, name)
     weights = {p["name"]: float(p["weight"]) for p in row["config"].get("parents", []) if p.get("weight") is not None}
     mix = " + ".join(f"{w:.3g} {n}" for n, w in weights.items()) or "its stored z"
+    mixture = row["config"].get("parametrization", {}).get("mixture") or {}
+    if weights and mixture.get("granularity") == "role":
+        mix += " (mean alphas; one alpha per expert per matrix role)"
     return lambda prompt: Dispatch(name, weights or {name: 1.0},
                                    f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name)

@@ -230,6 +230,11 @@ def test_cem_strategy_reuses_the_latest_cem_mixture_of_the_task(env) -> None:
     assert decision.weights == {"m": 0.7, "c": 0.3} and "0.7 m + 0.3 c" in decision.reason
     # the task may be named by the path it was trained from: its name is the file's stem
     assert build_dispatcher(_context(registry, adaptable, task=tasks["math"]), "cem")("x").choice == "sums-cem"
+    per_role = {**cem, "mixture": {"granularity": "role", "alphas": [[0.9, 0.1], [0.5, 0.5]]}}
+    add_expert(registry, adaptable, "sums-cem-roles", category=None, kind="mixture", task="sums",
+               parametrization=per_role, parents=parents)
+    decision = build_dispatcher(_context(registry, adaptable, task="sums"), "cem")("x")
+    assert decision.stored == "sums-cem-roles" and "per matrix role" in decision.reason
 
 
 # --------------------------------------------------------------------------- the dispatch task
