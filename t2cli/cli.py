@@ -91,15 +91,16 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.commands import adapt, db, decompose, evaluate, experts, mix, models, runs, share, train, transfer
+    from t2cli.commands import adapt, ask, db, decompose, evaluate, experts, mix, models, runs, share, train, transfer
 
     decompose.register(app)
     train.register(app)
     evaluate.register(app)
+    ask.register(app)
     mix.register(app)
     adapt.register(app)
-    share.register(app)
     transfer.register(app)
+    share.register(app)
     app.add_typer(models.app, name="models")
     app.add_typer(experts.app, name="experts")
     app.add_typer(runs.app, name="runs")

@@ -23,7 +23,7 @@ TaskOpt = Annotated[
     typer.Option(
         "--task", "-t",
         help="A task name (gsm8k|math, math500, arithmetic, addition, arc-easy|reasoning, arc-challenge, "
-        "mbpp|code, humaneval) or a .jsonl file. See `t2 tasks`.",
+        "mbpp|code, humaneval), dispatch (built from the registered experts) or a .jsonl file. See `t2 tasks`.",
         show_default=False,
     ),
 ]

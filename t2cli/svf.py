@@ -158,6 +158,10 @@ class SVFModel:
             param.data = self._base[name]
         self.active = None
 
+    def is_cached(self, key: str) -> bool:
+        """Whether ``apply(..., key=key)`` would reuse composed weights (no composition, z not needed)."""
+        return key in self._cache
+
     def forget(self, key: str) -> None:
         """Drop an expert's composed weights from the cache (after it changed)."""
         self._cache.pop(key, None)

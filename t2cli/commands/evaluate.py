@@ -33,17 +33,19 @@ def eval_cmd(
       t2 eval --task addition --base --limit 200
 
       t2 eval --task addition --expert add-v1 --limit 200 --json
+
+      t2 eval --task dispatch --expert dispatch-svf     # dispatch accuracy of the classifier
     """
     from t2cli.errors import UsageError
     from t2cli.evaluate import evaluate
     from t2cli.experts import load_expert
     from t2cli.home import open_registry
     from t2cli.runtime import load_adaptable
-    from t2cli.tasks import get_task
+    from t2cli.tasks import get_task, needs_registry
 
     if base == (expert is not None):
         raise UsageError("give exactly one of --expert NAME or --base", "e.g. t2 eval --task math --base")
-    task_obj = get_task(task)
+    task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
     with open_registry() as registry:
         loaded = load_expert(registry, expert) if expert else None
         targets = loaded.config.targets if loaded else "all"
@@ -53,6 +55,8 @@ def eval_cmd(
         adaptable = load_adaptable(registry, model, targets=targets, device=device)
         if loaded is not None:
             _check_same_base(loaded, adaptable)
+        if task_obj is None:
+            task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         items = task_obj.split(split)
         total = min(limit, len(items)) if limit else len(items)
         with Progress(

@@ -46,14 +46,16 @@ def train_cmd(
       t2 train --task math --model llama3-8b --device cuda --steps 200 --prompts-per-step 64
 
       t2 train --task ./my_task.jsonl --name mine --resume
+
+      t2 train --task dispatch       # the classifier of `t2 ask --strategy classifier`
     """
     from t2cli.home import open_registry
     from t2cli.runtime import load_adaptable
-    from t2cli.tasks import get_task
+    from t2cli.tasks import get_task, needs_registry
     from t2cli.train import TrainConfig, find_resumable_run, train
 
-    task_obj = get_task(task)
-    name = name or f"{task_obj.name}-svf"
+    task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
+    name = name or f"{task_obj.name if task_obj else task.strip().lower()}-svf"
     config = TrainConfig(
         task=task, name=name, model=model, targets=targets, steps=steps, prompts_per_step=prompts_per_step,
         samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
@@ -70,6 +72,8 @@ def train_cmd(
                 raise T2Error(f"no interrupted run trains {name!r}", "start one without --resume")
         err.print(f"loading {model or 'the embedded model'} and its decomposition...")
         adaptable = load_adaptable(registry, model, targets=targets, device=device)
+        if task_obj is None:
+            task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         progress = Progress(
             TextColumn("training {task.fields[expert]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("reward {task.fields[reward]} · valid {task.fields[valid]} · {task.fields[tps]} tok/s"),

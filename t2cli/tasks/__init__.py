@@ -10,9 +10,19 @@ model's chat template. docs/tasks.md lists the tasks and their split sizes.
 """
 
 from t2cli.tasks.base import Score, Task, TaskError, TaskItem
-from t2cli.tasks.registry import get_task, list_tasks, register_task, task_names
+from t2cli.tasks.registry import (
+    get_task,
+    list_tasks,
+    needs_registry,
+    register_task,
+    register_task_factory,
+    task_names,
+)
 
 # Importing these modules registers the built-in tasks.
-from t2cli.tasks import choice_tasks, code_tasks, math_tasks  # noqa: E402,F401  isort: skip
+from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks  # noqa: E402,F401  isort: skip
 
-__all__ = ["Score", "Task", "TaskError", "TaskItem", "get_task", "list_tasks", "register_task", "task_names"]
+__all__ = [
+    "Score", "Task", "TaskError", "TaskItem", "get_task", "list_tasks", "needs_registry", "register_task",
+    "register_task_factory", "task_names",
+]

@@ -1,0 +1,404 @@
+"""Pass 1 of two-pass inference: strategies that decide which z answers a prompt (REFERENCE.md §3).
+
+A strategy is registered by name with ``@strategy("name")``. It is a factory: it
+gets a ``DispatchContext`` (the registry, the base model, the options) and an
+optional argument (``expert:NAME`` gives "NAME"), does its registry look-ups and
+checks once, raising one clear ``DispatchError`` when it cannot work, and returns
+a ``Dispatcher``: a function from a prompt to a ``Dispatch`` (the choice, the
+mixture weights expert -> alpha, the reason). Pass 2 (``t2cli.ask``) applies it.
+
+| strategy | pass 1 |
+| --- | --- |
+| ``none`` | nothing: base weights |
+| ``expert:NAME`` | nothing: that expert |
+| ``prompt`` | the base model classifies the prompt into the experts' categories or ``other`` |
+| ``classifier`` | the same question, answered with the dispatch expert applied |
+| ``cem`` | the latest CEM mixture registered for ``--task`` (made by ``t2 adapt``) |
+
+The model is only loaded when a dispatcher first needs it (``ctx.adaptable()``),
+so every look-up error comes before anything is loaded or decomposed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from t2cli.errors import T2Error
+from t2cli.tasks.dispatch_task import (
+    CATEGORY_GUIDES,
+    DISPATCH_MAX_NEW_TOKENS,
+    DISPATCH_TASK,
+    OTHER,
+    classification_prompt,
+    parse_category,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from registry import Registry
+    from t2cli.runtime import Adaptable
+
+BASE = "base"  # Dispatch.choice when pass 2 runs on the base weights
+MIN_QUESTION_TOKENS = 32  # pass 1 never cuts the question shorter than this
+
+
+class DispatchError(T2Error):
+    """A strategy that cannot run: unknown name, missing expert, classifier or mixture."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What pass 1 decided.
+
+    ``weights`` maps expert names to mixing weights alpha (empty: base weights;
+    one expert at 1.0: that expert). ``stored`` names a registered expert whose
+    stored z pass 2 applies as is (a CEM mixture, whose alphas may be per
+    matrix); ``weights`` then reports the mixture's recorded parents.
+    """
+
+    choice: str  # "base", an expert name, or a mixture's name
+    weights: dict[str, float]
+    reason: str
+    seconds: float = 0.0
+    category: str | None = None  # the category pass 1 read, where it classified
+    stored: str | None = None
+
+
+Dispatcher = Callable[[str], Dispatch]
+# Pass-1 generation: (the loaded model, the classification message) -> the model's answer, with the
+# weights currently applied. Tests inject a stub where the model is random.
+Completer = Callable[["Adaptable", str], str]
+
+
+@dataclass
+class DispatchContext:
+    """What a strategy may use: the registry, the base model and the options of ``t2 ask``."""
+
+    registry: Registry
+    base_model_id: int | None  # None: the model was never registered (so no expert can belong to it)
+    model_name: str
+    tokenizer: PreTrainedTokenizerBase
+    context_limit: int | None  # the model's max_position_embeddings, when known
+    adaptable: Callable[[], Adaptable]  # loads the model on first call
+    task: str | None = None
+    classifier: str | None = None
+    complete: Completer | None = None  # None: ``greedy_answer``
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    name: str
+    factory: Callable[[DispatchContext, str | None], Dispatcher]
+    takes_arg: bool
+    help: str
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name}:NAME" if self.takes_arg else self.name
+
+
+_STRATEGIES: dict[str, StrategyInfo] = {}
+
+
+def strategy(name: str, *, takes_arg: bool = False, help: str = ""):  # noqa: A002 - mirrors typer's option name
+    """Register a strategy factory ``(ctx, arg) -> Dispatcher`` under ``name`` (``name:ARG`` when it takes one)."""
+
+    def register(factory: Callable[[DispatchContext, str | None], Dispatcher]):
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy '{name}' is already registered")
+        _STRATEGIES[name] = StrategyInfo(name, factory, takes_arg, help or (factory.__doc__ or "").strip())
+        return factory
+
+    return register
+
+
+def strategy_names() -> list[str]:
+    """The strategies as a user writes them (``expert:NAME``), in registration order."""
+    return [info.usage for info in _STRATEGIES.values()]
+
+
+def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
+    """``"expert:math-v1"`` -> (the expert strategy, "math-v1"); a clear error for unknown names."""
+    name, sep, arg = spec.strip().partition(":")
+    info = _STRATEGIES.get(name.strip().lower())
+    valid = ", ".join(strategy_names())
+    if info is None:
+        raise DispatchError(f"unknown strategy {spec!r}", f"use one of: {valid}")
+    arg = arg.strip() or None
+    if info.takes_arg and arg is None:
+        raise DispatchError(f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}")
+    if not info.takes_arg and sep:
+        raise DispatchError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
+    return info, arg
+
+
+def build_dispatcher(ctx: DispatchContext, spec: str) -> Dispatcher:
+    """The pass-1 function for strategy ``spec``, after its look-ups and checks."""
+    info, arg = parse_strategy(spec)
+    return info.factory(ctx, arg)
+
+
+def run_dispatch(dispatcher: Dispatcher, prompt: str) -> Dispatch:
+    """Pass 1, timed."""
+    started = time.perf_counter()
+    decision = dispatcher(prompt)
+    return replace(decision, seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- registry look-ups
+
+
+@dataclass(frozen=True)
+class CategoryExpert:
+    """The expert that answers one category, as the classification prompt describes it."""
+
+    category: str
+    expert: str
+    description: str
+    task: str | None  # the task name recorded on the expert
+    task_source: str | None  # what `t2 train --task` was given (a name or a .jsonl path), if recorded
+
+
+def category_experts(registry: Registry, base_model_id: int | None) -> list[CategoryExpert]:
+    """One expert per category for this base model, sorted by category.
+
+    Candidates are the experts of ``base_model_id`` that carry a category, except
+    mixtures (task adaptations, not category experts), the dispatch classifier
+    itself and the reserved ``other``; when several share a category the latest
+    registered wins. A known category (math, code, reasoning) is described as in
+    the paper's prompt, any other one by its expert's description.
+    """
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    if base_model_id is None:
+        return []
+    latest: dict[str, CategoryExpert] = {}
+    with registry.session(readonly=True) as session:
+        rows = session.scalars(select(Expert).where(Expert.base_model_id == base_model_id).order_by(Expert.id))
+        for row in rows:
+            category = (row.category or "").strip()
+            if not category or row.kind == "mixture" or category.casefold() in (DISPATCH_TASK, OTHER):
+                continue
+            config = json.loads(row.config_json or "{}")
+            source = (config.get("training") or {}).get("task")
+            description = (
+                CATEGORY_GUIDES.get(category.casefold())
+                or (row.description or "").strip().rstrip(".")
+                or f"questions like those of the task {row.task or row.name}"
+            )
+            latest[category] = CategoryExpert(category, row.name, description, row.task, source)
+    return [latest[c] for c in sorted(latest)]
+
+
+def _expert_row(registry: Registry, name: str) -> dict[str, Any]:
+    """An expert's registry row as a dict; ExpertNotFound (listing known names) otherwise."""
+    from sqlalchemy import select
+
+    from registry.schema import BaseModel, Expert
+
+    with registry.session(readonly=True) as session:
+        row = session.scalars(select(Expert).where(Expert.name == name)).first()
+        if row is not None:
+            base = session.get(BaseModel, row.base_model_id)
+            return {"name": row.name, "base_model_id": row.base_model_id, "kind": row.kind, "task": row.task,
+                    "base_model": base.name if base else "?", "base_location": base.location if base else None,
+                    "config": json.loads(row.config_json or "{}")}
+    from t2cli.catalog import get_expert
+
+    get_expert(registry, name)  # raises the clear not-found error, with the known names
+    raise AssertionError("unreachable")
+
+
+def model_argument(name: str, location: str | None) -> str:
+    """How to name a registered base model on the command line: its alias when it has one, else its location."""
+    from t2cli.models import ALIASES
+
+    return name if name in ALIASES else (location or name)
+
+
+def expert_model(registry: Registry, name: str) -> str:
+    """The --model that expert ``name`` belongs to (ExpertNotFound if there is no such expert)."""
+    row = _expert_row(registry, name)
+    return model_argument(row["base_model"], row["base_location"])
+
+
+def _check_base(ctx: DispatchContext, expert: Mapping[str, Any]) -> None:
+    if expert["base_model_id"] != ctx.base_model_id:
+        raise DispatchError(
+            f"expert {expert['name']!r} belongs to base model {expert['base_model']}; the loaded model is "
+            f"{ctx.model_name}",
+            f"ask with --model {model_argument(expert['base_model'], expert['base_location'])}",
+        )
+
+
+def _latest_expert(registry: Registry, base_model_id: int | None, *, task: str) -> str | None:
+    """The latest non-mixture expert of ``base_model_id`` trained on ``task``."""
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    if base_model_id is None:
+        return None
+    with registry.session(readonly=True) as session:
+        return session.scalars(
+            select(Expert.name)
+            .where(Expert.base_model_id == base_model_id, Expert.task == task, Expert.kind != "mixture")
+            .order_by(Expert.id.desc())
+        ).first()
+
+
+def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None) -> str | None:
+    """The latest CEM mixture registered for ``task`` (its name or alias) on this base model."""
+    from t2cli.cem import latest_cem_mixture
+
+    return None if base_model_id is None else latest_cem_mixture(registry, task, base_model_id)
+
+
+# --------------------------------------------------------------------------- pass-1 generation
+
+
+def greedy_answer(adaptable: Adaptable, message: str) -> str:
+    """The model's greedy answer to ``message`` (chat template applied) with the weights currently applied."""
+    from t2cli.generation import generate, render_prompt
+
+    text = render_prompt(adaptable.tokenizer, message)
+    gens = generate(adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS)
+    return gens.texts[0]
+
+
+def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, str]) -> tuple[str, int | None]:
+    """``question`` cut (keeping its start) so the classification prompt fits the model's window.
+
+    Returns (question, tokens kept) where tokens kept is None when nothing was cut.
+    The category is usually clear from the start of a prompt; the cut never goes
+    below ``MIN_QUESTION_TOKENS``.
+    """
+    from t2cli.generation import render_prompt
+
+    if ctx.context_limit is None:
+        return question, None
+    budget = ctx.context_limit - DISPATCH_MAX_NEW_TOKENS
+    rendered = render_prompt(ctx.tokenizer, classification_prompt(question, categories))
+    overflow = len(ctx.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - budget
+    if overflow <= 0:
+        return question, None
+    ids = ctx.tokenizer(question, add_special_tokens=False)["input_ids"]
+    keep = max(len(ids) - overflow, MIN_QUESTION_TOKENS)
+    if keep >= len(ids):
+        return question, None
+    return ctx.tokenizer.decode(ids[:keep], skip_special_tokens=True), keep
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return json.dumps(flat if len(flat) <= limit else flat[: limit - 3] + "...", ensure_ascii=False)
+
+
+def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], who: str) -> Dispatch:
+    """Ask the model (with whatever weights are applied) for the category, and map it to an expert."""
+    categories = {e.category: e.description for e in experts}
+    question, kept = fit_question(ctx, prompt, categories)
+    complete = ctx.complete or greedy_answer
+    answer = complete(ctx.adaptable(), classification_prompt(question, categories))
+    cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
+    found = parse_category(answer, [*categories, OTHER])
+    if found is None:
+        return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "
+                                  f"base weights{cut}")
+    if found == OTHER:
+        return Dispatch(BASE, {}, f"{who} classified the prompt as other: base weights{cut}", category=OTHER)
+    expert = next(e for e in experts if e.category == found)
+    return Dispatch(expert.expert, {expert.expert: 1.0},
+                    f"{who} classified the prompt as {found} ({_quote(answer)}): expert {expert.expert}{cut}",
+                    category=found)
+
+
+def _require_category_experts(ctx: DispatchContext, strategy_name: str) -> list[CategoryExpert]:
+    experts = category_experts(ctx.registry, ctx.base_model_id)
+    if not experts:
+        raise DispatchError(
+            f"no experts with a category are registered for {ctx.model_name}: strategy {strategy_name!r} has "
+            "nothing to choose from",
+            "train one (e.g. `t2 train --task math`), or use --strategy none",
+        )
+    return experts
+
+
+# --------------------------------------------------------------------------- the strategies
+
+
+@strategy("none", help="Base weights; no pass 1.")
+def _none(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    return lambda prompt: Dispatch(BASE, {}, "base weights (--strategy none)")
+
+
+@strategy("expert", takes_arg=True, help="The named expert; no pass 1.")
+def _expert(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    assert arg is not None  # parse_strategy guarantees it
+    row = _expert_row(ctx.registry, arg)
+    _check_base(ctx, row)
+    return lambda prompt: Dispatch(arg, {arg: 1.0}, f"expert {arg} (--strategy expert:{arg})")
+
+
+@strategy("prompt", help="The base model classifies the prompt into the experts' categories or other.")
+def _prompt(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    experts = _require_category_experts(ctx, "prompt")
+
+    def run(prompt: str) -> Dispatch:
+        svf = ctx.adaptable().svf
+        with svf.adapted(None):
+            return _classify(ctx, prompt, experts, "the base model")
+
+    return run
+
+
+@strategy("classifier", help="The dispatch expert (`t2 train --task dispatch`) classifies the prompt.")
+def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    experts = _require_category_experts(ctx, "classifier")
+    name = ctx.classifier or _latest_expert(ctx.registry, ctx.base_model_id, task=DISPATCH_TASK)
+    if name is None:
+        raise DispatchError(
+            f"no dispatch classifier expert is registered for {ctx.model_name}",
+            "train one with `t2 train --task dispatch`, name one with --classifier NAME, or use --strategy prompt",
+        )
+    _check_base(ctx, _expert_row(ctx.registry, name))
+    z: dict[str, torch.Tensor] = {}
+
+    def run(prompt: str) -> Dispatch:
+        from t2cli.experts import load_expert
+
+        if not z:
+            z.update(load_expert(ctx.registry, name).z)
+        svf = ctx.adaptable().svf
+        with svf.adapted(z, key=name):
+            return _classify(ctx, prompt, experts, f"classifier {name}")
+
+    return run
+
+
+@strategy("cem", help="The latest CEM mixture for --task (made by `t2 adapt --task T`).")
+def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    if not ctx.task:
+        raise DispatchError("strategy 'cem' needs --task T: the task the mixture was adapted to",
+                            "e.g. t2 ask \"...\" --strategy cem --task arc-challenge")
+    name = _latest_cem_mixture(ctx.registry, ctx.task, ctx.base_model_id)
+    if name is None:
+        raise DispatchError(f"no CEM mixture for task {ctx.task}; run `t2 adapt --task {ctx.task}` first",
+                            "or pick another --strategy (prompt, classifier, expert:NAME, none)")
+    row = _expert_row(ctx.registry, name)
+    weights = {p["name"]: float(p["weight"]) for p in row["config"].get("parents", []) if p.get("weight") is not None}
+    mix = " + ".join(f"{w:.3g} {n}" for n, w in weights.items()) or "its stored z"
+    mixture = row["config"].get("parametrization", {}).get("mixture") or {}
+    if weights and mixture.get("granularity") == "role":
+        mix += " (mean alphas; one alpha per expert per matrix role)"
+    return lambda prompt: Dispatch(name, weights or {name: 1.0},
+                                   f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name)

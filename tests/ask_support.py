@@ -1,0 +1,48 @@
+"""Helpers for the two-pass inference tests: source tasks, registered category experts, registry snapshots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from t2cli.experts import ExpertConfig, register_expert
+
+
+def write_task(path: Path, prefix: str, n: int = 12) -> Path:
+    """A custom .jsonl task of ``n`` short questions with explicit splits (8 train, 2 valid, 2 test)."""
+    lines = []
+    for i in range(n):
+        split = "train" if i < n - 4 else "valid" if i < n - 2 else "test"
+        lines.append(json.dumps({"prompt": f"{prefix} {i}?", "answer": str(i), "kind": "number", "split": split}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def add_expert(registry, adaptable, name: str, *, category: str | None, task: str | None = None, kind: str = "trained",
+               scale: float = 0.5, seed: int = 0, parametrization: dict | None = None,
+               parents: list[dict] | None = None) -> dict[str, torch.Tensor]:
+    """Register an expert with a random z (1 + scale * noise) on the loaded model; returns its z."""
+    generator = torch.Generator().manual_seed(seed)
+    z = {key: 1 + scale * torch.randn(f.S.shape, generator=generator) for key, f in adaptable.svf.factors.items()}
+    config = ExpertConfig(
+        name=name, base_model=adaptable.base_model_record(), targets=adaptable.targets, num_matrices=len(z),
+        kind=kind, task=Path(task).stem if task and task.endswith(".jsonl") else task, category=category,
+        description=f"test expert {name}",
+        parametrization=parametrization or {"stored": "effective_multiplier"},
+        parents=parents or [], training={"task": task} if task else {},
+    )
+    register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
+                    decomposition_id=adaptable.decomposition_id)
+    return z
+
+
+def registry_snapshot(home: Path) -> tuple:
+    """Row counts of every table and the blob files: equal snapshots mean an unchanged registry."""
+    from t2cli.home import open_registry
+
+    with open_registry() as registry:
+        rows = registry.status().rows
+    blobs = sorted(str(p.relative_to(home)) for p in (home / "blobs").rglob("*") if p.is_file())
+    return rows, blobs
