@@ -306,7 +306,7 @@ class Asker:
         try:
             decision = run_dispatch(self._dispatcher, prompt)
             switch_start = time.perf_counter()
-            cached = self._apply(decision)
+            cached = self.apply_decision(decision)
             switch_s = time.perf_counter() - switch_start
             gen_start = time.perf_counter()
             answer, tokens = stream_generate(
@@ -323,7 +323,11 @@ class Asker:
             tokens=tokens, cached=cached,
         )
 
-    def _apply(self, decision: Dispatch) -> bool:
+    def dispatch(self, prompt: str) -> Dispatch:
+        """Pass 1 alone (timed): which z should answer ``prompt``."""
+        return run_dispatch(self._dispatcher, prompt)
+
+    def apply_decision(self, decision: Dispatch) -> bool:
         """Apply the chosen z (cached by key); returns whether its composed weights were cached already."""
         svf = self.load().svf
         weights = decision.weights

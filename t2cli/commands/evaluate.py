@@ -18,6 +18,11 @@ def eval_cmd(
     task: TaskOpt,
     expert: Annotated[str | None, typer.Option("--expert", "-e", help="Expert to evaluate.")] = None,
     base: Annotated[bool, typer.Option("--base", help="Evaluate the base weights.")] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option("--strategy", "-s", help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, "
+                     "cem, none or expert:NAME (pass 1 per item, pass 2 batched per decision).", show_default=False),
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")] = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
@@ -35,6 +40,8 @@ def eval_cmd(
       t2 eval --task addition --expert add-v1 --limit 200 --json
 
       t2 eval --task dispatch --expert dispatch-svf     # dispatch accuracy of the classifier
+
+      t2 eval --task arc-challenge --strategy prompt --limit 100
     """
     from t2cli.errors import UsageError
     from t2cli.evaluate import evaluate
@@ -43,8 +50,11 @@ def eval_cmd(
     from t2cli.runtime import load_adaptable
     from t2cli.tasks import get_task, needs_registry
 
-    if base == (expert is not None):
-        raise UsageError("give exactly one of --expert NAME or --base", "e.g. t2 eval --task math --base")
+    if sum((base, expert is not None, strategy is not None)) != 1:
+        raise UsageError("give exactly one of --expert NAME, --base or --strategy S", "e.g. t2 eval --task math --base")
+    if strategy is not None:
+        _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json)
+        return
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
     with open_registry() as registry:
         loaded = load_expert(registry, expert) if expert else None
@@ -80,6 +90,37 @@ def eval_cmd(
         f"[{result.ci_low:.1%}, {result.ci_high:.1%}]", f"{result.seconds:.0f}", f"{result.tokens_per_s:.0f}",
     )
     out.print(table)
+
+
+def _eval_strategy(task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json) -> None:
+    from t2cli.home import open_registry
+    from t2cli.strategy_eval import evaluate_strategy
+    from t2cli.tasks import get_task
+
+    task_obj = get_task(task)
+    total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
+    with open_registry() as registry, Progress(
+        TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json,
+    ) as progress:
+        bar = progress.add_task("dispatch", total=total)
+        result = evaluate_strategy(
+            registry, task_obj, strategy, model=model, split=split, limit=limit, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, device=device, on_item=lambda k: progress.advance(bar, k),
+        )
+    if as_json:
+        out.print_json(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"{task_obj.name} ({split}), strategy {strategy}")
+    for column in ("routed to", "items"):
+        table.add_column(column)
+    for choice, count in sorted(result.routing.items(), key=lambda kv: -kv[1]):
+        table.add_row(choice, str(count))
+    out.print(table)
+    out.print(
+        f"accuracy {result.accuracy:.1%} ({result.correct}/{result.n}), 95% CI [{result.ci_low:.1%}, {result.ci_high:.1%}]; "
+        f"pass 1 {result.dispatch_seconds:.0f} s, total {result.seconds:.0f} s"
+    )
 
 
 def _expert_model(loaded, model: str | None) -> str | None:
