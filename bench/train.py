@@ -32,7 +32,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=180)
 
 
 @dataclass
@@ -175,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="addition")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--svf-lrs", default="1e-3,3e-3,1e-2")
+    parser.add_argument("--svf-lrs", default="3e-3,1e-2")
     parser.add_argument("--lora-lrs", default="3e-4,1e-3,3e-3")
     parser.add_argument("--valid-n", type=int, default=100)
     parser.add_argument("--test-n", type=int, default=500)

@@ -111,7 +111,7 @@ def export_merged(
 
     ``adaptable``: the expert's base model already loaded (tests, or a caller exporting several).
     """
-    from t2cli.models import _quiet_transformers
+    from t2cli.models import _quiet_transformers, drop_gguf_record
     from t2cli.runtime import load_adaptable
 
     loaded = load_expert(registry, name)
@@ -122,7 +122,7 @@ def export_merged(
             adaptable = load_adaptable(registry, spec, targets=loaded.config.targets, device=device)
         elif adaptable.identity.fingerprint != loaded.config.base_model.get("fingerprint"):
             raise T2Error(f"expert {loaded.name!r} was not made for {adaptable.identity.ref.name}")
-        _drop_gguf_record(adaptable.model)
+        drop_gguf_record(adaptable.model)  # a dequantised GGUF model saves as plain dense weights
         adaptable.svf.apply(loaded.z)
         try:
             with _quiet_transformers():  # model.safetensors, config.json, generation_config.json
@@ -136,28 +136,6 @@ def export_merged(
         folder=str(Path(folder).absolute()), expert=name, base_model=adaptable.identity.ref.name,
         num_matrices=len(loaded.z), dtype=str(next(adaptable.model.parameters()).dtype).removeprefix("torch."),
         files=files,
-    )
-
-
-def _drop_gguf_record(model) -> None:
-    """Let transformers save a model it loaded from GGUF and dequantised.
-
-    The loaded model keeps transformers' GGUF quantizer record, and ``save_pretrained``
-    refuses any model with a non-serialisable quantizer. When no layer kept GGUF blocks
-    (t2 adapts plain dense weights), the record is dropped with the quantizer's own
-    ``remove_quantization_config`` and the dense weights are saved as they are.
-    """
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is None:
-        return
-    method = quantizer.quantization_config.quant_method
-    if str(getattr(method, "value", method)) == "gguf" and not getattr(quantizer, "packed_modules", None):
-        quantizer.remove_quantization_config(model)
-        return
-    raise T2Error(
-        f"the base model is loaded with {getattr(method, 'value', method)} quantized layers; "
-        "a merged export needs dense weights",
-        "load the base model unquantized (a Hugging Face folder with safetensors weights) and pass it with --model",
     )
 
 

@@ -310,6 +310,7 @@ def _load_dequantised(ref: ModelRef, folder: Path, kwargs: dict[str, Any]) -> Pr
             shutil.rmtree(folder, ignore_errors=True)  # a damaged cache is rebuilt, never trusted
     model = _from_pretrained(ref, ref.path, {"trust_remote_code": False, "gguf_file": ref.gguf_file})
     try:  # the cache is an optimisation: a full disk or read-only home must not fail the load
+        drop_gguf_record(model)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".dequantised-", dir=folder.parent))
         try:
@@ -318,11 +319,33 @@ def _load_dequantised(ref: ModelRef, folder: Path, kwargs: dict[str, Any]) -> Pr
             os.replace(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    except OSError:
+    except (OSError, ModelLoadError):
         pass
     if "dtype" in kwargs:
         model = model.to(kwargs["dtype"])
     return model
+
+
+def drop_gguf_record(model: PreTrainedModel) -> None:
+    """Let transformers save a model it loaded from GGUF and dequantised to dense weights.
+
+    The loaded model keeps transformers' GGUF quantizer record, and ``save_pretrained``
+    refuses any model with a non-serialisable quantizer. When no layer kept GGUF blocks
+    (transformers dequantises every tensor), the record is dropped with the quantizer's
+    own ``remove_quantization_config``; otherwise this raises ``ModelLoadError``.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = quantizer.quantization_config.quant_method
+    method = str(getattr(method, "value", method))
+    if method == "gguf" and not getattr(quantizer, "packed_modules", None):
+        quantizer.remove_quantization_config(model)
+        return
+    raise ModelLoadError(
+        f"the model is loaded with {method} quantized layers, not dense weights",
+        "load the base model unquantized (a Hugging Face folder with safetensors weights)",
+    )
 
 
 def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:

@@ -216,13 +216,13 @@ def test_a_dequantised_gguf_model_is_made_saveable_and_a_quantized_one_is_refuse
     from types import SimpleNamespace
 
     from t2cli.errors import T2Error
-    from t2cli.export import _drop_gguf_record
+    from t2cli.models import drop_gguf_record
 
     dense = _Quantizer("gguf", {})
-    _drop_gguf_record(SimpleNamespace(hf_quantizer=dense))
+    drop_gguf_record(SimpleNamespace(hf_quantizer=dense))
     assert dense.removed
     for quantizer in (_Quantizer("gguf", {"model.layers.0.mlp.up_proj": object()}), _Quantizer("bitsandbytes", {})):
-        with pytest.raises(T2Error, match="needs dense weights"):
-            _drop_gguf_record(SimpleNamespace(hf_quantizer=quantizer))
+        with pytest.raises(T2Error, match="not dense weights"):
+            drop_gguf_record(SimpleNamespace(hf_quantizer=quantizer))
         assert not quantizer.removed
-    _drop_gguf_record(SimpleNamespace())  # an ordinary model: nothing to do
+    drop_gguf_record(SimpleNamespace())  # an ordinary model: nothing to do
