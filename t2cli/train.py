@@ -50,7 +50,7 @@ class TrainConfig:
     name: str
     model: str | None = None
     targets: str = "all"
-    steps: int = 20  # optimizer steps
+    steps: int = 40  # optimizer steps
     prompts_per_step: int = 16  # distinct training prompts per step
     samples_per_prompt: int = 4  # rollouts per prompt (a group, for the group baseline)
     temperature: float = 1.0  # rollout sampling temperature

@@ -17,7 +17,7 @@ def train_cmd(
     task: TaskOpt,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M).")] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Expert name (default: TASK-svf).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 40,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the latest interrupted run of this --name.")] = False,
     targets: Annotated[str, typer.Option(help="Adapted matrices: attn, mlp, all or a regex.")] = "all",
     prompts_per_step: Annotated[int, typer.Option(help="Training prompts per step.")] = 16,
@@ -41,7 +41,7 @@ def train_cmd(
 
     Examples:
 
-      t2 train --task addition --name add-v1          # CPU, ~12 min on the embedded model
+      t2 train --task addition --name add-v1          # CPU, ~20 min on the embedded model
 
       t2 train --task math --model llama3-8b --device cuda --steps 200 --prompts-per-step 64
 
