@@ -134,6 +134,7 @@ def get_expert(registry: Registry, name: str) -> ExpertInfo:
             {
                 "task": ev.task, "split": ev.split, "n": ev.n, "correct": ev.correct, "accuracy": ev.accuracy,
                 "ci_low": ev.ci_low, "ci_high": ev.ci_high, "created_at": str(ev.created_at),
+                "base": _base_evaluation(session, expert.base_model_id, ev),
             }
             for ev in session.scalars(select(Evaluation).where(Evaluation.expert_id == expert.id))
         ]
@@ -143,6 +144,32 @@ def get_expert(registry: Registry, name: str) -> ExpertInfo:
             created_at=str(expert.created_at), parents=parents, children=children, tags=tags,
             evaluations=evaluations, config=json.loads(expert.config_json or "{}"),
         )
+
+
+def _base_evaluation(session, base_model_id: int, ev) -> dict[str, Any] | None:
+    """The latest evaluation of the base weights on the same task, split and items (n and settings), if any."""
+    from sqlalchemy import select
+
+    from registry.schema import Evaluation
+
+    settings = _comparable(ev.config_json)
+    rows = session.scalars(
+        select(Evaluation)
+        .where(Evaluation.base_model_id == base_model_id, Evaluation.expert_id.is_(None), Evaluation.task == ev.task,
+               Evaluation.split == ev.split, Evaluation.n == ev.n)
+        .order_by(Evaluation.id.desc())
+    )
+    for row in rows:
+        if _comparable(row.config_json) == settings and "strategy" not in json.loads(row.config_json or "{}"):
+            return {"accuracy": row.accuracy, "ci_low": row.ci_low, "ci_high": row.ci_high, "correct": row.correct,
+                    "max_new_tokens": settings[1]}
+    return None
+
+
+def _comparable(config_json: str | None) -> tuple:
+    """What must match for two evaluations to be compared: the items (limit) and the generation budget."""
+    config = json.loads(config_json or "{}")
+    return config.get("limit"), config.get("max_new_tokens"), config.get("decoding", "greedy")
 
 
 def remove_expert(registry: Registry, name: str) -> None:

@@ -88,6 +88,23 @@ def test_eval_stores_accuracy_with_interval(tiny_llama: Path, sums_task) -> None
     assert status.rows["evaluations"] == 1
 
 
+def test_experts_show_puts_the_matching_base_evaluation_beside_the_expert(tiny_llama: Path, sums_task) -> None:
+    from t2cli.catalog import get_expert
+    from tests.expert_factory import make_expert
+
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+        z = make_expert(registry, adaptable, "e1")
+        base = evaluate(registry, adaptable, sums_task, split="test", max_new_tokens=4)
+        evaluate(registry, adaptable, sums_task, split="test", max_new_tokens=8)  # other settings: not comparable
+        evaluate(registry, adaptable, sums_task, expert="e1", z=z, split="test", max_new_tokens=4)
+        evaluate(registry, adaptable, sums_task, expert="e1", z=z, split="valid", max_new_tokens=4)
+        shown = get_expert(registry, "e1").evaluations
+    by_split = {ev["split"]: ev for ev in shown}
+    assert by_split["test"]["base"]["correct"] == base.correct and by_split["test"]["base"]["max_new_tokens"] == 4
+    assert by_split["valid"]["base"] is None  # no base evaluation on that split
+
+
 def test_wilson_interval_known_values() -> None:
     low, high = wilson_interval(75, 100)
     assert low == pytest.approx(0.6566, abs=1e-3) and high == pytest.approx(0.8245, abs=1e-3)

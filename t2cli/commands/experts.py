@@ -69,12 +69,15 @@ def show_cmd(name: ExpertArg, as_json: JsonOpt = False) -> None:
         out.print("tags: " + ", ".join(e.tags))
     if e.evaluations:
         table = Table(title="Evaluations")
-        for column in ("task", "split", "n", "accuracy", "95% CI"):
+        for column in ("task", "split", "n", "accuracy", "95% CI", "base accuracy", "base 95% CI"):
             table.add_column(column)
         for ev in e.evaluations:
+            base = ev.get("base")
             table.add_row(
                 ev["task"], ev["split"], str(ev["n"]), f"{ev['accuracy']:.1%}",
                 f"[{ev['ci_low']:.1%}, {ev['ci_high']:.1%}]",
+                f"{base['accuracy']:.1%}" if base else "-",
+                f"[{base['ci_low']:.1%}, {base['ci_high']:.1%}]" if base else "(run t2 eval --base)",
             )
         out.print(table)
 
