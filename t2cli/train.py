@@ -422,6 +422,10 @@ def _load_checkpoint(run_dir: Path, z, optimizer, schedule, item_rng) -> tuple[d
                     "exp_avg_sq": tensors[f"adam/exp_avg_sq/{name}"].clone(),
                 }
     schedule.load_state_dict(json.loads(metadata["schedule"]))
+    # The scheduler's state does not carry the optimizer's current lr: set it, or the first resumed
+    # step would run at the initial lr instead of the decayed one.
+    for group, lr in zip(optimizer.param_groups, schedule.get_last_lr()):
+        group["lr"] = lr
     torch.set_rng_state(tensors["rng/torch"])
     version, internal, gauss = json.loads(metadata["python_rng"])
     item_rng.setstate((version, tuple(internal), gauss))
