@@ -152,7 +152,7 @@ def generate(
             new_tokens += cut
         if on_batch:
             on_batch(len(chunk))
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True) if completion_ids else []
     return Generations(prompt_ids, completion_ids, texts, per_prompt, new_tokens)
 
 
