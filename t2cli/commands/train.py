@@ -30,6 +30,8 @@ def train_cmd(
     eval_every: Annotated[int, typer.Option(help="Validate every K steps.")] = 4,
     valid_size: Annotated[int, typer.Option(help="Validation items.")] = 100,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget (default: the task's).")] = None,
+    micro_batch: Annotated[int, typer.Option(help="Sequences per forward/backward of the loss (bounds memory).")] = 16,
+    gen_batch: Annotated[int, typer.Option(help="Sequences per generate() call (per process).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for prompt order and sampling.")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -66,7 +68,8 @@ def train_cmd(
         task=task, name=name, model=model, targets=targets, steps=steps, prompts_per_step=prompts_per_step,
         samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
         advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
-        max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens, micro_batch=micro_batch, gen_batch=gen_batch, seed=seed, device=device,
+        dtype=dtype,
     )
     with init_distributed(device) as dist, open_registry_ranked(dist) as registry:
         run = None
