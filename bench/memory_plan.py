@@ -68,8 +68,8 @@ def from_hf_config(path: Path) -> Shapes:
     )
 
 
-def plan(shapes: Shapes, targets: str) -> list[tuple[str, float, str]]:
-    """(row, GiB, how it is computed) for one model and target set."""
+def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]]]:
+    """A line of facts, and (row, GiB, how it is computed) rows, for one model and target set."""
     layer = {role: mn for role, mn in shapes.matrices().items() if role in TARGET_SETS[targets]}
     L = shapes.layers
     target_params = L * sum(m * n for m, n in layer.values())
@@ -116,17 +116,18 @@ def plan(shapes: Shapes, targets: str) -> list[tuple[str, float, str]]:
 
     chunked = max(chunk_peak(m, n) for m, n in layer.values())
 
-    return [
-        ("base weights, bf16 (all parameters)", base / GIB, f"{shapes.total_params() / 1e9:.2f}B params x 2 B"),
-        ("  of which adapted matrices", target_params * BASE_BYTES / GIB, f"{target_params / 1e9:.2f}B params"),
-        ("SVD factors U, S, Vh, float32", factors / GIB,
-         f"{factor_floats / 1e9:.2f}B floats = {factor_floats / target_params:.2f} x the adapted params"),
-        ("z + grad + AdamW m, v + best z, float32", z_state / GIB, f"sum r = {rank_sum:,} per vector"),
+    facts = (f"{shapes.name}: {shapes.total_params() / 1e9:.2f}B parameters, {target_params / 1e9:.2f}B adapted "
+             f"in {L * len(layer)} matrices, {factor_floats / 1e9:.2f}B factor floats "
+             f"({factor_floats / target_params:.2f} x), z length sum r = {rank_sum:,}, largest matrix {m_big}x{n_big}")
+    return facts, [
+        ("base weights, bf16 (all parameters)", base / GIB, "parameters x 2 B"),
+        ("  of which adapted matrices", target_params * BASE_BYTES / GIB, "sum of m*n x 2 B"),
+        ("SVD factors U, S, Vh, float32", factors / GIB, "sum of (m*r + r + r*n) x 4 B"),
+        ("z + grad + AdamW m, v + best z, float32", z_state / GIB, "5 x sum of r x 4 B"),
         ("composed W'(z), bf16 (held for the step)", composed / GIB, "one copy of the adapted matrices"),
         ("dL/dW', bf16 (leaf grads, loss phase)", grad_w / GIB, "one copy of the adapted matrices"),
         ("autograd-saved by W'(z)", 0.0, "none new: the graph keeps references to U, S, Vh only"),
-        ("backward W' -> z, transient", backward_transient / GIB,
-         f"largest matrix {m_big}x{n_big}: float32 m*n + 2 m*r"),
+        ("backward W' -> z, transient", backward_transient / GIB, "largest adapted matrix: float32 m*n + 2 m*r"),
         ("composition, transient", compose_transient / GIB, "largest matrix: float32 W and delta"),
         ("resident during a step (no activations)", resident / GIB, "sum of the rows above (one transient)"),
         ("+ loss activations per 1k tokens", (act_per_token + logits_per_token) * 1000 / GIB,
@@ -149,7 +150,10 @@ def main() -> None:
     args = parser.parse_args()
     models = [from_hf_config(p) for p in args.config] if args.config else list(PRESETS.values())
 
-    plans = [plan(s, args.targets) for s in models]
+    facts, plans = zip(*(plan(s, args.targets) for s in models))
+    for line in facts:
+        print(line)
+    print()
     head = f"| targets: {args.targets} ({', '.join(TARGET_SETS[args.targets])}) | " + " | ".join(
         f"{s.name} GiB" for s in models
     ) + " | how |"
