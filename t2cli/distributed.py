@@ -71,12 +71,6 @@ class Dist:
 
     # ------------------------------------------------------------------ collectives
 
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as td
-
-            td.barrier()
-
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Sum (or max) ``tensor`` over ranks in place, through this rank's device; returns it."""
         if not self.enabled:
