@@ -297,3 +297,22 @@ def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Pat
 
         expert = load_expert(registry, "bf16")
     assert all(v.dtype == torch.float32 for v in expert.z.values())
+
+
+def test_the_composition_graph_saves_no_new_tensor() -> None:
+    """docs/scaling.md's memory plan counts no autograd-saved memory for W'(z): only U, S, Vh are kept."""
+    from t2cli.svf import Factors, compose_weight
+
+    weight = torch.randn(12, 5).to(torch.bfloat16)
+    U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)
+    z = torch.ones_like(S, requires_grad=True)
+    known = {t.untyped_storage().data_ptr() for t in (weight, U, S, Vh, z)}
+    saved: list[bool] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor.untyped_storage().data_ptr() in known)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        compose_weight(weight, Factors(U, S, Vh), z)
+    assert saved and all(saved)
