@@ -64,20 +64,23 @@ class VerifyReport:
 class Registry:
     """The t2 registry under one home directory; open it with ``Registry.open(home)``."""
 
-    def __init__(self, home: Path, engine: Engine) -> None:
+    def __init__(self, home: Path, engine: Engine, *, read_only: bool = False) -> None:
         self.home = home
+        self.read_only = read_only
         self.db_path = home / "registry.db"
         self.blobs = BlobStore(home / "blobs")
         self.engine = engine
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, home: Path) -> Registry:
+    def open(cls, home: Path, *, read_only: bool = False) -> Registry:
         """Open the registry under ``home``, creating it and applying migrations as needed.
 
         Safe when several processes open a fresh home at once. Raises
         ``StoreUnavailable`` when the home cannot be created or written and
         ``SchemaTooNew`` when a newer t2 has migrated the database.
+        ``read_only``: a handle that refuses write sessions and never migrates
+        (the non-zero ranks of a distributed run, once rank 0 opened the registry).
         """
         home = Path(home)
         try:
@@ -90,6 +93,11 @@ class Registry:
         try:
             with translate_errors(db_path), engine.connect() as conn:
                 current = read_revision(as_readonly(conn))
+            if current != SCHEMA_HEAD and read_only:
+                raise RegistryError(
+                    f"{db_path} is at schema {current or 'base'}, not {SCHEMA_HEAD}",
+                    "open it once for writing first (rank 0 does this in a distributed run)",
+                )
             if current != SCHEMA_HEAD:
                 from registry import migrate  # imports Alembic: only when there is work to do
 
@@ -97,7 +105,7 @@ class Registry:
         except BaseException:
             engine.dispose()
             raise
-        return cls(home, engine)
+        return cls(home, engine, read_only=read_only)
 
     def close(self) -> None:
         """Close the database connections."""
@@ -118,8 +126,14 @@ class Registry:
         The first statement starts ``BEGIN IMMEDIATE``, so the block holds the
         write lock from then on: keep write blocks short. ``readonly=True`` starts
         a plain ``BEGIN`` that never waits for writers, and always rolls back.
-        Storage failures surface as ``StoreUnavailable``.
+        Storage failures surface as ``StoreUnavailable``; a write session on a
+        read-only handle raises ``RegistryError`` before touching the database.
         """
+        if self.read_only and not readonly:
+            raise RegistryError(
+                f"this handle on {self.db_path} is read-only (a non-zero rank of a distributed run)",
+                "only rank 0 writes to the registry; this is a bug in t2",
+            )
         with translate_errors(self.db_path), self._sessions() as session:
             if readonly:
                 session.connection(execution_options={READONLY_OPTION: True})

@@ -185,6 +185,40 @@ def register_base_model(registry: Registry, identity: ModelIdentity) -> BaseMode
         return row
 
 
+def find_decomposition(
+    registry: Registry, identity: ModelIdentity, targets: str = "all", dtype: str = "float32"
+) -> tuple[int, int]:
+    """(base model id, decomposition id) of a complete decomposition, looked up read-only.
+
+    For processes that must not write (the non-zero ranks of a distributed run): they find
+    what rank 0 decomposed by content (weight fingerprint + resolved target names), which
+    also works when each node has its own ``T2_HOME``.
+    """
+    from sqlalchemy import select
+
+    from registry.schema import BaseModel, Decomposition
+
+    chosen = select_targets(identity.model_type, identity.num_layers, targets)
+    key = targets_key([m.name for m in chosen], dtype)
+    with registry.session(readonly=True) as session:
+        row = session.execute(
+            select(BaseModel.id, Decomposition.id)
+            .join(Decomposition, Decomposition.base_model_id == BaseModel.id)
+            .where(
+                BaseModel.fingerprint == identity.fingerprint,
+                Decomposition.targets_key == key,
+                Decomposition.status == "complete",
+            )
+        ).first()
+    if row is None:
+        raise DecompositionError(
+            f"no complete decomposition of {identity.ref.name} (targets {targets!r}) in {registry.home}",
+            f"run `t2 decompose {identity.ref.location} --targets {targets}` on this node first, "
+            "or give every node the same T2_HOME",
+        )
+    return int(row[0]), int(row[1])
+
+
 def _get_or_create_decomposition(
     registry: Registry, base: BaseModel, chosen: list[TargetMatrix], spec: str, dtype: str, method: str
 ) -> Decomposition:
@@ -424,7 +458,7 @@ def load_factors(registry: Registry, decomposition_id: int) -> dict[str, tuple[t
 
     from registry.schema import DecompositionMatrix
 
-    with registry.session() as session:
+    with registry.session(readonly=True) as session:
         rows = session.execute(
             select(DecompositionMatrix.name, DecompositionMatrix.blob_sha256).where(
                 DecompositionMatrix.decomposition_id == decomposition_id

@@ -2,12 +2,16 @@
 
 Generation uses transformers' ``generate`` with left padding (the same code path
 every HF user trusts); sampling is seeded through ``torch.manual_seed`` so a run
-is reproducible. ``completion_logprobs`` is the differentiable half of RL: it
+is reproducible. With ``sample_keys`` each sequence instead draws from its own
+random stream (``KeyedSampler``), so what it samples does not depend on which
+other sequences share its batch or its process (distributed training needs
+this). ``completion_logprobs`` is the differentiable half of RL: it
 scores given completions under any forward function (base or adapted).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,6 +58,43 @@ def _end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
     return ids
 
 
+def sample_key(*parts: int) -> int:
+    """A 63-bit seed derived from integers, stable across runs, machines and Python versions."""
+    digest = hashlib.blake2b(":".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class KeyedSampler:
+    """Temperature sampling with one random stream per sequence (a transformers logits processor).
+
+    Gumbel-max: argmax(logits / T + G) with G ~ Gumbel(0, 1) i.i.d. is an exact draw from
+    softmax(logits / T). Each row's G comes from its own ``torch.Generator`` seeded with the
+    row's key and consumes exactly one vocabulary-sized draw per position, so the token a
+    sequence samples at position t depends only on its key, t and its own logits -- not on
+    the batch it shares, its row in it, or how prompts were split over processes. Used with
+    greedy decoding (``do_sample=False``), which takes the argmax.
+    """
+
+    def __init__(self, keys: Sequence[int], temperature: float) -> None:
+        if temperature <= 0:
+            raise ValueError("KeyedSampler needs a temperature > 0")
+        self.keys = list(keys)
+        self.temperature = temperature
+        self._generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._generators is None:
+            self._generators = [torch.Generator(device=scores.device).manual_seed(k) for k in self.keys]
+        if len(self._generators) != scores.shape[0]:
+            raise ValueError(f"{len(self._generators)} sample keys for a batch of {scores.shape[0]}")
+        vocab = scores.shape[-1]
+        uniform = torch.stack(
+            [torch.rand(vocab, generator=g, device=scores.device, dtype=torch.float32) for g in self._generators]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
+        return scores.float() / self.temperature + gumbel
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -65,8 +106,16 @@ def generate(
     per_prompt: int = 1,
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
+    sample_keys: Sequence[int] | None = None,
 ) -> Generations:
-    """Generate ``per_prompt`` completions for each chat-formatted prompt (greedy at temperature 0)."""
+    """Generate ``per_prompt`` completions for each chat-formatted prompt (greedy at temperature 0).
+
+    ``sample_keys``: one seed per completion (``len(prompts) * per_prompt``, in output
+    order); at temperature > 0 each completion then samples from its own stream
+    (``KeyedSampler``) instead of the global torch RNG.
+    """
+    from transformers import LogitsProcessorList
+
     prepare_tokenizer(tokenizer)
     device = next(model.parameters()).device
     end_ids = _end_ids(model, tokenizer)
@@ -74,10 +123,16 @@ def generate(
     prompt_ids: list[list[int]] = []
     completion_ids: list[list[int]] = []
     new_tokens = 0
-    sampling = temperature > 0
+    if sample_keys is not None and len(sample_keys) != len(expanded):
+        raise ValueError(f"{len(sample_keys)} sample keys for {len(expanded)} completions")
+    keyed = sample_keys is not None and temperature > 0
+    sampling = temperature > 0 and not keyed  # keyed sampling runs as greedy decoding over perturbed logits
     for start in range(0, len(expanded), batch_size):
         chunk = expanded[start : start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        processors = LogitsProcessorList(
+            [KeyedSampler(sample_keys[start : start + batch_size], temperature)] if keyed else []
+        )
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -86,6 +141,7 @@ def generate(
             top_p=None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
         )
         width = enc["input_ids"].shape[1]
         for row, mask in zip(range(len(chunk)), enc["attention_mask"]):
@@ -96,7 +152,7 @@ def generate(
             new_tokens += cut
         if on_batch:
             on_batch(len(chunk))
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True) if completion_ids else []
     return Generations(prompt_ids, completion_ids, texts, per_prompt, new_tokens)
 
 

@@ -18,8 +18,11 @@ def t2_home() -> Path:
     return Path(user_data_dir("t2", appauthor=False))
 
 
-def open_registry():  # -> registry.Registry (imported lazily: SQLAlchemy is slow to import)
-    """Open (creating and migrating if needed) the registry under the home directory."""
+def open_registry(*, read_only: bool = False):  # -> registry.Registry (imported lazily: SQLAlchemy is slow)
+    """Open (creating and migrating if needed) the registry under the home directory.
+
+    ``read_only``: a handle that refuses write sessions (see ``Registry.open``).
+    """
     from registry import Registry
 
-    return Registry.open(t2_home())
+    return Registry.open(t2_home(), read_only=read_only)

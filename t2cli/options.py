@@ -16,6 +16,14 @@ ModelArg = Annotated[
 ]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Base weights' dtype: auto (bfloat16 on CUDA, as stored on CPU), float32, bfloat16 or float16. "
+        "SVD factors, deltas and z stay float32.",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ExpertArg = Annotated[str, typer.Argument(help="Expert name (see `t2 experts list`).", show_default=False)]
 TaskOpt = Annotated[

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from t2cli.decompose import decompose_model, load_factors, register_base_model, resolve_device
+from t2cli.decompose import decompose_model, find_decomposition, load_factors, register_base_model, resolve_device
+from t2cli.distributed import SINGLE, Dist
 from t2cli.hashing import HashCache
 from t2cli.models import ModelIdentity, load_model, load_tokenizer, model_identity, resolve_model
 from t2cli.svf import SVFModel, load_svf_model
@@ -44,20 +45,39 @@ class Adaptable:
 
 
 def load_adaptable(
-    registry: Registry, model: str | None, *, targets: str = "all", device: str = "auto", dtype: str | None = None
+    registry: Registry, model: str | None, *, targets: str = "all", device: str = "auto", dtype: str | None = None,
+    dist: Dist | None = None,
 ) -> Adaptable:
-    """Resolve and load ``model``, decompose its targets if not done yet, and wrap it for SVF."""
+    """Resolve and load ``model``, decompose its targets if not done yet, and wrap it for SVF.
+
+    ``dtype``: the base weights' dtype (None: the checkpoint's own); the factors, deltas
+    and z are float32 whatever it is. ``dist``: under a launcher, rank 0 loads and
+    decomposes first while the others wait, then they load the factors it stored
+    (read-only); ``device`` is then this rank's own (``Dist.device``).
+    """
+    dist = dist or SINGLE
     device = resolve_device(device)
+    return dist.main_first(lambda: _load(registry, model, targets, device, dtype, writer=dist.is_main))
+
+
+def _load(
+    registry: Registry, model: str | None, targets: str, device: str, dtype: str | None, *, writer: bool
+) -> Adaptable:
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     # GGUF models are dequantised once into the home's cache (keyed by the file's fingerprint).
     dequantised = registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
     loaded = load_model(ref, device="cpu", dtype=dtype, dequantised_cache=dequantised)
-    summary = decompose_model(registry, model, targets=targets, device=device, loaded=loaded)
-    base = register_base_model(registry, identity)
+    if writer:
+        # Decompose the weights as stored, not rounded to a narrower --dtype: the factors serve every dtype.
+        exact = dtype in (None, "float32")
+        summary = decompose_model(registry, model, targets=targets, device=device, loaded=loaded if exact else None)
+        base_id, decomposition_id = register_base_model(registry, identity).id, summary.decomposition_id
+    else:
+        base_id, decomposition_id = find_decomposition(registry, identity, targets)
     loaded = loaded.to(device)
-    svf = load_svf_model(loaded, load_factors(registry, summary.decomposition_id))
+    svf = load_svf_model(loaded, load_factors(registry, decomposition_id))
     return Adaptable(
-        identity=identity, base_model_id=base.id, decomposition_id=summary.decomposition_id, targets=targets,
+        identity=identity, base_model_id=base_id, decomposition_id=decomposition_id, targets=targets,
         model=loaded, tokenizer=load_tokenizer(ref), svf=svf, device=device,
     )

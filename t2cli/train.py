@@ -5,6 +5,15 @@ the loop, a checkpoint after every step (z, best z, optimizer moments, step, RNG
 state and config in one safetensors file, no pickle), and the run's metrics in the
 registry. Only z is trainable; rollouts use the adapted weights without gradients,
 the loss re-scores them through W'(z) (REFERENCE.md §2).
+
+Under ``torchrun`` / ``accelerate launch`` (``dist``, see t2cli/distributed.py) the
+same loop runs on every rank: all ranks draw the same global batch of prompts, each
+rolls out, scores and backpropagates its contiguous share of whole prompt groups
+(the loss still divided by the global sample count), and the z gradients are summed
+over ranks before clipping and the optimizer step, so every rank holds the same z.
+Rollouts sample from one random stream per (seed, step, prompt, sample), so the data
+do not depend on the number of processes. Rank 0 alone writes the run, metrics,
+checkpoints and the expert.
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from t2cli.distributed import DTYPES, SINGLE, Dist
 from t2cli.errors import T2Error
 from t2cli.evaluate import run_items
 from t2cli.experts import ExpertConfig, register_expert
-from t2cli.generation import completion_logprobs, generate, render_prompt
+from t2cli.generation import completion_logprobs, generate, render_prompt, sample_key
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -67,6 +77,7 @@ class TrainConfig:
     gen_batch: int = 64  # sequences per generate() call
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"  # base weights: auto = bfloat16 on CUDA, the checkpoint's own on CPU; z/factors stay float32
 
     def __post_init__(self) -> None:
         positive = ("steps", "prompts_per_step", "samples_per_prompt", "eval_every", "valid_size", "micro_batch", "gen_batch")
@@ -81,6 +92,8 @@ class TrainConfig:
             raise T2Error(f"unknown --advantage {self.advantage!r}", f"use one of {', '.join(ADVANTAGES)}")
         if self.advantage != "raw" and self.samples_per_prompt < 2:
             raise T2Error("a group baseline needs --samples-per-prompt >= 2", "or use --advantage raw")
+        if self.dtype not in DTYPES:
+            raise T2Error(f"unknown --dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -124,15 +137,21 @@ def train(
     *,
     resume_run: str | None = None,
     on_event: ProgressCallback | None = None,
+    dist: Dist | None = None,
 ) -> TrainResult:
-    """Train z on ``task``; register the best-on-validation z as expert ``config.name``."""
+    """Train z on ``task``; register the best-on-validation z as expert ``config.name``.
+
+    ``dist``: this process's rank when launched by torchrun/accelerate (default: one
+    process). Every rank calls ``train`` with the same arguments; rank 0 writes.
+    """
     emit = on_event or (lambda message, metrics: None)
+    dist = dist or SINGLE
     svf = adaptable.svf
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
-    # 0. state: fresh or from the checkpoint of an interrupted run
-    run_id, run_dir = _start_run(registry, adaptable, config, resume_run)
+    # 0. state: fresh or from the checkpoint of an interrupted run (rank 0 reads it, every rank loads it)
+    run_id, run_dir = dist.on_main(lambda: _start_run(registry, adaptable, config, resume_run))
     z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
     optimizer = torch.optim.AdamW(list(z.values()), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config))
@@ -140,30 +159,43 @@ def train(
     torch.manual_seed(config.seed)
     state: dict[str, Any] = {"step": 0, "best_valid": -1.0, "best_step": 0, "base_valid": None, "history": []}
     best_z = {name: v.detach().clone() for name, v in z.items()}
-    if (run_dir / CHECKPOINT_FILE).exists():
-        state, best_z = _load_checkpoint(run_dir, z, optimizer, schedule, item_rng)
+    checkpoint = dist.on_main(lambda: _read_checkpoint(run_dir))
+    if checkpoint is not None:
+        state, best_z = _restore_checkpoint(checkpoint, z, optimizer, schedule, item_rng)
         emit(f"resumed {run_id} at step {state['step']}", None)
+    if dist.enabled:
+        emit(f"data parallel: {dist.world_size} processes ({dist.backend}), "
+             f"{config.prompts_per_step} prompts per step split over them", None)
     history = [StepMetrics(**m) for m in state["history"]]
     started = time.perf_counter()
 
     def validate(step: int) -> float:
         frozen = {name: v.detach() for name, v in z.items()}
-        correct, _, _, _ = run_items(adaptable, task, valid_items, frozen, batch_size=config.gen_batch, max_new_tokens=max_new)
-        return sum(correct) / len(correct)
+        start, stop = dist.shard(len(valid_items))  # each rank scores its share; the counts are summed
+        correct, _, _, _ = run_items(
+            adaptable, task, valid_items[start:stop], frozen, batch_size=config.gen_batch, max_new_tokens=max_new
+        )
+        (total,) = dist.sum([sum(correct)])
+        return total / len(valid_items)
 
     try:
         if state["base_valid"] is None:
             state["base_valid"] = validate(0)  # z = 1: the base model's validation accuracy
             state["best_valid"] = state["base_valid"]
-            _record_values(registry, run_id, 0, {"valid_accuracy": state["base_valid"]})
+            if dist.is_main:
+                _record_values(registry, run_id, 0, {"valid_accuracy": state["base_valid"]})
+                _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
             emit(f"step 0 (base weights): validation accuracy {state['base_valid']:.1%}", None)
-            _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
 
         for step in range(state["step"] + 1, config.steps + 1):
             step_start = time.perf_counter()
-            # 1. a batch of training prompts
+            # 1. the step's global batch of prompts (the same on every rank); this rank's contiguous share of it
             items = task.sample_train(config.prompts_per_step, item_rng)
-            prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
+            first, stop = dist.shard(len(items))
+            mine = items[first:stop]
+            prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in mine]
+            keys = [sample_key(config.seed, step, first + i, j) for i in range(len(mine))
+                    for j in range(config.samples_per_prompt)]
 
             # 2. W'(z) composed once per step: the rollouts run on its values, the loss backpropagates into it
             composed = svf.differentiable_weights(z)
@@ -173,34 +205,40 @@ def train(
                 gens = generate(
                     adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
                     temperature=config.temperature, per_prompt=config.samples_per_prompt, batch_size=config.gen_batch,
+                    sample_keys=keys,
                 )
                 gen_seconds = time.perf_counter() - gen_start
             finally:
                 svf.restore()
 
             # 3. rewards: +1 correct, -1 otherwise
-            expanded = [item for item in items for _ in range(config.samples_per_prompt)]
+            expanded = [item for item in mine for _ in range(config.samples_per_prompt)]
             correct = [s.correct for s in task.score_batch(expanded, gens.texts)]
             rewards = torch.tensor([1.0 if ok else -1.0 for ok in correct])
 
             # 4. advantages (a per-prompt group baseline removes most of REINFORCE's variance)
             advantages = group_advantages(rewards, config)
 
-            # 5. loss = -(advantage * sum of completion log-probs), averaged; backward in micro-batches
+            # 5. loss = -(advantage * sum of completion log-probs) / N over the GLOBAL batch; backward in micro-batches
             optimizer.zero_grad(set_to_none=True)
-            loss_total, kl_total = svf_policy_gradient(adaptable, composed, gens, advantages, config)
+            total = config.prompts_per_step * config.samples_per_prompt
+            loss_total, kl_mean = svf_policy_gradient(adaptable, composed, gens, advantages, config, total=total)
             del composed
 
-            # 6. clip and step
+            # 6. gradients summed over ranks, then clip and step (identical on every rank)
+            dist.all_reduce_grads(list(z.values()))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(list(z.values()), config.clip_norm))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             schedule.step()
 
+            reward_sum, n_correct, loss, kl_sum, new_tokens = dist.sum(
+                [float(rewards.sum()), sum(correct), loss_total, kl_mean * gens.new_tokens, gens.new_tokens]
+            )
             metrics = StepMetrics(
-                step=step, reward=float(rewards.mean()), accuracy=sum(correct) / len(correct), loss=loss_total,
-                grad_norm=grad_norm, lr=lr, tokens_per_s=gens.new_tokens / max(gen_seconds, 1e-9),
-                seconds=time.perf_counter() - step_start, kl=kl_total,
+                step=step, reward=reward_sum / total, accuracy=n_correct / total, loss=loss,
+                grad_norm=grad_norm, lr=lr, tokens_per_s=new_tokens / max(dist.max(gen_seconds), 1e-9),
+                seconds=time.perf_counter() - step_start, kl=kl_sum / new_tokens if new_tokens else 0.0,
             )
             # 7. validation; the best-on-validation z is what gets registered
             if step % config.eval_every == 0 or step == config.steps:
@@ -212,18 +250,21 @@ def train(
             state["step"] = step
             state["history"] = [asdict(m) for m in history]
 
-            # 8. checkpoint every step, metrics to the registry
-            _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
-            _record_metrics(registry, run_id, metrics)
+            # 8. checkpoint every step, metrics to the registry (rank 0)
+            if dist.is_main:
+                _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
+                _record_metrics(registry, run_id, metrics)
             emit("step", metrics)
     except KeyboardInterrupt:
-        _set_status(registry, run_id, "interrupted")
+        if dist.is_main:
+            _set_status(registry, run_id, "interrupted")
         raise TrainingInterrupted(
             f"training interrupted after step {state['step']} of {config.steps} (checkpointed)",
             f"resume with: t2 train --task {config.task} --name {config.name} --resume",
         ) from None
     except BaseException:
-        _set_status(registry, run_id, "failed")
+        if dist.is_main:
+            _set_status(registry, run_id, "failed")
         raise
 
     expert_config = ExpertConfig(
@@ -234,11 +275,15 @@ def train(
                  "best_step": state["best_step"], "valid_n": len(valid_items)},
         training={**asdict(config), "run_id": run_id},
     )
-    expert_id = register_expert(
-        registry, best_z, expert_config, base_model_id=adaptable.base_model_id,
-        decomposition_id=adaptable.decomposition_id,
-    )
-    _finish_run(registry, run_id, expert_id)
+
+    def register() -> None:
+        expert_id = register_expert(
+            registry, best_z, expert_config, base_model_id=adaptable.base_model_id,
+            decomposition_id=adaptable.decomposition_id,
+        )
+        _finish_run(registry, run_id, expert_id)
+
+    dist.on_main(register)  # the other ranks return once the expert is registered
     return TrainResult(
         run_id=run_id, expert=config.name, best_step=state["best_step"], best_valid_accuracy=state["best_valid"],
         base_valid_accuracy=state["base_valid"], history=history, seconds=time.perf_counter() - started,
@@ -265,7 +310,8 @@ def group_advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor
 
 
 def svf_policy_gradient(
-    adaptable: Adaptable, composed: dict[str, torch.Tensor], gens, advantages: torch.Tensor, config: TrainConfig
+    adaptable: Adaptable, composed: dict[str, torch.Tensor], gens, advantages: torch.Tensor, config: TrainConfig,
+    *, total: int | None = None,
 ) -> tuple[float, float]:
     """Backward of the REINFORCE (+KL) loss into z; returns (loss, mean KL).
 
@@ -277,7 +323,7 @@ def svf_policy_gradient(
     leaves = {name: weight.detach().requires_grad_(True) for name, weight in composed.items()}
     loss, kl = policy_gradient(
         lambda **kw: adaptable.svf.forward_with(leaves, **kw), adaptable.model, adaptable.tokenizer.pad_token_id,
-        gens, advantages, config, device=adaptable.device,
+        gens, advantages, config, device=adaptable.device, total=total,
     )
     names = [name for name in composed if leaves[name].grad is not None]
     if names:
@@ -287,16 +333,19 @@ def svf_policy_gradient(
 
 def policy_gradient(
     forward: Callable[..., Any], base_forward: Callable[..., Any], pad_id: int, gens, advantages: torch.Tensor,
-    config: TrainConfig, *, device: str = "cpu",
+    config: TrainConfig, *, device: str = "cpu", total: int | None = None,
 ) -> tuple[float, float]:
     """Backward of the REINFORCE (+KL) loss through ``forward``, micro-batched; returns (loss, mean KL per token).
 
     loss = -sum_i advantage_i * log p(completion_i | prompt_i) / N (+ kl_coef * per-token KL to ``base_forward``).
+    N is ``total`` (the global batch when ``gens`` is one rank's share of it) or ``len(gens)``.
     Any differentiable policy can be plugged in (SVF here; bench/train.py passes a LoRA model).
     """
-    n = len(gens.completion_ids)
+    n = total or len(gens.completion_ids)
     # Samples with zero advantage and no KL term contribute nothing: skip their forward/backward.
-    active = [i for i in range(n) if gens.completion_ids[i] and (config.kl_coef > 0 or advantages[i] != 0)]
+    active = [
+        i for i, ids in enumerate(gens.completion_ids) if ids and (config.kl_coef > 0 or advantages[i] != 0)
+    ]
     loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
     for start in range(0, len(active), config.micro_batch):
         rows = active[start : start + config.micro_batch]
@@ -383,12 +432,12 @@ def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z,
 
     tensors: dict[str, torch.Tensor] = {}
     for name, value in z.items():
-        tensors[f"z/{name}"] = value.detach().contiguous()
-        tensors[f"best/{name}"] = best_z[name].contiguous()
+        tensors[f"z/{name}"] = value.detach().cpu().contiguous()
+        tensors[f"best/{name}"] = best_z[name].cpu().contiguous()
         moments = optimizer.state.get(value, {})
         for moment in ("exp_avg", "exp_avg_sq"):
             if moment in moments:
-                tensors[f"adam/{moment}/{name}"] = moments[moment].contiguous()
+                tensors[f"adam/{moment}/{name}"] = moments[moment].cpu().contiguous()
     tensors["rng/torch"] = torch.get_rng_state()
     adam_steps = {name: float(optimizer.state[v]["step"]) for name, v in z.items() if "step" in optimizer.state.get(v, {})}
     py_state = item_rng.getstate()
@@ -404,13 +453,20 @@ def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z,
     os.replace(tmp, run_dir / CHECKPOINT_FILE)
 
 
-def _load_checkpoint(run_dir: Path, z, optimizer, schedule, item_rng) -> tuple[dict, dict]:
+def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+    """The checkpoint's tensors and metadata, or None when the run has none yet."""
     from safetensors import safe_open
 
     path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
     with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+
+
+def _restore_checkpoint(checkpoint, z, optimizer, schedule, item_rng) -> tuple[dict, dict]:
+    """Load a checkpoint into z, the optimizer, the schedule and the RNGs; returns (state, best z)."""
+    tensors, metadata = checkpoint
     adam_steps = json.loads(metadata["adam_steps"])
     with torch.no_grad():
         for name, value in z.items():
@@ -418,14 +474,18 @@ def _load_checkpoint(run_dir: Path, z, optimizer, schedule, item_rng) -> tuple[d
             if f"adam/exp_avg/{name}" in tensors:
                 optimizer.state[value] = {
                     "step": torch.tensor(adam_steps[name]),
-                    "exp_avg": tensors[f"adam/exp_avg/{name}"].clone(),
-                    "exp_avg_sq": tensors[f"adam/exp_avg_sq/{name}"].clone(),
+                    "exp_avg": tensors[f"adam/exp_avg/{name}"].to(value.device).clone(),
+                    "exp_avg_sq": tensors[f"adam/exp_avg_sq/{name}"].to(value.device).clone(),
                 }
     schedule.load_state_dict(json.loads(metadata["schedule"]))
+    # The scheduler's state does not carry the optimizer's current lr: set it, or the first resumed
+    # step would run at the initial lr instead of the decayed one.
+    for group, lr in zip(optimizer.param_groups, schedule.get_last_lr()):
+        group["lr"] = lr
     torch.set_rng_state(tensors["rng/torch"])
     version, internal, gauss = json.loads(metadata["python_rng"])
     item_rng.setstate((version, tuple(internal), gauss))
-    best_z = {name: tensors[f"best/{name}"].clone() for name in z}
+    best_z = {name: tensors[f"best/{name}"].to(z[name].device).clone() for name in z}
     return json.loads(metadata["state"]), best_z
 
 

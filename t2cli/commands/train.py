@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-
 from t2cli.console import err, out
-from t2cli.options import DeviceOpt, JsonOpt, TaskOpt
+from t2cli.options import DeviceOpt, DtypeOpt, JsonOpt, TaskOpt
+
 
 def train_cmd(
     task: TaskOpt,
@@ -30,14 +30,21 @@ def train_cmd(
     eval_every: Annotated[int, typer.Option(help="Validate every K steps.")] = 4,
     valid_size: Annotated[int, typer.Option(help="Validation items.")] = 100,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget (default: the task's).")] = None,
+    micro_batch: Annotated[int, typer.Option(help="Sequences per forward/backward of the loss (bounds memory).")] = 16,
+    gen_batch: Annotated[int, typer.Option(help="Sequences per generate() call (per process).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed for prompt order and sampling.")] = 0,
     device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Train an SVF expert (one z vector per matrix) with REINFORCE on TASK's reward.
 
     The best-on-validation z is registered as the expert; every step is checkpointed,
-    so `--resume` continues an interrupted run.
+    so `--resume` continues an interrupted run (with any number of processes).
+
+    Runs unchanged under `torchrun` and `accelerate launch`: the prompts of each step are
+    split over the processes, gradients are summed, rank 0 writes; each process takes
+    cuda:LOCAL_RANK for --device auto/cuda (docs/scaling.md).
 
     Examples:
 
@@ -48,8 +55,11 @@ def train_cmd(
       t2 train --task ./my_task.jsonl --name mine --resume
 
       t2 train --task dispatch       # the classifier of `t2 ask --strategy classifier`
+
+      torchrun --standalone --nproc-per-node 8 -m t2cli train --task math --model llama3-8b --prompts-per-step 64
     """
-    from t2cli.home import open_registry
+    from t2cli.distributed import init_distributed, open_registry_ranked, resolve_dtype
+    from t2cli.errors import T2Error
     from t2cli.runtime import load_adaptable
     from t2cli.tasks import get_task, needs_registry
     from t2cli.train import TrainConfig, find_resumable_run, train
@@ -60,24 +70,26 @@ def train_cmd(
         task=task, name=name, model=model, targets=targets, steps=steps, prompts_per_step=prompts_per_step,
         samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
         advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
-        max_new_tokens=max_new_tokens, seed=seed, device=device,
+        max_new_tokens=max_new_tokens, micro_batch=micro_batch, gen_batch=gen_batch, seed=seed, device=device,
+        dtype=dtype,
     )
-    with open_registry() as registry:
+    with init_distributed(device) as dist, open_registry_ranked(dist) as registry:
         run = None
         if resume:
-            run = find_resumable_run(registry, name)
+            run = dist.on_main(lambda: find_resumable_run(registry, name))
             if run is None:
-                from t2cli.errors import T2Error
-
                 raise T2Error(f"no interrupted run trains {name!r}", "start one without --resume")
-        err.print(f"loading {model or 'the embedded model'} and its decomposition...")
-        adaptable = load_adaptable(registry, model, targets=targets, device=device)
+        if dist.is_main:
+            err.print(f"loading {model or 'the embedded model'} and its decomposition...")
+        adaptable = load_adaptable(
+            registry, model, targets=targets, device=dist.device, dtype=resolve_dtype(dtype, dist.device), dist=dist
+        )
         if task_obj is None:
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         progress = Progress(
             TextColumn("training {task.fields[expert]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("reward {task.fields[reward]} · valid {task.fields[valid]} · {task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json or not dist.is_main,
         )
         bar = progress.add_task("train", total=config.steps, expert=name, reward="-", valid="-", tps="-")
         valid_seen = {"last": "-"}
@@ -98,7 +110,12 @@ def train_cmd(
                             tps=f"{metrics.tokens_per_s:.0f}")
 
         with progress:
-            result = train(registry, adaptable, task_obj, config, resume_run=run, on_event=on_event)
+            result = train(
+                registry, adaptable, task_obj, config, resume_run=run, on_event=on_event if dist.is_main else None,
+                dist=dist,
+            )
+    if not dist.is_main:  # rank 0 reports for the job
+        return
     if as_json:
         out.print_json(json.dumps(asdict(result)))
         return

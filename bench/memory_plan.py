@@ -1,0 +1,176 @@
+"""Memory plan of SVF training and decomposition, computed from a model's shapes (no weights needed).
+
+    python bench/memory_plan.py                                # Llama-3-8B and Llama-3-70B, all targets
+    python bench/memory_plan.py --targets mlp                  # gate/up/down only (the reference code's set)
+    python bench/memory_plan.py --config path/to/config.json   # any Llama-like HF config
+
+Every number is arithmetic on shapes, laid out as t2 holds the tensors today
+(docs/scaling.md explains each row). A weight matrix W is m x n (out x in), its
+rank r = min(m, n); the factors are U (m x r), S (r), Vh (r x n), float32.
+GiB = 2^30 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 2**30
+BASE_BYTES = 2  # bfloat16 base weights (t2 train --dtype auto on CUDA)
+F32, F64 = 4, 8
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+TARGET_SETS = {"all": ROLES, "attn": ROLES[:4], "mlp": ROLES[4:]}
+
+
+@dataclass(frozen=True)
+class Shapes:
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: int | None = None
+    tied_embeddings: bool = False
+
+    @property
+    def dim(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    def matrices(self) -> dict[str, tuple[int, int]]:
+        """(m, n) = (out, in) of each adapted matrix of one layer."""
+        h, i, d = self.hidden, self.intermediate, self.dim
+        return {"q": (self.heads * d, h), "k": (self.kv_heads * d, h), "v": (self.kv_heads * d, h),
+                "o": (h, self.heads * d), "gate": (i, h), "up": (i, h), "down": (h, i)}
+
+    def total_params(self) -> int:
+        per_layer = sum(m * n for m, n in self.matrices().values()) + 2 * self.hidden  # + 2 RMSNorm weights
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * per_layer + embeddings + self.hidden  # + final norm
+
+
+PRESETS = {
+    "llama3-8b": Shapes("Llama-3-8B", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256),
+    "llama3-70b": Shapes("Llama-3-70B", layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=128256),
+}
+
+
+def from_hf_config(path: Path) -> Shapes:
+    raw = json.loads(path.read_text())
+    return Shapes(
+        name=raw.get("_name_or_path") or path.parent.name, layers=raw["num_hidden_layers"], hidden=raw["hidden_size"],
+        intermediate=raw["intermediate_size"], heads=raw["num_attention_heads"],
+        kv_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]), vocab=raw["vocab_size"],
+        head_dim=raw.get("head_dim"), tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
+    )
+
+
+def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]]]:
+    """A line of facts, and (row, GiB, how it is computed) rows, for one model and target set."""
+    layer = {role: mn for role, mn in shapes.matrices().items() if role in TARGET_SETS[targets]}
+    L = shapes.layers
+    target_params = L * sum(m * n for m, n in layer.values())
+    factor_floats = L * sum(m * min(m, n) + min(m, n) + min(m, n) * n for m, n in layer.values())
+    rank_sum = L * sum(min(m, n) for m, n in layer.values())
+    m_big, n_big = max(layer.values(), key=lambda mn: mn[0] * mn[1])
+    r_big = min(m_big, n_big)
+    h, i, kv = shapes.hidden, shapes.intermediate, shapes.kv_heads * shapes.dim
+
+    base = shapes.total_params() * BASE_BYTES
+    factors = factor_floats * F32
+    z_state = rank_sum * F32 * 5  # z, its grad, AdamW exp_avg and exp_avg_sq, the best z so far
+    composed = target_params * BASE_BYTES
+    grad_w = target_params * BASE_BYTES
+    backward_transient = (m_big * n_big + 2 * m_big * r_big) * F32
+    compose_transient = 2 * m_big * n_big * F32
+    resident = base + factors + z_state + composed + grad_w + max(backward_transient, compose_transient)
+    # Saved activations of one decoder layer per token (bf16): 2 norm inputs + 2 norm outputs, q/k/v,
+    # attention output, gate, up, silu(gate), silu(gate)*up; plus logits: bf16 [L, V] for every token,
+    # and for completion tokens a float32 copy and its float32 log-softmax (t2cli.generation.completion_logprobs).
+    act_per_token = L * (7 * h + 2 * kv + 4 * i) * BASE_BYTES
+    logits_per_token = shapes.vocab * BASE_BYTES
+    logprob_per_completion_token = shapes.vocab * (BASE_BYTES + 2 * F32)
+    kv_per_token = L * 2 * kv * BASE_BYTES
+
+    layer_stored = sum(m * n for m, n in layer.values()) * BASE_BYTES
+    layer_factors = sum(m * min(m, n) + min(m, n) + min(m, n) * n for m, n in layer.values()) * F32
+    lapack = (2 * m_big * n_big + 4 * r_big * r_big + 7 * r_big) * F32  # float32 copy + LAPACK's copy + sgesdd work
+    check = (2 * m_big * n_big + m_big * r_big + r_big * n_big) * F64  # float64 W, residual, U*S, Vh
+    decompose = layer_stored + layer_factors + max(lapack, check)
+
+    def matrix_peak(m: int, n: int) -> tuple[int, int]:
+        """(stored + float32 factors, largest transient) of one m x n matrix."""
+        r = min(m, n)
+        return m * n * BASE_BYTES + (m * r + r + r * n) * F32, max(
+            (2 * m * n + 4 * r * r + 7 * r) * F32, (2 * m * n + m * r + r * n) * F64
+        )
+
+    def chunk_peak(m: int, n: int) -> int:
+        """t2cli.decompose.plan_chunks: up to 8 same-shape matrices, closed once their float32 input >= 1 GiB."""
+        count = min(8, -(-GIB // (F32 * m * n)))
+        held, transient = matrix_peak(m, n)
+        return count * held + transient
+
+    chunked = max(chunk_peak(m, n) for m, n in layer.values())
+
+    facts = (f"{shapes.name}: {shapes.total_params() / 1e9:.2f}B parameters, {target_params / 1e9:.2f}B adapted "
+             f"in {L * len(layer)} matrices, {factor_floats / 1e9:.2f}B factor floats "
+             f"({factor_floats / target_params:.2f} x), z length sum r = {rank_sum:,}, largest matrix {m_big}x{n_big}")
+    return facts, [
+        ("base weights, bf16 (all parameters)", base / GIB, "parameters x 2 B"),
+        ("  of which adapted matrices", target_params * BASE_BYTES / GIB, "sum of m*n x 2 B"),
+        ("SVD factors U, S, Vh, float32", factors / GIB, "sum of (m*r + r + r*n) x 4 B"),
+        ("z + grad + AdamW m, v + best z, float32", z_state / GIB, "5 x sum of r x 4 B"),
+        ("composed W'(z), bf16 (held for the step)", composed / GIB, "one copy of the adapted matrices"),
+        ("dL/dW', bf16 (leaf grads, loss phase)", grad_w / GIB, "one copy of the adapted matrices"),
+        ("autograd-saved by W'(z)", 0.0, "none new: the graph keeps references to U, S, Vh only"),
+        ("backward W' -> z, transient", backward_transient / GIB, "largest adapted matrix: float32 m*n + 2 m*r"),
+        ("composition, transient", compose_transient / GIB, "largest matrix: float32 W and delta"),
+        ("resident during a step (no activations)", resident / GIB, "sum of the rows above (one transient)"),
+        ("+ loss activations per 1k tokens", (act_per_token + logits_per_token) * 1000 / GIB,
+         "bf16, approx.; all positions' logits included"),
+        ("+ log-softmax per 1k completion tokens", logprob_per_completion_token * 1000 / GIB,
+         "bf16 window + float32 copy + float32 log-softmax"),
+        ("+ KV cache per 1k rollout tokens", kv_per_token * 1000 / GIB, "bf16 K and V, every layer"),
+        ("decompose peak, one layer at a time", decompose / GIB,
+         "layer as stored + its float32 factors + max(SVD, float64 check) of its largest matrix"),
+        ("decompose peak, t2's same-shape chunks", chunked / GIB,
+         "<= 8 matrices, <= 1 GiB float32 input per chunk, one worker"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, action="append", help="HF config.json (repeatable); default: presets")
+    parser.add_argument("--targets", choices=sorted(TARGET_SETS), default="all")
+    parser.add_argument("--shards", type=int, default=8, help="GPUs a sharded (FSDP/ZeRO-3) column divides over")
+    args = parser.parse_args()
+    models = [from_hf_config(p) for p in args.config] if args.config else list(PRESETS.values())
+
+    facts, plans = zip(*(plan(s, args.targets) for s in models))
+    for line in facts:
+        print(line)
+    print()
+    head = f"| targets: {args.targets} ({', '.join(TARGET_SETS[args.targets])}) | " + " | ".join(
+        f"{s.name} GiB" for s in models
+    ) + " | how |"
+    print(head)
+    print("|" + "---|" * (len(models) + 2))
+    for row in range(len(plans[0])):
+        label, _, how = plans[0][row]
+        values = " | ".join(f"{p[row][1]:,.1f}" if p[row][1] >= 0.1 or p[row][1] == 0 else f"{p[row][1]:.3f}"
+                            for p in plans)
+        print(f"| {label} | {values} | {how} |")
+    print()
+    for s, p in zip(models, plans):
+        rows = dict((label, gib) for label, gib, _ in p)
+        static = rows["base weights, bf16 (all parameters)"] + rows["SVD factors U, S, Vh, float32"]
+        print(f"{s.name}: base + factors = {static:,.1f} GiB replicated on every rank today; "
+              f"{static / args.shards:,.1f} GiB per GPU if sharded over {args.shards} (not wired in t2)")
+
+
+if __name__ == "__main__":
+    main()
