@@ -97,8 +97,12 @@ def test_sandbox_contains_the_escape_and_scores_it_a_failure(escape: str, tmp_pa
         "fork bomb": "import os\nwhile True:\n    os.fork()\n",
         "10 GB allocation": "x = bytearray(10 * 1024 ** 3)\nprint('ESCAPED')\n",
         "write outside": f"open({str(outside)!r}, 'w').write('ESCAPED')\n",
-        "read the home": "import os\nprint(open(os.path.expanduser('~/.ssh/id_ed25519')).read())\n"
-                         f"print(open({str(home / '.ssh' / 'id_ed25519')!r}).read())\n",
+        # both ways in are tried; the program "passes" only if one of them yields the secret
+        "read the home": "import os\ndata = ''\n"
+                         f"for path in ({str(home / '.ssh' / 'id_ed25519')!r}, os.path.expanduser('~/.ssh/id_ed25519')):\n"
+                         "    try:\n        data += open(path).read()\n    except OSError as exc:\n"
+                         "        print('refused:', type(exc).__name__)\n"
+                         "print(data)\nassert data\n",
     }
     if escape == "socket":
         server, port, got = _listener()
