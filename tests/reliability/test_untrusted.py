@@ -321,3 +321,9 @@ def test_the_token_is_never_printed_or_logged(failure, tiny_llama: Path, t2_home
     for path in t2_home.rglob("*"):
         if path.is_file():
             assert SENTINEL.encode() not in path.read_bytes(), path
+
+
+def test_the_unmodified_folder_imports(exported: Path) -> None:
+    """The control for the refusals above: the same folder, untouched, is accepted."""
+    result = t2("import", exported, "--name", "incoming")
+    assert result.exit_code == 0, result.output
