@@ -2,7 +2,8 @@
 
 Each worker registers experts (tiny z, a real blob), tags them, stores evaluation rows and removes
 every fifth expert again. Workers are forked (torch is already imported, so start-up is cheap) and
-each opens its own registry, as separate `t2` commands would. Counts are printed (-s) and asserted.
+each opens its own registry, as separate `t2` commands would, all on the same blank home (so
+they also race to create and migrate it). Counts are printed (-s) and asserted.
 """
 
 from __future__ import annotations
@@ -18,19 +19,18 @@ WORKERS = 8
 OPS_PER_WORKER = 50
 
 
-def _base_model_id(home: Path) -> int:
-    from registry import Registry
+def _base_model_id(registry, worker: int) -> int:
     from registry.schema import BaseModel
 
-    with Registry.open(home) as registry, registry.session() as session:
-        row = BaseModel(name="tiny", source="local", location="/nowhere", fingerprint="f" * 64,
+    with registry.session() as session:
+        row = BaseModel(name=f"tiny-{worker}", source="local", location="/nowhere", fingerprint=f"{worker:x}" * 64,
                         architecture="LlamaForCausalLM", model_type="llama", num_layers=1, hidden_size=4)
         session.add(row)
         session.flush()
         return row.id
 
 
-def _worker(home: str, worker: int, base_id: int, results) -> None:
+def _worker(home: str, worker: int, results) -> None:
     """One process: OPS_PER_WORKER writes, each counted as done or as failed with its error text."""
     from registry import Registry
     from registry.schema import Evaluation, Expert, ExpertTag
@@ -39,8 +39,10 @@ def _worker(home: str, worker: int, base_id: int, results) -> None:
     from t2cli.experts import ExpertConfig, register_expert
 
     done, errors = 0, []
-    registry = Registry.open(Path(home))  # every worker opens (and may migrate) the registry itself
+    # all workers open the same blank home at once: one migrates it (under a file lock), the rest wait
+    registry = Registry.open(Path(home))
     try:
+        base_id = _base_model_id(registry, worker)
         for op in range(OPS_PER_WORKER):
             name = f"w{worker}-e{op}"
             try:
@@ -69,10 +71,10 @@ def _worker(home: str, worker: int, base_id: int, results) -> None:
 
 
 def test_eight_processes_fifty_writes_each_lose_nothing(t2_home: Path, capsys) -> None:
-    base_id = _base_model_id(t2_home)
+    assert not t2_home.exists()
     ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(t2_home), w, base_id, results)) for w in range(WORKERS)]
+    procs = [ctx.Process(target=_worker, args=(str(t2_home), w, results)) for w in range(WORKERS)]
     for proc in procs:
         proc.start()
     reports = [results.get(timeout=120) for _ in procs]
