@@ -5,6 +5,7 @@ Layout of ``home``::
     registry.db (+ -wal, -shm)   tables described in docs/registry.md
     blobs/sha256/ab/<sha256>     content-addressed files (registry.blobs)
     blobs/tmp/                   files being written
+    tmp/                         expert and factor files being prepared for the blob store
     .migrate.lock                serialises schema migrations between processes
 """
 
