@@ -35,6 +35,7 @@ created with mode `0700` on first use.
 registry.db (+ -wal, -shm)   the database described below
 blobs/sha256/ab/<sha256>     blob files, named by the sha256 of their content
 blobs/tmp/                   files being written
+tmp/                         expert and factor files being prepared for the blob store
 .migrate.lock                serialises schema migrations between processes
 ```
 
@@ -78,7 +79,8 @@ rows no other table refers to (*unreferenced*). It changes nothing.
 
 `Registry.gc` removes orphans and unreferenced blobs, never a blob that a row
 refers to. Files written in the last {GC_GRACE_S / 3600:g} h are kept, since another process
-may not have committed the rows that use them yet.
+may not have committed the rows that use them yet. Temp files in `blobs/tmp/`
+and `tmp/` older than that (a killed command's half-written files) go too.
 
 ## Tables
 """

@@ -5,6 +5,7 @@ Layout of ``home``::
     registry.db (+ -wal, -shm)   tables described in docs/registry.md
     blobs/sha256/ab/<sha256>     content-addressed files (registry.blobs)
     blobs/tmp/                   files being written
+    tmp/                         expert and factor files being prepared for the blob store
     .migrate.lock                serialises schema migrations between processes
 """
 
@@ -221,7 +222,8 @@ class Registry:
 
         A blob referenced by any row is never removed. Files written less than
         ``grace_s`` seconds ago are kept: another process may have stored one and
-        not yet committed the rows that use it. Stale temp files go too.
+        not yet committed the rows that use it. Stale temp files go too (``blobs/tmp/`` and
+        ``tmp/``, where a killed command may have left a half-written file).
         """
         cutoff = time.time() - grace_s
         removed: list[str] = []
@@ -240,6 +242,7 @@ class Registry:
                 self.blobs.remove(sha)
         if not dry_run:
             self.blobs.clean_temp(older_than_s=grace_s)
+            _clean_stale(self.home / "tmp", older_than_s=grace_s)
         return removed
 
     @staticmethod
@@ -250,3 +253,19 @@ class Registry:
         for column in blob_reference_columns():
             referenced.update(session.scalars(select(column).where(column.is_not(None)).distinct()))
         return rows, referenced
+
+
+def _clean_stale(directory: Path, older_than_s: float) -> int:
+    """Delete files in ``directory`` older than ``older_than_s`` (temp files of killed commands)."""
+    if not directory.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for file in directory.iterdir():
+        try:
+            if file.is_file() and file.stat().st_mtime < cutoff:
+                file.unlink(missing_ok=True)
+                removed += 1
+        except OSError as exc:
+            raise store_unavailable("remove a temp file from", directory, exc) from exc
+    return removed

@@ -119,6 +119,10 @@ def decompose_model(
     ref = resolve_model(model, revision=revision)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     chosen = select_targets(identity.model_type, identity.num_layers, targets)
+    # Read the safetensors headers before writing any row: a truncated file leaves no base model behind.
+    headers = None
+    if loaded is None and not ref.is_gguf and SafetensorsWeights.usable(ref.path):
+        headers = SafetensorsWeights(ref.path)
     base = register_base_model(registry, identity)
     decomposition = _get_or_create_decomposition(registry, base, chosen, targets, dtype, method)
 
@@ -128,7 +132,7 @@ def decompose_model(
     pending = [m for m in pending if m.name not in reused]
     computed = 0
     if pending:
-        source = ModuleWeights(loaded) if loaded is not None else _open_weights(ref)  # type: ignore[arg-type]
+        source = ModuleWeights(loaded) if loaded is not None else headers or _open_weights(ref)  # type: ignore[arg-type]
         check_present(source, [m.weight_name for m in pending], identity.model_type)
         done_count = len(chosen) - len(pending)
         try:

@@ -88,6 +88,21 @@ def save_z(z: dict[str, torch.Tensor], path: Path, *, name: str) -> None:
 
     tensors = {key: z[key].detach().to("cpu", torch.float32).contiguous() for key in sorted(z)}
     save_file(tensors, str(path), metadata={"format": f"t2-expert/{FORMAT_VERSION}", "name": name})
+    _canonical_header(path)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys.
+
+    safetensors writes ``__metadata__`` in hash-map order, which differs between processes, so
+    the same z would get a different sha256 (and a second blob) each time it is saved.
+    """
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes with spaces
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length :])
 
 
 def load_z(path: Path) -> dict[str, torch.Tensor]:

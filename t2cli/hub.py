@@ -108,6 +108,17 @@ def pull_expert(
     )
 
 
+_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+def _redacted(text: str) -> str:
+    """``text`` with the Hugging Face token, and anything shaped like one, masked (for error messages)."""
+    token = get_token()
+    if token:
+        text = text.replace(token, "***")
+    return _TOKEN_SHAPE.sub("hf_***", text)
+
+
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None, *, writing: bool) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into one-line ``HubError``s (never echoing the token)."""
@@ -144,7 +155,7 @@ def hub_errors(repo_id: str, revision: str | None, *, writing: bool) -> Iterator
             action = "write to" if writing else "read"
             raise HubError(f"your token cannot {action} {repo_id} (403)",
                            "use a token with write access to that namespace (`hf auth login`)") from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = _redacted((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
         raise HubError(f"the Hub refused the request for {repo_id}: {first}", "try again later") from None
     except Exception as exc:
         if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3") or isinstance(

@@ -207,7 +207,7 @@ def read_config(ref: ModelRef) -> PretrainedConfig:
 
     try:
         if ref.is_gguf:
-            return AutoConfig.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+            return AutoConfig.from_pretrained(ref.path, gguf_file=ref.gguf_file, trust_remote_code=False)
         return AutoConfig.from_pretrained(ref.path, trust_remote_code=False)
     except Exception as exc:  # transformers raises ValueError, OSError, KeyError... for bad files
         raise ModelLoadError(
@@ -352,7 +352,9 @@ def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     """Load the model's tokenizer (with its chat template)."""
     from transformers import AutoTokenizer
 
-    kwargs: dict[str, Any] = {"gguf_file": ref.gguf_file} if ref.is_gguf else {}
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if ref.is_gguf:
+        kwargs["gguf_file"] = ref.gguf_file
     try:
         with _quiet_transformers():
             return AutoTokenizer.from_pretrained(ref.path, **kwargs)

@@ -280,6 +280,7 @@ def train(
         expert_id = register_expert(
             registry, best_z, expert_config, base_model_id=adaptable.base_model_id,
             decomposition_id=adaptable.decomposition_id,
+            replace=_registered_by_run(registry, config.name, run_id),
         )
         _finish_run(registry, run_id, expert_id)
 
@@ -514,6 +515,21 @@ def _set_status(registry: Registry, run_id: str, status: str) -> None:
         row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).first()
         if row is not None:
             row.status = status
+
+
+def _registered_by_run(registry: Registry, name: str, run_id: str) -> bool:
+    """Whether expert ``name`` exists and was registered by ``run_id``.
+
+    True after a kill between registering the expert and marking the run finished: the resumed
+    run re-registers the same z (same checkpoint) in place of it instead of refusing the name.
+    """
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    with registry.session(readonly=True) as session:
+        config_json = session.scalars(select(Expert.config_json).where(Expert.name == name)).first()
+    return config_json is not None and json.loads(config_json).get("training", {}).get("run_id") == run_id
 
 
 def _finish_run(registry: Registry, run_id: str, expert_id: int) -> None:

@@ -1,0 +1,250 @@
+"""kill -9 at random points of `t2 train` and `t2 decompose`; rerunning (`--resume`) recovers.
+
+The killed commands run in forked children (torch is imported once, by the test process, so each
+start costs ~1 s instead of ~10 s) that call the real CLI app; the parent SIGKILLs them after it
+sees k checkpoints (train) or k stored matrices (decompose). A test-only sleep after each
+checkpoint / SVD chunk widens the windows so the kills land mid-run; it changes no result.
+
+The kill schedule is random, seeded by T2_RELIABILITY_SEED (default 7) and printed, so a failure
+can be replayed. Determinism: a resumed run restores z, AdamW moments, the LR schedule and the
+torch and Python RNG states from its checkpoint, so on CPU the final z equals an uninterrupted
+run's bit for bit in practice; we compare with atol=1e-6 (the same bound as tests/test_train.py).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SEED = int(os.environ.get("T2_RELIABILITY_SEED", "7"))
+STEPS = 6
+TRAIN_ARGS = ["--steps", str(STEPS), "--prompts-per-step", "4", "--samples-per-prompt", "2", "--eval-every", "2",
+              "--valid-size", "5", "--max-new-tokens", "4", "--device", "cpu", "--seed", "3"]
+
+
+@pytest.fixture()
+def sums_file(tmp_path: Path) -> Path:
+    rng = random.Random(0)
+    lines = []
+    for i in range(30):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        split = "train" if i < 20 else "valid" if i < 25 else "test"
+        lines.append(json.dumps({"prompt": f"{a}+{b}=?", "answer": str(a + b), "kind": "number", "split": split}))
+    path = tmp_path / "sums.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _child(home: str, args: list[str], patch: str | None) -> None:
+    """Run `t2 ARGS` in this (forked) process; ``patch`` names a test hook installed first."""
+    os.environ["T2_HOME"] = home
+    if patch == "slow-checkpoints":
+        import t2cli.train as train
+
+        real = train._save_checkpoint
+
+        def slow(*a, **kw):
+            real(*a, **kw)
+            time.sleep(0.25)
+
+        train._save_checkpoint = slow
+    elif patch == "kill-before-finish":  # SIGKILL between registering the expert and marking the run finished
+        import t2cli.train as train
+
+        train._finish_run = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)
+    elif patch == "slow-svd":
+        import t2cli.svd as svd
+
+        real_svd = svd.svd_batch
+
+        def slow_svd(*a, **kw):
+            time.sleep(0.25)
+            return real_svd(*a, **kw)
+
+        svd.svd_batch = slow_svd
+    from t2cli.cli import app
+
+    try:
+        app(args, prog_name="t2")
+    except SystemExit as exc:
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    os._exit(0)
+
+
+def _start(home: Path, args: list[str], patch: str | None = None):
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(str(home), args, patch))
+    proc.start()
+    return proc
+
+
+def _wait_until(proc, condition, timeout: float = 60.0) -> bool:
+    """Poll ``condition`` every 10 ms; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if not proc.is_alive():
+            return False
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for the child")
+
+
+def _checkpoint_step(home: Path) -> int:
+    """The step of the newest checkpoint under home/runs (-1 before the first one)."""
+    from safetensors import safe_open
+
+    best = -1
+    for path in (home / "runs").glob("*/checkpoint.safetensors"):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                best = max(best, json.loads(handle.metadata()["state"])["step"])
+        except Exception:  # replaced under our feet: the next poll sees the new one
+            pass
+    return best
+
+
+def _count(home: Path, sql: str) -> int:
+    db = home / "registry.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0  # tables not created yet
+
+
+def _assert_clean(home: Path) -> list[str]:
+    """verify: nothing missing or corrupt; gc removes any leftovers and never a referenced blob."""
+    from registry import Registry
+
+    with Registry.open(home) as registry:
+        before = registry.verify()
+        assert before.ok, before
+        removed = registry.gc(grace_s=0)
+        assert set(removed) == set(before.orphans) | set(before.unreferenced)
+        after = registry.verify()
+    assert after.ok and after.orphans == [] and after.unreferenced == []
+    assert after.checked == before.checked - len(removed)  # only unused blobs went
+    leftovers = [p for d in (home / "tmp", home / "blobs" / "tmp") if d.is_dir() for p in d.iterdir()]
+    assert leftovers == [], "gc removes the temp files of killed writes"
+    return removed
+
+
+def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
+    tiny_llama: Path, sums_file: Path, tmp_path: Path, capsys
+) -> None:
+    from registry import Registry
+    from registry.schema import Expert, TrainingRun
+    from sqlalchemy import select
+    from t2cli.experts import load_expert
+
+    import t2cli.runtime  # noqa: F401  (import torch/transformers once, before forking)
+    import transformers  # noqa: F401
+
+    base = ["train", "--task", str(sums_file), "--model", str(tiny_llama), *TRAIN_ARGS]
+    reference_home = tmp_path / "reference"
+    proc = _start(reference_home, [*base, "--name", "ref"])
+    proc.join(120)
+    assert proc.exitcode == 0
+    with Registry.open(reference_home) as registry:
+        reference_z = load_expert(registry, "ref").z
+
+    home = tmp_path / "killed"
+    rng = random.Random(SEED)
+    points = sorted(rng.sample(range(0, STEPS), 2))  # kill once checkpoint k is on disk
+    tried, recovered, seen = 0, 0, []
+    args = [*base, "--name", "k9"]
+    for i, k in enumerate(points):
+        proc = _start(home, args + (["--resume"] if i else []), "slow-checkpoints")
+        reached = _wait_until(proc, lambda: _checkpoint_step(home) >= k)
+        assert reached, f"the run ended before checkpoint {k}"
+        proc.kill()
+        proc.join(10)
+        assert proc.exitcode == -signal.SIGKILL
+        tried += 1
+        seen.append(_checkpoint_step(home))
+    # a deterministic point: the expert is registered, the run is not yet marked finished
+    proc = _start(home, [*args, "--resume"], "kill-before-finish")
+    proc.join(120)
+    assert proc.exitcode == -signal.SIGKILL
+    tried += 1
+    proc = _start(home, [*args, "--resume"])
+    proc.join(120)
+    assert proc.exitcode == 0
+    with Registry.open(home) as registry:
+        z = load_expert(registry, "k9").z
+        with registry.session(readonly=True) as session:
+            experts = list(session.scalars(select(Expert.name)))
+            runs = list(session.execute(select(TrainingRun.status, TrainingRun.expert_id)))
+    assert experts == ["k9"], "one expert, no half-registered duplicates"
+    assert len(runs) == 1 and runs[0][0] == "finished" and runs[0][1] is not None
+    assert set(z) == set(reference_z)
+    max_diff = max(float((z[name] - reference_z[name]).abs().max()) for name in z)
+    assert max_diff <= 1e-6, max_diff
+    recovered = tried
+    # the re-registration after the last kill stored the same bytes (same z, canonical header): no stray blob
+    removed = _assert_clean(home)
+    assert removed == []
+    with capsys.disabled():
+        print(f"\n[reliability] train kill -9 (seed {SEED}): kills after checkpoints {seen} + before "
+              f"the run is marked finished: {tried} tried, {recovered} recovered; max |z - z_ref| = {max_diff:.1e}, "
+              f"gc removed {len(removed)} unused blobs")
+
+
+def test_kill9_during_decompose_then_rerun_completes(tiny_llama: Path, tmp_path: Path, capsys) -> None:
+    from typer.testing import CliRunner
+
+    from t2cli.cli import app
+
+    import t2cli.decompose  # noqa: F401
+
+    home = tmp_path / "killed"
+    rng = random.Random(SEED + 1)
+    count = "SELECT count(*) FROM decomposition_matrices"
+    tried, stored = 0, []
+    for more in (rng.randint(1, 8), rng.randint(1, 8)):  # kill once `more` further matrices are committed
+        target = _count(home, count) + more
+        proc = _start(home, ["decompose", str(tiny_llama), "--device", "cpu"], "slow-svd")
+        reached = _wait_until(proc, lambda: _count(home, count) >= target)
+        assert reached, f"the decomposition ended before {target} matrices"
+        proc.kill()
+        proc.join(10)
+        assert proc.exitcode == -signal.SIGKILL
+        tried += 1
+        stored.append(_count(home, count))
+    assert 0 < stored[-1] < 21
+    os.environ["T2_HOME"] = str(home)  # monkeypatched back by the autouse fixture's teardown
+    result = CliRunner().invoke(app, ["decompose", str(tiny_llama), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["num_matrices"] == 21 and summary["computed"] == 21 - stored[-1]
+    assert _count(home, count) == 21
+    _assert_clean(home)
+    with capsys.disabled():
+        print(f"\n[reliability] decompose kill -9 (seed {SEED + 1}): killed with {stored} of 21 matrices stored: "
+              f"{tried} tried, {tried} recovered")
+
+
+def test_the_same_z_always_gives_the_same_blob(tmp_path: Path) -> None:
+    """safetensors writes its metadata in hash-map order; save_z's bytes must not depend on it."""
+    import hashlib
+
+    from t2cli.experts import save_z
+
+    z = {f"model.layers.{i}.mlp.down_proj": torch.linspace(0, 1, 8) * i for i in range(4)}
+    digests = set()
+    for i in range(20):
+        path = tmp_path / f"{i}.safetensors"
+        save_z(z, path, name="same")
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
