@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -46,6 +46,27 @@ class EvalResult:
     seconds: float
     tokens_per_s: float
     samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+R = TypeVar("R", bound=EvalResult)
+
+
+def make_result(
+    task: str, split: str, expert: str | None, items: Sequence[TaskItem], correct: Sequence[bool], texts: Sequence[str],
+    seconds: float, tokens: int, *, result_type: type[R] = EvalResult, per_item: Sequence[dict] | None = None,
+    **extra: Any,
+) -> R:
+    """An evaluation result with its Wilson interval and per-item record (``per_item`` adds fields to each)."""
+    k, n = sum(correct), len(items)
+    low, high = wilson_interval(k, n)
+    samples = [
+        {"id": item.id, "correct": ok, "completion": text, "answer": item.answer, **(per_item[i] if per_item else {})}
+        for i, (item, ok, text) in enumerate(zip(items, correct, texts))
+    ]
+    return result_type(
+        task=task, split=split, expert=expert, n=n, correct=k, accuracy=k / n, ci_low=low, ci_high=high,
+        seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0, samples=samples, **extra,
+    )
 
 
 @torch.no_grad()
@@ -103,16 +124,7 @@ def evaluate(
     correct, texts, seconds, tokens = run_items(
         adaptable, task, items, z, key=expert, batch_size=batch_size, on_batch=on_batch, max_new_tokens=budget
     )
-    k, n = sum(correct), len(items)
-    low, high = wilson_interval(k, n)
-    result = EvalResult(
-        task=task.name, split=split, expert=expert, n=n, correct=k, accuracy=k / n, ci_low=low, ci_high=high,
-        seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
-        samples=[
-            {"id": item.id, "correct": ok, "completion": text, "answer": item.answer}
-            for item, ok, text in zip(items, correct, texts)
-        ],
-    )
+    result = make_result(task.name, split, expert, items, correct, texts, seconds, tokens)
     if record:
         _record(registry, adaptable, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
     return result

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from t2cli.errors import T2Error
-from t2cli.evaluate import EvalResult, wilson_interval
+from t2cli.evaluate import EvalResult, make_result
 from t2cli.generation import generate, render_prompt
 
 if TYPE_CHECKING:
@@ -85,17 +85,10 @@ def evaluate_strategy(
     seconds = time.perf_counter() - started
 
     correct = [score.correct for score in task.score_batch(list(items), texts)]
-    k, n = sum(correct), len(items)
-    low, high = wilson_interval(k, n)
-    result = StrategyEvalResult(
-        task=task.name, split=split, expert=None, n=n, correct=k, accuracy=k / n, ci_low=low, ci_high=high,
-        seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
-        samples=[
-            {"id": item.id, "correct": ok, "completion": text, "answer": item.answer, "choice": d.choice, "reason": d.reason}
-            for item, ok, text, d in zip(items, correct, texts, decisions)
-        ],
-        strategy=strategy, routing={choice: len(indices) for choice, indices in groups.items()},
-        dispatch_seconds=dispatch_seconds,
+    result = make_result(
+        task.name, split, None, items, correct, texts, seconds, tokens, result_type=StrategyEvalResult,
+        per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions], strategy=strategy,
+        routing={choice: len(indices) for choice, indices in groups.items()}, dispatch_seconds=dispatch_seconds,
     )
     if record:
         _record(registry, adaptable.base_model_id, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
