@@ -67,7 +67,8 @@ app = typer.Typer(
     cls=T2Group,
     help="Transformer-Squared for working ML engineers: decompose a model's weights once, train "
     "SVF experts, and answer prompts with self-adapted weights.",
-    epilog="Examples:  t2 decompose   ·   t2 models list   ·   t2 db status   ·   T2_DEBUG=1 t2 ... for tracebacks",
+    epilog="Examples:  t2 decompose   ·   t2 train --task addition --name add-v1   ·   "
+    "t2 ask \"What is 38 + 47?\" --strategy prompt   ·   t2 experts list   ·   T2_DEBUG=1 t2 ... for tracebacks",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
