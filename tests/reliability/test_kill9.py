@@ -1,4 +1,4 @@
-"""kill -9 at random points of `t2 train` and `t2 decompose`; rerunning (`--resume`) recovers.
+"""kill -9 at random points of `t2 train`, `t2 decompose` and `t2 adapt`; rerunning (`--resume`) recovers.
 
 The killed commands run in forked children (torch is imported once, by the test process, so each
 start costs ~1 s instead of ~10 s) that call the real CLI app; the parent SIGKILLs them after it
@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import time
@@ -61,6 +62,20 @@ def _child(home: str, args: list[str], patch: str | None) -> None:
         import t2cli.train as train
 
         train._finish_run = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)
+    elif patch == "slow-fitness":  # a marker file per scored candidate, so the parent can kill mid-search
+        import t2cli.cem as cem
+
+        real_fitness = cem.fewshot_fitness
+
+        def slow_fitness(*a, **kw):
+            result = real_fitness(*a, **kw)
+            marks = Path(home) / "cem-marks"
+            marks.mkdir(exist_ok=True)
+            (marks / str(len(list(marks.iterdir())))).touch()
+            time.sleep(0.1)
+            return result
+
+        cem.fewshot_fitness = slow_fitness
     elif patch == "slow-svd":
         import t2cli.svd as svd
 
@@ -233,6 +248,73 @@ def test_kill9_during_decompose_then_rerun_completes(tiny_llama: Path, tmp_path:
     with capsys.disabled():
         print(f"\n[reliability] decompose kill -9 (seed {SEED + 1}): killed with {stored} of 21 matrices stored: "
               f"{tried} tried, {tried} recovered")
+
+
+def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_matches(
+    tiny_llama: Path, tmp_path: Path, capsys
+) -> None:
+    """CEM has no checkpoint: a killed search must leave nothing behind, and a rerun (same seed) gives
+    the mixture an uninterrupted search gives."""
+    from registry import Registry
+    from registry.schema import Expert
+    from sqlalchemy import select
+    from t2cli.experts import ExpertConfig, load_expert, register_expert
+    from t2cli.runtime import load_adaptable
+
+    shots = tmp_path / "digits.jsonl"
+    shots.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": str(i), "kind": "number"}) + "\n" for i in range(6)))
+    args = ["adapt", "--fewshot", str(shots), "--task", "digits", "--model", str(tiny_llama), "--device", "cpu",
+            "--population", "4", "--generations", "3", "--max-new-tokens", "2", "--name", "mixed"]
+
+    def prepare(home: Path) -> None:
+        with Registry.open(home) as registry:
+            adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+            for seed, name in enumerate(("alpha", "beta")):
+                generator = torch.Generator().manual_seed(100 + seed)
+                z = {n: 1.0 + 0.5 * torch.randn(f.S.shape, generator=generator) for n, f in adaptable.svf.factors.items()}
+                config = ExpertConfig(name=name, base_model=adaptable.base_model_record(), targets="all",
+                                      num_matrices=len(z), task="digits")
+                register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
+                                decomposition_id=adaptable.decomposition_id)
+
+    reference, home = tmp_path / "reference", tmp_path / "killed"
+    for h in (reference, home):
+        prepare(h)
+    proc = _start(reference, args)
+    proc.join(120)
+    assert proc.exitcode == 0
+    with Registry.open(reference) as registry:
+        reference_z = load_expert(registry, "mixed").z
+
+    rng = random.Random(SEED + 2)
+    tried, points = 0, sorted(rng.sample(range(1, 12), 2))  # 4 x 3 = 12 candidates scored in a full search
+    for k in points:
+        shutil.rmtree(home / "cem-marks", ignore_errors=True)
+        experts_before = _count(home, "SELECT count(*) FROM experts")
+        blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
+        proc = _start(home, args, "slow-fitness")
+        reached = _wait_until(proc, lambda: len(list((home / "cem-marks").glob("*"))) >= k if (home / "cem-marks").is_dir() else False)
+        assert reached, f"the search ended before candidate {k}"
+        proc.kill()
+        proc.join(10)
+        assert proc.exitcode == -signal.SIGKILL
+        tried += 1
+        assert _count(home, "SELECT count(*) FROM experts") == experts_before  # nothing half-registered
+        assert sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file()) == blobs_before
+    shutil.rmtree(home / "cem-marks", ignore_errors=True)
+    proc = _start(home, args)
+    proc.join(120)
+    assert proc.exitcode == 0
+    with Registry.open(home) as registry:
+        z = load_expert(registry, "mixed").z
+        with registry.session(readonly=True) as session:
+            assert sorted(session.scalars(select(Expert.name))) == ["alpha", "beta", "mixed"]
+    max_diff = max(float((z[name] - reference_z[name]).abs().max()) for name in z)
+    assert max_diff <= 1e-6, max_diff
+    _assert_clean(home)
+    with capsys.disabled():
+        print(f"\n[reliability] adapt (CEM) kill -9 (seed {SEED + 2}): killed after candidates {points}: "
+              f"{tried} tried, {tried} recovered (registry unchanged, rerun max |z - z_ref| = {max_diff:.1e})")
 
 
 def test_the_same_z_always_gives_the_same_blob(tmp_path: Path) -> None:
