@@ -77,7 +77,7 @@ def test_eight_processes_fifty_writes_each_lose_nothing(t2_home: Path, capsys) -
     procs = [ctx.Process(target=_worker, args=(str(t2_home), w, results)) for w in range(WORKERS)]
     for proc in procs:
         proc.start()
-    reports = [results.get(timeout=120) for _ in procs]
+    reports = [results.get(timeout=600) for _ in procs]
     for proc in procs:
         proc.join(timeout=30)
         assert proc.exitcode == 0
