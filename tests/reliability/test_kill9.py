@@ -259,8 +259,9 @@ def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_match
     from registry import Registry
     from registry.schema import Expert
     from sqlalchemy import select
-    from t2cli.experts import ExpertConfig, load_expert, register_expert
+    from t2cli.experts import load_expert
     from t2cli.runtime import load_adaptable
+    from tests.expert_factory import make_expert
 
     shots = tmp_path / "digits.jsonl"
     shots.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": str(i), "kind": "number"}) + "\n" for i in range(6)))
@@ -271,12 +272,7 @@ def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_match
         with Registry.open(home) as registry:
             adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
             for seed, name in enumerate(("alpha", "beta")):
-                generator = torch.Generator().manual_seed(100 + seed)
-                z = {n: 1.0 + 0.5 * torch.randn(f.S.shape, generator=generator) for n, f in adaptable.svf.factors.items()}
-                config = ExpertConfig(name=name, base_model=adaptable.base_model_record(), targets="all",
-                                      num_matrices=len(z), task="digits")
-                register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
-                                decomposition_id=adaptable.decomposition_id)
+                make_expert(registry, adaptable, name, seed=100 + seed, scale=0.5)
 
     reference, home = tmp_path / "reference", tmp_path / "killed"
     for h in (reference, home):
