@@ -1,9 +1,9 @@
 """Load: 8 processes x 50 registry writes against one T2_HOME; every row lands, no "database is locked".
 
 Each worker registers experts (tiny z, a real blob), tags them, stores evaluation rows and removes
-every fifth expert again. Workers are forked (torch is already imported, so start-up is cheap) and
-each opens its own registry, as separate `t2` commands would, all on the same blank home (so
-they also race to create and migrate it). Counts are printed (-s) and asserted.
+every fifth expert again. Workers are spawned (a forked child of a process whose OpenMP pool
+has run can hang at its first parallel op) and each opens its own registry, as separate `t2`
+commands would, all on the same blank home (so they also race to create and migrate it). Counts are printed (-s) and asserted.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _worker(home: str, worker: int, results) -> None:
 
 def test_eight_processes_fifty_writes_each_lose_nothing(t2_home: Path, capsys) -> None:
     assert not t2_home.exists()
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(str(t2_home), w, results)) for w in range(WORKERS)]
     for proc in procs:

@@ -1,7 +1,8 @@
 """kill -9 at random points of `t2 train`, `t2 decompose` and `t2 adapt`; rerunning (`--resume`) recovers.
 
-The killed commands run in forked children (torch is imported once, by the test process, so each
-start costs ~1 s instead of ~10 s) that call the real CLI app; the parent SIGKILLs them after it
+The killed commands run in spawned children (a fresh interpreter each: a *forked* child of a
+process whose OpenMP pool has run hangs at its first parallel op, which is what the full suite's
+earlier tests leave behind) that call the real CLI app; the parent SIGKILLs them after it
 sees k checkpoints (train) or k stored matrices (decompose). A test-only sleep after each
 checkpoint / SVD chunk widens the windows so the kills land mid-run; it changes no result.
 
@@ -28,7 +29,7 @@ import torch
 
 SEED = int(os.environ.get("T2_RELIABILITY_SEED", "7"))
 STEPS = 6
-JOIN_S = 900  # generous: a busy shared CI machine is slow; a hang still fails
+JOIN_S = 600  # generous: a busy shared CI machine is slow; a hang still fails
 TRAIN_ARGS = ["--steps", str(STEPS), "--prompts-per-step", "4", "--samples-per-prompt", "2", "--eval-every", "2",
               "--valid-size", "5", "--max-new-tokens", "4", "--device", "cpu", "--seed", "3"]
 
@@ -47,7 +48,7 @@ def sums_file(tmp_path: Path) -> Path:
 
 
 def _child(home: str, args: list[str], patch: str | None) -> None:
-    """Run `t2 ARGS` in this (forked) process; ``patch`` names a test hook installed first."""
+    """Run `t2 ARGS` in this (spawned) process; ``patch`` names a test hook installed first."""
     os.environ["T2_HOME"] = home
     if patch == "slow-checkpoints":
         import t2cli.train as train
@@ -96,9 +97,24 @@ def _child(home: str, args: list[str], patch: str | None) -> None:
     os._exit(0)
 
 
+_started: list = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_children():
+    """A failed assertion must not leave a child running (and eating CPU) for the rest of the suite."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+
+
 def _start(home: Path, args: list[str], patch: str | None = None):
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(str(home), args, patch))
+    proc = multiprocessing.get_context("spawn").Process(target=_child, args=(str(home), args, patch))
     proc.start()
+    _started.append(proc)
     return proc
 
 
@@ -163,9 +179,6 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
     from registry.schema import Expert, TrainingRun
     from sqlalchemy import select
     from t2cli.experts import load_expert
-
-    import t2cli.runtime  # noqa: F401  (import torch/transformers once, before forking)
-    import transformers  # noqa: F401
 
     base = ["train", "--task", str(sums_file), "--model", str(tiny_llama), *TRAIN_ARGS]
     reference_home = tmp_path / "reference"
