@@ -1,7 +1,8 @@
 """The ``t2`` command: a root app that wires the command groups and owns the error boundary.
 
 Every engine error reaches the user as ``error: <what and why>`` plus
-``hint: <what to do>``, exit code 1 (2 for usage errors, 130 for Ctrl-C). Set
+``hint: <what to do>``, exit code 1 (2 for usage errors, 130 for Ctrl-C). A reader
+of stdout that went away (``t2 ... | head``) is no error: Click exits 1 quietly. Set
 ``T2_DEBUG=1`` to get the traceback instead.
 """
 
@@ -46,6 +47,8 @@ class T2Group(TyperGroup):
                 raise
             report_error(exc.message, exc.hint)
             ctx.exit(getattr(exc, "exit_code", 1))
+        except BrokenPipeError:  # Click's main() silences EPIPE and exits 1; not a bug to report
+            raise
         except KeyboardInterrupt:
             if _debug():
                 raise

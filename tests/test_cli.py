@@ -37,6 +37,19 @@ def test_version_and_help() -> None:
         assert command in result.output
 
 
+def test_a_reader_that_closes_the_pipe_is_not_reported_as_a_bug(monkeypatch) -> None:
+    """`t2 ... | head` closes stdout mid-command: exit 1 quietly, as Click does, with no "bug" line."""
+    import registry
+
+    def hang_up(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(registry.Registry, "open", hang_up)
+    result = t2("db", "status")
+    assert result.exit_code == 1
+    assert "bug" not in result.output and "error" not in result.output
+
+
 @pytest.mark.parametrize(
     "command",
     [["decompose"], ["models", "list"], ["models", "show"], ["experts", "list"], ["experts", "show"],
