@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from t2cli.tasks.dispatch_task import (
     DISPATCH_MAX_NEW_TOKENS,
     DISPATCH_TASK,
     OTHER,
+    boxed_category,
     classification_prompt,
     parse_category,
 )
@@ -266,12 +267,19 @@ def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None
 # --------------------------------------------------------------------------- pass-1 generation
 
 
-def greedy_answer(adaptable: Adaptable, message: str) -> str:
-    """The model's greedy answer to ``message`` (chat template applied) with the weights currently applied."""
+def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[str] = ()) -> str:
+    """The model's greedy answer to ``message`` (chat template applied) with the weights currently applied.
+
+    With ``categories``, generation stops at the first ``\\boxed{...}`` naming one of them:
+    ``parse_category`` reads nothing after it, so the answer means the same and pass 1
+    does not pay for the words a small model adds after its box.
+    """
     from t2cli.generation import generate, render_prompt
 
     text = render_prompt(adaptable.tokenizer, message)
-    gens = generate(adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS)
+    stop = (lambda so_far: boxed_category(so_far, categories) is not None) if categories else None
+    gens = generate(adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS,
+                    stop_when=stop)
     return gens.texts[0]
 
 
@@ -307,10 +315,14 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
     """Ask the model (with whatever weights are applied) for the category, and map it to an expert."""
     categories = {e.category: e.description for e in experts}
     question, kept = fit_question(ctx, prompt, categories)
-    complete = ctx.complete or greedy_answer
-    answer = complete(ctx.adaptable(), classification_prompt(question, categories))
+    names = [*categories, OTHER]
+    message = classification_prompt(question, categories)
+    if ctx.complete is not None:
+        answer = ctx.complete(ctx.adaptable(), message)
+    else:
+        answer = greedy_answer(ctx.adaptable(), message, categories=names)
     cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
-    found = parse_category(answer, [*categories, OTHER])
+    found = parse_category(answer, names)
     if found is None:
         return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "
                                   f"base weights{cut}")

@@ -95,6 +95,29 @@ class KeyedSampler:
         return scores.float() / self.temperature + gumbel
 
 
+class TextStop:
+    """Stop each sequence once ``done(text so far)`` holds (a transformers stopping criterion).
+
+    Decodes only the generated part of each row, so ``done`` sees what the model wrote,
+    not the prompt. Used by pass 1, which needs nothing after the first boxed category.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int, done: Callable[[str], bool]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.done = done
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor([self.done(text) for text in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def _first_stop(tokenizer: PreTrainedTokenizerBase, ids: list[int], done: Callable[[str], bool]) -> int:
+    """The shortest prefix of ``ids`` whose text satisfies ``done`` (all of ``ids`` if none does)."""
+    return next((k for k in range(1, len(ids) + 1) if done(tokenizer.decode(ids[:k], skip_special_tokens=True))),
+                len(ids))
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -107,14 +130,18 @@ def generate(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
     sample_keys: Sequence[int] | None = None,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> Generations:
     """Generate ``per_prompt`` completions for each chat-formatted prompt (greedy at temperature 0).
+
+    ``stop_when``: a completion ends as soon as it holds for the text generated so far
+    (or at an end token, or after ``max_new_tokens``).
 
     ``sample_keys``: one seed per completion (``len(prompts) * per_prompt``, in output
     order); at temperature > 0 each completion then samples from its own stream
     (``KeyedSampler``) instead of the global torch RNG.
     """
-    from transformers import LogitsProcessorList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     prepare_tokenizer(tokenizer)
     device = next(model.parameters()).device
@@ -133,8 +160,11 @@ def generate(
         processors = LogitsProcessorList(
             [KeyedSampler(sample_keys[start : start + batch_size], temperature)] if keyed else []
         )
+        width = enc["input_ids"].shape[1]
+        stopping = StoppingCriteriaList([TextStop(tokenizer, width, stop_when)] if stop_when else [])
         out = model.generate(
             **enc,
+            stopping_criteria=stopping,
             max_new_tokens=max_new_tokens,
             do_sample=sampling,
             temperature=temperature if sampling else None,
@@ -143,11 +173,12 @@ def generate(
             pad_token_id=tokenizer.pad_token_id,
             logits_processor=processors,
         )
-        width = enc["input_ids"].shape[1]
         for row, mask in zip(range(len(chunk)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())
             generated = out[row, width:].tolist()
             cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
+            if stop_when:  # where TextStop ended this row (the rest is the batch's padding)
+                cut = _first_stop(tokenizer, generated[:cut], stop_when)
             completion_ids.append(generated[:cut])
             new_tokens += cut
         if on_batch:

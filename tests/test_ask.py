@@ -230,7 +230,7 @@ def test_ask_streams_the_answer_and_shows_the_dispatch(env, tiny_llama: Path) ->
 
 
 def test_ask_prompt_strategy_by_default(env, tiny_llama: Path, monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "greedy_answer", lambda adaptable, message: "Classification: \\boxed{math}")
+    monkeypatch.setattr(dispatch, "greedy_answer", lambda adaptable, message, **kw: "Classification: \\boxed{math}")
     result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--json", *SHORT)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

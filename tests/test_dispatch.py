@@ -53,6 +53,31 @@ def test_parse_category_multiword_and_longest_at_same_place() -> None:
     assert parse_category("math-hard", ["math", "math-hard", OTHER]) == "math-hard"
 
 
+def test_pass_one_stops_generating_at_the_first_box_that_names_a_category(monkeypatch) -> None:
+    """What follows that box cannot change ``parse_category``'s answer, so pass 1 does not generate it."""
+    import t2cli.generation as generation
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def fake_generate(model, tokenizer, prompts, *, max_new_tokens, stop_when=None, **kwargs):
+        seen["stop"] = stop_when
+        return SimpleNamespace(texts=["Classification: \\boxed{math}"])
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr(generation, "render_prompt", lambda tokenizer, message: message)
+    adaptable = SimpleNamespace(model=None, tokenizer=None)
+    assert dispatch.greedy_answer(adaptable, "classify this", categories=CATEGORIES) == "Classification: \\boxed{math}"
+    stop = seen["stop"]
+    assert stop("Classification: \\boxed{Math}")
+    assert stop("\\boxed{42}, no: \\boxed{code}")
+    assert not stop("Classification: \\boxed{mat")  # the box is not closed yet
+    assert not stop("\\boxed{42} so far")  # a box naming no category: keep going
+    assert not stop("I think math")  # no box yet: the model may still write one
+    dispatch.greedy_answer(adaptable, "classify this")
+    assert seen["stop"] is None  # without categories: the whole budget, as before
+
+
 def test_classification_prompt_lists_categories_with_descriptions_and_other() -> None:
     text = classification_prompt("What is 17 * 3?", {"code": CATEGORY_GUIDES["code"], "math": CATEGORY_GUIDES["math"]})
     assert "1. code: " + CATEGORY_GUIDES["code"] in text and "2. math: " + CATEGORY_GUIDES["math"] in text

@@ -95,6 +95,15 @@ def _earliest(text: str, categories: Sequence[str]) -> str | None:
     return best[2] if best else None
 
 
+def boxed_category(answer: str, categories: Sequence[str]) -> str | None:
+    """The category named by the first ``\\boxed{...}`` of ``answer`` that names one, else None."""
+    for box in re.finditer(r"\\boxed\s*\{([^{}]*)\}", answer.casefold()):
+        found = _earliest(box.group(1), categories)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_category(answer: str, categories: Sequence[str]) -> str | None:
     """The category the model chose in ``answer``, or None when it names none of ``categories``.
 
@@ -103,12 +112,7 @@ def parse_category(answer: str, categories: Sequence[str]) -> str | None:
     otherwise the earliest-mentioned category anywhere in the answer. Include
     ``OTHER`` in ``categories`` for it to be recognised.
     """
-    text = answer.casefold()
-    for box in re.finditer(r"\\boxed\s*\{([^{}]*)\}", text):
-        found = _earliest(box.group(1), categories)
-        if found is not None:
-            return found
-    return _earliest(text, categories)
+    return boxed_category(answer, categories) or _earliest(answer.casefold(), categories)
 
 
 def _category_reference(answer: str, **meta: Any) -> str:
