@@ -108,7 +108,7 @@ class StrategyInfo:
 _STRATEGIES: dict[str, StrategyInfo] = {}
 
 
-def strategy(name: str, *, takes_arg: bool = False, help: str = ""):  # noqa: A002 - mirrors typer's option name
+def strategy(name: str, *, takes_arg: bool = False, help: str = ""):
     """Register a strategy factory ``(ctx, arg) -> Dispatcher`` under ``name`` (``name:ARG`` when it takes one)."""
 
     def register(factory: Callable[[DispatchContext, str | None], Dispatcher]):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -36,6 +38,26 @@ def add_expert(registry, adaptable, name: str, *, category: str | None, task: st
     register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
                     decomposition_id=adaptable.decomposition_id)
     return z
+
+
+@contextmanager
+def math_and_code_experts(model: Path, folder: Path) -> Iterator[tuple]:
+    """The model loaded in the test's registry with expert m (math, task sums.jsonl) and c (code, funcs.jsonl).
+
+    Yields (registry, adaptable, z by expert name, task file by category).
+    """
+    from t2cli.home import open_registry
+    from t2cli.runtime import load_adaptable
+
+    tasks = {"math": str(write_task(folder / "sums.jsonl", "What is 1 plus")),
+             "code": str(write_task(folder / "funcs.jsonl", "Write a function number"))}
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(model), device="cpu")
+        zs = {
+            "m": add_expert(registry, adaptable, "m", category="math", task=tasks["math"], seed=1),
+            "c": add_expert(registry, adaptable, "c", category="code", task=tasks["code"], seed=2),
+        }
+        yield registry, adaptable, zs, tasks
 
 
 def registry_snapshot(home: Path) -> tuple:

@@ -13,10 +13,12 @@ from t2cli import ask as ask_module
 from t2cli import dispatch
 from t2cli.ask import Asker, AskError, AskSettings, read_prompts
 from t2cli.cli import app
-from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
 from t2cli.svf import compose_weight
-from tests.ask_support import add_expert, registry_snapshot, write_task
+from tests.ask_support import (
+    add_expert,
+    math_and_code_experts,
+    registry_snapshot,
+)
 
 runner = CliRunner()
 SHORT = ["--max-new-tokens", "6", "--device", "cpu"]
@@ -38,14 +40,7 @@ def _single_error_line(result) -> str:
 @pytest.fixture()
 def env(tiny_llama: Path, tmp_path: Path):
     """The tiny model loaded, experts m (math) and c (code), and a CEM mixture for task `sums`."""
-    math_task = str(write_task(tmp_path / "sums.jsonl", "What is 1 plus"))
-    code_task = str(write_task(tmp_path / "funcs.jsonl", "Write a function number"))
-    with open_registry() as registry:
-        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
-        zs = {
-            "m": add_expert(registry, adaptable, "m", category="math", task=math_task, seed=1),
-            "c": add_expert(registry, adaptable, "c", category="code", task=code_task, seed=2),
-        }
+    with math_and_code_experts(tiny_llama, tmp_path) as (registry, adaptable, zs, _):
         zs["sums-cem"] = add_expert(
             registry, adaptable, "sums-cem", category=None, kind="mixture", task="sums", seed=3,
             parametrization={"stored": "effective_multiplier", "adaptation": "cem"},

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from t2cli import dispatch
-from t2cli.dispatch import BASE, DispatchContext, DispatchError, build_dispatcher, category_experts, parse_strategy
+from t2cli.dispatch import (
+    BASE,
+    DispatchContext,
+    DispatchError,
+    build_dispatcher,
+    category_experts,
+    parse_strategy,
+)
 from t2cli.errors import ExpertNotFound
 from t2cli.home import open_registry
 from t2cli.runtime import load_adaptable
@@ -20,7 +27,7 @@ from t2cli.tasks.dispatch_task import (
     dispatch_task,
     parse_category,
 )
-from tests.ask_support import add_expert, write_task
+from tests.ask_support import add_expert, math_and_code_experts, write_task
 
 CATEGORIES = ["code", "math", "reasoning", OTHER]
 
@@ -55,8 +62,9 @@ def test_parse_category_multiword_and_longest_at_same_place() -> None:
 
 def test_pass_one_stops_generating_at_the_first_box_that_names_a_category(monkeypatch) -> None:
     """What follows that box cannot change ``parse_category``'s answer, so pass 1 does not generate it."""
-    import t2cli.generation as generation
     from types import SimpleNamespace
+
+    from t2cli import generation
 
     seen = {}
 
@@ -121,13 +129,8 @@ def test_strategy_decorator_registers_and_refuses_duplicates(monkeypatch) -> Non
 @pytest.fixture()
 def env(tiny_llama: Path, tmp_path: Path):
     """A registry with the tiny model loaded and two category experts (math, code) on custom tasks."""
-    math_task = str(write_task(tmp_path / "sums.jsonl", "What is 1 plus"))
-    code_task = str(write_task(tmp_path / "funcs.jsonl", "Write a function number"))
-    with open_registry() as registry:
-        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
-        add_expert(registry, adaptable, "m", category="math", task=math_task, seed=1)
-        add_expert(registry, adaptable, "c", category="code", task=code_task, seed=2)
-        yield registry, adaptable, {"math": math_task, "code": code_task}
+    with math_and_code_experts(tiny_llama, tmp_path) as (registry, adaptable, _, tasks):
+        yield registry, adaptable, tasks
 
 
 def _context(registry, adaptable, **options) -> DispatchContext:
