@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2cli.errors import T2Error
+from t2cli.run_lock import run_in_progress
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -54,8 +55,11 @@ def get_run(registry: Registry, run_id: str, *, with_metrics: bool = True) -> Ru
         if with_metrics:
             for metric in session.scalars(select(RunMetric).where(RunMetric.run_id == row.id).order_by(RunMetric.step)):
                 metrics.setdefault(metric.name, {})[metric.step] = metric.value
+        status = row.status
+        if status == "running" and not run_in_progress(row.checkpoint_dir):
+            status = "interrupted"  # its process died without saying so (kill -9, power loss)
         return RunInfo(
-            run_id=row.run_id, task=row.task, status=row.status, expert=expert, started_at=str(row.started_at),
+            run_id=row.run_id, task=row.task, status=status, expert=expert, started_at=str(row.started_at),
             finished_at=str(row.finished_at) if row.finished_at else None, config=json.loads(row.config_json),
             metrics=metrics,
         )

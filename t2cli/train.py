@@ -24,6 +24,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +37,7 @@ from t2cli.errors import T2Error
 from t2cli.evaluate import run_items
 from t2cli.experts import ExpertConfig, register_expert
 from t2cli.generation import completion_logprobs, generate, render_prompt, sample_key
+from t2cli.run_lock import RunBusy, hold_run_lock, run_in_progress
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -142,16 +144,34 @@ def train(
     """Train z on ``task``; register the best-on-validation z as expert ``config.name``.
 
     ``dist``: this process's rank when launched by torchrun/accelerate (default: one
-    process). Every rank calls ``train`` with the same arguments; rank 0 writes.
+    process). Every rank calls ``train`` with the same arguments; rank 0 writes, and holds
+    the run's lock (``t2cli.run_lock``) while it trains.
     """
+    with ExitStack() as held:
+        return _train(registry, adaptable, task, config, resume_run=resume_run, on_event=on_event,
+                      dist=dist or SINGLE, held=held)
+
+
+def _train(
+    registry: Registry,
+    adaptable: Adaptable,
+    task: Task,
+    config: TrainConfig,
+    *,
+    resume_run: str | None,
+    on_event: ProgressCallback | None,
+    dist: Dist,
+    held: ExitStack,
+) -> TrainResult:
     emit = on_event or (lambda message, metrics: None)
-    dist = dist or SINGLE
     svf = adaptable.svf
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
     # 0. state: fresh or from the checkpoint of an interrupted run (rank 0 reads it, every rank loads it)
     run_id, run_dir = dist.on_main(lambda: _start_run(registry, adaptable, config, resume_run))
+    if dist.is_main:
+        held.enter_context(hold_run_lock(run_dir, run_id))
     z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
     optimizer = torch.optim.AdamW(list(z.values()), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config))
@@ -386,6 +406,8 @@ def _start_run(registry: Registry, adaptable: Adaptable, config: TrainConfig, re
             row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == resume_run)).first()
             if row is None:
                 raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
+            if row.status == "running" and run_in_progress(row.checkpoint_dir):
+                raise RunBusy(resume_run)
             stored = json.loads(row.config_json)
             if {k: stored.get(k) for k in ("task", "name", "targets")} != {
                 "task": config.task, "name": config.name, "targets": config.targets,

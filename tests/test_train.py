@@ -133,3 +133,36 @@ def test_cli_defaults_are_the_documented_train_config_defaults() -> None:
             assert parameter.default == config_defaults[name], name
             shared += 1
     assert shared >= 12
+
+
+def test_a_run_counts_as_running_only_while_a_process_trains_it(tiny_llama: Path, sums_task, monkeypatch) -> None:
+    """The run's lock: a second trainer is refused while one holds it; a run whose process died shows interrupted."""
+    from sqlalchemy import select
+
+    from registry.schema import TrainingRun
+    from t2cli import train as train_module
+    from t2cli.run_lock import RunBusy
+    from t2cli.runs import get_run
+
+    seen = {}
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+
+        def meanwhile(message, metrics) -> None:
+            if metrics is not None and metrics.step == 1:
+                run_id = find_resumable_run(registry, "locked")
+                seen["status"] = get_run(registry, run_id).status
+                with pytest.raises(RunBusy):
+                    train(registry, adaptable, sums_task, _config(name="locked"), resume_run=run_id)
+                raise KeyboardInterrupt  # then stop as kill -9 would: without updating the run's row
+
+        monkeypatch.setattr(train_module, "_set_status", lambda *args, **kwargs: None)
+        with pytest.raises(TrainingInterrupted):
+            train(registry, adaptable, sums_task, _config(name="locked"), on_event=meanwhile)
+        monkeypatch.undo()
+        run_id = find_resumable_run(registry, "locked")
+        with registry.session(readonly=True) as session:
+            stored = session.scalars(select(TrainingRun.status).where(TrainingRun.run_id == run_id)).one()
+        assert (seen["status"], stored, get_run(registry, run_id).status) == ("running", "running", "interrupted")
+        train(registry, adaptable, sums_task, _config(name="locked"), resume_run=run_id)
+        assert get_run(registry, run_id).status == "finished"

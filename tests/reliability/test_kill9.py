@@ -179,6 +179,7 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
     from registry.schema import Expert, TrainingRun
     from sqlalchemy import select
     from t2cli.experts import load_expert
+    from t2cli.runs import list_runs
 
     base = ["train", "--task", str(sums_file), "--model", str(tiny_llama), *TRAIN_ARGS]
     reference_home = tmp_path / "reference"
@@ -202,6 +203,8 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
         assert proc.exitcode == -signal.SIGKILL
         tried += 1
         seen.append(_checkpoint_step(home))
+        with Registry.open(home) as registry:  # the row still says running; its free lock says otherwise
+            assert [run.status for run in list_runs(registry)] == ["interrupted"]
     # a deterministic point: the expert is registered, the run is not yet marked finished
     proc = _start(home, [*args, "--resume"], "kill-before-finish")
     proc.join(JOIN_S)
