@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default model (SmolLM2-135M-Instruct, CPU): set up, decompose it,
-# RL-train an SVF expert on 2-digit additions (~20 min on 2 cores), compare it with the base model
+# RL-train an SVF expert on 2-digit additions (~35 min on 2 cores), compare it with the base model
 # on 200 held-out sums, and answer a prompt with two-pass inference.
 set -euo pipefail
 cd "$(dirname "$0")/.."

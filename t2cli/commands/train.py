@@ -48,7 +48,7 @@ def train_cmd(
 
     Examples:
 
-      t2 train --task addition --name add-v1          # CPU, ~20 min on the embedded model
+      t2 train --task addition --name add-v1          # 2 CPU cores, ~35 min on the embedded model
 
       t2 train --task math --model llama3-8b --device cuda --steps 200 --prompts-per-step 64
 
