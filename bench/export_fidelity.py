@@ -83,20 +83,20 @@ def main() -> None:
         adaptable.svf.restore()
         base_copy = copy.deepcopy(model)  # PEFT wraps the modules of the model it is given
 
-        rows = [("base weights (no expert)", None, base_logits, base_answers)]
+        rows = [("base (no expert)", None, base_logits, base_answers)]
         with tempfile.TemporaryDirectory() as tmp:
             for rank in (int(r) for r in args.ranks.split(",")):
                 folder = Path(tmp) / f"lora-{rank}"
                 report = export_lora(registry, name, folder, rank=rank)
                 peft_model = PeftModel.from_pretrained(copy.deepcopy(base_copy), str(folder)).eval()
                 logits, _, answers = _outputs(peft_model, tokenizer, texts)
-                rows.append((f"LoRA rank {rank} (PEFT)", report.overall_error, logits, answers))
+                rows.append((f"LoRA r={rank} (PEFT)", report.overall_error, logits, answers))
                 del peft_model
             merged_dir = Path(tmp) / "merged"
             export_merged(registry, name, merged_dir, adaptable=adaptable)
             merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
             logits, _, answers = _outputs(merged, tokenizer, texts)
-            rows.append(("merged folder (from_pretrained)", 0.0, logits, answers))
+            rows.append(("merged (from_pretrained)", 0.0, logits, answers))
 
     table = Table(title=f"export fidelity: expert {name} ({len(expert.z)} matrices), {len(texts)} {args.task} prompts, "
                         f"reference = t2 with the expert applied")
@@ -108,7 +108,7 @@ def main() -> None:
         same = sum(a == b for a, b in zip(answers, ref_answers))
         table.add_row(label, "-" if error is None else f"{error:.3f}", f"{(logits - ref_logits).abs().max().item():.2e}",
                       f"{agree:.1%}", f"{same}/{len(texts)}")
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":

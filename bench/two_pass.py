@@ -42,7 +42,7 @@ def main() -> None:
     from t2cli.tasks import get_task
 
     prompts = [item.prompt for name in args.tasks.split(",") for item in get_task(name).split("test")[: args.per_task]]
-    console = Console()
+    console = Console(width=140)
     table = Table(title=f"two-pass overhead, {len(prompts)} prompts, {ANSWER_TOKENS}-token answers, "
                         f"{torch.get_num_threads()} threads (medians)")
     for column in ("strategy", "pass 1 s", "switch s", "pass 2 s", "pass 1 / total", "first switch s", "choices"):
