@@ -34,7 +34,8 @@ def list_cmd(as_json: JsonOpt = False) -> None:
         out.print("No training runs yet: `t2 train --task addition` starts one.")
         return
     table = Table(title="Training runs")
-    for column in ("run", "task", "status", "expert", "steps", "started"):
+    table.add_column("run", no_wrap=True)  # the id is what `t2 runs show` takes: never cut it
+    for column in ("task", "status", "expert", "steps", "started"):
         table.add_column(column)
     for r in runs:
         table.add_row(r.run_id, r.task, r.status, r.expert or "-", str(r.config.get("steps")), r.started_at[:19])
