@@ -1,12 +1,14 @@
 """Two-pass overhead of `t2 ask`: pass 1 (choosing z) against a 64-token answer, per strategy.
 
-    python bench/two_pass.py [--strategies prompt,classifier] [--per-task 4] [--tasks addition,arithmetic,arc-easy]
+    python bench/two_pass.py [--strategies prompt,classifier,prompt/score,classifier/score] [--per-task 4]
+                             [--tasks addition,arithmetic,arc-easy]
 
 Needs category experts (and, for `classifier`, a dispatch expert) registered for the embedded
 model in $T2_HOME. For each strategy and each test prompt (the first --per-task test items of
 each task), it times, on the same loaded model as `t2 ask` does:
 
 * pass 1: the strategy's decision (`Asker.dispatch`), the classifier's z switch included;
+  `STRATEGY/score` runs it with `--pass1 score` (one prefill) instead of generating;
 * the switch: applying the chosen z (the first use of an expert composes its W'; later uses
   hit the cache, as they do inside one `t2 ask -f` run);
 * pass 2: greedy generation of exactly 64 new tokens with the chosen weights.
@@ -30,7 +32,7 @@ ANSWER_TOKENS = 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="prompt,classifier")
+    parser.add_argument("--strategies", default="prompt,classifier,prompt/score,classifier/score")
     parser.add_argument("--tasks", default="addition,arithmetic,arc-easy")
     parser.add_argument("--per-task", type=int, default=4)
     args = parser.parse_args()
@@ -50,8 +52,10 @@ def main() -> None:
     with open_registry() as registry:
         adaptable = load_adaptable(registry, None, device="cpu")
         model, tokenizer, svf = adaptable.model, adaptable.tokenizer, adaptable.svf
-        for strategy in args.strategies.split(","):
-            asker = Asker(registry, AskSettings(strategy=strategy, max_new_tokens=ANSWER_TOKENS), adaptable=adaptable)
+        for label in args.strategies.split(","):
+            strategy, _, pass1 = label.partition("/")
+            settings = AskSettings(strategy=strategy, max_new_tokens=ANSWER_TOKENS, pass1=pass1 or "generate")
+            asker = Asker(registry, settings, adaptable=adaptable)
             pass1, switch, pass2, first_switch, choices = [], [], [], [], {}
             for prompt in prompts:
                 decision = asker.dispatch(prompt)
@@ -69,7 +73,7 @@ def main() -> None:
                 choices[decision.choice] = choices.get(decision.choice, 0) + 1
             p1, sw, p2 = (statistics.median(xs) if xs else 0.0 for xs in (pass1, switch, pass2))
             table.add_row(
-                strategy, f"{p1:.3f}", f"{sw:.4f}", f"{p2:.3f}", f"{p1 / (p1 + sw + p2):.1%}",
+                label, f"{p1:.3f}", f"{sw:.4f}", f"{p2:.3f}", f"{p1 / (p1 + sw + p2):.1%}",
                 f"{statistics.median(first_switch):.3f}" if first_switch else "-",
                 ", ".join(f"{name} {count}" for name, count in sorted(choices.items())),
             )

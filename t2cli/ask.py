@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from t2cli.dispatch import Completer, Dispatch, DispatchContext, build_dispatcher, parse_strategy, run_dispatch
+from t2cli.dispatch import (
+    PASS1_MODES,
+    Completer,
+    Dispatch,
+    DispatchContext,
+    build_dispatcher,
+    parse_strategy,
+    run_dispatch,
+)
 from t2cli.errors import T2Error
 
 if TYPE_CHECKING:
@@ -46,11 +54,14 @@ class AskSettings:
     strategy: str = "prompt"  # none | expert:NAME | prompt | classifier | cem
     task: str | None = None  # cem: the task whose mixture to use
     classifier: str | None = None  # classifier: the dispatch expert (default: the latest trained on `dispatch`)
+    pass1: str = "generate"  # prompt/classifier: generate the answer and parse it, or score the categories
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # pass-2 generation budget
     temperature: float = 0.0  # pass-2 sampling temperature; 0 = greedy
 
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)  # an unknown strategy fails here, before anything is opened
+        if self.pass1 not in PASS1_MODES:
+            raise AskError(f"unknown --pass1 {self.pass1!r}", f"use one of: {', '.join(PASS1_MODES)}")
         if self.max_new_tokens < 1:
             raise AskError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if not self.temperature >= 0:
@@ -259,7 +270,7 @@ class Asker:
         ctx = DispatchContext(
             registry=registry, base_model_id=self.prepared.base_model_id, model_name=self.prepared.model_name,
             tokenizer=self.prepared.tokenizer, context_limit=self.prepared.context_limit, adaptable=self.load,
-            task=settings.task, classifier=settings.classifier, complete=complete,
+            task=settings.task, classifier=settings.classifier, complete=complete, pass1=settings.pass1,
         )
         self._dispatcher = build_dispatcher(ctx, settings.strategy)
 

@@ -31,6 +31,7 @@ import torch
 
 from t2cli.errors import T2Error
 from t2cli.tasks.dispatch_task import (
+    ANSWER_PREFIX,
     CATEGORY_GUIDES,
     DISPATCH_MAX_NEW_TOKENS,
     DISPATCH_TASK,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from t2cli.runtime import Adaptable
 
 BASE = "base"  # Dispatch.choice when pass 2 runs on the base weights
+PASS1_MODES = ("generate", "score")
 MIN_QUESTION_TOKENS = 32  # pass 1 never cuts the question shorter than this
 
 
@@ -91,6 +93,7 @@ class DispatchContext:
     task: str | None = None
     classifier: str | None = None
     complete: Completer | None = None  # None: ``greedy_answer``
+    pass1: str = "generate"  # how prompt/classifier read the category: "generate" or "score" (PASS1_MODES)
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,44 @@ def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[st
     return gens.texts[0]
 
 
+@torch.no_grad()
+def score_categories(adaptable: Adaptable, message: str, names: Sequence[str]) -> dict[str, float]:
+    """Pass 1 without generating: the log-probability of each ``name + "}"`` right after the
+    answer's required opening ``Classification: \\boxed{``, with the weights currently applied.
+
+    One forward over the prompt fills the KV cache; one batched forward over the K
+    candidates (right-padded, the cache repeated K times) scores them all, so the cost is
+    about one prefill whatever the answer length. Every name gets a score: nothing to parse,
+    and no fallback is needed.
+    """
+    from t2cli.generation import render_prompt
+
+    model, tokenizer = adaptable.model, adaptable.tokenizer
+    device = next(model.parameters()).device
+    prompt = tokenizer(render_prompt(tokenizer, message) + ANSWER_PREFIX, add_special_tokens=False,
+                       return_tensors="pt")["input_ids"].to(device)
+    candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
+    first = model(input_ids=prompt, use_cache=True)
+    first_logprobs = first.logits[0, -1].float().log_softmax(-1)
+    width = max(len(c) for c in candidates)
+    ids = torch.zeros((len(candidates), width), dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, c in enumerate(candidates):
+        ids[row, : len(c)] = torch.tensor(c, device=device)
+        mask[row, : len(c)] = 1
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(len(candidates))
+    attention = torch.cat([torch.ones((len(candidates), prompt.shape[1]), dtype=torch.long, device=device), mask], 1)
+    rest = model(input_ids=ids, attention_mask=attention, past_key_values=cache).logits.float().log_softmax(-1)
+    scores = {}
+    for row, (name, c) in enumerate(zip(names, candidates)):
+        total = first_logprobs[c[0]]
+        for j in range(1, len(c)):  # position j-1 of the candidate predicts its token j
+            total = total + rest[row, j - 1, c[j]]
+        scores[name] = float(total)
+    return scores
+
+
 def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, str]) -> tuple[str, int | None]:
     """``question`` cut (keeping its start) so the classification prompt fits the model's window.
 
@@ -317,11 +358,21 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
     question, kept = fit_question(ctx, prompt, categories)
     names = [*categories, OTHER]
     message = classification_prompt(question, categories)
+    cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
+    if ctx.pass1 == "score":
+        scores = score_categories(ctx.adaptable(), message, names)
+        found = max(names, key=lambda name: scores[name])  # ties: the first listed
+        listed = ", ".join(f"{name} {score:.2f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
+        how = f"{who} scored the categories (log-prob after {ANSWER_PREFIX!r}: {listed})"
+        if found == OTHER:
+            return Dispatch(BASE, {}, f"{how}: other, base weights{cut}", category=OTHER)
+        expert = next(e for e in experts if e.category == found)
+        return Dispatch(expert.expert, {expert.expert: 1.0}, f"{how}: {found}, expert {expert.expert}{cut}",
+                        category=found)
     if ctx.complete is not None:
         answer = ctx.complete(ctx.adaptable(), message)
     else:
         answer = greedy_answer(ctx.adaptable(), message, categories=names)
-    cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
     found = parse_category(answer, names)
     if found is None:
         return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 @dataclass
 class StrategyEvalResult(EvalResult):
     strategy: str = ""
+    pass1: str = "generate"  # prompt/classifier: how pass 1 read the category
     routing: dict[str, int] = field(default_factory=dict)  # choice -> items
     dispatch_seconds: float = 0.0  # pass 1, all items
 
@@ -43,6 +44,7 @@ def evaluate_strategy(
     batch_size: int = 32,
     max_new_tokens: int | None = None,
     classifier: str | None = None,
+    pass1: str = "generate",
     device: str = "auto",
     on_item: Callable[[int], None] | None = None,
     record: bool = True,
@@ -55,7 +57,8 @@ def evaluate_strategy(
         raise T2Error(f"task {task.name} has no {split} items", "pick another --split")
     budget = max_new_tokens or task.max_new_tokens
     asker = Asker(
-        registry, AskSettings(strategy=strategy, task=task.name, classifier=classifier, max_new_tokens=budget),
+        registry, AskSettings(strategy=strategy, task=task.name, classifier=classifier, max_new_tokens=budget,
+                              pass1=pass1),
         model=model, device=device,
     )
     adaptable = asker.load()
@@ -87,7 +90,7 @@ def evaluate_strategy(
     correct = [score.correct for score in task.score_batch(list(items), texts)]
     result = make_result(
         task.name, split, None, items, correct, texts, seconds, tokens, result_type=StrategyEvalResult,
-        per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions], strategy=strategy,
+        per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions], strategy=strategy, pass1=pass1,
         routing={choice: len(indices) for choice, indices in groups.items()}, dispatch_seconds=dispatch_seconds,
     )
     if record:
@@ -105,7 +108,7 @@ def _record(registry: Registry, base_model_id: int, result: StrategyEvalResult, 
                 correct=result.correct, accuracy=result.accuracy, ci_low=result.ci_low, ci_high=result.ci_high,
                 seconds=result.seconds,
                 config_json=json.dumps({
-                    "strategy": result.strategy, "routing": result.routing, "limit": limit, "batch_size": batch_size,
+                    "strategy": result.strategy, "pass1": result.pass1, "routing": result.routing, "limit": limit, "batch_size": batch_size,
                     "decoding": "greedy", "max_new_tokens": max_new_tokens, "dispatch_seconds": result.dispatch_seconds,
                 }),
             )

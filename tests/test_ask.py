@@ -308,6 +308,7 @@ BAD_INPUTS = [
     ("one huge prompt in a batch", lambda m, t: ["ask", "-f", str(_write(t / "p.txt", "short\n" + "y" * 300 + "\n")),
                                                  "--model", m, "--max-new-tokens", "8"], "prompt 2 is 3"),
     ("bad max-new-tokens", lambda m, t: ["ask", "hi", "--model", m, "--max-new-tokens", "0"], "at least 1"),
+    ("unknown pass-1 mode", lambda m, t: ["ask", "hi", "--model", m, "--pass1", "guess"], "use one of: generate, score"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from t2cli import dispatch
 from t2cli.dispatch import (
@@ -189,6 +190,46 @@ def test_prompt_strategy_falls_back_to_base_on_an_unreadable_answer_and_says_so(
     decision = build_dispatcher(_context(registry, adaptable, complete=StubModel("h0Ao0Ao!")), "prompt")("2 + 3?")
     assert decision.choice == BASE and decision.weights == {} and decision.category is None
     assert "names no category" in decision.reason and "base weights" in decision.reason and "h0Ao0Ao!" in decision.reason
+
+
+def test_scored_pass_one_equals_scoring_each_full_sequence(env) -> None:
+    """The KV-cache shortcut of ``score_categories`` gives each candidate's full-sequence log-probability."""
+    from t2cli.generation import completion_logprobs, render_prompt
+    from t2cli.tasks.dispatch_task import ANSWER_PREFIX
+
+    _, adaptable, _ = env
+    names = ["math", "code", "reasoning", OTHER]
+    scores = dispatch.score_categories(adaptable, "classify: What is 2 + 3?", names)
+    tokenizer = adaptable.tokenizer
+    prompt = tokenizer(render_prompt(tokenizer, "classify: What is 2 + 3?") + ANSWER_PREFIX,
+                       add_special_tokens=False)["input_ids"]
+    completions = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
+    with torch.no_grad():
+        logprobs, mask, _ = completion_logprobs(adaptable.model, [prompt] * len(names), completions, pad_id=0)
+    for name, total in zip(names, (logprobs * mask).sum(1).tolist()):
+        assert scores[name] == pytest.approx(total, abs=1e-4), name
+
+
+@pytest.mark.parametrize(("best", "choice"), [("code", "c"), ("math", "m"), (OTHER, BASE)])
+def test_scored_pass_one_routes_the_likeliest_category(env, monkeypatch, best: str, choice: str) -> None:
+    registry, adaptable, _ = env
+    seen = []
+
+    def fake_scores(adaptable, message, names):
+        seen.append((adaptable.svf.active, list(names)))
+        return {name: (-0.5 if name == best else -3.0) for name in names}
+
+    monkeypatch.setattr(dispatch, "score_categories", fake_scores)
+    decision = build_dispatcher(_context(registry, adaptable, pass1="score"), "prompt")("What is 2 + 3?")
+    assert decision.choice == choice and decision.weights == ({} if choice == BASE else {choice: 1.0})
+    assert decision.category == best and "scored the categories" in decision.reason
+    assert seen == [(None, ["code", "math", OTHER])]  # pass 1 of `prompt` on the base weights, every category
+
+
+def test_scored_pass_one_on_a_real_model_always_names_a_category(env) -> None:
+    registry, adaptable, _ = env
+    decision = build_dispatcher(_context(registry, adaptable, pass1="score"), "prompt")("h0Ao0Ao!")
+    assert decision.category in ("code", "math", OTHER) and "names no category" not in decision.reason
 
 
 def test_prompt_strategy_cuts_a_long_question_to_fit_the_window(env) -> None:

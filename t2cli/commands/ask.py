@@ -23,6 +23,10 @@ def ask_cmd(
     classifier: Annotated[
         str | None, typer.Option("--classifier", help="classifier: the dispatch expert (default: the latest trained with --task dispatch).")
     ] = None,
+    pass1: Annotated[
+        str, typer.Option("--pass1", help="prompt/classifier: generate the classification and parse it (the paper's way), "
+                          "or score each category after 'Classification: \\boxed{' (one prefill, always a category).")
+    ] = "generate",
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the answer (0 = greedy).")] = 0.0,
     show_dispatch: Annotated[
@@ -49,6 +53,8 @@ def ask_cmd(
 
       t2 ask "Which gas do plants absorb?" --strategy classifier --json
 
+      t2 ask "What is 17 * 23?" --pass1 score -v          # pass 1 scores the categories instead
+
       t2 ask -f questions.jsonl --strategy cem --task arc-challenge --json > answers.jsonl
 
       cat prompts.txt | t2 ask -f - --strategy none
@@ -61,7 +67,7 @@ def ask_cmd(
     if (prompt is None) == (file is None):
         raise UsageError("give either a PROMPT or -f FILE", 'e.g. t2 ask "What is 2 + 2?"  or  t2 ask -f prompts.txt')
     settings = AskSettings(strategy=strategy, task=task, classifier=classifier, max_new_tokens=max_new_tokens,
-                           temperature=temperature)
+                           temperature=temperature, pass1=pass1)
     if file is not None:
         prompts = read_prompts(_read_input(file), "stdin" if file == "-" else file)
     else:

@@ -23,6 +23,9 @@ def eval_cmd(
         typer.Option("--strategy", "-s", help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, "
                      "cem, none or expert:NAME (pass 1 per item, pass 2 batched per decision).", show_default=False),
     ] = None,
+    pass1: Annotated[
+        str, typer.Option("--pass1", help="With --strategy prompt/classifier: generate (and parse) or score the categories.")
+    ] = "generate",
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")] = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
@@ -42,6 +45,8 @@ def eval_cmd(
       t2 eval --task dispatch --expert dispatch-svf     # dispatch accuracy of the classifier
 
       t2 eval --task arc-challenge --strategy prompt --limit 100
+
+      t2 eval --task arc-challenge --strategy classifier --pass1 score --limit 100
     """
     from t2cli.errors import UsageError
     from t2cli.evaluate import evaluate
@@ -53,7 +58,7 @@ def eval_cmd(
     if sum((base, expert is not None, strategy is not None)) != 1:
         raise UsageError("give exactly one of --expert NAME, --base or --strategy S", "e.g. t2 eval --task math --base")
     if strategy is not None:
-        _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json)
+        _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1)
         return
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
     with open_registry() as registry:
@@ -92,7 +97,8 @@ def eval_cmd(
     out.print(table)
 
 
-def _eval_strategy(task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json) -> None:
+def _eval_strategy(task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json,
+                   pass1: str) -> None:
     from t2cli.home import open_registry
     from t2cli.strategy_eval import evaluate_strategy
     from t2cli.tasks import get_task
@@ -106,7 +112,7 @@ def _eval_strategy(task: str, strategy: str, model, split, limit, batch_size, ma
         bar = progress.add_task("dispatch", total=total)
         result = evaluate_strategy(
             registry, task_obj, strategy, model=model, split=split, limit=limit, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, device=device, on_item=lambda k: progress.advance(bar, k),
+            max_new_tokens=max_new_tokens, device=device, on_item=lambda k: progress.advance(bar, k), pass1=pass1,
         )
     if as_json:
         out.print_json(json.dumps(asdict(result)))

@@ -115,8 +115,11 @@ def parse_category(answer: str, categories: Sequence[str]) -> str | None:
     return boxed_category(answer, categories) or _earliest(answer.casefold(), categories)
 
 
+ANSWER_PREFIX = "Classification: \\boxed{"  # how the prompt asks the answer to start
+
+
 def _category_reference(answer: str, **meta: Any) -> str:
-    return f"Classification: \\boxed{{{answer}}}"
+    return f"{ANSWER_PREFIX}{answer}}}"
 
 
 @scorer("category", reference=_category_reference)
