@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -78,6 +78,7 @@ Dispatcher = Callable[[str], Dispatch]
 # Pass-1 generation: (the loaded model, the classification message) -> the model's answer, with the
 # weights currently applied. Tests inject a stub where the model is random.
 Completer = Callable[["Adaptable", str], str]
+PrefixCache = dict  # (weights key, prefix text) -> (prefix token ids, its KV cache); one per Asker
 
 
 @dataclass
@@ -94,6 +95,7 @@ class DispatchContext:
     classifier: str | None = None
     complete: Completer | None = None  # None: ``greedy_answer``
     pass1: str = "generate"  # how prompt/classifier read the category: "generate" or "score" (PASS1_MODES)
+    prefix_cache: PrefixCache = field(default_factory=dict)  # --pass1 score: the instructions' KV, per weights
 
 
 @dataclass(frozen=True)
@@ -286,35 +288,69 @@ def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[st
     return gens.texts[0]
 
 
+_QUESTION_MARK = "\nQuestion:"  # classification_prompt ends with it and the question: what precedes is fixed
+
+
+def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, cache: PrefixCache | None):
+    """(KV cache of the fixed instructions, how many of ``ids`` it covers), computed once per weights.
+
+    The classification prompt is the same up to ``Question:`` for every prompt; only the
+    question and the template's tail differ. The split is used only when tokenizing the
+    prefix alone gives exactly the first tokens of the whole text (else nothing is cached).
+    """
+    import copy
+
+    cut = text.rfind(_QUESTION_MARK)
+    if cache is None or cut < 0:
+        return None, 0
+    prefix = text[: cut + len(_QUESTION_MARK)]
+    entry = cache.get((key, prefix))
+    if entry is None:
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        if ids[: len(prefix_ids)] != prefix_ids or len(prefix_ids) >= len(ids):
+            return None, 0
+        device = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        entry = cache[(key, prefix)] = (prefix_ids, out.past_key_values)
+    prefix_ids, kv = entry
+    if ids[: len(prefix_ids)] != prefix_ids:
+        return None, 0
+    return copy.deepcopy(kv), len(prefix_ids)  # the forward below appends to it
+
+
 @torch.no_grad()
-def score_categories(adaptable: Adaptable, message: str, names: Sequence[str]) -> dict[str, float]:
+def score_categories(
+    adaptable: Adaptable, message: str, names: Sequence[str], *, prefix_cache: PrefixCache | None = None
+) -> dict[str, float]:
     """Pass 1 without generating: the log-probability of each ``name + "}"`` right after the
     answer's required opening ``Classification: \\boxed{``, with the weights currently applied.
 
     One forward over the prompt fills the KV cache; one batched forward over the K
     candidates (right-padded, the cache repeated K times) scores them all, so the cost is
-    about one prefill whatever the answer length. Every name gets a score: nothing to parse,
-    and no fallback is needed.
+    about one prefill whatever the answer length. With ``prefix_cache`` the fixed
+    instructions are prefilled once per set of weights and only the question is prefilled
+    per prompt. Every name gets a score: nothing to parse, and no fallback is needed.
     """
     from t2cli.generation import render_prompt
 
     model, tokenizer = adaptable.model, adaptable.tokenizer
     device = next(model.parameters()).device
-    prompt = tokenizer(render_prompt(tokenizer, message) + ANSWER_PREFIX, add_special_tokens=False,
-                       return_tensors="pt")["input_ids"].to(device)
-    candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
-    first = model(input_ids=prompt, use_cache=True)
+    text = render_prompt(tokenizer, message) + ANSWER_PREFIX
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    kv, done = _prefix_state(model, tokenizer, text, ids, adaptable.svf.active, prefix_cache)
+    first = model(input_ids=torch.tensor([ids[done:]], device=device), past_key_values=kv, use_cache=True)
     first_logprobs = first.logits[0, -1].float().log_softmax(-1)
+    candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
     width = max(len(c) for c in candidates)
-    ids = torch.zeros((len(candidates), width), dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
+    batch = torch.zeros((len(candidates), width), dtype=torch.long, device=device)
+    mask = torch.zeros_like(batch)
     for row, c in enumerate(candidates):
-        ids[row, : len(c)] = torch.tensor(c, device=device)
+        batch[row, : len(c)] = torch.tensor(c, device=device)
         mask[row, : len(c)] = 1
     cache = first.past_key_values
     cache.batch_repeat_interleave(len(candidates))
-    attention = torch.cat([torch.ones((len(candidates), prompt.shape[1]), dtype=torch.long, device=device), mask], 1)
-    rest = model(input_ids=ids, attention_mask=attention, past_key_values=cache).logits.float().log_softmax(-1)
+    attention = torch.cat([torch.ones((len(candidates), len(ids)), dtype=torch.long, device=device), mask], 1)
+    rest = model(input_ids=batch, attention_mask=attention, past_key_values=cache).logits.float().log_softmax(-1)
     scores = {}
     for row, (name, c) in enumerate(zip(names, candidates)):
         total = first_logprobs[c[0]]
@@ -360,7 +396,7 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
     message = classification_prompt(question, categories)
     cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
     if ctx.pass1 == "score":
-        scores = score_categories(ctx.adaptable(), message, names)
+        scores = score_categories(ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache)
         found = max(names, key=lambda name: scores[name])  # ties: the first listed
         listed = ", ".join(f"{name} {score:.2f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
         how = f"{who} scored the categories (log-prob after {ANSWER_PREFIX!r}: {listed})"

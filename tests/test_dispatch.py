@@ -208,6 +208,13 @@ def test_scored_pass_one_equals_scoring_each_full_sequence(env) -> None:
         logprobs, mask, _ = completion_logprobs(adaptable.model, [prompt] * len(names), completions, pad_id=0)
     for name, total in zip(names, (logprobs * mask).sum(1).tolist()):
         assert scores[name] == pytest.approx(total, abs=1e-4), name
+    # the instructions' KV cached once and reused: the same scores, also for another question
+    cache = {}
+    for question in ("classify: What is 2 + 3?", "classify: Why is the sky blue?", "classify: What is 2 + 3?"):
+        cached = dispatch.score_categories(adaptable, question + "\nQuestion: " + question, names, prefix_cache=cache)
+        plain = dispatch.score_categories(adaptable, question + "\nQuestion: " + question, names)
+        assert cached == pytest.approx(plain, abs=1e-4)
+    assert len(cache) == 2  # one entry per distinct instructions text (the part before "Question:"), same weights
 
 
 @pytest.mark.parametrize(("best", "choice"), [("code", "c"), ("math", "m"), (OTHER, BASE)])
@@ -215,7 +222,7 @@ def test_scored_pass_one_routes_the_likeliest_category(env, monkeypatch, best: s
     registry, adaptable, _ = env
     seen = []
 
-    def fake_scores(adaptable, message, names):
+    def fake_scores(adaptable, message, names, **kwargs):
         seen.append((adaptable.svf.active, list(names)))
         return {name: (-0.5 if name == best else -3.0) for name in names}
 
