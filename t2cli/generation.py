@@ -99,23 +99,24 @@ class TextStop:
     """Stop each sequence once ``done(text so far)`` holds (a transformers stopping criterion).
 
     Decodes only the generated part of each row, so ``done`` sees what the model wrote,
-    not the prompt. Used by pass 1, which needs nothing after the first boxed category.
+    not the prompt. ``stopped_at`` records, per row, how many tokens it had when ``done``
+    first held (what follows in the output is the batch's padding). Used by pass 1, which
+    needs nothing after the first boxed category.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int, done: Callable[[str], bool]) -> None:
         self.tokenizer = tokenizer
         self.prompt_width = prompt_width
         self.done = done
+        self.stopped_at: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        return torch.tensor([self.done(text) for text in texts], dtype=torch.bool, device=input_ids.device)
-
-
-def _first_stop(tokenizer: PreTrainedTokenizerBase, ids: list[int], done: Callable[[str], bool]) -> int:
-    """The shortest prefix of ``ids`` whose text satisfies ``done`` (all of ``ids`` if none does)."""
-    return next((k for k in range(1, len(ids) + 1) if done(tokenizer.decode(ids[:k], skip_special_tokens=True))),
-                len(ids))
+        generated = input_ids[:, self.prompt_width :]
+        for row, text in enumerate(self.tokenizer.batch_decode(generated, skip_special_tokens=True)):
+            if row not in self.stopped_at and self.done(text):
+                self.stopped_at[row] = generated.shape[1]
+        rows = range(input_ids.shape[0])
+        return torch.tensor([row in self.stopped_at for row in rows], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
@@ -161,7 +162,8 @@ def generate(
             [KeyedSampler(sample_keys[start : start + batch_size], temperature)] if keyed else []
         )
         width = enc["input_ids"].shape[1]
-        stopping = StoppingCriteriaList([TextStop(tokenizer, width, stop_when)] if stop_when else [])
+        text_stop = TextStop(tokenizer, width, stop_when) if stop_when else None
+        stopping = StoppingCriteriaList([text_stop] if text_stop else [])
         out = model.generate(
             **enc,
             stopping_criteria=stopping,
@@ -177,8 +179,8 @@ def generate(
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())
             generated = out[row, width:].tolist()
             cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
-            if stop_when:  # where TextStop ended this row (the rest is the batch's padding)
-                cut = _first_stop(tokenizer, generated[:cut], stop_when)
+            if text_stop is not None:  # where TextStop ended this row (the rest is the batch's padding)
+                cut = min(cut, text_stop.stopped_at.get(row, cut))
             completion_ids.append(generated[:cut])
             new_tokens += cut
         if on_batch:
