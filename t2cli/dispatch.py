@@ -399,25 +399,21 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
         scores = score_categories(ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache)
         found = max(names, key=lambda name: scores[name])  # ties: the first listed
         listed = ", ".join(f"{name} {score:.2f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
-        how = f"{who} scored the categories (log-prob after {ANSWER_PREFIX!r}: {listed})"
-        if found == OTHER:
-            return Dispatch(BASE, {}, f"{how}: other, base weights{cut}", category=OTHER)
-        expert = next(e for e in experts if e.category == found)
-        return Dispatch(expert.expert, {expert.expert: 1.0}, f"{how}: {found}, expert {expert.expert}{cut}",
-                        category=found)
-    if ctx.complete is not None:
-        answer = ctx.complete(ctx.adaptable(), message)
+        verdict = f"scored the categories (log-prob after {ANSWER_PREFIX!r}: {listed}) and chose {found}"
     else:
-        answer = greedy_answer(ctx.adaptable(), message, categories=names)
-    found = parse_category(answer, names)
-    if found is None:
-        return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "
-                                  f"base weights{cut}")
+        if ctx.complete is not None:
+            answer = ctx.complete(ctx.adaptable(), message)
+        else:
+            answer = greedy_answer(ctx.adaptable(), message, categories=names)
+        found = parse_category(answer, names)
+        if found is None:
+            return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "
+                                      f"base weights{cut}")
+        verdict = f"classified the prompt as {found} ({_quote(answer)})"
     if found == OTHER:
-        return Dispatch(BASE, {}, f"{who} classified the prompt as other: base weights{cut}", category=OTHER)
+        return Dispatch(BASE, {}, f"{who} {verdict}: base weights{cut}", category=OTHER)
     expert = next(e for e in experts if e.category == found)
-    return Dispatch(expert.expert, {expert.expert: 1.0},
-                    f"{who} classified the prompt as {found} ({_quote(answer)}): expert {expert.expert}{cut}",
+    return Dispatch(expert.expert, {expert.expert: 1.0}, f"{who} {verdict}: expert {expert.expert}{cut}",
                     category=found)
 
 
