@@ -37,7 +37,7 @@ from t2cli.errors import T2Error
 from t2cli.evaluate import run_items
 from t2cli.experts import ExpertConfig, register_expert
 from t2cli.generation import completion_logprobs, generate, render_prompt, sample_key
-from t2cli.run_lock import RunBusy, hold_run_lock, run_in_progress
+from t2cli.run_lock import hold_run_lock
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -169,9 +169,7 @@ def _train(
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
     # 0. state: fresh or from the checkpoint of an interrupted run (rank 0 reads it, every rank loads it)
-    run_id, run_dir = dist.on_main(lambda: _start_run(registry, adaptable, config, resume_run))
-    if dist.is_main:
-        held.enter_context(hold_run_lock(run_dir, run_id))
+    run_id, run_dir = dist.on_main(lambda: _start_run(registry, adaptable, config, resume_run, held))
     z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
     optimizer = torch.optim.AdamW(list(z.values()), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config))
@@ -396,7 +394,13 @@ def policy_gradient(
 # --------------------------------------------------------------------------- runs and checkpoints
 
 
-def _start_run(registry: Registry, adaptable: Adaptable, config: TrainConfig, resume_run: str | None) -> tuple[str, Path]:
+def _start_run(
+    registry: Registry, adaptable: Adaptable, config: TrainConfig, resume_run: str | None, held: ExitStack
+) -> tuple[str, Path]:
+    """Create the run's row and folder, or reopen the run to resume; ``held`` keeps the run's lock until training ends.
+
+    Rank 0 only (``Dist.on_main``), so a ``RunBusy`` reaches every rank.
+    """
     from sqlalchemy import select
 
     from registry.schema import Expert, TrainingRun
@@ -406,8 +410,7 @@ def _start_run(registry: Registry, adaptable: Adaptable, config: TrainConfig, re
             row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == resume_run)).first()
             if row is None:
                 raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
-            if row.status == "running" and run_in_progress(row.checkpoint_dir):
-                raise RunBusy(resume_run)
+            held.enter_context(hold_run_lock(Path(row.checkpoint_dir), row.run_id))  # RunBusy if it is trained now
             stored = json.loads(row.config_json)
             if {k: stored.get(k) for k in ("task", "name", "targets")} != {
                 "task": config.task, "name": config.name, "targets": config.targets,
@@ -424,6 +427,7 @@ def _start_run(registry: Registry, adaptable: Adaptable, config: TrainConfig, re
         run_id = f"run-{stamp}-{os.urandom(2).hex()}"
         run_dir = registry.home / "runs" / run_id
         run_dir.mkdir(parents=True, exist_ok=False)
+        held.enter_context(hold_run_lock(run_dir, run_id))
         session.add(
             TrainingRun(
                 run_id=run_id, base_model_id=adaptable.base_model_id, task=config.task, status="running",
