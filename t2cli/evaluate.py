@@ -16,6 +16,7 @@ from t2cli.generation import generate, render_prompt
 
 if TYPE_CHECKING:
     from registry import Registry
+    from t2cli.distributed import Dist
     from t2cli.runtime import Adaptable
     from t2cli.tasks import Task, TaskItem
 
@@ -80,15 +81,19 @@ def run_items(
     batch_size: int = 32,
     max_new_tokens: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    sync: Dist | None = None,
 ) -> tuple[list[bool], list[str], float, int]:
-    """Greedy answers for ``items`` with z applied (None: base); returns (correct, texts, seconds, tokens)."""
+    """Greedy answers for ``items`` with z applied (None: base); returns (correct, texts, seconds, tokens).
+
+    ``sync``: the job, when the model is FSDP-sharded (see ``generation.generate``).
+    """
     prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
     started = time.perf_counter()
     with adaptable.svf.adapted(z, key=key):
         gens = generate(
             adaptable.model, adaptable.tokenizer, prompts,
             max_new_tokens=max_new_tokens or task.max_new_tokens, temperature=0.0,
-            batch_size=batch_size, on_batch=on_batch,
+            batch_size=batch_size, on_batch=on_batch, sync=sync,
         )
     scores = task.score_batch(list(items), gens.texts)
     return [s.correct for s in scores], gens.texts, time.perf_counter() - started, gens.new_tokens

@@ -21,6 +21,8 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from t2cli.distributed import Dist
+
 
 @dataclass(frozen=True)
 class Generations:
@@ -132,6 +134,7 @@ def generate(
     on_batch: Callable[[int], None] | None = None,
     sample_keys: Sequence[int] | None = None,
     stop_when: Callable[[str], bool] | None = None,
+    sync: Dist | None = None,
 ) -> Generations:
     """Generate ``per_prompt`` completions for each chat-formatted prompt (greedy at temperature 0).
 
@@ -141,6 +144,11 @@ def generate(
     ``sample_keys``: one seed per completion (``len(prompts) * per_prompt``, in output
     order); at temperature > 0 each completion then samples from its own stream
     (``KeyedSampler``) instead of the global torch RNG.
+
+    ``sync``: the job, when the model is sharded (FSDP) and every forward is a collective:
+    all ranks then run the same number of ``generate`` calls (a rank with fewer prompts
+    pads with dummy ones, whose completions are dropped) and each call steps until every
+    rank is done (``synced_gpus``).
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -153,6 +161,11 @@ def generate(
     new_tokens = 0
     if sample_keys is not None and len(sample_keys) != len(expanded):
         raise ValueError(f"{len(sample_keys)} sample keys for {len(expanded)} completions")
+    real = len(expanded)
+    if sync is not None and sync.enabled:
+        padding = int(sync.max(real)) - real
+        expanded += [expanded[-1] if expanded else render_prompt(tokenizer, "")] * padding
+        sample_keys = None if sample_keys is None else list(sample_keys) + [0] * padding
     keyed = sample_keys is not None and temperature > 0
     sampling = temperature > 0 and not keyed  # keyed sampling runs as greedy decoding over perturbed logits
     for start in range(0, len(expanded), batch_size):
@@ -174,8 +187,9 @@ def generate(
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
             logits_processor=processors,
+            synced_gpus=sync is not None and sync.enabled,
         )
-        for row, mask in zip(range(len(chunk)), enc["attention_mask"]):
+        for row, mask in zip(range(min(len(chunk), real - start)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())
             generated = out[row, width:].tolist()
             cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
@@ -183,8 +197,8 @@ def generate(
                 cut = min(cut, text_stop.stopped_at.get(row, cut))
             completion_ids.append(generated[:cut])
             new_tokens += cut
-        if on_batch:
-            on_batch(len(chunk))
+        if on_batch and start < real:
+            on_batch(min(len(chunk), real - start))
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True) if completion_ids else []
     return Generations(prompt_ids, completion_ids, texts, per_prompt, new_tokens)
 

@@ -180,6 +180,10 @@ class SVFModel:
 
     # ------------------------------------------------------------------ training
 
+    def trainable_z(self) -> ZVectors:
+        """z = 1 for every matrix (float32, on the factors' device), requiring gradients."""
+        return {name: torch.ones_like(f.S, requires_grad=True) for name, f in self.factors.items()}
+
     def differentiable_weights(self, z: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """W'(z) as graph nodes keyed by matrix name: only z carries gradients (U, S, Vh, W are constants)."""
         return {name: compose_weight(self._base[name], self.factors[name], vector) for name, vector in z.items()}

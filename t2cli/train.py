@@ -38,6 +38,7 @@ from t2cli.evaluate import run_items
 from t2cli.experts import ExpertConfig, register_expert
 from t2cli.generation import completion_logprobs, generate, render_prompt, sample_key
 from t2cli.run_lock import hold_run_lock
+from t2cli.sharded import SHARDINGS, ShardedSVF
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -80,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"  # base weights: auto = bfloat16 on CUDA, the checkpoint's own on CPU; z/factors stay float32
+    shard: str = "none"  # none: every rank holds the whole model (data parallel); fsdp: FSDP2 shards it (t2cli/sharded.py)
 
     def __post_init__(self) -> None:
         positive = ("steps", "prompts_per_step", "samples_per_prompt", "eval_every", "valid_size", "micro_batch", "gen_batch")
@@ -96,6 +98,8 @@ class TrainConfig:
             raise T2Error("a group baseline needs --samples-per-prompt >= 2", "or use --advantage raw")
         if self.dtype not in DTYPES:
             raise T2Error(f"unknown --dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
+        if self.shard not in SHARDINGS:
+            raise T2Error(f"unknown --shard {self.shard!r}", f"use one of {', '.join(SHARDINGS)}")
 
 
 @dataclass
@@ -165,12 +169,14 @@ def _train(
 ) -> TrainResult:
     emit = on_event or (lambda message, metrics: None)
     svf = adaptable.svf
+    sharded = isinstance(svf, ShardedSVF)  # FSDP: every forward is a collective, so generation and loss are synced
+    sync = dist if sharded else None
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
     # 0. state: fresh or from the checkpoint of an interrupted run (rank 0 reads it, every rank loads it)
     run_id, run_dir = dist.on_main(lambda: _start_run(registry, adaptable, config, resume_run, held))
-    z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
+    z = svf.trainable_z()
     optimizer = torch.optim.AdamW(list(z.values()), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config))
     item_rng = random.Random(config.seed)
@@ -182,7 +188,8 @@ def _train(
         state, best_z = _restore_checkpoint(checkpoint, z, optimizer, schedule, item_rng)
         emit(f"resumed {run_id} at step {state['step']}", None)
     if dist.enabled:
-        emit(f"data parallel: {dist.world_size} processes ({dist.backend}), "
+        layout = "FSDP-sharded model" if sharded else "data parallel"
+        emit(f"{layout}: {dist.world_size} processes ({dist.backend}), "
              f"{config.prompts_per_step} prompts per step split over them", None)
     history = [StepMetrics(**m) for m in state["history"]]
     started = time.perf_counter()
@@ -191,7 +198,8 @@ def _train(
         frozen = {name: v.detach() for name, v in z.items()}
         start, stop = dist.shard(len(valid_items))  # each rank scores its share; the counts are summed
         correct, _, _, _ = run_items(
-            adaptable, task, valid_items[start:stop], frozen, batch_size=config.gen_batch, max_new_tokens=max_new
+            adaptable, task, valid_items[start:stop], frozen, batch_size=config.gen_batch, max_new_tokens=max_new,
+            sync=sync,
         )
         (total,) = dist.sum([sum(correct)])
         return total / len(valid_items)
@@ -216,18 +224,23 @@ def _train(
                     for j in range(config.samples_per_prompt)]
 
             # 2. W'(z) composed once per step: the rollouts run on its values, the loss backpropagates into it
-            composed = svf.differentiable_weights(z)
-            svf.apply_weights(composed)
+            #    (sharded: each rank composes its rows of the live weights; the loss reaches z per layer)
+            if sharded:
+                svf.refresh(z)
+            else:
+                composed = svf.differentiable_weights(z)
+                svf.apply_weights(composed)
             try:
                 gen_start = time.perf_counter()
                 gens = generate(
                     adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
                     temperature=config.temperature, per_prompt=config.samples_per_prompt, batch_size=config.gen_batch,
-                    sample_keys=keys,
+                    sample_keys=keys, sync=sync,
                 )
                 gen_seconds = time.perf_counter() - gen_start
             finally:
-                svf.restore()
+                if not sharded:
+                    svf.restore()
 
             # 3. rewards: +1 correct, -1 otherwise
             expanded = [item for item in mine for _ in range(config.samples_per_prompt)]
@@ -240,8 +253,15 @@ def _train(
             # 5. loss = -(advantage * sum of completion log-probs) / N over the GLOBAL batch; backward in micro-batches
             optimizer.zero_grad(set_to_none=True)
             total = config.prompts_per_step * config.samples_per_prompt
-            loss_total, kl_mean = svf_policy_gradient(adaptable, composed, gens, advantages, config, total=total)
-            del composed
+            if sharded:
+                with svf.bound(z):
+                    loss_total, kl_mean = policy_gradient(
+                        adaptable.model, svf.base_forward, adaptable.tokenizer.pad_token_id, gens, advantages, config,
+                        device=adaptable.device, total=total, sync=dist,
+                    )
+            else:
+                loss_total, kl_mean = svf_policy_gradient(adaptable, composed, gens, advantages, config, total=total)
+                del composed
 
             # 6. gradients summed over ranks, then clip and step (identical on every rank)
             dist.all_reduce_grads(list(z.values()))
@@ -352,29 +372,36 @@ def svf_policy_gradient(
 
 def policy_gradient(
     forward: Callable[..., Any], base_forward: Callable[..., Any], pad_id: int, gens, advantages: torch.Tensor,
-    config: TrainConfig, *, device: str = "cpu", total: int | None = None,
+    config: TrainConfig, *, device: str = "cpu", total: int | None = None, sync: Dist | None = None,
 ) -> tuple[float, float]:
     """Backward of the REINFORCE (+KL) loss through ``forward``, micro-batched; returns (loss, mean KL per token).
 
     loss = -sum_i advantage_i * log p(completion_i | prompt_i) / N (+ kl_coef * per-token KL to ``base_forward``).
     N is ``total`` (the global batch when ``gens`` is one rank's share of it) or ``len(gens)``.
     Any differentiable policy can be plugged in (SVF here; bench/train.py passes a LoRA model).
+
+    ``sync``: the job, when ``forward`` is an FSDP-sharded model whose forwards and backwards
+    are collectives: every rank then runs as many micro-batches as the busiest one, the
+    others padding with a one-token dummy whose loss is multiplied by zero.
     """
     n = total or len(gens.completion_ids)
     # Samples with zero advantage and no KL term contribute nothing: skip their forward/backward.
     active = [
         i for i, ids in enumerate(gens.completion_ids) if ids and (config.kl_coef > 0 or advantages[i] != 0)
     ]
+    batches: list[list[int] | None] = [active[s : s + config.micro_batch] for s in range(0, len(active), config.micro_batch)]
+    if sync is not None and sync.enabled:
+        batches += [None] * (int(sync.max(len(batches))) - len(batches))
     loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
-    for start in range(0, len(active), config.micro_batch):
-        rows = active[start : start + config.micro_batch]
-        prompts = [gens.prompt_ids[i] for i in rows]
-        completions = [gens.completion_ids[i] for i in rows]
+    for rows in batches:
+        dummy = rows is None
+        prompts = [[pad_id, pad_id]] if dummy else [gens.prompt_ids[i] for i in rows]
+        completions = [[pad_id]] if dummy else [gens.completion_ids[i] for i in rows]
         logprobs, mask, logits = completion_logprobs(
             forward, prompts, completions, pad_id=pad_id, device=device, return_logits=config.kl_coef > 0
         )
-        adv = advantages[rows].to(logprobs.device)
-        loss = -(adv * logprobs.sum(dim=1)).sum() / n
+        adv = torch.zeros(1) if dummy else advantages[rows]
+        loss = -(adv.to(logprobs.device) * logprobs.sum(dim=1)).sum() / n
         if config.kl_coef > 0:
             with torch.no_grad():
                 _, _, base_logits = completion_logprobs(
@@ -383,9 +410,11 @@ def policy_gradient(
             log_p = logits.float().log_softmax(-1)
             log_q = base_logits.float().log_softmax(-1)
             kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum()
-            loss = loss + config.kl_coef * kl / max(float(mask.sum()), 1.0) * len(rows) / n
+            if dummy:
+                kl = kl * 0.0
+            loss = loss + config.kl_coef * kl / max(float(mask.sum()), 1.0) * len(prompts) / n
             kl_total += kl.item()
-            kl_tokens += float(mask.sum())
+            kl_tokens += 0.0 if dummy else float(mask.sum())
         loss.backward()
         loss_total += loss.item()
     return loss_total, kl_total / kl_tokens if kl_tokens else 0.0

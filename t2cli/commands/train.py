@@ -35,6 +35,10 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Seed for prompt order and sampling.")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    shard: Annotated[str, typer.Option(
+        help="none: every process holds the whole model (data parallel); fsdp: FSDP2 shards the base weights and "
+             "factors over the processes (models that do not fit one GPU; needs torchrun/accelerate).",
+    )] = "none",
     as_json: JsonOpt = False,
 ) -> None:
     """Train an SVF expert (one z vector per matrix) with REINFORCE on TASK's reward.
@@ -44,7 +48,8 @@ def train_cmd(
 
     Runs unchanged under `torchrun` and `accelerate launch`: the prompts of each step are
     split over the processes, gradients are summed, rank 0 writes; each process takes
-    cuda:LOCAL_RANK for --device auto/cuda (docs/scaling.md).
+    cuda:LOCAL_RANK for --device auto/cuda. With --shard fsdp the model itself is split over
+    the processes too (docs/scaling.md).
 
     Examples:
 
@@ -57,10 +62,13 @@ def train_cmd(
       t2 train --task dispatch       # the classifier of `t2 ask --strategy classifier`
 
       torchrun --standalone --nproc-per-node 8 -m t2cli train --task math --model llama3-8b --prompts-per-step 64
+
+      torchrun --standalone --nproc-per-node 8 -m t2cli train --task math --model llama3-70b --shard fsdp --targets mlp
     """
     from t2cli.distributed import init_distributed, open_registry_ranked, resolve_dtype
     from t2cli.errors import T2Error
     from t2cli.runtime import load_adaptable
+    from t2cli.sharded import check_sharding, load_sharded_adaptable
     from t2cli.tasks import get_task, needs_registry
     from t2cli.train import TrainConfig, find_resumable_run, train
 
@@ -71,9 +79,10 @@ def train_cmd(
         samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
         advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
         max_new_tokens=max_new_tokens, micro_batch=micro_batch, gen_batch=gen_batch, seed=seed, device=device,
-        dtype=dtype,
+        dtype=dtype, shard=shard,
     )
     with init_distributed(device) as dist, open_registry_ranked(dist) as registry:
+        check_sharding(shard, dist)
         run = None
         if resume:
             run = dist.on_main(lambda: find_resumable_run(registry, name))
@@ -81,9 +90,11 @@ def train_cmd(
                 raise T2Error(f"no interrupted run trains {name!r}", "start one without --resume")
         if dist.is_main:
             err.print(f"loading {model or 'the embedded model'} and its decomposition...")
-        adaptable = load_adaptable(
-            registry, model, targets=targets, device=dist.device, dtype=resolve_dtype(dtype, dist.device), dist=dist
-        )
+        base_dtype = resolve_dtype(dtype, dist.device)
+        if shard == "fsdp":
+            adaptable = load_sharded_adaptable(registry, model, targets=targets, dtype=base_dtype, dist=dist)
+        else:
+            adaptable = load_adaptable(registry, model, targets=targets, device=dist.device, dtype=base_dtype, dist=dist)
         if task_obj is None:
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         progress = Progress(
