@@ -324,6 +324,7 @@ def _build_sharded(
     config = AutoConfig.from_pretrained(folder)
     with init_empty_weights(include_buffers=False):  # buffers (rotary frequencies) are computed, not stored
         net = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    net.tie_weights()  # on the meta device transformers leaves tied embeddings untied (lm_head = embed_tokens)
     net.eval().requires_grad_(False)
     net.generation_config = _generation_config(folder, net)
 

@@ -136,7 +136,7 @@ def _free_port() -> int:
 
 
 def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str, model: str, config: dict) -> None:
-    """One rank of a 2-process run that is interrupted after step 2 on every rank."""
+    """One rank of a 2-process run (FSDP-sharded if ``config["shard"]`` says so), interrupted after step 2 on every rank."""
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "T2_HOME": home})
     torch.set_num_threads(1)
@@ -150,7 +150,12 @@ def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str,
             raise KeyboardInterrupt
 
     with init_distributed("cpu") as dist, open_registry_ranked(dist) as registry:
-        adaptable = load_adaptable(registry, model, device=dist.device, dist=dist)
+        if config.get("shard") == "fsdp":
+            from t2cli.sharded import load_sharded_adaptable
+
+            adaptable = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=dist)
+        else:
+            adaptable = load_adaptable(registry, model, device=dist.device, dist=dist)
         try:
             task = get_task(task_path)
             train(registry, adaptable, task, TrainConfig(**config), on_event=stop_after_step_2, dist=dist)

@@ -1,0 +1,245 @@
+"""FSDP-sharded training (``--shard fsdp``): the sharded model computes what the replicated one does.
+
+In-process tests run FSDP2 on a one-rank gloo group (the sharding machinery, the
+per-layer z gradient and the weight refresh, without process start-up); the
+multi-process tests launch 2 ranks (torchrun, or spawned workers) and compare the
+trained z with a plain 1-process run, as tests/test_distributed.py does for data
+parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2cli.distributed import Dist
+from t2cli.home import open_registry
+from tests.test_distributed import (
+    LAUNCH_TIMEOUT_S, Z_TOLERANCE, _args, _checkpoint, _env, _free_port, _max_diff, _spawn, _write_task,
+)
+
+
+@pytest.fixture()
+def one_rank_group() -> Iterator[Dist]:
+    """A real one-process gloo group, so FSDP2 and DTensor run in this process."""
+    import torch.distributed as td
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        yield Dist(rank=0, world_size=1, device="cpu")
+    finally:
+        td.destroy_process_group()
+
+
+def _tied_llama(folder: Path) -> Path:
+    """A tiny Llama whose lm_head is its embedding matrix (as SmolLM2's is)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tests.tiny_models import COMMON, build_tiny_tokenizer
+
+    torch.manual_seed(7)
+    config = LlamaConfig(**COMMON, tie_word_embeddings=True, architectures=["LlamaForCausalLM"],
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    build_tiny_tokenizer(folder)
+    return folder
+
+
+def _random_z(factors, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: 1 + 0.3 * torch.randn(f.rank, generator=generator) for name, f in factors.items()}
+
+
+# --------------------------------------------------------------------------- one rank, in process
+
+
+def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(
+    one_rank_group: Dist, tmp_path: Path
+) -> None:
+    from t2cli.runtime import load_adaptable
+    from t2cli.sharded import SVFLinear, load_sharded_adaptable
+
+    model = str(_tied_llama(tmp_path / "tied"))
+    with open_registry() as registry:
+        sharded = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=one_rank_group)
+        plain = load_adaptable(registry, model, targets="all", device="cpu")
+    svf = sharded.svf
+    assert sharded.decomposition_id == plain.decomposition_id  # one decomposition serves both layouts
+    assert len(svf.layers) == 21 and all(isinstance(layer, SVFLinear) for layer in svf.layers.values())
+    net = sharded.model
+    assert net.lm_head.weight is net.model.embed_tokens.weight  # the tie survived meta init and sharding
+    ids = torch.randint(4, 100, (2, 11))
+
+    with torch.no_grad():
+        assert torch.equal(net(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+    z = _random_z(plain.svf.factors)
+    svf.refresh(z)
+    plain.svf.apply(z)
+    with torch.no_grad():
+        adapted, expected = net(input_ids=ids).logits, plain.model(input_ids=ids).logits
+    plain.svf.restore()
+    assert torch.allclose(adapted, expected, atol=1e-6)
+    assert not torch.allclose(adapted, plain.model(input_ids=ids).logits, atol=1e-3)  # z did change the model
+
+    # dL/dz per layer from (x, dL/dy) equals autograd through W'(z) = W + U diag(S (z - 1)) Vh
+    mine = {n: v.clone().requires_grad_(True) for n, v in z.items()}
+    with svf.bound(mine):
+        net(input_ids=ids).logits.float().pow(2).mean().backward()
+    theirs = {n: v.clone().requires_grad_(True) for n, v in z.items()}
+    plain.svf.forward_adapted(theirs, input_ids=ids).logits.float().pow(2).mean().backward()
+    scale = max(float(v.grad.abs().max()) for v in theirs.values())
+    assert scale > 0
+    assert max(float((mine[n].grad - theirs[n].grad).abs().max()) for n in z) < 1e-5 * scale
+
+    # the KL reference reads W whatever is composed; restoring gives W back bit for bit
+    with torch.no_grad():
+        assert torch.equal(svf.base_forward(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+    svf.restore()
+    for name, layer in svf.layers.items():
+        assert torch.equal(layer.weight.to_local(), dict(plain.model.named_parameters())[f"{name}.weight"])
+
+
+def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
+    one_rank_group: Dist, tiny_llama: Path
+) -> None:
+    from t2cli.sharded import load_sharded_adaptable
+    from t2cli.svf import SVFError
+
+    with open_registry() as registry:
+        sharded = load_sharded_adaptable(registry, str(tiny_llama), targets="mlp", dtype="bfloat16",
+                                         dist=one_rank_group)
+    svf = sharded.svf
+    before = {name: layer.weight.to_local().clone() for name, layer in svf.layers.items()}
+    assert all(w.dtype == torch.bfloat16 for w in before.values())
+    assert all(layer.shards.U.dtype == torch.float32 for layer in svf.layers.values())
+    svf.refresh({name: torch.ones(r) for name, r in svf.ranks.items()})
+    assert all(torch.equal(layer.weight.to_local(), before[name]) for name, layer in svf.layers.items())
+    broken = {name: torch.full((r,), float("inf")) for name, r in svf.ranks.items()}
+    with pytest.raises(SVFError, match="non-finite"):
+        svf.refresh(broken)
+    assert all(torch.equal(layer.weight.to_local(), before[name]) for name, layer in svf.layers.items())
+
+
+# --------------------------------------------------------------------------- two ranks
+
+
+def _torchrun(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "t2cli"]
+    done = subprocess.run(launch + args + ["--json"], capture_output=True, text=True, env=_env(home), cwd=cwd,
+                          timeout=LAUNCH_TIMEOUT_S)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _compare_runs(two: subprocess.CompletedProcess, one_home: Path, two_home: Path, single_output: str) -> dict:
+    result2, result1 = json.loads(two.stdout), json.loads(single_output)
+    a, b = _checkpoint(two_home), _checkpoint(one_home)
+    moved = max(float((v - 1).abs().max()) for k, v in b.items() if k.startswith("z/"))
+    assert moved > 1e-2  # z really trained
+    assert _max_diff(a, b, "z/") < Z_TOLERANCE
+    assert _max_diff(a, b, "adam/exp_avg/") < Z_TOLERANCE
+    assert [m["reward"] for m in result2["history"]] == [m["reward"] for m in result1["history"]]
+    assert [m["valid_accuracy"] for m in result2["history"]] == [m["valid_accuracy"] for m in result1["history"]]
+    for m2, m1 in zip(result2["history"], result1["history"]):
+        assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4, abs=1e-6)
+        # KL is a difference of nearly equal log-probabilities: float32 cancellation leaves ~1e-8
+        assert m2["kl"] == pytest.approx(m1["kl"], rel=1e-4, abs=1e-7)
+    return result1
+
+
+def test_two_fsdp_ranks_with_sampled_rollouts_train_the_z_of_one_process(
+    tiny_llama: Path, tmp_path: Path, t2_home: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from t2cli.cli import app
+
+    task = _write_task(tmp_path / "vowels.jsonl", "vowels")
+    # 5 prompts split 2 + 3 and sampled rollouts of uneven lengths: the ranks pad their generate
+    # calls and loss micro-batches so that every FSDP collective is met.
+    args = _args(task, tiny_llama, "fsdp", **{"prompts-per-step": 5, "temperature": 1.0, "max-new-tokens": 6,
+                                              "micro-batch": 3, "gen-batch": 4})
+    two_home = tmp_path / "home-fsdp"
+    two = _torchrun(args + ["--shard", "fsdp"], two_home, tmp_path)
+    assert "FSDP-sharded model: 2 processes (gloo)" in two.stderr
+    single = CliRunner().invoke(app, args + ["--json"])
+    assert single.exit_code == 0, single.output
+    result = _compare_runs(two, t2_home, two_home, single.stdout)
+    assert any(-1 < m["reward"] < 1 for m in result["history"])  # mixed rewards: the baseline had a signal
+
+    from registry import Registry
+
+    with Registry.open(two_home) as registry:
+        rows = registry.status().rows
+    assert rows["training_runs"] == 1 and rows["experts"] == 1 and rows["decompositions"] == 1
+
+
+def test_two_fsdp_ranks_with_a_kl_penalty_and_biases_train_the_z_of_one_process(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path, t2_home: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from t2cli.cli import app
+
+    task = _write_task(tmp_path / "sums.jsonl", "sums")
+    # Qwen2 has q/k/v biases; the KL reference forward gathers W per matrix on every rank.
+    args = _args(task, tiny_model_dirs["qwen2"], "fsdp-kl", **{"prompts-per-step": 3, "temperature": 0.0,
+                                                               "advantage": "raw", "kl-coef": 0.2})
+    two_home = tmp_path / "home-fsdp"
+    two = _torchrun(args + ["--shard", "fsdp"], two_home, tmp_path)
+    single = CliRunner().invoke(app, args + ["--json"])
+    assert single.exit_code == 0, single.output
+    result = _compare_runs(two, t2_home, two_home, single.stdout)
+    assert any(m["kl"] > 0 for m in result["history"][1:])  # the penalty was live after the first step
+
+
+def test_an_fsdp_checkpoint_resumes_in_one_unsharded_process(tiny_llama: Path, tmp_path: Path, t2_home: Path) -> None:
+    from safetensors.torch import load_file
+
+    from t2cli.runtime import load_adaptable
+    from t2cli.tasks import get_task
+    from t2cli.train import TrainConfig, find_resumable_run, train
+
+    task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
+    config = dict(task=str(task_path), name="resumed", steps=3, prompts_per_step=5, samples_per_prompt=3,
+                  eval_every=1, valid_size=5, max_new_tokens=4, micro_batch=4, gen_batch=4, lr=0.05,
+                  temperature=1.0, device="cpu", seed=5)
+    _spawn(2, str(t2_home), str(task_path), str(tiny_llama), {**config, "shard": "fsdp"})
+
+    task = get_task(str(task_path))
+    with open_registry() as registry:
+        run_id = find_resumable_run(registry, "resumed")
+        assert run_id is not None
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+        resumed = train(registry, adaptable, task, TrainConfig(**config), resume_run=run_id)
+        clean = train(registry, adaptable, task, TrainConfig(**{**config, "name": "clean"}))
+    assert [m.reward for m in resumed.history] == [m.reward for m in clean.history]
+    checkpoints = {path.parent.name: path for path in (t2_home / "runs").glob("*/checkpoint.safetensors")}
+    resumed_z, clean_z = load_file(str(checkpoints[run_id])), load_file(str(checkpoints[clean.run_id]))
+    assert max(float((v - 1).abs().max()) for k, v in clean_z.items() if k.startswith("z/")) > 1e-3
+    assert _max_diff(resumed_z, clean_z, "z/") < Z_TOLERANCE
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_fsdp_in_one_process_and_unknown_shardings_are_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from t2cli.cli import app
+
+    task = _write_task(tmp_path / "sums.jsonl", "sums")
+    alone = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "fsdp"])
+    assert alone.exit_code == 1
+    assert "--shard fsdp splits the model over several processes" in alone.output
+    assert "torchrun" in alone.output
+    unknown = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "zero3"])
+    assert unknown.exit_code == 1 and "unknown --shard 'zero3'" in unknown.output
+    assert not (Path(os.environ["T2_HOME"]) / "runs").exists() or not any((Path(os.environ["T2_HOME"]) / "runs").iterdir())
