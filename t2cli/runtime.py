@@ -7,6 +7,7 @@ model is found, decomposed (once, on first use) and wrapped for SVF.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2cli.decompose import decompose_model, find_decomposition, load_factors, register_base_model, resolve_device
@@ -81,3 +82,18 @@ def _load(
         identity=identity, base_model_id=base_id, decomposition_id=decomposition_id, targets=targets,
         model=loaded, tokenizer=load_tokenizer(ref), svf=svf, device=device,
     )
+
+
+def weights_folder(registry: Registry, identity: ModelIdentity) -> Path:
+    """A folder with the model's weights as safetensors: its own, or t2's dequantised copy of a GGUF file.
+
+    For readers that take weights from files rather than from t2's loaded model (the
+    FSDP loader, vLLM). The dequantised copy is written on first use.
+    """
+    ref = identity.ref
+    if not ref.is_gguf:
+        return ref.path
+    folder = registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
+    if not (folder / "config.json").is_file():
+        load_model(ref, dequantised_cache=folder)
+    return folder

@@ -261,17 +261,15 @@ def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) ->
     """Resolve the model, decompose it (rank 0) or find its decomposition (others); its weights folder and target names."""
     from t2cli.decompose import decompose_model, find_decomposition, register_base_model
     from t2cli.hashing import HashCache
-    from t2cli.models import load_model, model_identity, resolve_model
+    from t2cli.models import model_identity, resolve_model
+    from t2cli.runtime import weights_folder
     from t2cli.weights import SafetensorsWeights
 
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
-    folder = ref.path
-    if ref.is_gguf:
-        # GGUF weights are read through t2's dequantised safetensors copy (rank 0 writes it once).
-        folder = registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
-        if dist.is_main and not (folder / "config.json").is_file():
-            load_model(ref, dequantised_cache=folder)
+    # GGUF weights are read through t2's dequantised safetensors copy (rank 0, first in, writes it).
+    folder = weights_folder(registry, identity) if dist.is_main or not ref.is_gguf else (
+        registry.home / "cache" / "dequantised" / identity.fingerprint[:16])
     if not SafetensorsWeights.usable(folder):
         raise T2Error(
             f"--shard fsdp reads the weights from safetensors files, and {ref.location} has none",

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from t2cli.tasks import Task
 
 ADVANTAGES = ("group", "group-norm", "raw")
+ROLLOUTS = ("hf", "vllm")
 CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
@@ -82,6 +83,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # base weights: auto = bfloat16 on CUDA, the checkpoint's own on CPU; z/factors stay float32
     shard: str = "none"  # none: every rank holds the whole model (data parallel); fsdp: FSDP2 shards it (t2cli/sharded.py)
+    rollout: str = "hf"  # hf: transformers generate; vllm: a colocated vLLM engine, W' pushed each step (t2cli/rollout_vllm.py)
+    vllm_memory: float = 0.3  # the GPU memory fraction the vLLM engine may take
 
     def __post_init__(self) -> None:
         positive = ("steps", "prompts_per_step", "samples_per_prompt", "eval_every", "valid_size", "micro_batch", "gen_batch")
@@ -100,6 +103,10 @@ class TrainConfig:
             raise T2Error(f"unknown --dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.shard not in SHARDINGS:
             raise T2Error(f"unknown --shard {self.shard!r}", f"use one of {', '.join(SHARDINGS)}")
+        if self.rollout not in ROLLOUTS:
+            raise T2Error(f"unknown --rollout {self.rollout!r}", f"use one of {', '.join(ROLLOUTS)}")
+        if not 0 < self.vllm_memory <= 1:
+            raise T2Error(f"--vllm-memory must be a fraction in (0, 1] (got {self.vllm_memory})")
 
 
 @dataclass
@@ -171,6 +178,7 @@ def _train(
     svf = adaptable.svf
     sharded = isinstance(svf, ShardedSVF)  # FSDP: every forward is a collective, so generation and loss are synced
     sync = dist if sharded else None
+    backend = _vllm_backend(registry, adaptable, config, dist) if config.rollout == "vllm" else None
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
@@ -197,10 +205,19 @@ def _train(
     def validate(step: int) -> float:
         frozen = {name: v.detach() for name, v in z.items()}
         start, stop = dist.shard(len(valid_items))  # each rank scores its share; the counts are summed
-        correct, _, _, _ = run_items(
-            adaptable, task, valid_items[start:stop], frozen, batch_size=config.gen_batch, max_new_tokens=max_new,
-            sync=sync,
-        )
+        if backend is None:
+            correct, _, _, _ = run_items(
+                adaptable, task, valid_items[start:stop], frozen, batch_size=config.gen_batch,
+                max_new_tokens=max_new, sync=sync,
+            )
+        else:
+            if sharded:
+                svf.refresh(frozen)
+            _push_weights(backend, svf, None if sharded else svf.composed(frozen))
+            items = valid_items[start:stop]
+            prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
+            gens = backend.generate(prompts, max_new_tokens=max_new, temperature=0.0)
+            correct = [s.correct for s in task.score_batch(items, gens.texts)]
         (total,) = dist.sum([sum(correct)])
         return total / len(valid_items)
 
@@ -229,18 +246,24 @@ def _train(
                 svf.refresh(z)
             else:
                 composed = svf.differentiable_weights(z)
-                svf.apply_weights(composed)
-            try:
-                gen_start = time.perf_counter()
-                gens = generate(
-                    adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
-                    temperature=config.temperature, per_prompt=config.samples_per_prompt, batch_size=config.gen_batch,
-                    sample_keys=keys, sync=sync,
-                )
-                gen_seconds = time.perf_counter() - gen_start
-            finally:
+            gen_start = time.perf_counter()
+            if backend is not None:  # vLLM generates with W' pushed into its own copy of the model
+                _push_weights(backend, svf, None if sharded else composed)
+                gens = backend.generate(prompts, max_new_tokens=max_new, temperature=config.temperature,
+                                        per_prompt=config.samples_per_prompt, sample_keys=keys)
+            else:
                 if not sharded:
-                    svf.restore()
+                    svf.apply_weights(composed)
+                try:
+                    gens = generate(
+                        adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
+                        temperature=config.temperature, per_prompt=config.samples_per_prompt,
+                        batch_size=config.gen_batch, sample_keys=keys, sync=sync,
+                    )
+                finally:
+                    if not sharded:
+                        svf.restore()
+            gen_seconds = time.perf_counter() - gen_start
 
             # 3. rewards: +1 correct, -1 otherwise
             expanded = [item for item in mine for _ in range(config.samples_per_prompt)]
@@ -327,6 +350,26 @@ def _train(
         run_id=run_id, expert=config.name, best_step=state["best_step"], best_valid_accuracy=state["best_valid"],
         base_valid_accuracy=state["base_valid"], history=history, seconds=time.perf_counter() - started,
     )
+
+
+def _vllm_backend(registry: Registry, adaptable: Adaptable, config: TrainConfig, dist: Dist):  # -> VLLMRollout
+    """The colocated vLLM engine of ``--rollout vllm``, loading the base weights from their safetensors files."""
+    from t2cli.rollout_vllm import VLLMRollout
+    from t2cli.runtime import weights_folder
+
+    folder = dist.main_first(lambda: weights_folder(registry, adaptable.identity))  # rank 0 dequantises a GGUF once
+    dtype = str(next(adaptable.model.parameters()).dtype).removeprefix("torch.")
+    return VLLMRollout(folder, adaptable.tokenizer, dtype=dtype, seed=config.seed,
+                       gpu_memory_utilization=config.vllm_memory, device=adaptable.device)
+
+
+def _push_weights(backend, svf, composed: dict[str, torch.Tensor] | None) -> None:
+    """W' of every target matrix into the vLLM engine: the composed tensors, or (FSDP) each live weight gathered in turn."""
+    if composed is not None:
+        backend.push_weights({f"{name}.weight": weight.detach() for name, weight in composed.items()})
+        return
+    for name, layer in svf.layers.items():  # one gathered matrix at a time bounds the extra memory
+        backend.push_weights({f"{name}.weight": layer.weight.full_tensor()})
 
 
 def cosine_factor(config: TrainConfig) -> Callable[[int], float]:

@@ -39,6 +39,11 @@ def train_cmd(
         help="none: every process holds the whole model (data parallel); fsdp: FSDP2 shards the base weights and "
              "factors over the processes (models that do not fit one GPU; needs torchrun/accelerate).",
     )] = "none",
+    rollout: Annotated[str, typer.Option(
+        help="hf: generate rollouts with transformers; vllm: with a vLLM engine on the same GPU, W'(z) pushed into it "
+             "after every update (pip install 't2cli[vllm]', CUDA only).",
+    )] = "hf",
+    vllm_memory: Annotated[float, typer.Option(help="GPU memory fraction the vLLM engine may take (--rollout vllm).")] = 0.3,
     as_json: JsonOpt = False,
 ) -> None:
     """Train an SVF expert (one z vector per matrix) with REINFORCE on TASK's reward.
@@ -68,6 +73,7 @@ def train_cmd(
     from t2cli.distributed import init_distributed, open_registry_ranked, resolve_dtype
     from t2cli.errors import T2Error
     from t2cli.runtime import load_adaptable
+    from t2cli.rollout_vllm import check_vllm_backend
     from t2cli.sharded import check_sharding, load_sharded_adaptable
     from t2cli.tasks import get_task, needs_registry
     from t2cli.train import TrainConfig, find_resumable_run, train
@@ -79,10 +85,12 @@ def train_cmd(
         samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
         advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
         max_new_tokens=max_new_tokens, micro_batch=micro_batch, gen_batch=gen_batch, seed=seed, device=device,
-        dtype=dtype, shard=shard,
+        dtype=dtype, shard=shard, rollout=rollout, vllm_memory=vllm_memory,
     )
     with init_distributed(device) as dist, open_registry_ranked(dist) as registry:
         check_sharding(shard, dist)
+        if rollout == "vllm":
+            check_vllm_backend(dist.device)
         run = None
         if resume:
             run = dist.on_main(lambda: find_resumable_run(registry, name))
