@@ -4,8 +4,9 @@
     python bench/memory_plan.py --targets mlp                  # gate/up/down only (the reference code's set)
     python bench/memory_plan.py --config path/to/config.json   # any Llama-like HF config
 
-Every number is arithmetic on shapes, laid out as t2 holds the tensors today
-(docs/scaling.md explains each row). A weight matrix W is m x n (out x in), its
+Every number is arithmetic on shapes, laid out as t2 holds the tensors, replicated
+(data parallel, the first table) and with ``t2 train --shard fsdp`` (the second);
+docs/scaling.md explains each row. A weight matrix W is m x n (out x in), its
 rank r = min(m, n); the factors are U (m x r), S (r), Vh (r x n), float32.
 GiB = 2^30 bytes.
 """
@@ -142,11 +143,44 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
     ]
 
 
+def sharded_plan(shapes: Shapes, targets: str, shards: int) -> list[tuple[str, float, str]]:
+    """(row, GiB per rank, how) under ``t2 train --shard fsdp`` over ``shards`` ranks (t2cli/sharded.py)."""
+    layer = {role: mn for role, mn in shapes.matrices().items() if role in TARGET_SETS[targets]}
+    L, N = shapes.layers, shards
+    target_params = L * sum(m * n for m, n in layer.values())
+    factor_floats = L * sum(m * min(m, n) + min(m, n) + min(m, n) * n for m, n in layer.values())
+    rank_sum = L * sum(min(m, n) for m, n in layer.values())
+    m_big, n_big = max(layer.values(), key=lambda mn: mn[0] * mn[1])
+    r_big = min(m_big, n_big)
+    per_layer = sum(m * n for m, n in shapes.matrices().values()) + 2 * shapes.hidden
+    embeddings = shapes.vocab * shapes.hidden * (1 if shapes.tied_embeddings else 2)
+
+    live = shapes.total_params() * BASE_BYTES / N  # FSDP's shards: W'(z) for targets, W elsewhere
+    base_copy = target_params * BASE_BYTES / N  # t2's shard of W, to compose from and restore
+    factors = factor_floats * F32 / N
+    z_state = rank_sum * F32 * 5
+    gathered = (2 * per_layer + embeddings) * BASE_BYTES  # this layer + the prefetched next one + the root unit
+    z_grad = (m_big * r_big + r_big * n_big) * F32  # full U and Vh of one matrix in its backward
+    refresh = (r_big * n_big + 2 * -(-m_big // N) * n_big) * F32  # full Vh + this rank's rows of delta and W'
+    resident = live + base_copy + factors + z_state + gathered + max(z_grad, refresh)
+    return [
+        ("live weights (FSDP shards: W'(z) for targets, W elsewhere), bf16", live, f"parameters x 2 B / {N}"),
+        ("base W of the adapted matrices (t2's shards), bf16", base_copy, f"sum of m*n x 2 B / {N}"),
+        ("SVD factors U, S, Vh (DTensor shards), float32", factors, f"sum of (m*r + r + r*n) x 4 B / {N}"),
+        ("z + grad + AdamW m, v + best z, float32 (replicated)", z_state, "5 x sum of r x 4 B"),
+        ("composed W'(z) or dL/dW' copies", 0.0, "none: W' is the live weight, dL/dz is computed per layer"),
+        ("gathered for a forward: one layer + the next + root", gathered, "FSDP all-gather, bf16 (embeddings incl.)"),
+        ("dL/dz of one matrix, transient", z_grad, "its full U and Vh, float32"),
+        ("composing this rank's rows of W', transient", refresh, "full Vh + m/N rows of delta and W', float32"),
+        ("resident during a step (no activations)", resident, "sum of the rows above (one transient)"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, action="append", help="HF config.json (repeatable); default: presets")
     parser.add_argument("--targets", choices=sorted(TARGET_SETS), default="all")
-    parser.add_argument("--shards", type=int, default=8, help="GPUs a sharded (FSDP/ZeRO-3) column divides over")
+    parser.add_argument("--shards", type=int, default=8, help="ranks of the --shard fsdp table")
     args = parser.parse_args()
     models = [from_hf_config(p) for p in args.config] if args.config else list(PRESETS.values())
 
@@ -165,11 +199,22 @@ def main() -> None:
                             for p in plans)
         print(f"| {label} | {values} | {how} |")
     print()
-    for s, p in zip(models, plans):
-        rows = dict((label, gib) for label, gib, _ in p)
-        static = rows["base weights, bf16 (all parameters)"] + rows["SVD factors U, S, Vh, float32"]
-        print(f"{s.name}: base + factors = {static:,.1f} GiB replicated on every rank today; "
-              f"{static / args.shards:,.1f} GiB per GPU if sharded over {args.shards} (not wired in t2)")
+    print(f"| --shard fsdp over {args.shards} ranks, per rank | " + " | ".join(f"{s.name} GiB" for s in models)
+          + " | how |")
+    print("|" + "---|" * (len(models) + 2))
+    sharded = [sharded_plan(s, args.targets, args.shards) for s in models]
+    for row in range(len(sharded[0])):
+        label, _, how = sharded[0][row]
+        values = " | ".join(f"{p[row][1] / GIB:,.1f}" if p[row][1] >= 0.1 * GIB or p[row][1] == 0
+                            else f"{p[row][1] / GIB:.3f}" for p in sharded)
+        print(f"| {label} | {values} | {how} |")
+    print("| + activations, log-softmax, KV cache | as above | | this rank's share of the prompts |")
+    print()
+    for s, p, q in zip(models, plans, sharded):
+        replicated = dict((label, gib) for label, gib, _ in p)["resident during a step (no activations)"]
+        per_rank = q[-1][1] / GIB
+        print(f"{s.name}: {replicated:,.1f} GiB per rank replicated (data parallel) -> {per_rank:,.1f} GiB per rank "
+              f"with --shard fsdp over {args.shards} ({replicated / per_rank:.1f}x less), before activations")
 
 
 if __name__ == "__main__":
