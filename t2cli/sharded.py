@@ -130,11 +130,16 @@ class SVFLinear(nn.Module):
 class ShardedSVF:
     """An FSDP-sharded causal LM whose target matrices are ``SVFLinear``; the counterpart of ``SVFModel``."""
 
-    def __init__(self, model: nn.Module, layers: Mapping[str, SVFLinear], mesh: DeviceMesh) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Mapping[str, SVFLinear], mesh: DeviceMesh, units: Sequence[nn.Module] = ()
+    ) -> None:
         self.model = model
         self.layers = dict(layers)
         self.mesh = mesh
+        self.units = list(units)  # the decoder layers, one FSDP unit each
         self.active: str | None = None
+        self.gather_in_adapted = False  # adapted() blocks (validation) gather the model once (--fsdp-gather-rollouts)
+        self._gathered = False
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -156,6 +161,8 @@ class ShardedSVF:
     @torch.no_grad()
     def refresh(self, z: Mapping[str, torch.Tensor] | None) -> None:
         """Compose the live weights W'(z) (None: W), each rank its own rows; checked finite on every rank."""
+        if self._gathered:  # the gathered copies would keep the old weights
+            raise RuntimeError("refresh() inside gathered(): compose first, then gather")
         finite = True
         for name, layer in self.layers.items():
             local = layer.weight.to_local()
@@ -182,9 +189,33 @@ class ShardedSVF:
         """Run a block with z composed into the live weights (None: W); W is back afterwards."""
         self.refresh(z)
         try:
-            yield
+            if self.gather_in_adapted:
+                with self.gathered():
+                    yield
+            else:
+                yield
         finally:
             self.refresh(None)
+
+    @contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Keep every decoder layer all-gathered for the block (rollouts), instead of gathering it per forward.
+
+        Generation runs one forward per token; sharded, each of them all-gathers every layer.
+        Gathered once, the block's forwards communicate nothing, at the cost of holding the
+        whole live model on every rank meanwhile (``--fsdp-gather-rollouts``).
+        """
+        for unit in self.units:
+            unit.set_reshard_after_forward(False, recurse=False)
+            unit.unshard()
+        self._gathered = True
+        try:
+            yield
+        finally:
+            self._gathered = False
+            for unit in self.units:
+                unit.reshard()
+                unit.set_reshard_after_forward(True, recurse=False)
 
     @contextmanager
     def bound(self, z: Mapping[str, torch.Tensor]) -> Iterator[None]:
@@ -245,12 +276,12 @@ def load_sharded_adaptable(
 
     prepared = dist.main_first(lambda: _prepare(registry, model, targets, dist))
     ref, identity, base_id, decomposition_id, folder, blobs = prepared
-    net, layers, mesh = _build_sharded(folder, _model_dtype(folder, dtype), list(blobs), dist)
+    net, layers, mesh, units = _build_sharded(folder, _model_dtype(folder, dtype), list(blobs), dist)
     _load_weights(net, folder, mesh)
     _load_factors(registry, blobs, layers, mesh)
     from t2cli.models import load_tokenizer
 
-    svf = ShardedSVF(net, layers, mesh)
+    svf = ShardedSVF(net, layers, mesh, units)
     return Adaptable(
         identity=identity, base_model_id=base_id, decomposition_id=decomposition_id, targets=targets,
         model=net, tokenizer=load_tokenizer(ref), svf=svf, device=dist.device,  # type: ignore[arg-type]
@@ -312,7 +343,7 @@ def _model_dtype(folder: Path, dtype: str | None) -> torch.dtype:
 
 def _build_sharded(
     folder: Path, dtype: torch.dtype, target_names: Sequence[str], dist: Dist
-) -> tuple[nn.Module, dict[str, SVFLinear], DeviceMesh]:
+) -> tuple[nn.Module, dict[str, SVFLinear], DeviceMesh, list[nn.Module]]:
     """The model on the meta device, targets swapped for ``SVFLinear``, FSDP2 units applied, this rank's memory allocated."""
     from accelerate import init_empty_weights
     from torch.distributed.device_mesh import init_device_mesh
@@ -343,7 +374,7 @@ def _build_sharded(
     for name, buf in buffers.items():  # to_empty left them uninitialised: put the computed values back
         owner, _, attr = name.rpartition(".")
         net.get_submodule(owner)._buffers[attr] = buf.to(dist.device)
-    return net, layers, mesh
+    return net, layers, mesh, units
 
 
 def _swap_linear(net: nn.Module, name: str) -> SVFLinear:
@@ -385,22 +416,33 @@ def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
         param.to_local().copy_(shard.to_local())
 
 
+def _own_shard(full: torch.Tensor, mesh: DeviceMesh) -> DTensor:
+    """This rank's rows of ``full`` as a Shard(0) DTensor that owns its memory.
+
+    ``distribute_tensor`` returns a view into ``full`` when the rows are contiguous, which
+    would keep every rank holding every full matrix: the shard is copied out instead.
+    """
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    view = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None)
+    return DTensor.from_local(view.to_local().clone(), mesh, view.placements, run_check=False,
+                              shape=view.shape, stride=view.stride())
+
+
 def _load_factors(
     registry: Registry, blobs: Mapping[str, str], layers: Mapping[str, SVFLinear], mesh: DeviceMesh
 ) -> None:
     """Each target's W rows (copied from the loaded weights) and its U, S, Vh shards (one blob at a time)."""
     from safetensors.torch import load_file
-    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor
 
     for name, layer in layers.items():
         tensors = load_file(str(registry.blobs.path(blobs[name])))
         weight = layer.weight  # sharded DTensor, loaded with W
         base = DTensor.from_local(weight.to_local().clone(), mesh, weight.placements, run_check=False,
                                   shape=weight.shape, stride=weight.stride())
-        factors = {
-            key: distribute_tensor(tensors[key].to(torch.float32), mesh, [Shard(0)], src_data_rank=None)
-            for key in ("U", "S", "Vh")
-        }
+        factors = {key: _own_shard(tensors[key].to(torch.float32), mesh) for key in ("U", "S", "Vh")}
+        del tensors
         if factors["U"].to_local().shape[0] != base.to_local().shape[0]:
             raise DistributedError(f"FSDP sharded {name} unlike its factors", "train it without --shard")
         layer.shards = MatrixShards(W=base, **factors)

@@ -24,7 +24,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +83,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # base weights: auto = bfloat16 on CUDA, the checkpoint's own on CPU; z/factors stay float32
     shard: str = "none"  # none: every rank holds the whole model (data parallel); fsdp: FSDP2 shards it (t2cli/sharded.py)
+    fsdp_gather_rollouts: bool = False  # --shard fsdp: gather the live model once for the rollouts, not per token
     rollout: str = "hf"  # hf: transformers generate; vllm: a colocated vLLM engine, W' pushed each step (t2cli/rollout_vllm.py)
     vllm_memory: float = 0.3  # the GPU memory fraction the vLLM engine may take
 
@@ -179,6 +180,8 @@ def _train(
     sharded = isinstance(svf, ShardedSVF)  # FSDP: every forward is a collective, so generation and loss are synced
     sync = dist if sharded else None
     backend = _vllm_backend(registry, adaptable, config, dist) if config.rollout == "vllm" else None
+    if sharded:
+        svf.gather_in_adapted = config.fsdp_gather_rollouts  # validation generates like the rollouts
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
@@ -254,12 +257,14 @@ def _train(
             else:
                 if not sharded:
                     svf.apply_weights(composed)
+                gathered = svf.gathered() if sharded and config.fsdp_gather_rollouts else nullcontext()
                 try:
-                    gens = generate(
-                        adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
-                        temperature=config.temperature, per_prompt=config.samples_per_prompt,
-                        batch_size=config.gen_batch, sample_keys=keys, sync=sync,
-                    )
+                    with gathered:
+                        gens = generate(
+                            adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
+                            temperature=config.temperature, per_prompt=config.samples_per_prompt,
+                            batch_size=config.gen_batch, sample_keys=keys, sync=sync,
+                        )
                 finally:
                     if not sharded:
                         svf.restore()

@@ -39,6 +39,10 @@ def train_cmd(
         help="none: every process holds the whole model (data parallel); fsdp: FSDP2 shards the base weights and "
              "factors over the processes (models that do not fit one GPU; needs torchrun/accelerate).",
     )] = "none",
+    fsdp_gather_rollouts: Annotated[bool, typer.Option(
+        "--fsdp-gather-rollouts", help="With --shard fsdp: gather the whole live model once for the rollouts instead "
+        "of every layer per generated token (faster; needs the unsharded model's memory on each GPU meanwhile).",
+    )] = False,
     rollout: Annotated[str, typer.Option(
         help="hf: generate rollouts with transformers; vllm: with a vLLM engine on the same GPU, W'(z) pushed into it "
              "after every update (pip install 't2cli[vllm]', CUDA only).",
@@ -85,7 +89,7 @@ def train_cmd(
         samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
         advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
         max_new_tokens=max_new_tokens, micro_batch=micro_batch, gen_batch=gen_batch, seed=seed, device=device,
-        dtype=dtype, shard=shard, rollout=rollout, vllm_memory=vllm_memory,
+        dtype=dtype, shard=shard, fsdp_gather_rollouts=fsdp_gather_rollouts, rollout=rollout, vllm_memory=vllm_memory,
     )
     with init_distributed(device) as dist, open_registry_ranked(dist) as registry:
         check_sharding(shard, dist)
