@@ -26,14 +26,18 @@ from tests.test_distributed import (
 )
 
 
-@pytest.fixture()
-def one_rank_group() -> Iterator[Dist]:
-    """A real one-process gloo group, so FSDP2 and DTensor run in this process."""
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU: the NCCL variant runs where one is"))])
+def one_rank_group(request: pytest.FixtureRequest) -> Iterator[Dist]:
+    """A real one-process group (gloo on the CPU, NCCL on a GPU), so FSDP2 and DTensor run in this process."""
     import torch.distributed as td
 
-    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist = Dist(rank=0, world_size=1, device="cpu" if request.param == "cpu" else "cuda:0")
+    if request.param == "cuda":
+        torch.cuda.set_device(0)
+    td.init_process_group(dist.backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
-        yield Dist(rank=0, world_size=1, device="cpu")
+        yield dist
     finally:
         td.destroy_process_group()
 
@@ -69,17 +73,17 @@ def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(
     model = str(_tied_llama(tmp_path / "tied"))
     with open_registry() as registry:
         sharded = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=one_rank_group)
-        plain = load_adaptable(registry, model, targets="all", device="cpu")
+        plain = load_adaptable(registry, model, targets="all", device=one_rank_group.device)
     svf = sharded.svf
     assert sharded.decomposition_id == plain.decomposition_id  # one decomposition serves both layouts
     assert len(svf.layers) == 21 and all(isinstance(layer, SVFLinear) for layer in svf.layers.values())
     net = sharded.model
     assert net.lm_head.weight is net.model.embed_tokens.weight  # the tie survived meta init and sharding
-    ids = torch.randint(4, 100, (2, 11))
+    ids = torch.randint(4, 100, (2, 11), device=one_rank_group.device)
 
     with torch.no_grad():
         assert torch.equal(net(input_ids=ids).logits, plain.model(input_ids=ids).logits)
-    z = _random_z(plain.svf.factors)
+    z = {name: v.to(one_rank_group.device) for name, v in _random_z(plain.svf.factors).items()}
     svf.refresh(z)
     plain.svf.apply(z)
     with torch.no_grad():
@@ -126,9 +130,10 @@ def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
     before = {name: layer.weight.to_local().clone() for name, layer in svf.layers.items()}
     assert all(w.dtype == torch.bfloat16 for w in before.values())
     assert all(layer.shards.U.dtype == torch.float32 for layer in svf.layers.values())
-    svf.refresh({name: torch.ones(r) for name, r in svf.ranks.items()})
+    device = one_rank_group.device
+    svf.refresh({name: torch.ones(r, device=device) for name, r in svf.ranks.items()})
     assert all(torch.equal(layer.weight.to_local(), before[name]) for name, layer in svf.layers.items())
-    broken = {name: torch.full((r,), float("inf")) for name, r in svf.ranks.items()}
+    broken = {name: torch.full((r,), float("inf"), device=device) for name, r in svf.ranks.items()}
     with pytest.raises(SVFError, match="non-finite"):
         svf.refresh(broken)
     assert all(torch.equal(layer.weight.to_local(), before[name]) for name, layer in svf.layers.items())
