@@ -41,6 +41,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -456,7 +457,7 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
     for chunk in plan_chunks(pending, source, DEFAULT_CHUNK_MATRICES):
         # As t2cli.decompose._decompose_chunk does, without storing: the results are dropped with the chunk.
         weights = [source.get(m.weight_name).to(device) for m in chunk]
-        seconds, results = timed(lambda: svd_batch(weights, compute_dtype=torch.float32, method=args.svd_method),
+        seconds, results = timed(partial(svd_batch, weights, compute_dtype=torch.float32, method=args.svd_method),
                                  device)
         shape = tuple(weights[0].shape)
         t2_s += seconds

@@ -26,8 +26,7 @@ number of batches, padding with dummy work whose results are dropped.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +43,8 @@ from t2cli.svf import SVFError, ZVectors
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor import DTensor
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from registry import Registry
-    from t2cli.generation import Generations
     from t2cli.runtime import Adaptable
 
 SHARDINGS = ("none", "fsdp")
@@ -163,7 +160,7 @@ class ShardedSVF:
         """Compose the live weights W'(z) (None: W), each rank its own rows; checked finite on every rank."""
         if self._gathered:  # the gathered copies would keep the old weights
             raise RuntimeError("refresh() inside gathered(): compose first, then gather")
-        finite = True
+        finite: list[torch.Tensor] = []  # one flag per matrix, read once (no host sync per matrix)
         for name, layer in self.layers.items():
             local = layer.weight.to_local()
             shards = layer.shards
@@ -174,9 +171,9 @@ class ShardedSVF:
             scale = shards.S.full_tensor() * (z[name].detach().to(torch.float32) - 1.0)
             delta = (shards.U.to_local() * scale) @ shards.Vh.full_tensor()  # my rows of U diag(s) Vh
             composed = (base.to(torch.float32) + delta).to(local.dtype)
-            finite = finite and bool(torch.isfinite(composed).all())
+            finite.append(torch.isfinite(composed).all())
             local.copy_(composed)
-        if not _all_true(finite, self.mesh):
+        if not _all_true(bool(torch.stack(finite).all()) if finite else True, self.mesh):
             self.refresh(None)
             raise SVFError("adapting the model gives non-finite weights", "the expert's z values are too large")
         self.active = None if z is None else "<composed>"
