@@ -63,7 +63,8 @@ UPGRADE_HINT = f"install vllm>={MIN_VLLM}: pip install 't2cli[vllm]'"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_METHOD = "t2_load_weights"  # the worker method collective_rpc calls (WeightLoaderExtension)
 # Arguments t2 relies on for in-process weight pushes: engine_kwargs may not override them.
-_OWNED = ("model", "dtype", "seed", "tensor_parallel_size", "distributed_executor_backend", "worker_extension_cls")
+_OWNED = ("model", "dtype", "seed", "tensor_parallel_size", "distributed_executor_backend", "worker_extension_cls",
+          "skip_tokenizer_init")
 
 
 class RolloutBackendError(T2Error):
@@ -178,6 +179,8 @@ class VLLMRollout:
             model=str(model_path), dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=1, distributed_executor_backend="external_launcher",
             worker_extension_cls=f"{WeightLoaderExtension.__module__}.{WeightLoaderExtension.__qualname__}",
+            # t2 tokenises and decodes with its own tokenizer; the folder may have none (a dequantised GGUF copy).
+            skip_tokenizer_init=True,
         )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
@@ -246,6 +249,7 @@ class VLLMRollout:
             SamplingParams(
                 n=1, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
                 seed=int(sample_keys[i]) if seeded else None, stop_token_ids=sorted(self.end_ids),
+                detokenize=False,  # no vLLM tokenizer (skip_tokenizer_init); texts come from t2's
             )
             for i in range(count)
         ]

@@ -73,6 +73,7 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
         distributed_executor_backend: str | None = None
         worker_extension_cls: str = ""
         enable_sleep_mode: bool = False
+        skip_tokenizer_init: bool = False
         enforce_eager: bool = False
         max_num_seqs: int | None = None
 
@@ -172,6 +173,8 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
             if len(params) != len(prompts):
                 raise ValueError("The lengths of prompts and sampling_params must be the same.")
             state.log.append(("generate", [dict(p) for p in prompts], list(params)))
+            # vllm/entrypoints/llm.py: with skip_tokenizer_init there is no detokenizer; t2 asks for token ids only
+            assert not (self.engine_args.skip_tokenizer_init and any(sp.detokenize for sp in params))
             outputs = []
             for i, (prompt, sp) in enumerate(zip(prompts, params)):
                 ids = list(prompt["prompt_token_ids"])  # a TokensPrompt; anything else is a bug in the adapter
@@ -400,6 +403,7 @@ def test_engine_is_colocated_in_process_with_the_weight_loader(fake_vllm: FakeVL
         "model": str(model_dir), "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.25,
         "max_model_len": 512, "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
         "worker_extension_cls": "t2cli.rollout_vllm.WeightLoaderExtension", "enforce_eager": True,
+        "skip_tokenizer_init": True,
     }
     # Without a launcher: rank 0 of a world of 1, on a free port (what the external launcher reads).
     assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("0", "0", "1")
