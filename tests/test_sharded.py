@@ -246,3 +246,68 @@ def test_fsdp_in_one_process_and_unknown_shardings_are_refused(tiny_llama: Path,
     unknown = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "zero3"])
     assert unknown.exit_code == 1 and "unknown --shard 'zero3'" in unknown.output
     assert not (Path(os.environ["T2_HOME"]) / "runs").exists() or not any((Path(os.environ["T2_HOME"]) / "runs").iterdir())
+
+
+# --------------------------------------------------------------------------- padding for FSDP's collectives
+
+
+class _BusierPeer:
+    """A stand-in job whose busiest rank has ``extra`` more work than this one (``Dist.max`` is all it asks)."""
+
+    enabled = True
+
+    def __init__(self, extra: int) -> None:
+        self.extra = extra
+
+    def max(self, value: float) -> float:
+        return float(value + self.extra)
+
+
+def test_padding_adds_forwards_but_changes_no_completion_and_no_gradient(
+    one_rank_group: Dist, tiny_llama: Path
+) -> None:
+    """A rank with less work than its peers pads its generate calls and loss micro-batches with dummies."""
+    if one_rank_group.device != "cpu":
+        pytest.skip("the padding logic is device-independent")
+    from t2cli.generation import generate, render_prompt, sample_key
+    from t2cli.runtime import load_adaptable
+    from t2cli.train import TrainConfig, group_advantages, policy_gradient
+
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
+    model, tokenizer, svf = adaptable.model, adaptable.tokenizer, adaptable.svf
+    prompts = [render_prompt(tokenizer, f"say {i}{i + 1}") for i in range(3)]
+    keys = [sample_key(1, 1, i, j) for i in range(3) for j in range(2)]
+    calls = {"forward": 0}
+    original_forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls["forward"] += 1
+        return original_forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    plain = generate(model, tokenizer, prompts, max_new_tokens=4, temperature=1.0, per_prompt=2, batch_size=4,
+                     sample_keys=keys)
+    unpadded_calls, calls["forward"] = calls["forward"], 0
+    # 3 padding completions make a third generate call of 1 + 4 sequences: more forwards, same results
+    padded = generate(model, tokenizer, prompts, max_new_tokens=4, temperature=1.0, per_prompt=2, batch_size=4,
+                      sample_keys=keys, sync=_BusierPeer(3))
+    assert calls["forward"] > unpadded_calls
+    assert padded == plain
+
+    config = TrainConfig(task="t", name="n", prompts_per_step=3, samples_per_prompt=2, micro_batch=2,
+                         advantage="raw", kl_coef=0.1)
+    advantages = group_advantages(torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0]), config)
+
+    def gradient(sync) -> tuple[dict[str, torch.Tensor], float, float, int]:
+        z = svf.trainable_z()
+        calls["forward"] = 0
+        loss, kl = policy_gradient(lambda **kw: svf.forward_adapted(z, **kw), model, tokenizer.pad_token_id, plain,
+                                   advantages, config, total=6, sync=sync)
+        return {n: v.grad.clone() for n, v in z.items() if v.grad is not None}, loss, kl, calls["forward"]
+
+    grads, loss, kl, forwards = gradient(None)
+    padded_grads, padded_loss, padded_kl, padded_forwards = gradient(_BusierPeer(2))
+    assert padded_forwards == forwards + 2 * 2  # two dummy micro-batches, each a forward and a KL reference forward
+    assert padded_loss == pytest.approx(loss, abs=1e-7) and padded_kl == pytest.approx(kl, abs=1e-9)
+    assert grads.keys() == padded_grads.keys() and all(torch.allclose(grads[n], padded_grads[n]) for n in grads)
