@@ -245,29 +245,13 @@ def _train(
 
             # 2. W'(z) composed once per step: the rollouts run on its values, the loss backpropagates into it
             #    (sharded: each rank composes its rows of the live weights; the loss reaches z per layer)
+            composed = None
             if sharded:
                 svf.refresh(z)
             else:
                 composed = svf.differentiable_weights(z)
             gen_start = time.perf_counter()
-            if backend is not None:  # vLLM generates with W' pushed into its own copy of the model
-                _push_weights(backend, svf, None if sharded else composed)
-                gens = backend.generate(prompts, max_new_tokens=max_new, temperature=config.temperature,
-                                        per_prompt=config.samples_per_prompt, sample_keys=keys)
-            else:
-                if not sharded:
-                    svf.apply_weights(composed)
-                gathered = svf.gathered() if sharded and config.fsdp_gather_rollouts else nullcontext()
-                try:
-                    with gathered:
-                        gens = generate(
-                            adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
-                            temperature=config.temperature, per_prompt=config.samples_per_prompt,
-                            batch_size=config.gen_batch, sample_keys=keys, sync=sync,
-                        )
-                finally:
-                    if not sharded:
-                        svf.restore()
+            gens = _roll_out(adaptable, composed, prompts, keys, config, max_new, backend=backend, sync=sync)
             gen_seconds = time.perf_counter() - gen_start
 
             # 3. rewards: +1 correct, -1 otherwise
@@ -355,6 +339,36 @@ def _train(
         run_id=run_id, expert=config.name, best_step=state["best_step"], best_valid_accuracy=state["best_valid"],
         base_valid_accuracy=state["base_valid"], history=history, seconds=time.perf_counter() - started,
     )
+
+
+def _roll_out(
+    adaptable: Adaptable, composed: dict[str, torch.Tensor] | None, prompts: list[str], keys: list[int],
+    config: TrainConfig, max_new: int, *, backend, sync: Dist | None,
+):  # -> Generations
+    """Step 2's completions with W'(z): through vLLM, or transformers generation on the adapted model.
+
+    ``composed``: W'(z) of the replicated layout, bound for the rollouts and unbound after;
+    None when the model is sharded, its live weights already composed (``ShardedSVF.refresh``).
+    """
+    svf = adaptable.svf
+    if backend is not None:  # vLLM generates with W' pushed into its own copy of the model
+        _push_weights(backend, svf, composed)
+        return backend.generate(prompts, max_new_tokens=max_new, temperature=config.temperature,
+                                per_prompt=config.samples_per_prompt, sample_keys=keys)
+
+    def rollouts():
+        return generate(adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
+                        temperature=config.temperature, per_prompt=config.samples_per_prompt,
+                        batch_size=config.gen_batch, sample_keys=keys, sync=sync)
+
+    if composed is None:
+        with svf.gathered() if config.fsdp_gather_rollouts else nullcontext():
+            return rollouts()
+    svf.apply_weights(composed)
+    try:
+        return rollouts()
+    finally:
+        svf.restore()
 
 
 def _vllm_backend(registry: Registry, adaptable: Adaptable, config: TrainConfig, dist: Dist):  # -> VLLMRollout
