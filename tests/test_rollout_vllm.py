@@ -668,3 +668,16 @@ def test_training_with_vllm_rollouts_pushes_w_prime_of_the_current_z_every_step(
     rollouts = [entry for entry in fake_vllm.log if entry[0] == "generate"][1]
     assert [p.seed for p in rollouts[2]] == [sample_key(11, 1, i, j) for i in range(3) for j in range(2)]
     assert any(-1 < m.reward < 1 for m in result.history)  # the engine's completions were scored and trained on
+
+
+def test_the_cli_refuses_vllm_rollouts_on_the_cpu_before_loading_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from t2cli.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--task", "addition", "--rollout", "vllm", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "--rollout vllm needs a CUDA GPU; the training device is cpu" in result.output
+    bad = CliRunner().invoke(app, ["train", "--task", "addition", "--vllm-memory", "1.5"])
+    assert bad.exit_code == 1 and "--vllm-memory must be a fraction in (0, 1]" in bad.output
+    assert not (tmp_path / "t2home" / "runs").exists()  # refused before any run was started
