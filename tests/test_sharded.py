@@ -117,6 +117,27 @@ def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(
         assert torch.equal(layer.weight.to_local(), dict(plain.model.named_parameters())[f"{name}.weight"])
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "mistral", "gemma", "gemma3"])
+def test_each_architecture_shards_and_adapts_like_the_replicated_model(
+    one_rank_group: Dist, tiny_model_dirs: dict[str, Path], arch: str
+) -> None:
+    from t2cli.runtime import load_adaptable
+    from t2cli.sharded import load_sharded_adaptable
+
+    device = one_rank_group.device
+    with open_registry() as registry:
+        sharded = load_sharded_adaptable(registry, str(tiny_model_dirs[arch]), targets="all", dtype=None,
+                                         dist=one_rank_group)
+        plain = load_adaptable(registry, str(tiny_model_dirs[arch]), targets="all", device=device)
+    assert len(sharded.svf.layers) == 21 and len(sharded.svf.units) == 3  # 7 matrices in each of 3 decoder layers
+    z = {name: v.to(device) for name, v in _random_z(plain.svf.factors, seed=3).items()}
+    sharded.svf.refresh(z)
+    plain.svf.apply(z)
+    ids = torch.randint(4, 100, (2, 9), device=device)
+    with torch.no_grad():
+        assert torch.allclose(sharded.model(input_ids=ids).logits, plain.model(input_ids=ids).logits, atol=1e-6)
+
+
 def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
     one_rank_group: Dist, tiny_llama: Path
 ) -> None:
