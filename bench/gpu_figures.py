@@ -51,6 +51,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the GPU machine's python3 has no t2 installed: run from the checkout
 sys.path.insert(1, str(REPO / "bench"))  # for memory_plan
+from memory_plan import Shapes  # noqa: E402  (shapes are described once, in the memory plan)
 
 GIB = 2**30
 PHASES = ("decompose", "swap", "step")
@@ -71,16 +72,10 @@ START_S = 30.0  # python + torch + transformers imports, CUDA context, building 
 # --------------------------------------------------------------------------- shapes and presets
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A model shape and the run sizes that go with it."""
+@dataclass(frozen=True, kw_only=True)
+class Preset(Shapes):
+    """A model shape (bench/memory_plan.py's ``Shapes``) and the run sizes that go with it."""
 
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
     prompt_len: int  # rollout prompt tokens (random ids: no tokenizer offline)
     new_tokens: int  # generated tokens per sequence, fixed (the model has no end token)
     decompose_layers: int  # layers t2's engine decomposes (the rest is extrapolated)
@@ -88,10 +83,10 @@ class Preset:
 
 
 PRESETS = {
-    "llama3-8b": Preset(layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256,
-                        prompt_len=128, new_tokens=128, decompose_layers=2, baseline_layers=1),
+    "llama3-8b": Preset(name="Llama-3-8B", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8,
+                        vocab=128256, prompt_len=128, new_tokens=128, decompose_layers=2, baseline_layers=1),
     # Hidden 64 as asked; a small vocabulary, else the logits of 64 sequences dominate a CPU run.
-    "tiny": Preset(layers=2, hidden=64, intermediate=224, heads=4, kv_heads=2, vocab=512,
+    "tiny": Preset(name="tiny", layers=2, hidden=64, intermediate=224, heads=4, kv_heads=2, vocab=512,
                    prompt_len=16, new_tokens=16, decompose_layers=2, baseline_layers=1),
 }
 
@@ -376,15 +371,13 @@ class IdTokenizer:
 # --------------------------------------------------------------------------- memory plan
 
 
-def memory_plan_rows(p: Preset, layers: int, targets: str) -> dict[str, float] | None:
-    """bench/memory_plan.py's rows (GiB) for these shapes and targets, or None if it cannot be imported."""
-    try:
-        import memory_plan
-    except ImportError:
-        return None
-    shapes = memory_plan.Shapes(f"Llama ({layers} layers, hidden {p.hidden})", layers=layers, hidden=p.hidden,
-                                intermediate=p.intermediate, heads=p.heads, kv_heads=p.kv_heads, vocab=p.vocab)
-    _, rows = memory_plan.plan(shapes, targets)
+def memory_plan_rows(p: Preset, layers: int, targets: str) -> dict[str, float]:
+    """bench/memory_plan.py's rows (GiB) for these shapes, cut to ``layers``, and targets."""
+    from dataclasses import replace
+
+    import memory_plan
+
+    _, rows = memory_plan.plan(replace(p, layers=layers), targets)
     return {label.strip(): value for label, value, _ in rows}
 
 
@@ -850,8 +843,6 @@ def main(argv: list[str] | None = None) -> int:
                               "memory_plan_gib": plan, "phases": {}}
     log(f"device {device}: {env['gpu'] or 'CPU'}; torch {env['torch']}, CUDA {env['cuda']}, "
         f"transformers {env['transformers']}, Python {env['python']}")
-    if plan is None:
-        log("bench/memory_plan.py could not be imported: the memory plan columns stay empty")
     model = build(report, preset, args, device, label)
     write_json(args.json, report)
 
