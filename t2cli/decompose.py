@@ -455,21 +455,27 @@ def _store_factors(registry: Registry, matrix: TargetMatrix, result, dtype: str)
         tmp.unlink(missing_ok=True)
 
 
-def load_factors(registry: Registry, decomposition_id: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """All (U, S, Vh) of a decomposition, keyed by matrix name (reads each blob once)."""
-    from safetensors.torch import load_file
+def factor_blobs(registry: Registry, decomposition_id: int) -> dict[str, str]:
+    """Matrix name -> sha256 of its factors blob, in the order the matrices were stored."""
     from sqlalchemy import select
 
     from registry.schema import DecompositionMatrix
 
     with registry.session(readonly=True) as session:
         rows = session.execute(
-            select(DecompositionMatrix.name, DecompositionMatrix.blob_sha256).where(
-                DecompositionMatrix.decomposition_id == decomposition_id
-            )
+            select(DecompositionMatrix.name, DecompositionMatrix.blob_sha256)
+            .where(DecompositionMatrix.decomposition_id == decomposition_id)
+            .order_by(DecompositionMatrix.id)
         ).all()
+    return {name: sha for name, sha in rows}
+
+
+def load_factors(registry: Registry, decomposition_id: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """All (U, S, Vh) of a decomposition, keyed by matrix name (reads each blob once)."""
+    from safetensors.torch import load_file
+
     factors = {}
-    for name, sha in rows:
+    for name, sha in factor_blobs(registry, decomposition_id).items():
         tensors = load_file(str(registry.blobs.path(sha)))
         factors[name] = (tensors["U"], tensors["S"], tensors["Vh"])
     return factors

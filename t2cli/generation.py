@@ -162,7 +162,8 @@ def generate(
     if sample_keys is not None and len(sample_keys) != len(expanded):
         raise ValueError(f"{len(sample_keys)} sample keys for {len(expanded)} completions")
     real = len(expanded)
-    if sync is not None and sync.enabled:
+    synced = sync is not None and sync.enabled
+    if synced:
         padding = int(sync.max(real)) - real
         expanded += [expanded[-1] if expanded else render_prompt(tokenizer, "")] * padding
         sample_keys = None if sample_keys is None else list(sample_keys) + [0] * padding
@@ -187,7 +188,7 @@ def generate(
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
             logits_processor=processors,
-            synced_gpus=sync is not None and sync.enabled,
+            synced_gpus=synced,
         )
         for row, mask in zip(range(min(len(chunk), real - start)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())

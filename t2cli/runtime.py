@@ -66,9 +66,7 @@ def _load(
 ) -> Adaptable:
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
-    # GGUF models are dequantised once into the home's cache (keyed by the file's fingerprint).
-    dequantised = registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
-    loaded = load_model(ref, device="cpu", dtype=dtype, dequantised_cache=dequantised)
+    loaded = load_model(ref, device="cpu", dtype=dtype, dequantised_cache=dequantised_folder(registry, identity))
     if writer:
         # Decompose the weights as stored, not rounded to a narrower --dtype: the factors serve every dtype.
         exact = dtype in (None, "float32")
@@ -84,6 +82,11 @@ def _load(
     )
 
 
+def dequantised_folder(registry: Registry, identity: ModelIdentity) -> Path:
+    """Where a GGUF model's dequantised copy lives: the home's cache, keyed by the file's fingerprint."""
+    return registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
+
+
 def weights_folder(registry: Registry, identity: ModelIdentity) -> Path:
     """A folder with the model's weights as safetensors: its own, or t2's dequantised copy of a GGUF file.
 
@@ -93,7 +96,7 @@ def weights_folder(registry: Registry, identity: ModelIdentity) -> Path:
     ref = identity.ref
     if not ref.is_gguf:
         return ref.path
-    folder = registry.home / "cache" / "dequantised" / identity.fingerprint[:16]
+    folder = dequantised_folder(registry, identity)
     if not (folder / "config.json").is_file():
         load_model(ref, dequantised_cache=folder)
     return folder

@@ -134,7 +134,6 @@ class ShardedSVF:
         self.layers = dict(layers)
         self.mesh = mesh
         self.units = list(units)  # the decoder layers, one FSDP unit each
-        self.active: str | None = None
         self.gather_in_adapted = False  # adapted() blocks (validation) gather the model once (--fsdp-gather-rollouts)
         self._gathered = False
 
@@ -146,14 +145,6 @@ class ShardedSVF:
         """z = 1 for every matrix, float32, on this rank's device, requiring gradients (replicated)."""
         device = next(iter(self.layers.values())).shards.S.to_local().device
         return {name: torch.ones(r, device=device, requires_grad=True) for name, r in self.ranks.items()}
-
-    def check_z(self, z: Mapping[str, torch.Tensor]) -> None:
-        unknown = sorted(set(z) - set(self.layers))
-        if unknown:
-            raise SVFError(f"z for {unknown[0]!r}, which this model's decomposition lacks")
-        for name, vector in z.items():
-            if vector.shape != (self.layers[name].shards.rank,):
-                raise SVFError(f"z for {name} has shape {tuple(vector.shape)}, expected ({self.layers[name].shards.rank},)")
 
     @torch.no_grad()
     def refresh(self, z: Mapping[str, torch.Tensor] | None) -> None:
@@ -176,7 +167,6 @@ class ShardedSVF:
         if not _all_true(bool(torch.stack(finite).all()) if finite else True, self.mesh):
             self.refresh(None)
             raise SVFError("adapting the model gives non-finite weights", "the expert's z values are too large")
-        self.active = None if z is None else "<composed>"
 
     def restore(self) -> None:
         self.refresh(None)
@@ -273,7 +263,10 @@ def load_sharded_adaptable(
 
     prepared = dist.main_first(lambda: _prepare(registry, model, targets, dist))
     ref, identity, base_id, decomposition_id, folder, blobs = prepared
-    net, layers, mesh, units = _build_sharded(folder, _model_dtype(folder, dtype), list(blobs), dist)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    net, layers, mesh, units = _build_sharded(folder, config, _model_dtype(config, dtype), list(blobs), dist)
     _load_weights(net, folder, mesh)
     _load_factors(registry, blobs, layers, mesh)
     from t2cli.models import load_tokenizer
@@ -287,7 +280,7 @@ def load_sharded_adaptable(
 
 def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) -> tuple[Any, ...]:
     """Resolve the model, decompose it (rank 0) or find its decomposition (others); its weights folder and target names."""
-    from t2cli.decompose import decompose_model, find_decomposition, register_base_model
+    from t2cli.decompose import decompose_model, factor_blobs, find_decomposition, register_base_model
     from t2cli.hashing import HashCache
     from t2cli.models import model_identity, resolve_model
     from t2cli.runtime import weights_folder
@@ -295,9 +288,9 @@ def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) ->
 
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
-    # GGUF weights are read through t2's dequantised safetensors copy (rank 0, first in, writes it).
-    folder = weights_folder(registry, identity) if dist.is_main or not ref.is_gguf else (
-        registry.home / "cache" / "dequantised" / identity.fingerprint[:16])
+    # GGUF weights are read through t2's dequantised safetensors copy: rank 0, first in, writes it; the
+    # others find it (or, with a node-local T2_HOME, write their node's own).
+    folder = weights_folder(registry, identity)
     if not SafetensorsWeights.usable(folder):
         raise T2Error(
             f"--shard fsdp reads the weights from safetensors files, and {ref.location} has none",
@@ -308,46 +301,28 @@ def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) ->
         base_id, decomposition_id = register_base_model(registry, identity).id, summary.decomposition_id
     else:
         base_id, decomposition_id = find_decomposition(registry, identity, targets)
-    return ref, identity, base_id, decomposition_id, folder, _factor_blobs(registry, decomposition_id)
+    return ref, identity, base_id, decomposition_id, folder, factor_blobs(registry, decomposition_id)
 
 
-def _factor_blobs(registry: Registry, decomposition_id: int) -> dict[str, str]:
-    """Matrix name -> sha256 of its factors blob, in layer order."""
-    from sqlalchemy import select
-
-    from registry.schema import DecompositionMatrix
-
-    with registry.session(readonly=True) as session:
-        rows = session.execute(
-            select(DecompositionMatrix.name, DecompositionMatrix.blob_sha256)
-            .where(DecompositionMatrix.decomposition_id == decomposition_id)
-            .order_by(DecompositionMatrix.id)
-        ).all()
-    return {name: sha for name, sha in rows}
-
-
-def _model_dtype(folder: Path, dtype: str | None) -> torch.dtype:
-    """``--dtype`` if given, else the checkpoint's own (float32 when it names none)."""
+def _model_dtype(config: Any, dtype: str | None) -> torch.dtype:
+    """``--dtype`` if given, else the checkpoint's own (float32 when its config names none)."""
     if dtype is not None:
         return getattr(torch, dtype)
-    from transformers import AutoConfig
-
-    stored = getattr(AutoConfig.from_pretrained(folder), "dtype", None)
+    stored = getattr(config, "dtype", None)
     if isinstance(stored, torch.dtype):
         return stored
     return getattr(torch, str(stored)) if stored else torch.float32
 
 
 def _build_sharded(
-    folder: Path, dtype: torch.dtype, target_names: Sequence[str], dist: Dist
+    folder: Path, config: Any, dtype: torch.dtype, target_names: Sequence[str], dist: Dist
 ) -> tuple[nn.Module, dict[str, SVFLinear], DeviceMesh, list[nn.Module]]:
     """The model on the meta device, targets swapped for ``SVFLinear``, FSDP2 units applied, this rank's memory allocated."""
     from accelerate import init_empty_weights
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder)
     with init_empty_weights(include_buffers=False):  # buffers (rotary frequencies) are computed, not stored
         net = AutoModelForCausalLM.from_config(config, dtype=dtype)
     net.tie_weights()  # on the meta device transformers leaves tied embeddings untied (lm_head = embed_tokens)
