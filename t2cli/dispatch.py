@@ -21,6 +21,7 @@ so every look-up error comes before anything is loaded or decomposed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -291,6 +292,19 @@ def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[st
 _QUESTION_MARK = "\nQuestion:"  # classification_prompt ends with it and the question: what precedes is fixed
 
 
+def _with_kv(model, kv) -> dict[str, Any]:
+    """The forward keyword for a KV cache: ``cache`` in recent transformers 5 (``past_key_values``
+    is deprecated there, to go in 5.40), ``past_key_values`` in the releases before the rename."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: kv}
+
+
+def _kv_of(output):
+    """The KV cache a forward returned, under either name (see ``_with_kv``)."""
+    kv = getattr(output, "cache", None)
+    return kv if kv is not None else output.past_key_values
+
+
 def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, cache: PrefixCache | None):
     """(KV cache of the fixed instructions, how many of ``ids`` it covers), computed once per weights.
 
@@ -311,7 +325,7 @@ def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, 
             return None, 0
         device = next(model.parameters()).device
         out = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
-        entry = cache[(key, prefix)] = (prefix_ids, out.past_key_values)
+        entry = cache[(key, prefix)] = (prefix_ids, _kv_of(out))
     prefix_ids, kv = entry
     if ids[: len(prefix_ids)] != prefix_ids:
         return None, 0
@@ -338,7 +352,7 @@ def score_categories(
     text = render_prompt(tokenizer, message) + ANSWER_PREFIX
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     kv, done = _prefix_state(model, tokenizer, text, ids, adaptable.svf.active, prefix_cache)
-    first = model(input_ids=torch.tensor([ids[done:]], device=device), past_key_values=kv, use_cache=True)
+    first = model(input_ids=torch.tensor([ids[done:]], device=device), use_cache=True, **_with_kv(model, kv))
     first_logprobs = first.logits[0, -1].float().log_softmax(-1)
     candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
     width = max(len(c) for c in candidates)
@@ -347,10 +361,10 @@ def score_categories(
     for row, c in enumerate(candidates):
         batch[row, : len(c)] = torch.tensor(c, device=device)
         mask[row, : len(c)] = 1
-    cache = first.past_key_values
+    cache = _kv_of(first)
     cache.batch_repeat_interleave(len(candidates))
     attention = torch.cat([torch.ones((len(candidates), len(ids)), dtype=torch.long, device=device), mask], 1)
-    rest = model(input_ids=batch, attention_mask=attention, past_key_values=cache).logits.float().log_softmax(-1)
+    rest = model(input_ids=batch, attention_mask=attention, **_with_kv(model, cache)).logits.float().log_softmax(-1)
     scores = {}
     for row, (name, c) in enumerate(zip(names, candidates)):
         total = first_logprobs[c[0]]
