@@ -72,7 +72,6 @@ class RealPartsLLM:
     """``vllm.LLM`` up to its kernels: vLLM's config, model, worker-extension dispatch and request admission."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
         self.config = EngineArgs(**kwargs).create_engine_config()
         extension = resolve_obj_by_qualname(self.config.parallel_config.worker_extension_cls)
         with set_current_vllm_config(self.config):
