@@ -118,20 +118,20 @@ class LoRAPolicy:
 
 def accuracy(policy, adaptable, task, items, batch_size: int) -> list[bool]:
     """Greedy accuracy of a policy on task items."""
-    from t2cli.generation import generate, render_prompt
+    from t2cli.generation import generate
 
-    prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
+    prompts = task.prompts(adaptable.tokenizer, items)
     model = policy.eval_model()
     try:
         gens = generate(model, adaptable.tokenizer, prompts, max_new_tokens=task.max_new_tokens, batch_size=batch_size)
     finally:
         policy.after_eval()
-    return [s.correct for s in task.score_batch(list(items), gens.texts)]
+    return task.correct(items, gens.texts)
 
 
 def train_policy(policy, adaptable, task, config, valid_items) -> RunResult:
     """``config.steps`` RL steps of t2's recipe on ``policy``; returns timings and validation accuracy."""
-    from t2cli.generation import generate, render_prompt
+    from t2cli.generation import generate
     from t2cli.train import cosine_factor, group_advantages
 
     params = policy.parameters()
@@ -142,7 +142,7 @@ def train_policy(policy, adaptable, task, config, valid_items) -> RunResult:
     torch.manual_seed(config.seed)
     for step in range(1, config.steps + 1):
         items = task.sample_train(config.prompts_per_step, item_rng)
-        prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
+        prompts = task.prompts(adaptable.tokenizer, items)
         start = time.perf_counter()
         model = policy.rollout_model()
         try:
@@ -154,7 +154,7 @@ def train_policy(policy, adaptable, task, config, valid_items) -> RunResult:
             policy.after_rollout()
         middle = time.perf_counter()
         expanded = [item for item in items for _ in range(config.samples_per_prompt)]
-        correct = [s.correct for s in task.score_batch(expanded, gens.texts)]
+        correct = task.correct(expanded, gens.texts)
         rewards = torch.tensor([1.0 if ok else -1.0 for ok in correct])
         optimizer.zero_grad(set_to_none=True)
         policy.backward(gens, group_advantages(rewards, config), config)

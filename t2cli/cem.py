@@ -220,10 +220,10 @@ def fewshot_fitness(
     Generation and scoring of the gold answers run under one ``svf.adapted`` block:
     z is composed once, and the base weights are back when this returns or raises.
     """
-    from t2cli.generation import completion_logprobs, generate, prepare_tokenizer, render_prompt
+    from t2cli.generation import completion_logprobs, generate, prepare_tokenizer
 
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
-    prompts = [render_prompt(tokenizer, item.prompt, task.system_prompt) for item in items]
+    prompts = task.prompts(tokenizer, items)
     golds = gold_texts(task, items)
     with adaptable.svf.adapted(z):
         gens = generate(adaptable.model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
@@ -238,7 +238,7 @@ def fewshot_fitness(
                 device=adaptable.device,
             )
             per_item += (logprobs.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)).tolist()
-    correct = [s.correct for s in task.score_batch(list(items), gens.texts)]
+    correct = task.correct(items, gens.texts)
     loglik = sum(per_item) / len(per_item)
     return FewShotScore(sum(correct) / len(correct), loglik if math.isfinite(loglik) else -math.inf), correct
 

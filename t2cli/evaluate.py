@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from t2cli.errors import T2Error
-from t2cli.generation import generate, render_prompt
+from t2cli.generation import generate
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -87,7 +87,7 @@ def run_items(
 
     ``sync``: the job, when the model is FSDP-sharded (see ``generation.generate``).
     """
-    prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
+    prompts = task.prompts(adaptable.tokenizer, items)
     started = time.perf_counter()
     with adaptable.svf.adapted(z, key=key):
         gens = generate(
@@ -95,8 +95,7 @@ def run_items(
             max_new_tokens=max_new_tokens or task.max_new_tokens, temperature=0.0,
             batch_size=batch_size, on_batch=on_batch, sync=sync,
         )
-    scores = task.score_batch(list(items), gens.texts)
-    return [s.correct for s in scores], gens.texts, time.perf_counter() - started, gens.new_tokens
+    return task.correct(items, gens.texts), gens.texts, time.perf_counter() - started, gens.new_tokens
 
 
 def evaluate(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from t2cli.errors import T2Error
 from t2cli.evaluate import EvalResult, make_result
-from t2cli.generation import generate, render_prompt
+from t2cli.generation import generate
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -78,7 +78,7 @@ def evaluate_strategy(
     for indices in groups.values():
         try:
             asker.apply_decision(decisions[indices[0]])
-            prompts = [render_prompt(adaptable.tokenizer, items[i].prompt, task.system_prompt) for i in indices]
+            prompts = task.prompts(adaptable.tokenizer, [items[i] for i in indices])
             gens = generate(adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=budget, batch_size=batch_size)
         finally:
             adaptable.svf.restore()
@@ -87,7 +87,7 @@ def evaluate_strategy(
         tokens += gens.new_tokens
     seconds = time.perf_counter() - started
 
-    correct = [score.correct for score in task.score_batch(list(items), texts)]
+    correct = task.correct(items, texts)
     result = make_result(
         task.name, split, None, items, correct, texts, seconds, tokens, result_type=StrategyEvalResult,
         per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions], strategy=strategy, pass1=pass1,

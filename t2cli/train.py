@@ -36,7 +36,7 @@ from t2cli.distributed import DTYPES, SINGLE, Dist
 from t2cli.errors import T2Error
 from t2cli.evaluate import run_items
 from t2cli.experts import ExpertConfig, register_expert
-from t2cli.generation import completion_logprobs, generate, render_prompt, sample_key
+from t2cli.generation import completion_logprobs, generate, sample_key
 from t2cli.run_lock import hold_run_lock
 from t2cli.sharded import SHARDINGS, ShardedSVF
 
@@ -208,19 +208,17 @@ def _train(
     def validate(step: int) -> float:
         frozen = {name: v.detach() for name, v in z.items()}
         start, stop = dist.shard(len(valid_items))  # each rank scores its share; the counts are summed
+        items = valid_items[start:stop]
         if backend is None:
             correct, _, _, _ = run_items(
-                adaptable, task, valid_items[start:stop], frozen, batch_size=config.gen_batch,
-                max_new_tokens=max_new, sync=sync,
+                adaptable, task, items, frozen, batch_size=config.gen_batch, max_new_tokens=max_new, sync=sync,
             )
         else:
             if sharded:
                 svf.refresh(frozen)
             _push_weights(backend, svf, None if sharded else svf.composed(frozen))
-            items = valid_items[start:stop]
-            prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in items]
-            gens = backend.generate(prompts, max_new_tokens=max_new, temperature=0.0)
-            correct = [s.correct for s in task.score_batch(items, gens.texts)]
+            gens = backend.generate(task.prompts(adaptable.tokenizer, items), max_new_tokens=max_new, temperature=0.0)
+            correct = task.correct(items, gens.texts)
         (total,) = dist.sum([sum(correct)])
         return total / len(valid_items)
 
@@ -239,7 +237,7 @@ def _train(
             items = task.sample_train(config.prompts_per_step, item_rng)
             first, stop = dist.shard(len(items))
             mine = items[first:stop]
-            prompts = [render_prompt(adaptable.tokenizer, item.prompt, task.system_prompt) for item in mine]
+            prompts = task.prompts(adaptable.tokenizer, mine)
             keys = [sample_key(config.seed, step, first + i, j) for i in range(len(mine))
                     for j in range(config.samples_per_prompt)]
 
@@ -256,7 +254,7 @@ def _train(
 
             # 3. rewards: +1 correct, -1 otherwise
             expanded = [item for item in mine for _ in range(config.samples_per_prompt)]
-            correct = [s.correct for s in task.score_batch(expanded, gens.texts)]
+            correct = task.correct(expanded, gens.texts)
             rewards = torch.tensor([1.0 if ok else -1.0 for ok in correct])
 
             # 4. advantages (a per-prompt group baseline removes most of REINFORCE's variance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from t2cli.tasks import TaskError
+from t2cli.tasks.base import Task, TaskItem
 from t2cli.tasks.scoring import (
     build_program,
     extract_choice,
@@ -240,3 +241,39 @@ def test_reference_completions_score_correct() -> None:
     assert score("choice", reference_completion("choice", "B"), "B", choices=ARC_CHOICES).correct
     assert score("math", reference_completion("math", "\\frac{1}{2}"), "\\frac{1}{2}").correct
     assert reference_completion("regex", r"\d+") is None
+
+
+# --- Task.prompts / Task.correct: what evaluation, training and CEM call ---
+
+
+class _QuizTask(Task):
+    name = "quiz"
+    system_prompt = "Reply with the number only."
+
+    def _build_splits(self) -> dict[str, list[TaskItem]]:
+        items = [TaskItem(id=f"q{n}", prompt=f"What is {n} + {n}?", answer=str(2 * n), kind="number") for n in (1, 2, 3)]
+        return {"train": items, "valid": [], "test": []}
+
+
+def test_task_prompts_carry_the_system_prompt_and_each_question(tiny_llama) -> None:
+    from transformers import AutoTokenizer
+
+    from t2cli.generation import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    task = _QuizTask()
+    items = task.split("train")
+    prompts = task.prompts(tokenizer, items)
+    assert prompts == [render_prompt(tokenizer, item.prompt, task.system_prompt) for item in items]
+    for item, prompt in zip(items, prompts):
+        assert task.system_prompt in prompt and item.prompt in prompt
+        assert prompt.index(task.system_prompt) < prompt.index(item.prompt)
+
+
+def test_task_correct_is_the_score_batch_verdict_in_order() -> None:
+    task = _QuizTask()
+    items = task.split("train")
+    assert task.correct(items, ["Answer: 2", "I don't know", "6"]) == [True, False, True]
+    assert task.correct(list(reversed(items)), ["Answer: 2", "I don't know", "6"]) == [False, False, False]
+    with pytest.raises(ValueError):
+        task.correct(items, ["2"])

@@ -113,6 +113,16 @@ class Task(ABC):
         with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as pool:
             return list(pool.map(self.score, items, completions))
 
+    def correct(self, items: Sequence[TaskItem], completions: Sequence[str]) -> list[bool]:
+        """Whether each completion answers its item (``score_batch`` verdicts, in order)."""
+        return [score.correct for score in self.score_batch(items, completions)]
+
+    def prompts(self, tokenizer, items: Sequence[TaskItem]) -> list[str]:  # tokenizer: PreTrainedTokenizerBase
+        """The chat-formatted prompts of ``items`` under this task's system prompt, ready to generate from."""
+        from t2cli.generation import render_prompt  # generation imports torch; task data does not need it
+
+        return [render_prompt(tokenizer, item.prompt, self.system_prompt) for item in items]
+
     def reference_completion(self, item: TaskItem) -> str:
         """The gold answer written the way the prompt asks for it (for tests and few-shot examples)."""
         from t2cli.tasks.scoring import reference_completion
