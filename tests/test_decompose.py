@@ -100,3 +100,35 @@ def test_float64_compute_is_a_separate_decomposition(tiny_llama: Path) -> None:
         f64 = decompose_model(registry, str(tiny_llama), targets="attn", dtype="float64")
     assert f32.decomposition_id != f64.decomposition_id
     assert f64.computed == 12 and f64.max_rel_error < 1e-6
+
+
+def test_a_safetensors_folder_is_streamed_a_chunk_at_a_time(tiny_llama: Path, monkeypatch) -> None:
+    """The model is never loaded; at most ``chunk_matrices`` weights are in memory at once, each read once."""
+    import gc
+    import weakref
+
+    import t2cli.decompose as decompose
+    from t2cli.weights import SafetensorsWeights
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("decompose loaded the whole model instead of streaming its safetensors")
+
+    monkeypatch.setattr(decompose, "load_model", no_loading)
+    read, alive, most_alive = [], [], [0]
+    real_get = SafetensorsWeights.get
+
+    def counting_get(self, name: str) -> torch.Tensor:
+        gc.collect()
+        alive[:] = [ref for ref in alive if ref() is not None]
+        tensor = real_get(self, name)
+        alive.append(weakref.ref(tensor))
+        most_alive[0] = max(most_alive[0], len(alive))
+        read.append(name)
+        return tensor
+
+    monkeypatch.setattr(SafetensorsWeights, "get", counting_get)
+    with open_registry() as registry:
+        summary = decompose_model(registry, str(tiny_llama), chunk_matrices=2)
+    assert summary.computed == 21
+    assert sorted(read) == sorted(set(read)) and len(read) == 21
+    assert most_alive[0] == 2
