@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from t2cli.errors import DecompositionError, T2Error
 from t2cli.hashing import HashCache
+from t2cli.malloc import fix_mmap_threshold
 from t2cli.models import ModelIdentity, ModelRef, load_model, model_identity, resolve_model
 from t2cli.targets import TargetMatrix, select_targets, targets_key
 from t2cli.weights import ModuleWeights, SafetensorsWeights, WeightSource, check_present
@@ -109,7 +110,7 @@ def decompose_model(
     """
     if dtype not in COMPUTE_DTYPES:
         raise DecompositionError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(COMPUTE_DTYPES)}")
-    from t2cli.svd import SVD_METHODS
+    from t2cli.svd import SVD_METHODS, matrices_at_once
 
     if method not in SVD_METHODS:
         raise DecompositionError(f"unknown SVD method {method!r}", f"use one of {', '.join(SVD_METHODS)}")
@@ -132,16 +133,23 @@ def decompose_model(
     pending = [m for m in pending if m.name not in reused]
     computed = 0
     if pending:
+        if device == "cpu":
+            fix_mmap_threshold()  # else glibc's per-thread heaps keep each matrix's freed transients
         source = ModuleWeights(loaded) if loaded is not None else headers or _open_weights(ref)  # type: ignore[arg-type]
         check_present(source, [m.weight_name for m in pending], identity.model_type)
         done_count = len(chosen) - len(pending)
+        # CPU: as many matrices as the SVD has threads are read, decomposed and committed at a time;
+        # GPU: a whole same-shape chunk goes through one batched SVD. Memory holds one group, never the model.
+        width = matrices_at_once(device, method)
         try:
             for chunk in plan_chunks(pending, source, chunk_matrices):
-                stored = _decompose_chunk(registry, decomposition.id, chunk, source, dtype, device, method)
-                computed += len(chunk)
-                done_count += len(chunk)
-                if on_progress:
-                    on_progress(DecomposeProgress(done_count, len(chosen), stored, chunk[-1].name))
+                step = width or len(chunk)
+                for group in (chunk[first : first + step] for first in range(0, len(chunk), step)):
+                    stored = _decompose_group(registry, decomposition.id, group, source, dtype, device, method)
+                    computed += len(group)
+                    done_count += len(group)
+                    if on_progress:
+                        on_progress(DecomposeProgress(done_count, len(chosen), stored, group[-1].name))
         except KeyboardInterrupt:
             raise DecompositionInterrupted(
                 f"interrupted after {done_count} of {len(chosen)} matrices (all of them saved)",
@@ -399,29 +407,30 @@ def _numel(shape: tuple[int, ...]) -> int:
     return total
 
 
-def _decompose_chunk(
-    registry: Registry, decomposition_id: int, chunk: list[TargetMatrix], source: WeightSource,
+def _decompose_group(
+    registry: Registry, decomposition_id: int, group: list[TargetMatrix], source: WeightSource,
     dtype: str, device: str, method: str,
 ) -> int:
-    """SVD one chunk, store each matrix's factors as a blob, commit their rows; returns total bytes stored."""
+    """Read, SVD and store a few same-shape matrices, commit their rows; returns the total bytes stored.
+
+    The weights and factors are freed on return, before the next group is read.
+    """
     import torch
 
     from registry.schema import DecompositionMatrix
     from t2cli.svd import svd_batch
 
     started = time.perf_counter()
-    weights = [source.get(m.weight_name).to(device) for m in chunk]
+    weights = [source.get(m.weight_name).to(device) for m in group]
     try:
         results = svd_batch(weights, compute_dtype=getattr(torch, dtype), method=method)
     except ValueError as exc:
-        raise DecompositionError(f"cannot decompose {chunk[0].name}: {exc}", "the model weights are damaged") from exc
-    per_matrix = (time.perf_counter() - started) / len(chunk)
-    rows = []
-    for matrix, weight, result in zip(chunk, weights, results):
-        info = _store_factors(registry, matrix, result, dtype)
-        rows.append((matrix, weight, result, info))
+        raise DecompositionError(f"cannot decompose {group[0].name}: {exc}", "the model weights are damaged") from exc
+    per_matrix = (time.perf_counter() - started) / len(group)
+    stored = [(matrix, weight, result, _store_factors(registry, matrix, result, dtype))
+              for matrix, weight, result in zip(group, weights, results)]
     with registry.session() as session:
-        for matrix, weight, result, info in rows:
+        for matrix, weight, result, info in stored:
             registry.add_blob(session, info, "svd")
             session.add(
                 DecompositionMatrix(

@@ -30,6 +30,7 @@ content-addressed storage), and different methods agree up to rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ REL_ERROR_TOL = 1e-5
 # Checked with a float32 Q^T Q: on those matrices it read within 4e-7 of the
 # float64 value; float32 gesdd's own worst is 2.6e-6.
 ORTHO_TOL = 5e-6
+
+# Rows of W checked at once in relative_reconstruction_error: float64 residual and W blocks of this size.
+CHECK_BLOCK_BYTES = 16 * 2**20
 
 SVD_METHODS: tuple[str, ...] = ("auto", "gesdd", "gesdd-batched", "gram64")
 
@@ -69,11 +73,24 @@ class SVDResult:
 def relative_reconstruction_error(
     W: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
 ) -> float:
-    """||W - U diag(S) Vh||_F / ||W||_F in float64 (the absolute error when W is zero)."""
-    w = W.to(torch.float64)
-    residual = torch.addmm(w, U.to(torch.float64) * S.to(torch.float64), Vh.to(torch.float64), alpha=-1)
-    num = torch.linalg.matrix_norm(residual).item()
-    den = torch.linalg.matrix_norm(w).item()
+    """||W - U diag(S) Vh||_F / ||W||_F in float64 (the absolute error when W is zero).
+
+    Computed a block of the long side at a time: the float64 temporaries are the square
+    factor and about ``CHECK_BLOCK_BYTES`` of rows, not three float64 copies of W (for a
+    14336 x 4096 matrix of Llama-3-8B, 0.3 GiB instead of 1.4 GiB per matrix in flight).
+    """
+    if W.shape[0] < W.shape[1]:  # wide: W^T = Vh^T diag(S) U^T has the same norms
+        W, U, Vh = W.mT, Vh.mT, U.mT
+    s = S.to(torch.float64)
+    vh = Vh.to(torch.float64)  # r x n with r = n: the square factor
+    rows = max(1, CHECK_BLOCK_BYTES // (8 * W.shape[1]))
+    num, den = 0.0, 0.0
+    for start in range(0, W.shape[0], rows):
+        w = W[start : start + rows].to(torch.float64)
+        residual = torch.addmm(w, U[start : start + rows].to(torch.float64) * s, vh, alpha=-1)
+        num += torch.linalg.matrix_norm(residual).item() ** 2
+        den += torch.linalg.matrix_norm(w).item() ** 2
+    num, den = math.sqrt(num), math.sqrt(den)
     return num / den if den > 0 else num
 
 
@@ -132,6 +149,17 @@ def svd_batch(
         return [_finish(w, u[i], s[i], vh[i], method) for i, w in enumerate(weights)]
     one = _decompose_gram64 if method == "gram64" else _decompose_gesdd
     return _map(lambda w: one(w, compute_dtype), weights, workers)
+
+
+def matrices_at_once(device: torch.device | str, method: str = "auto") -> int | None:
+    """How many matrices ``svd_batch`` works on at once: None (all it gets) for gesdd-batched, else its workers.
+
+    A caller that streams weights from disk hands it groups of this size, so that only that
+    many inputs, SVD transients and results are in memory at a time.
+    """
+    device = torch.device(device)
+    resolved = _auto_method(device) if method == "auto" else method
+    return None if resolved == "gesdd-batched" else _default_workers(device)
 
 
 def _check_finite(w: torch.Tensor, index: int) -> None:
