@@ -51,7 +51,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the GPU machine's python3 has no t2 installed: run from the checkout
 sys.path.insert(1, str(REPO / "bench"))  # for memory_plan
-from memory_plan import Shapes  # noqa: E402  (shapes are described once, in the memory plan)
+import memory_plan  # noqa: E402  (shapes and memory arithmetic are described once, in the memory plan)
+from memory_plan import Shapes  # noqa: E402
 
 GIB = 2**30
 PHASES = ("decompose", "swap", "step")
@@ -375,8 +376,6 @@ def memory_plan_rows(p: Preset, layers: int, targets: str) -> dict[str, float]:
     """bench/memory_plan.py's rows (GiB) for these shapes, cut to ``layers``, and targets."""
     from dataclasses import replace
 
-    import memory_plan
-
     _, rows = memory_plan.plan(replace(p, layers=layers), targets)
     return {label.strip(): value for label, value, _ in rows}
 
@@ -386,19 +385,6 @@ def plan_row(rows: dict[str, float] | None, prefix: str) -> float | None:
     if rows is None:
         return None
     return next((v for label, v in rows.items() if label.startswith(prefix)), None)
-
-
-def chunk_extra_bytes(m: int, n: int, count: int) -> int:
-    """memory_plan.py's chunk arithmetic for a chunk of ``count`` m x n matrices, minus the stored weights.
-
-    Same terms as ``chunk_peak`` in bench/memory_plan.py (float32 factors per matrix, plus the
-    largest of gesdd's copies or the float64 check), for the chunk sizes this run used; the
-    bf16 weights themselves are not counted, they are the model's, resident before the phase.
-    """
-    r = min(m, n)
-    factors = (m * r + r + r * n) * 4
-    transient = max((2 * m * n + 4 * r * r + 7 * r) * 4, (2 * m * n + m * r + r * n) * 8)
-    return count * factors + transient
 
 
 # --------------------------------------------------------------------------- phase 1: decompose
@@ -448,7 +434,8 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
     reset_peak(device)
     chunks, t2_s, t2_flops, t2_err, methods, largest_extra = [], 0.0, 0.0, 0.0, {}, 0
     for chunk in plan_chunks(pending, source, DEFAULT_CHUNK_MATRICES):
-        # As t2cli.decompose._decompose_chunk does, without storing: the results are dropped with the chunk.
+        # As t2cli.decompose._decompose_group does on a GPU (a whole chunk at once), without storing:
+        # the results are dropped with the chunk.
         weights = [source.get(m.weight_name).to(device) for m in chunk]
         seconds, results = timed(partial(svd_batch, weights, compute_dtype=torch.float32, method=args.svd_method),
                                  device)
@@ -458,7 +445,7 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
         t2_err = max([t2_err] + [r.rel_error for r in results])
         for r in results:
             methods[r.method] = methods.get(r.method, 0) + 1
-        largest_extra = max(largest_extra, chunk_extra_bytes(*shape, len(chunk)))
+        largest_extra = max(largest_extra, memory_plan.decompose_chunk_bytes(*shape, len(chunk), stored=False))
         chunks.append({"shape": list(shape), "matrices": len(chunk), "seconds": seconds})
         log(f"decompose t2: chunk of {len(chunk)} x {shape} {seconds:.2f} s "
             f"({len(chunk) / seconds:.2f} matrices/s), max rel err {max(r.rel_error for r in results):.2e}")
@@ -659,8 +646,7 @@ def table(report: dict[str, Any]) -> str:
             (f"decompose, peak memory above the model ({_fmt_gib(mem['model_gib'])})",
              _fmt_gib(mem["peak_extra_gib"]), "",
              f"{_fmt_gib(mem['plan_extra_gib_this_run'])} for this run's chunks; whole model, weights "
-             f"streamed: {_fmt_gib(plan_row(plan, 'decompose peak, t2'))} chunked, "
-             f"{_fmt_gib(plan_row(plan, 'decompose peak, one layer'))} per layer"),
+             f"streamed: {_fmt_gib(plan_row(plan, 'decompose peak, GPU'))} per chunk"),
         ]
     f = report.get("factors", {})
     if "allocated_gib" in f:

@@ -69,6 +69,51 @@ def from_hf_config(path: Path) -> Shapes:
     )
 
 
+# t2cli.svd.CHECK_BLOCK_BYTES: the reconstruction check runs this many bytes of float64 rows at a time.
+CHECK_BLOCK = 16 * 2**20
+
+
+def factor_bytes(m: int, n: int) -> int:
+    """U (m x r), S (r), Vh (r x n) in float32."""
+    r = min(m, n)
+    return (m * r + r + r * n) * F32
+
+
+def finish_bytes(m: int, n: int) -> int:
+    """t2cli.svd._finish of one matrix: the sign-fixed copies of its factors, and the float64 check
+    (the square factor and three float64 blocks of rows: W, U diag(S), the residual)."""
+    r = min(m, n)
+    return factor_bytes(m, n) + (r * r + r) * F64 + 3 * min(CHECK_BLOCK, m * n * F64)
+
+
+def svd_transient_bytes(m: int, n: int) -> int:
+    """The short-lived memory of one matrix's gesdd in t2cli.svd, beyond its input and float32 factors:
+    the larger of gesdd (a float32 copy of W, LAPACK's own copy, sgesdd's work arrays) and ``_finish``."""
+    r = min(m, n)
+    return max((2 * m * n + 4 * r * r + 7 * r) * F32, finish_bytes(m, n))
+
+
+def decompose_matrix_bytes(m: int, n: int) -> int:
+    """Peak of one matrix on the CPU path (t2cli.decompose reads a group of one per thread)."""
+    return m * n * BASE_BYTES + factor_bytes(m, n) + svd_transient_bytes(m, n)
+
+
+def chunk_count(m: int, n: int) -> int:
+    """t2cli.decompose.plan_chunks: up to 8 same-shape matrices, closed once their float32 input >= 1 GiB."""
+    return min(8, -(-GIB // (F32 * m * n)))
+
+
+def decompose_chunk_bytes(m: int, n: int, count: int, *, stored: bool = True) -> int:
+    """Peak of a GPU chunk (``gesdd-batched``): ``count`` inputs, then the larger of the batched SVD (the
+    stacked float32 copies, torch's copy of the stack, ``count`` factor sets; cuSOLVER's workspace not
+    counted) and the checks (``count`` factor sets, one ``_finish`` at a time).
+    ``stored=False`` leaves out the inputs (when they are the model's, resident already)."""
+    inputs = count * m * n * BASE_BYTES if stored else 0
+    svd = count * (2 * m * n * F32 + factor_bytes(m, n))
+    checks = count * factor_bytes(m, n) + finish_bytes(m, n)
+    return inputs + max(svd, checks)
+
+
 def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]]]:
     """A line of facts, and (row, GiB, how it is computed) rows, for one model and target set."""
     layer = {role: mn for role, mn in shapes.matrices().items() if role in TARGET_SETS[targets]}
@@ -96,26 +141,9 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
     logprob_per_completion_token = shapes.vocab * (BASE_BYTES + 2 * F32)
     kv_per_token = L * 2 * kv * BASE_BYTES
 
-    layer_stored = sum(m * n for m, n in layer.values()) * BASE_BYTES
-    layer_factors = sum(m * min(m, n) + min(m, n) + min(m, n) * n for m, n in layer.values()) * F32
-    lapack = (2 * m_big * n_big + 4 * r_big * r_big + 7 * r_big) * F32  # float32 copy + LAPACK's copy + sgesdd work
-    check = (2 * m_big * n_big + m_big * r_big + r_big * n_big) * F64  # float64 W, residual, U*S, Vh
-    decompose = layer_stored + layer_factors + max(lapack, check)
-
-    def matrix_peak(m: int, n: int) -> tuple[int, int]:
-        """(stored + float32 factors, largest transient) of one m x n matrix."""
-        r = min(m, n)
-        return m * n * BASE_BYTES + (m * r + r + r * n) * F32, max(
-            (2 * m * n + 4 * r * r + 7 * r) * F32, (2 * m * n + m * r + r * n) * F64
-        )
-
-    def chunk_peak(m: int, n: int) -> int:
-        """t2cli.decompose.plan_chunks: up to 8 same-shape matrices, closed once their float32 input >= 1 GiB."""
-        count = min(8, -(-GIB // (F32 * m * n)))
-        held, transient = matrix_peak(m, n)
-        return count * held + transient
-
-    chunked = max(chunk_peak(m, n) for m, n in layer.values())
+    workers = 2  # CPU: t2 decomposes one matrix per torch thread at once; a row below is per thread
+    per_thread = max(decompose_matrix_bytes(m, n) for m, n in layer.values())
+    chunked = max(decompose_chunk_bytes(m, n, chunk_count(m, n)) for m, n in layer.values())
 
     facts = (f"{shapes.name}: {shapes.total_params() / 1e9:.2f}B parameters, {target_params / 1e9:.2f}B adapted "
              f"in {L * len(layer)} matrices, {factor_floats / 1e9:.2f}B factor floats "
@@ -136,10 +164,11 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
         ("+ log-softmax per 1k completion tokens", logprob_per_completion_token * 1000 / GIB,
          "bf16 window + float32 copy + float32 log-softmax"),
         ("+ KV cache per 1k rollout tokens", kv_per_token * 1000 / GIB, "bf16 K and V, every layer"),
-        ("decompose peak, one layer at a time", decompose / GIB,
-         "layer as stored + its float32 factors + max(SVD, float64 check) of its largest matrix"),
-        ("decompose peak, t2's same-shape chunks", chunked / GIB,
-         "<= 8 matrices, <= 1 GiB float32 input per chunk, one worker"),
+        ("decompose peak, CPU, per thread", per_thread / GIB,
+         "one matrix as stored + float32 factors + max(gesdd's copies, signed factors + blocked float64 check)"),
+        (f"decompose peak, CPU, {workers} threads", workers * per_thread / GIB, "t2 reads as many matrices as it has threads"),
+        ("decompose peak, GPU, t2's same-shape chunks", chunked / GIB,
+         "<= 8 matrices, <= 1 GiB float32 input: batched SVD of the stacked float32 copies, then one check at a time"),
     ]
 
 
