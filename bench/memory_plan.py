@@ -94,7 +94,7 @@ def svd_transient_bytes(m: int, n: int) -> int:
 
 
 def decompose_matrix_bytes(m: int, n: int) -> int:
-    """Peak of one matrix on the CPU path (t2cli.decompose reads a group of one per thread)."""
+    """Peak of one matrix on the CPU path (t2cli.decompose reads one per thread; several only under 64 MiB)."""
     return m * n * BASE_BYTES + factor_bytes(m, n) + svd_transient_bytes(m, n)
 
 

@@ -5,7 +5,8 @@ the OS on free. After each such free it raises the threshold (up to 32 MiB on 64
 next tensors of a few MiB come from its heaps instead, one per thread, which keep what is
 freed. `t2 decompose` of an 8-layer Llama (hidden 2048) on 2 CPU threads peaked at 1,113 MiB
 above its imports that way, 624 MiB with the threshold fixed at 1 MiB, in the same time
-(bench/decompose_memory.py). Fixing the threshold is what ``MALLOC_MMAP_THRESHOLD_=1048576`` does; this sets
+(bench/decompose_memory.py). t2 fixes it at 8 MiB: above SmolLM2's matrices, whose SVD took
+37% longer when every one of their buffers was mapped and unmapped. Fixing the threshold is what ``MALLOC_MMAP_THRESHOLD_=1048576`` does; this sets
 it from inside the process.
 """
 
@@ -18,7 +19,7 @@ import sys
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 ENV_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
-DEFAULT_THRESHOLD = 2**20
+DEFAULT_THRESHOLD = 8 * 2**20
 
 
 def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:

@@ -107,7 +107,10 @@ def test_a_safetensors_folder_is_streamed_a_few_matrices_at_a_time(
     chunk_matrices: int, tiny_llama: Path, monkeypatch
 ) -> None:
     """The model is never loaded; each weight is read once; at most as many are in memory as the SVD
-    works on at once (its CPU workers, one per torch thread), whatever the chunk size."""
+    works on at once (its CPU workers, one per torch thread), whatever the chunk size.
+
+    GROUP_BYTES is set to 1 so that the tiny matrices are grouped as large ones are (one per worker).
+    """
     import gc
     import weakref
 
@@ -118,6 +121,7 @@ def test_a_safetensors_folder_is_streamed_a_few_matrices_at_a_time(
         raise AssertionError("decompose loaded the whole model instead of streaming its safetensors")
 
     monkeypatch.setattr(decompose, "load_model", no_loading)
+    monkeypatch.setattr(decompose, "GROUP_BYTES", 1)
     read, alive, most_alive = [], [], [0]
     real_get = SafetensorsWeights.get
 
@@ -136,3 +140,14 @@ def test_a_safetensors_folder_is_streamed_a_few_matrices_at_a_time(
     assert summary.computed == 21
     assert sorted(read) == sorted(set(read)) and len(read) == 21
     assert 1 <= most_alive[0] <= min(chunk_matrices, torch.get_num_threads())
+
+
+def test_groups_are_one_matrix_per_worker_for_large_matrices_and_whole_chunks_for_small_ones() -> None:
+    from t2cli.decompose import GROUP_BYTES, _group_size
+
+    large = (14336, 4096)  # Llama-3-8B's MLP: 224 MiB of float32 each
+    small = (1536, 576)  # SmolLM2's MLP: 3.4 MiB
+    assert _group_size(5, large, 2) == 2 and _group_size(5, large, 1) == 1
+    assert _group_size(8, small, 2) == 8
+    assert _group_size(8, (GROUP_BYTES // 4 // 4096 // 3, 4096), 2) == 3  # three fit GROUP_BYTES
+    assert _group_size(5, large, None) == 5  # a batched GPU SVD takes the whole chunk

@@ -9,7 +9,7 @@ import pytest
 
 from t2cli.malloc import ENV_VARIABLE, fix_mmap_threshold
 
-# Three rounds of two 1024 x 1024 SVDs on two threads, in a fresh process; prints
+# Three rounds of two 2048 x 2048 SVDs (16 MiB each, above the threshold) on two threads, in a fresh process; prints
 # "<fixed> <MiB of RSS gained> <MiB of the last round's factors, still referenced>".
 ROUNDS = """
 import sys
@@ -24,7 +24,7 @@ def rss():
     status = Path("/proc/self/status").read_text().splitlines()
     return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024
 
-weights = [torch.randn(1024, 1024, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+weights = [torch.randn(2048, 2048, generator=torch.Generator().manual_seed(i)) for i in range(2)]
 before = rss()
 for _ in range(3):
     results = svd_batch(weights, workers=2)
