@@ -45,7 +45,9 @@ def test_with_the_threshold_fixed_freed_transients_leave_the_process(monkeypatch
     fixed, gained_fixed, kept = _rounds("fix")
     _, gained_dynamic, _ = _rounds("dynamic")
     assert fixed
-    assert gained_fixed < kept + 64  # the factors still referenced, and little else
+    # The factors still referenced, plus small-buffer heaps and MKL's per-thread buffers: 20-40 MiB on a
+    # quiet machine, 80-110 MiB while another job shares the cores; glibc's dynamic threshold: 450-600.
+    assert gained_fixed < kept + 192
     assert gained_dynamic > 2 * gained_fixed  # glibc's raised threshold keeps freed transients: why t2 fixes it
 
 
