@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from t2cli.svd import SVD_METHODS, orthogonality_error, relative_reconstruction_error, svd_batch  # noqa: E402
+from t2cli.decompose.svd import SVD_METHODS, orthogonality_error, relative_reconstruction_error, svd_batch  # noqa: E402
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -14,7 +14,7 @@ bfloat16 safetensors in a temporary folder. Each variant runs in a fresh subproc
   then ``torch.linalg.svd(W.float(), full_matrices=False)`` of each target matrix, its
   factors dropped at once. The authors' code does this and also keeps every factor, so this
   baseline is a lower bound of its memory;
-* **t2 decompose**: ``t2cli.decompose.decompose_model(registry, folder)``, what
+* **t2 decompose**: ``t2cli.decompose.engine.decompose_model(registry, folder)``, what
   ``t2 decompose FOLDER`` runs (factors written to a blob store in a temporary home).
 
 Printed per model and variant: seconds, and the peak resident memory above the process after
@@ -64,7 +64,7 @@ def _baseline(folder: Path, targets: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from t2cli.targets import select_targets
+    from t2cli.models.targets import select_targets
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     chosen = select_targets(model.config.model_type, model.config.num_hidden_layers, targets)
@@ -76,7 +76,7 @@ def _baseline(folder: Path, targets: str) -> int:
 
 
 def _t2(folder: Path, targets: str) -> int:
-    from t2cli.decompose import decompose_model
+    from t2cli.decompose.engine import decompose_model
     from t2cli.home import open_registry
 
     with open_registry() as registry:
@@ -88,8 +88,8 @@ def run_worker(name: str, folder: Path, targets: str) -> dict:
     import torch  # noqa: F401  (imported before the reset, like everything else either variant needs)
     import transformers  # noqa: F401
 
-    import t2cli.decompose  # noqa: F401
-    import t2cli.targets  # noqa: F401
+    import t2cli.decompose.engine  # noqa: F401
+    import t2cli.models.targets  # noqa: F401
 
     rss_before = _proc_status_kib("VmRSS")
     if not _reset_peak_rss() or rss_before is None:

@@ -29,10 +29,10 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
 
-    from t2cli.ask import Asker, AskSettings
-    from t2cli.evaluate import wilson_interval
+    from t2cli.ask.engine import Asker, AskSettings
+    from t2cli.eval.accuracy import wilson_interval
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
     from t2cli.tasks.dispatch_task import OTHER, dispatch_task
 

@@ -61,11 +61,11 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from t2cli.experts import load_expert
-    from t2cli.export import export_lora, export_merged
-    from t2cli.generation import prepare_tokenizer, render_prompt
+    from t2cli.svf.expert import load_expert
+    from t2cli.experts.export import export_lora, export_merged
+    from t2cli.runtime.generation import prepare_tokenizer, render_prompt
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
 
     with open_registry() as registry:

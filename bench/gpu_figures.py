@@ -8,13 +8,13 @@ The GPU machine has no Hub access and no tokenizer, so the model is built from a
 ``LlamaConfig`` with Llama-3-8B's shapes and random weights, directly on the device in
 bf16. Every timing calls t2's own code:
 
-* decompose: ``t2cli.decompose.plan_chunks`` + ``t2cli.svd.svd_batch`` over the model's
+* decompose: ``t2cli.decompose.engine.plan_chunks`` + ``t2cli.decompose.svd.svd_batch`` over the model's
   target matrices, as ``t2 decompose`` runs them (results dropped after each chunk, as
   ``t2 decompose`` hands them to the blob store; storing is not timed), against the
   authors' plain ``torch.linalg.svd`` loop on a subset of layers;
-* swap: ``t2cli.svf.SVFModel.apply`` / ``restore`` with the factors resident on the device;
-* RL step: the numbered sections of ``t2cli.train._train``: ``differentiable_weights`` +
-  ``apply_weights``, ``t2cli.generation.generate`` (keyed sampling, 16 prompts x 4
+* swap: ``t2cli.svf.model.SVFModel.apply`` / ``restore`` with the factors resident on the device;
+* RL step: the numbered sections of ``t2cli.train.loop._train``: ``differentiable_weights`` +
+  ``apply_weights``, ``t2cli.runtime.generation.generate`` (keyed sampling, 16 prompts x 4
   samples), ``svf_policy_gradient`` (micro-batched loss forward/backward, then backward
   into z), clip and AdamW step.
 
@@ -106,7 +106,7 @@ def llama_config(p: Preset, layers: int):
 
 
 def role_shapes(p: Preset) -> dict[str, tuple[int, int]]:
-    """(out, in) of each t2 role (t2cli.targets role names) in one decoder layer."""
+    """(out, in) of each t2 role (t2cli.models.targets role names) in one decoder layer."""
     d = p.hidden // p.heads
     h, i = p.hidden, p.intermediate
     return {"attn.q": (p.heads * d, h), "attn.k": (p.kv_heads * d, h), "attn.v": (p.kv_heads * d, h),
@@ -306,8 +306,8 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 
 def chosen_targets(layers: int, targets: str) -> list:
-    """t2's own target resolution (t2cli.targets) for a Llama of ``layers`` layers."""
-    from t2cli.targets import select_targets
+    """t2's own target resolution (t2cli.models.targets) for a Llama of ``layers`` layers."""
+    from t2cli.models.targets import select_targets
 
     return select_targets("llama", layers, targets)
 
@@ -318,7 +318,7 @@ def stand_in_factors(model: torch.nn.Module, names: list[str], device: torch.dev
     S runs between the Marchenko-Pastur edges of a random m x n matrix with the model's init
     std (0.02), and U, Vh have unit-norm-ish columns/rows, so z near 1 moves W by ~1%.
     """
-    from t2cli.svf import Factors
+    from t2cli.svf.model import Factors
 
     modules = dict(model.named_modules())
     factors = {}
@@ -341,7 +341,7 @@ class IdTokenizer:
     """Stands in for a tokenizer, which the offline GPU machine does not have.
 
     A "text" is token ids written as decimal numbers separated by spaces, so
-    ``t2cli.generation.generate`` runs its own code path (left padding, KeyedSampler,
+    ``t2cli.runtime.generation.generate`` runs its own code path (left padding, KeyedSampler,
     end-token cut) on random prompt ids.
     """
 
@@ -392,9 +392,9 @@ def plan_row(rows: dict[str, float] | None, prefix: str) -> float | None:
 
 def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The plain torch.linalg.svd loop on a few layers, then t2's engine on as many layers as the budget allows."""
-    from t2cli.decompose import DEFAULT_CHUNK_MATRICES, plan_chunks
-    from t2cli.svd import relative_reconstruction_error, svd_batch
-    from t2cli.weights import ModuleWeights
+    from t2cli.decompose.engine import DEFAULT_CHUNK_MATRICES, plan_chunks
+    from t2cli.decompose.svd import relative_reconstruction_error, svd_batch
+    from t2cli.models.weights import ModuleWeights
 
     source = ModuleWeights(model)
     everything = chosen_targets(args.layers, args.targets)
@@ -434,7 +434,7 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
     reset_peak(device)
     chunks, t2_s, t2_flops, t2_err, methods, largest_extra = [], 0.0, 0.0, 0.0, {}, 0
     for chunk in plan_chunks(pending, source, DEFAULT_CHUNK_MATRICES):
-        # As t2cli.decompose._decompose_group does on a GPU (a whole chunk at once), without storing:
+        # As t2cli.decompose.engine._decompose_group does on a GPU (a whole chunk at once), without storing:
         # the results are dropped with the chunk.
         weights = [source.get(m.weight_name).to(device) for m in chunk]
         seconds, results = timed(partial(svd_batch, weights, compute_dtype=torch.float32, method=args.svd_method),
@@ -528,9 +528,9 @@ def swap_phase(svf, model, args: argparse.Namespace, device: torch.device) -> di
 
 def rl_step_phase(svf, model, p: Preset, args: argparse.Namespace, device: torch.device,
                   plan: dict[str, float] | None) -> dict[str, Any]:
-    """``--steps`` training steps as t2cli.train._train runs them (sections 2-6), each phase timed."""
-    from t2cli.generation import Generations, generate, sample_key
-    from t2cli.train import TrainConfig, group_advantages, svf_policy_gradient
+    """``--steps`` training steps as t2cli.train.loop._train runs them (sections 2-6), each phase timed."""
+    from t2cli.runtime.generation import Generations, generate, sample_key
+    from t2cli.train.loop import TrainConfig, group_advantages, svf_policy_gradient
 
     config = TrainConfig(task="bench", name="bench", prompts_per_step=args.prompts, samples_per_prompt=args.samples,
                          temperature=1.0, max_new_tokens=args.new_tokens, micro_batch=args.micro_batch,
@@ -744,7 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="layers of the plain torch.linalg.svd loop (default: preset)")
     parser.add_argument("--decompose-budget-s", type=float, default=150.0,
                         help="seconds for the decompose phase: the baseline gets a third, t2's layers are cut to fit")
-    parser.add_argument("--svd-method", default="auto", help="t2cli.svd method for the t2 rows")
+    parser.add_argument("--svd-method", default="auto", help="t2cli.decompose.svd method for the t2 rows")
     parser.add_argument("--swap-repeat", type=int, default=3, help="repeats of the first apply and of the decode")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--samples", type=int, default=4, help="samples per prompt (batch = prompts x samples)")
@@ -793,7 +793,7 @@ def build(report: dict[str, Any], preset: Preset, args: argparse.Namespace, devi
 
 def make_svf(report: dict[str, Any], model, args: argparse.Namespace, device: torch.device):
     """SVFModel over stand-in factors resident on the device, or None (recorded) if that fails."""
-    from t2cli.svf import SVFModel
+    from t2cli.svf.model import SVFModel
 
     try:
         names = [m.name for m in chosen_targets(args.layers, args.targets)]

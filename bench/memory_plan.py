@@ -69,7 +69,7 @@ def from_hf_config(path: Path) -> Shapes:
     )
 
 
-# t2cli.svd.CHECK_BLOCK_BYTES: the reconstruction check runs this many bytes of float64 rows at a time.
+# t2cli.decompose.svd.CHECK_BLOCK_BYTES: the reconstruction check runs this many bytes of float64 rows at a time.
 CHECK_BLOCK = 16 * 2**20
 
 
@@ -80,26 +80,26 @@ def factor_bytes(m: int, n: int) -> int:
 
 
 def finish_bytes(m: int, n: int) -> int:
-    """t2cli.svd._finish of one matrix: the sign-fixed copies of its factors, and the float64 check
+    """t2cli.decompose.svd._finish of one matrix: the sign-fixed copies of its factors, and the float64 check
     (the square factor and three float64 blocks of rows: W, U diag(S), the residual)."""
     r = min(m, n)
     return factor_bytes(m, n) + (r * r + r) * F64 + 3 * min(CHECK_BLOCK, m * n * F64)
 
 
 def svd_transient_bytes(m: int, n: int) -> int:
-    """The short-lived memory of one matrix's gesdd in t2cli.svd, beyond its input and float32 factors:
+    """The short-lived memory of one matrix's gesdd in t2cli.decompose.svd, beyond its input and float32 factors:
     the larger of gesdd (a float32 copy of W, LAPACK's own copy, sgesdd's work arrays) and ``_finish``."""
     r = min(m, n)
     return max((2 * m * n + 4 * r * r + 7 * r) * F32, finish_bytes(m, n))
 
 
 def decompose_matrix_bytes(m: int, n: int) -> int:
-    """Peak of one matrix on the CPU path (t2cli.decompose reads one per thread; several only under 64 MiB)."""
+    """Peak of one matrix on the CPU path (t2cli.decompose.engine reads one per thread; several only under 64 MiB)."""
     return m * n * BASE_BYTES + factor_bytes(m, n) + svd_transient_bytes(m, n)
 
 
 def chunk_count(m: int, n: int) -> int:
-    """t2cli.decompose.plan_chunks: up to 8 same-shape matrices, closed once their float32 input >= 1 GiB."""
+    """t2cli.decompose.engine.plan_chunks: up to 8 same-shape matrices, closed once their float32 input >= 1 GiB."""
     return min(8, -(-GIB // (F32 * m * n)))
 
 
@@ -135,7 +135,7 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
     resident = base + factors + z_state + composed + grad_w + max(backward_transient, compose_transient)
     # Saved activations of one decoder layer per token (bf16): 2 norm inputs + 2 norm outputs, q/k/v,
     # attention output, gate, up, silu(gate), silu(gate)*up; plus logits: bf16 [L, V] for every token,
-    # and for completion tokens a float32 copy and its float32 log-softmax (t2cli.generation.completion_logprobs).
+    # and for completion tokens a float32 copy and its float32 log-softmax (t2cli.runtime.generation.completion_logprobs).
     act_per_token = L * (7 * h + 2 * kv + 4 * i) * BASE_BYTES
     logits_per_token = shapes.vocab * BASE_BYTES
     logprob_per_completion_token = shapes.vocab * (BASE_BYTES + 2 * F32)
@@ -173,7 +173,7 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
 
 
 def sharded_plan(shapes: Shapes, targets: str, shards: int) -> list[tuple[str, float, str]]:
-    """(row, GiB per rank, how) under ``t2 train --shard fsdp`` over ``shards`` ranks (t2cli/sharded.py)."""
+    """(row, GiB per rank, how) under ``t2 train --shard fsdp`` over ``shards`` ranks (t2cli/svf/sharded.py)."""
     layer = {role: mn for role, mn in shapes.matrices().items() if role in TARGET_SETS[targets]}
     L, N = shapes.layers, shards
     target_params = L * sum(m * n for m, n in layer.values())

@@ -3,7 +3,7 @@
     python bench/sampling.py                          # SmolLM2-135M shapes, random weights, batch 64
     python bench/sampling.py --layers 2 --vocab 128   # a tiny model
 
-``t2 train`` samples rollouts with ``t2cli.generation.KeyedSampler`` so that what a
+``t2 train`` samples rollouts with ``t2cli.runtime.generation.KeyedSampler`` so that what a
 prompt's group samples does not depend on how prompts are split over processes
 (docs/scaling.md). It keeps the batch (no per-prompt generate calls) but draws a
 vocabulary-sized uniform vector per sequence per position from that sequence's own
@@ -36,7 +36,7 @@ def main() -> None:
 
     from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
-    from t2cli.generation import KeyedSampler, sample_key
+    from t2cli.runtime.generation import KeyedSampler, sample_key
 
     torch.manual_seed(0)
     config = LlamaConfig(

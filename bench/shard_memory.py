@@ -57,11 +57,11 @@ def _worker(rank: int, world: int, port: int, home: str, layout: str, model: str
     torch.set_num_threads(1)
     import transformers  # noqa: F401  (counted in the starting footprint, like torch)
 
-    from t2cli.distributed import init_distributed, open_registry_ranked
-    from t2cli.runtime import load_adaptable
-    from t2cli.sharded import load_sharded_adaptable
+    from t2cli.runtime.distributed import init_distributed, open_registry_ranked
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.sharded import load_sharded_adaptable
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig, train
+    from t2cli.train.loop import TrainConfig, train
 
     start_rss = _rss_mib()
     shard = "none" if layout == "none" else "fsdp"
@@ -94,7 +94,7 @@ def _prepare(home: str, model: str | None) -> None:
     """Decompose (and dequantise) once, outside the measured runs."""
     os.environ["T2_HOME"] = home
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
 
     with open_registry() as registry:
         load_adaptable(registry, model, targets="all", device="cpu")

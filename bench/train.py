@@ -4,12 +4,12 @@
     python bench/train.py --steps 10 --svf-lrs 3e-3 --lora-lrs 1e-3 --test-n 200
 
 Both methods run t2's recipe step for step: the same training prompts (same seed), the
-same rollout settings (16 prompts x 4 samples at temperature 1, ``t2cli.generation.generate``),
-the same group-mean advantage, the same loss (``t2cli.train.policy_gradient``), AdamW with
+same rollout settings (16 prompts x 4 samples at temperature 1, ``t2cli.runtime.generation.generate``),
+the same group-mean advantage, the same loss (``t2cli.train.loop.policy_gradient``), AdamW with
 the same cosine schedule and clipping. Only the trainable part differs:
 
 * **SVF**: one z per attention + MLP matrix (all 210), exactly as ``t2 train`` does it
-  (W'(z) composed once per step, ``t2cli.train.svf_policy_gradient``);
+  (W'(z) composed once per step, ``t2cli.train.loop.svf_policy_gradient``);
 * **LoRA**: ``peft`` LoRA, r=16, alpha=32, no dropout, on the attention q_proj and v_proj.
 
 Each learning rate of each method's sweep trains from scratch; the best one on the
@@ -69,7 +69,7 @@ class SVFPolicy:
         self.adaptable.svf.restore()
 
     def backward(self, gens, advantages, config) -> None:
-        from t2cli.train import svf_policy_gradient
+        from t2cli.train.loop import svf_policy_gradient
 
         svf_policy_gradient(self.adaptable, self.composed, gens, advantages, config)
         self.composed = None
@@ -105,7 +105,7 @@ class LoRAPolicy:
         pass
 
     def backward(self, gens, advantages, config) -> None:
-        from t2cli.train import policy_gradient
+        from t2cli.train.loop import policy_gradient
 
         policy_gradient(self.model, self.model, self.adaptable.tokenizer.pad_token_id, gens, advantages, config)
 
@@ -118,7 +118,7 @@ class LoRAPolicy:
 
 def accuracy(policy, adaptable, task, items, batch_size: int) -> list[bool]:
     """Greedy accuracy of a policy on task items."""
-    from t2cli.generation import generate
+    from t2cli.runtime.generation import generate
 
     prompts = task.prompts(adaptable.tokenizer, items)
     model = policy.eval_model()
@@ -131,8 +131,8 @@ def accuracy(policy, adaptable, task, items, batch_size: int) -> list[bool]:
 
 def train_policy(policy, adaptable, task, config, valid_items) -> RunResult:
     """``config.steps`` RL steps of t2's recipe on ``policy``; returns timings and validation accuracy."""
-    from t2cli.generation import generate
-    from t2cli.train import cosine_factor, group_advantages
+    from t2cli.runtime.generation import generate
+    from t2cli.train.loop import cosine_factor, group_advantages
 
     params = policy.parameters()
     result = RunResult(policy.name, config.lr, sum(p.numel() for p in params))
@@ -182,11 +182,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from t2cli.evaluate import wilson_interval
+    from t2cli.eval.accuracy import wilson_interval
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig
+    from t2cli.train.loop import TrainConfig
 
     task = get_task(args.task)
     valid_items = task.split("valid")[: args.valid_n]

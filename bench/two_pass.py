@@ -37,10 +37,10 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=4)
     args = parser.parse_args()
 
-    from t2cli.ask import Asker, AskSettings
-    from t2cli.generation import render_prompt
+    from t2cli.ask.engine import Asker, AskSettings
+    from t2cli.runtime.generation import render_prompt
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
 
     prompts = [item.prompt for name in args.tasks.split(",") for item in get_task(name).split("test")[: args.per_task]]

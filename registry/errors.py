@@ -11,8 +11,15 @@ import errno
 from pathlib import Path
 
 
-class RegistryError(Exception):
-    """Base class of every error the registry raises on purpose."""
+class T2Error(Exception):
+    """Base class of every error a user can cause or fix, in the registry and in the engine.
+
+    It lives here, in the lowest layer, so that both share one base; ``t2cli.errors``
+    re-exports it. The CLI prints ``error: <message>`` / ``hint: <hint>`` and exits with
+    ``exit_code``.
+    """
+
+    exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -21,6 +28,10 @@ class RegistryError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}: {self.hint}"
+
+
+class RegistryError(T2Error):
+    """Base class of every error the registry raises on purpose."""
 
 
 class StoreUnavailable(RegistryError):

@@ -7,19 +7,12 @@ and exits 1; a traceback is printed only with ``T2_DEBUG=1``.
 
 from __future__ import annotations
 
+from registry.errors import T2Error
 
-class T2Error(Exception):
-    """Base class of every error a user can cause or fix."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message}: {self.hint}"
+__all__ = [
+    "DecompositionError", "ExpertNotFound", "ModelLoadError", "ModelNotFound", "StorageError", "T2Error",
+    "TargetError", "UsageError", "first_line",
+]
 
 
 class UsageError(T2Error):
@@ -50,3 +43,9 @@ class ExpertNotFound(T2Error):
 
 class StorageError(T2Error):
     """The home directory, the database or the blob store cannot be written or read."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), cut to 300 characters."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from t2cli.experts import ExpertConfig, register_expert
+from t2cli.svf.expert import ExpertConfig, register_expert
 
 
 def write_task(path: Path, prefix: str, n: int = 12) -> Path:
@@ -47,7 +47,7 @@ def math_and_code_experts(model: Path, folder: Path) -> Iterator[tuple]:
     Yields (registry, adaptable, z by expert name, task file by category).
     """
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
 
     tasks = {"math": str(write_task(folder / "sums.jsonl", "What is 1 plus")),
              "code": str(write_task(folder / "funcs.jsonl", "Write a function number"))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from t2cli.experts import ExpertConfig, register_expert
+from t2cli.svf.expert import ExpertConfig, register_expert
 
 
 def make_expert(registry, adaptable, name: str = "sums-v1", *, seed: int = 0, scale: float = 0.3,

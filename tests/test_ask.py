@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2cli import ask as ask_module
-from t2cli import dispatch
-from t2cli.ask import Asker, AskError, AskSettings, read_prompts
-from t2cli.cli import app
-from t2cli.svf import compose_weight
+from t2cli.ask import engine as ask_module
+from t2cli.ask import strategies as dispatch
+from t2cli.ask.engine import Asker, AskError, AskSettings, read_prompts
+from t2cli.cli.app import app
+from t2cli.svf.model import compose_weight
 from tests.ask_support import (
     add_expert,
     math_and_code_experts,
@@ -253,10 +253,10 @@ def test_ask_batch_from_a_file_and_from_stdin(env, tiny_llama: Path, tmp_path: P
 
 
 def test_ask_restores_base_weights_after_ctrl_c_mid_answer(env, tiny_llama: Path, monkeypatch) -> None:
-    import t2cli.runtime
+    import t2cli.svf.adaptable
 
     loaded = []
-    real_load = t2cli.runtime.load_adaptable
+    real_load = t2cli.svf.adaptable.load_adaptable
 
     def capture(*args, **kwargs):
         adaptable = real_load(*args, **kwargs)
@@ -272,7 +272,7 @@ def test_ask_restores_base_weights_after_ctrl_c_mid_answer(env, tiny_llama: Path
             raise KeyboardInterrupt
         return real_put(self, value)
 
-    monkeypatch.setattr(t2cli.runtime, "load_adaptable", capture)
+    monkeypatch.setattr(t2cli.svf.adaptable, "load_adaptable", capture)
     monkeypatch.setattr(ask_module._CallbackStreamer, "put", interrupt_on_third_put)
     result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--strategy", "expert:m", *SHORT)
     assert result.exit_code == 130

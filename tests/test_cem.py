@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2cli.cem import (
+from t2cli.adapt.cem import (
     PAPER_CEM,
     AdaptConfig,
     CEMConfig,
@@ -19,12 +19,12 @@ from t2cli.cem import (
     latest_cem_mixture,
     select_shots,
 )
-from t2cli.cli import app
+from t2cli.cli.app import app
 from t2cli.errors import T2Error, UsageError
-from t2cli.experts import ExpertConfig, load_expert, register_expert
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 from t2cli.home import open_registry
-from t2cli.mixing import mix
-from t2cli.runtime import load_adaptable
+from t2cli.experts.mixing import mix
+from t2cli.svf.adaptable import load_adaptable
 
 runner = CliRunner()
 
@@ -214,7 +214,7 @@ def test_a_crash_mid_search_registers_nothing_and_restores_weights(tiny_llama: P
 
 def test_fitness_failure_inside_generation_restores_weights(tiny_llama: Path, two_experts, digits_file: Path,
                                                             monkeypatch) -> None:
-    from t2cli import generation
+    from t2cli.runtime import generation
     from t2cli.tasks import get_task
 
     task = get_task(str(digits_file))
@@ -256,7 +256,7 @@ def test_adapt_cli_end_to_end(tiny_llama: Path, two_experts, digits_file: Path) 
     assert "digits-cem" in result.stdout and "best so far" in result.stdout
     with open_registry() as registry:
         mixed = load_expert(registry, "digits-cem")
-        from t2cli.catalog import get_expert
+        from t2cli.experts.catalog import get_expert
 
         info = get_expert(registry, "digits-cem")
     assert sorted(p[0] for p in info.parents) == two_experts and all(p[2] == "mixed" for p in info.parents)

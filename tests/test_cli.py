@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from t2cli import __version__
-from t2cli.cli import app
+from t2cli.cli.app import app
 
 runner = CliRunner()
 
@@ -137,8 +137,8 @@ BAD_INPUTS = [
     ("no matching targets", lambda d, t: ["decompose", str(d["llama"]), "--targets", "lm_head"], "matches no matrix"),
     ("invalid regex", lambda d, t: ["decompose", str(d["llama"]), "--targets", "layers.("], "not a valid regular expression"),
     ("bad dtype", lambda d, t: ["decompose", str(d["llama"]), "--dtype", "float16"], "--dtype 'float16' is not supported"),
-    ("bad device", lambda d, t: ["decompose", str(d["llama"]), "--device", "tpu"], "unknown device 'tpu'"),
-    ("cuda absent", lambda d, t: ["decompose", str(d["llama"]), "--device", "cuda"], "no CUDA device"),
+    ("bad device", lambda d, t: ["decompose", str(d["llama"]), "--device", "tpu"], "unknown device 'tpu'", 2),
+    ("cuda absent", lambda d, t: ["decompose", str(d["llama"]), "--device", "cuda"], "no CUDA device", 2),
     ("unsupported architecture", lambda d, t: ["decompose", str(_unsupported_arch(t))], "'gpt2' is not supported"),
     ("offline hub id", lambda d, t: ["decompose", "acme/not-cached"], "cannot be reached (offline)"),
 ]
@@ -150,10 +150,10 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_gives_one_clear_line_and_exit_1(case, tiny_model_dirs, tmp_path: Path, hf_cache: Path) -> None:
-    _, make_args, expected = case
+def test_bad_input_gives_one_clear_line_and_its_exit_code(case, tiny_model_dirs, tmp_path: Path, hf_cache: Path) -> None:
+    _, make_args, expected, *code = case
     result = t2(*make_args(tiny_model_dirs, tmp_path))
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == (code[0] if code else 1), result.output  # 2: a value the user can fix
     assert expected in _single_error_line(result)
 
 
@@ -169,7 +169,7 @@ def test_unwritable_home_is_a_clear_error(tiny_llama: Path, tmp_path: Path, monk
 
 
 def test_ctrl_c_mid_decompose_then_resume(tiny_llama: Path, monkeypatch) -> None:
-    import t2cli.svd as svd
+    import t2cli.decompose.svd as svd
 
     real = svd.svd_batch
     calls = {"n": 0}

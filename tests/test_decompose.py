@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from t2cli.decompose import DecompositionInterrupted, decompose_model, load_factors
+from t2cli.decompose.engine import DecompositionInterrupted, decompose_model, load_factors
 from t2cli.home import open_registry
 
 
@@ -114,8 +114,8 @@ def test_a_safetensors_folder_is_streamed_a_few_matrices_at_a_time(
     import gc
     import weakref
 
-    import t2cli.decompose as decompose
-    from t2cli.weights import SafetensorsWeights
+    import t2cli.decompose.engine as decompose
+    from t2cli.models.weights import SafetensorsWeights
 
     def no_loading(*args, **kwargs):
         raise AssertionError("decompose loaded the whole model instead of streaming its safetensors")
@@ -143,7 +143,7 @@ def test_a_safetensors_folder_is_streamed_a_few_matrices_at_a_time(
 
 
 def test_groups_are_one_matrix_per_worker_for_large_matrices_and_whole_chunks_for_small_ones() -> None:
-    from t2cli.decompose import GROUP_BYTES, _group_size
+    from t2cli.decompose.engine import GROUP_BYTES, _group_size
 
     large = (14336, 4096)  # Llama-3-8B's MLP: 224 MiB of float32 each
     small = (1536, 576)  # SmolLM2's MLP: 3.4 MiB

@@ -7,20 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli import dispatch
-from t2cli.dispatch import (
+from t2cli.ask import strategies as dispatch
+from t2cli.ask.strategies import (
     BASE,
     DispatchContext,
     DispatchError,
     build_dispatcher,
-    category_experts,
     parse_strategy,
 )
 from t2cli.errors import ExpertNotFound
 from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
+from t2cli.svf.adaptable import load_adaptable
 from t2cli.tasks import TaskError, get_task, needs_registry
 from t2cli.tasks.dispatch_task import (
+    category_experts,
     CATEGORY_GUIDES,
     OTHER,
     PER_CATEGORY,
@@ -65,7 +65,7 @@ def test_pass_one_stops_generating_at_the_first_box_that_names_a_category(monkey
     """What follows that box cannot change ``parse_category``'s answer, so pass 1 does not generate it."""
     from types import SimpleNamespace
 
-    from t2cli import generation
+    from t2cli.runtime import generation
 
     seen = {}
 
@@ -172,7 +172,7 @@ def test_category_experts_one_per_category_latest_wins(env, tiny_model_dirs) -> 
 def test_prompt_strategy_routes_the_category_the_base_model_names(env, answer, choice, category) -> None:
     registry, adaptable, _ = env
     stub = StubModel(answer)
-    from t2cli.experts import load_expert
+    from t2cli.svf.expert import load_expert
 
     adaptable.svf.apply(load_expert(registry, "c").z, key="c")  # whatever was applied before, pass 1 uses base
     decision = build_dispatcher(_context(registry, adaptable, complete=stub), "prompt")("What is 2 + 3?")
@@ -194,7 +194,7 @@ def test_prompt_strategy_falls_back_to_base_on_an_unreadable_answer_and_says_so(
 
 def test_scored_pass_one_equals_scoring_each_full_sequence(env) -> None:
     """The KV-cache shortcut of ``score_categories`` gives each candidate's full-sequence log-probability."""
-    from t2cli.generation import completion_logprobs, render_prompt
+    from t2cli.runtime.generation import completion_logprobs, render_prompt
     from t2cli.tasks.dispatch_task import ANSWER_PREFIX
 
     _, adaptable, _ = env
@@ -375,8 +375,8 @@ def test_train_and_eval_the_dispatch_classifier_then_ask_with_it(env, tiny_llama
 
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
-    from t2cli.experts import load_expert
+    from t2cli.cli.app import app
+    from t2cli.svf.expert import load_expert
 
     registry, _, _ = env
     runner = CliRunner()

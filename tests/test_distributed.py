@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli.distributed import Dist, DistributedError, rank_device
+from t2cli.runtime.distributed import Dist, DistributedError, rank_device
 from t2cli.home import open_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
 ) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
     task = _write_task(tmp_path / "sums.jsonl", "sums")
     # Greedy rollouts with the raw +/-1 reward: every sample has a gradient, nothing is random.
@@ -120,7 +120,7 @@ def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
     assert_same_training(result2, json.loads(single.stdout), home2, t2_home)
 
     from registry import Registry
-    from t2cli.runs import get_run
+    from t2cli.train.runs import get_run
 
     with Registry.open(home2) as registry:  # rank 1 had a read-only handle: a write would have failed the run
         rows = registry.status().rows
@@ -145,10 +145,10 @@ def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str,
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "T2_HOME": home})
     torch.set_num_threads(1)
-    from t2cli.distributed import init_distributed, open_registry_ranked
-    from t2cli.runtime import load_adaptable
+    from t2cli.runtime.distributed import init_distributed, open_registry_ranked
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig, TrainingInterrupted, train
+    from t2cli.train.loop import TrainConfig, TrainingInterrupted, train
 
     def stop_after_step_2(message, metrics) -> None:
         if metrics is not None and metrics.step == 2:
@@ -156,7 +156,7 @@ def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str,
 
     with init_distributed("cpu") as dist, open_registry_ranked(dist) as registry:
         if config.get("shard") == "fsdp":
-            from t2cli.sharded import load_sharded_adaptable
+            from t2cli.svf.sharded import load_sharded_adaptable
 
             adaptable = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=dist)
         else:
@@ -185,9 +185,9 @@ def _spawn(world: int, *args) -> None:
 def test_a_two_process_checkpoint_resumes_in_one_process_with_sampled_rollouts(
     tiny_llama: Path, tmp_path: Path, t2_home: Path
 ) -> None:
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig, find_resumable_run, train
+    from t2cli.train.loop import TrainConfig, find_resumable_run, train
 
     task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
     # Sampled rollouts (temperature 1, group baseline), 5 prompts split 2 + 3: keyed sampling must
@@ -231,8 +231,9 @@ def test_shards_are_contiguous_whole_and_balanced() -> None:
 
 
 def test_keyed_sampling_does_not_depend_on_the_batch(tiny_llama: Path) -> None:
-    from t2cli.generation import generate, render_prompt, sample_key
-    from t2cli.models import load_model, load_tokenizer, resolve_model
+    from t2cli.runtime.generation import generate, render_prompt, sample_key
+    from t2cli.models.load import load_model, load_tokenizer
+    from t2cli.models.resolve import resolve_model
 
     ref = resolve_model(str(tiny_llama))
     model, tokenizer = load_model(ref), load_tokenizer(ref)
@@ -266,11 +267,11 @@ def test_a_read_only_registry_refuses_writes() -> None:
 
 
 def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Path, tmp_path: Path) -> None:
-    from t2cli.distributed import resolve_dtype
-    from t2cli.runtime import load_adaptable
-    from t2cli.svf import compose_delta
+    from t2cli.runtime.distributed import resolve_dtype
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.model import compose_delta
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig, train
+    from t2cli.train.loop import TrainConfig, train
 
     assert resolve_dtype("auto", "cpu") is None and resolve_dtype("bfloat16", "cpu") == "bfloat16"
     with open_registry() as registry:
@@ -303,7 +304,7 @@ def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Pat
                              valid_size=2, max_new_tokens=3, advantage="raw", temperature=0.0, device="cpu",
                              dtype="bfloat16", lr=0.05)
         train(registry, adaptable, task, config)
-        from t2cli.experts import load_expert
+        from t2cli.svf.expert import load_expert
 
         expert = load_expert(registry, "bf16")
     assert all(v.dtype == torch.float32 for v in expert.z.values())
@@ -311,7 +312,7 @@ def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Pat
 
 def test_the_composition_graph_saves_no_new_tensor() -> None:
     """docs/scaling.md's memory plan counts no autograd-saved memory for W'(z): only U, S, Vh are kept."""
-    from t2cli.svf import Factors, compose_weight
+    from t2cli.svf.model import Factors, compose_weight
 
     weight = torch.randn(12, 5).to(torch.bfloat16)
     U, S, Vh = torch.linalg.svd(weight.float(), full_matrices=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REGENERATE = 'PYTHONPATH=. typer t2cli.cli utils docs --name t2 --title "t2 command reference" --output docs/cli.md'
+REGENERATE = 'PYTHONPATH=. typer t2cli.cli.app utils docs --name t2 --title "t2 command reference" --output docs/cli.md'
 
 
 def test_cli_reference_is_current() -> None:
@@ -21,7 +21,7 @@ def test_cli_reference_is_current() -> None:
     # Import this checkout's t2cli, not whichever one the virtualenv has installed (a worktree may differ).
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     rendered = subprocess.run(
-        [typer_cli, "t2cli.cli", "utils", "docs", "--name", "t2", "--title", "t2 command reference"],
+        [typer_cli, "t2cli.cli.app", "utils", "docs", "--name", "t2", "--title", "t2 command reference"],
         capture_output=True, text=True, check=True, cwd=ROOT, env=env,
     ).stdout
     assert (ROOT / "docs" / "cli.md").read_text().strip() == rendered.strip(), f"docs/cli.md is stale: run `{REGENERATE}`"

@@ -8,10 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2cli.cli import app
-from t2cli.decompose import load_factors
+from t2cli.cli.app import app
+from t2cli.decompose.engine import load_factors
 from t2cli.home import open_registry
-from t2cli.models import load_model, resolve_model
+from t2cli.models.load import load_model
+from t2cli.models.resolve import resolve_model
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from t2cli.cli import app
-from t2cli.export import export_lora, expert_factors, lora_factors
-from t2cli.experts import load_expert
+from t2cli.cli.app import app
+from t2cli.experts.export import export_lora, expert_factors, lora_factors
+from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
-from t2cli.svf import Factors, compose_delta
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.model import Factors, compose_delta
 from tests.expert_factory import make_expert
 
 runner = CliRunner()
@@ -90,7 +90,7 @@ def test_merged_export_refuses_a_model_with_other_weights(adapted, tiny_model_di
     assert "was made for llama; the model found is mistral" in _one_error(result)
     assert list((tmp_path / "out").iterdir()) == []  # nothing written, not even a temp folder
     with open_registry() as registry:
-        from t2cli.catalog import list_base_models
+        from t2cli.experts.catalog import list_base_models
 
         assert [b.name for b in list_base_models(registry)] == ["llama"]  # mistral was not loaded or decomposed
 
@@ -216,7 +216,7 @@ def test_a_dequantised_gguf_model_is_made_saveable_and_a_quantized_one_is_refuse
     from types import SimpleNamespace
 
     from t2cli.errors import T2Error
-    from t2cli.models import drop_gguf_record
+    from t2cli.models.load import drop_gguf_record
 
     dense = _Quantizer("gguf", {})
     drop_gguf_record(SimpleNamespace(hf_quantizer=dense))

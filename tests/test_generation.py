@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from t2cli.generation import generate, render_prompt
+from t2cli.runtime.generation import generate, render_prompt
 
 PROMPTS = ["What is 2 + 3?", "Name a colour, please."]
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from t2cli.malloc import ENV_VARIABLE, fix_mmap_threshold
+from t2cli.decompose.malloc import ENV_VARIABLE, fix_mmap_threshold
 
 # Three rounds of two 2048 x 2048 SVDs (16 MiB each, above the threshold) on two threads, in a fresh process; prints
 # "<fixed> <MiB of RSS gained> <MiB of the last round's factors, still referenced>".
@@ -15,10 +15,10 @@ ROUNDS = """
 import sys
 from pathlib import Path
 import torch
-from t2cli.malloc import fix_mmap_threshold
+from t2cli.decompose.malloc import fix_mmap_threshold
 fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
 torch.set_num_threads(2)
-from t2cli.svd import svd_batch
+from t2cli.decompose.svd import svd_batch
 
 def rss():
     status = Path("/proc/self/status").read_text().splitlines()

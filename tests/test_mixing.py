@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2cli import mixing
-from t2cli.cli import app
+from t2cli.experts import mixing
+from t2cli.cli.app import app
 from t2cli.errors import UsageError
-from t2cli.experts import ExpertConfig, load_expert, register_expert
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 from t2cli.home import open_registry
-from t2cli.mixing import MixingError, check_weights, get_mixing_method, mix, mixing_method, role_groups
+from t2cli.experts.mixing import MixingError, check_weights, get_mixing_method, mix, mixing_method, role_groups
 
 runner = CliRunner()
 MATRICES = {"model.layers.0.mlp.up_proj": 3, "model.layers.0.self_attn.q_proj": 4}
@@ -168,7 +168,7 @@ def test_mix_registers_the_formula_with_lineage(experts) -> None:
     assert "abc" in result.stdout
     with open_registry() as registry:
         mixed = load_expert(registry, "abc")
-        from t2cli.catalog import get_expert
+        from t2cli.experts.catalog import get_expert
 
         info = get_expert(registry, "abc")
     for matrix in MATRICES:

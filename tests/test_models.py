@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from t2cli.errors import ModelLoadError, ModelNotFound
-from t2cli.hashing import HashCache
-from t2cli.models import ALIASES, embedded_gguf_path, model_identity, resolve_model
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.resolve import ALIASES, embedded_gguf_path, resolve_model
 
 
 def test_local_folder_resolves_and_identity_reads_config(tiny_llama: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The vLLM rollout backend (t2cli/rollout_vllm.py) against a fake ``vllm`` package at the import boundary.
+"""The vLLM rollout backend (t2cli/train/rollout_vllm.py) against a fake ``vllm`` package at the import boundary.
 
 vLLM cannot run here (no GPU), so a fixture installs a small fake ``vllm`` into ``sys.modules``.
 It mimics the real classes, signatures and attribute names (read in vllm-project/vllm, files
@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from t2cli.errors import T2Error
-from t2cli.generation import Generations, render_prompt, sample_key
+from t2cli.runtime.generation import Generations, render_prompt, sample_key
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -277,7 +277,7 @@ def tokenizer(model_dir: Path):
 
 
 def make_rollout(model_dir: Path, tokenizer, **overrides: Any):
-    from t2cli.rollout_vllm import VLLMRollout
+    from t2cli.train.rollout_vllm import VLLMRollout
 
     args: dict[str, Any] = dict(dtype="bfloat16", seed=7, device="cpu")
     args.update(overrides)
@@ -292,10 +292,10 @@ def ids(tokenizer, text: str) -> list[int]:
 
 
 def test_module_imports_and_reports_missing_without_vllm() -> None:
-    """Importing t2cli.rollout_vllm never imports vllm; with vllm absent it says so instead of failing."""
+    """Importing t2cli.train.rollout_vllm never imports vllm; with vllm absent it says so instead of failing."""
     code = (
         "import sys; sys.modules['vllm'] = None\n"  # `import vllm` would now raise ImportError
-        "import t2cli.rollout_vllm as r, t2cli.cli\n"
+        "import t2cli.train.rollout_vllm as r, t2cli.cli.app\n"
         "assert not r.vllm_available()\n"
         "print('ok')"
     )
@@ -305,7 +305,7 @@ def test_module_imports_and_reports_missing_without_vllm() -> None:
 
 
 def test_check_backend_refuses_missing_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError, check_vllm_backend, vllm_available
+    from t2cli.train.rollout_vllm import RolloutBackendError, check_vllm_backend, vllm_available
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     assert not vllm_available()
@@ -319,7 +319,7 @@ def test_check_backend_refuses_missing_vllm(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("device", ["cpu", "mps"])
 def test_check_backend_refuses_non_cuda_devices(fake_vllm: FakeVLLM, device: str) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError, check_vllm_backend
+    from t2cli.train.rollout_vllm import RolloutBackendError, check_vllm_backend
 
     with pytest.raises(RolloutBackendError) as caught:
         check_vllm_backend(device)
@@ -328,7 +328,7 @@ def test_check_backend_refuses_non_cuda_devices(fake_vllm: FakeVLLM, device: str
 
 
 def test_check_backend_resolves_auto(fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError, check_vllm_backend
+    from t2cli.train.rollout_vllm import RolloutBackendError, check_vllm_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RolloutBackendError, match="no CUDA GPU"):
@@ -340,7 +340,7 @@ def test_check_backend_resolves_auto(fake_vllm: FakeVLLM, monkeypatch: pytest.Mo
 
 
 def test_constructor_refuses_missing_vllm(monkeypatch: pytest.MonkeyPatch, model_dir: Path, tokenizer) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(RolloutBackendError, match="not installed"):
@@ -351,7 +351,7 @@ def test_constructor_refuses_missing_vllm(monkeypatch: pytest.MonkeyPatch, model
 def test_an_older_vllm_without_the_api_is_named(
     monkeypatch: pytest.MonkeyPatch, launcher_env: None, model_dir: Path, tokenizer, drop: str
 ) -> None:
-    from t2cli.rollout_vllm import MIN_VLLM, RolloutBackendError
+    from t2cli.train.rollout_vllm import MIN_VLLM, RolloutBackendError
 
     state = FakeVLLM()
     for name, mod in build_fake_vllm(state, drop=[drop]).items():
@@ -364,7 +364,7 @@ def test_an_older_vllm_without_the_api_is_named(
 
 
 def test_engine_args_without_worker_extension_are_named(fake_vllm: FakeVLLM, model_dir: Path, tokenizer) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     @dataclasses.dataclass
     class OldEngineArgs:  # a vLLM from before worker_extension_cls
@@ -386,7 +386,7 @@ def test_engine_args_without_worker_extension_are_named(fake_vllm: FakeVLLM, mod
     ],
 )
 def test_unsupported_settings_are_refused(fake_vllm: FakeVLLM, model_dir: Path, tokenizer, overrides, message) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     with pytest.raises(RolloutBackendError, match=message):
         make_rollout(model_dir, tokenizer, **overrides)
@@ -402,7 +402,7 @@ def test_engine_is_colocated_in_process_with_the_weight_loader(fake_vllm: FakeVL
     assert fake_vllm.engine.kwargs == {
         "model": str(model_dir), "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.25,
         "max_model_len": 512, "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
-        "worker_extension_cls": "t2cli.rollout_vllm.WeightLoaderExtension", "enforce_eager": True,
+        "worker_extension_cls": "t2cli.train.rollout_vllm.WeightLoaderExtension", "enforce_eager": True,
         "skip_tokenizer_init": True,
     }
     # Without a launcher: rank 0 of a world of 1, on a free port (what the external launcher reads).
@@ -421,7 +421,7 @@ def test_defaults_leave_optional_engine_settings_to_vllm(fake_vllm: FakeVLLM, mo
 def test_under_torchrun_the_launcher_variables_are_kept(
     fake_vllm: FakeVLLM, monkeypatch: pytest.MonkeyPatch, model_dir: Path, tokenizer
 ) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     torchrun = {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
     for var, value in torchrun.items():
@@ -565,7 +565,7 @@ def test_each_push_resets_the_cache_before_the_next_generation(fake_vllm: FakeVL
 def test_non_finite_weights_are_refused_before_anything_is_written(
     fake_vllm: FakeVLLM, model_dir: Path, tokenizer
 ) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     rollout = make_rollout(model_dir, tokenizer)
     bad = torch.ones(2, 2, dtype=torch.bfloat16)
@@ -577,7 +577,7 @@ def test_non_finite_weights_are_refused_before_anything_is_written(
 
 
 def test_a_failed_prefix_cache_reset_is_an_error(fake_vllm: FakeVLLM, model_dir: Path, tokenizer) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     rollout = make_rollout(model_dir, tokenizer)
     fake_vllm.reset_result = False
@@ -586,7 +586,7 @@ def test_a_failed_prefix_cache_reset_is_an_error(fake_vllm: FakeVLLM, model_dir:
 
 
 def test_a_worker_without_the_extension_is_a_clear_error(fake_vllm: FakeVLLM, model_dir: Path, tokenizer) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     rollout = make_rollout(model_dir, tokenizer)
     rollout.llm.worker = types.SimpleNamespace()  # as if vLLM had ignored worker_extension_cls
@@ -598,7 +598,7 @@ def test_a_worker_without_the_extension_is_a_clear_error(fake_vllm: FakeVLLM, mo
 
 
 def test_sleep_mode_frees_the_engine_between_rollouts(fake_vllm: FakeVLLM, model_dir: Path, tokenizer) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     rollout = make_rollout(model_dir, tokenizer, enable_sleep_mode=True)
     assert fake_vllm.engine.kwargs["enable_sleep_mode"] is True
@@ -614,7 +614,7 @@ def test_sleep_mode_frees_the_engine_between_rollouts(fake_vllm: FakeVLLM, model
 
 
 def test_sleep_needs_sleep_mode(fake_vllm: FakeVLLM, model_dir: Path, tokenizer) -> None:
-    from t2cli.rollout_vllm import RolloutBackendError
+    from t2cli.train.rollout_vllm import RolloutBackendError
 
     rollout = make_rollout(model_dir, tokenizer)
     with pytest.raises(RolloutBackendError, match="enable_sleep_mode"):
@@ -631,9 +631,9 @@ def test_training_with_vllm_rollouts_pushes_w_prime_of_the_current_z_every_step(
     from safetensors.torch import load_file
 
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig, train
+    from t2cli.train.loop import TrainConfig, train
     from tests.test_distributed import _write_task
 
     task = get_task(str(_write_task(tmp_path / "vowels.jsonl", "vowels")))
@@ -673,7 +673,7 @@ def test_training_with_vllm_rollouts_pushes_w_prime_of_the_current_z_every_step(
 def test_the_cli_refuses_vllm_rollouts_on_the_cpu_before_loading_anything(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
     result = CliRunner().invoke(app, ["train", "--task", "addition", "--rollout", "vllm", "--device", "cpu"])
     assert result.exit_code == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from t2cli.sandbox import run_python
+from t2cli.tasks.sandbox import run_python
 
 KERNEL_LAYERS = run_python("pass").protections
 

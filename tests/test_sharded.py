@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli.distributed import Dist
+from t2cli.runtime.distributed import Dist
 from t2cli.home import open_registry
 from tests.test_distributed import (
     LAUNCH_TIMEOUT_S, Z_TOLERANCE, _args, _env, _free_port, _max_diff, _spawn, _write_task, assert_same_training,
@@ -67,8 +67,8 @@ def _random_z(factors, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(
     one_rank_group: Dist, tmp_path: Path
 ) -> None:
-    from t2cli.runtime import load_adaptable
-    from t2cli.sharded import SVFLinear, load_sharded_adaptable
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.sharded import SVFLinear, load_sharded_adaptable
 
     model = str(_tied_llama(tmp_path / "tied"))
     with open_registry() as registry:
@@ -121,8 +121,8 @@ def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(
 def test_each_architecture_shards_and_adapts_like_the_replicated_model(
     one_rank_group: Dist, tiny_model_dirs: dict[str, Path], arch: str
 ) -> None:
-    from t2cli.runtime import load_adaptable
-    from t2cli.sharded import load_sharded_adaptable
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.sharded import load_sharded_adaptable
 
     device = one_rank_group.device
     with open_registry() as registry:
@@ -141,8 +141,8 @@ def test_each_architecture_shards_and_adapts_like_the_replicated_model(
 def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
     one_rank_group: Dist, tiny_llama: Path
 ) -> None:
-    from t2cli.sharded import load_sharded_adaptable
-    from t2cli.svf import SVFError
+    from t2cli.svf.sharded import load_sharded_adaptable
+    from t2cli.svf.model import SVFError
 
     with open_registry() as registry:
         sharded = load_sharded_adaptable(registry, str(tiny_llama), targets="mlp", dtype="bfloat16",
@@ -182,7 +182,7 @@ def test_two_fsdp_ranks_with_sampled_rollouts_train_the_z_of_one_process(
 ) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
     task = _write_task(tmp_path / "vowels.jsonl", "vowels")
     # 5 prompts split 2 + 3 and sampled rollouts of uneven lengths: the ranks pad their generate
@@ -209,7 +209,7 @@ def test_two_fsdp_ranks_with_a_kl_penalty_biases_and_gathered_rollouts_train_the
 ) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
     task = _write_task(tmp_path / "sums.jsonl", "sums")
     # Qwen2 has q/k/v biases; the KL reference forward gathers W per matrix on every rank.
@@ -227,9 +227,9 @@ def test_two_fsdp_ranks_with_a_kl_penalty_biases_and_gathered_rollouts_train_the
 def test_an_fsdp_checkpoint_resumes_in_one_unsharded_process(tiny_llama: Path, tmp_path: Path, t2_home: Path) -> None:
     from safetensors.torch import load_file
 
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
-    from t2cli.train import TrainConfig, find_resumable_run, train
+    from t2cli.train.loop import TrainConfig, find_resumable_run, train
 
     task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
     config = dict(task=str(task_path), name="resumed", steps=3, prompts_per_step=5, samples_per_prompt=3,
@@ -257,7 +257,7 @@ def test_an_fsdp_checkpoint_resumes_in_one_unsharded_process(tiny_llama: Path, t
 def test_fsdp_in_one_process_and_unknown_shardings_are_refused(tiny_llama: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
     task = _write_task(tmp_path / "sums.jsonl", "sums")
     alone = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "fsdp"])
@@ -290,9 +290,9 @@ def test_padding_adds_forwards_but_changes_no_completion_and_no_gradient(
     """A rank with less work than its peers pads its generate calls and loss micro-batches with dummies."""
     if one_rank_group.device != "cpu":
         pytest.skip("the padding logic is device-independent")
-    from t2cli.generation import generate, render_prompt, sample_key
-    from t2cli.runtime import load_adaptable
-    from t2cli.train import TrainConfig, group_advantages, policy_gradient
+    from t2cli.runtime.generation import generate, render_prompt, sample_key
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.train.loop import TrainConfig, group_advantages, policy_gradient
 
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")

@@ -14,12 +14,12 @@ from huggingface_hub import CommitInfo, HfApi, constants
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from t2cli.catalog import get_expert, list_base_models, list_experts
-from t2cli.cli import app
-from t2cli.expert_files import MAX_Z_LENGTH
-from t2cli.experts import load_expert
+from t2cli.experts.catalog import get_expert, list_base_models, list_experts
+from t2cli.cli.app import app
+from t2cli.experts.importing import MAX_Z_LENGTH
+from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
+from t2cli.svf.adaptable import load_adaptable
 from tests.expert_factory import make_expert
 from tests.hf_cache import populate_hf_cache
 
@@ -370,7 +370,7 @@ class FakeHub:
         self.files: dict[str, bytes] = {}
         self.fail = fail
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr("t2cli.hub.get_token", lambda: self.TOKEN)
+        monkeypatch.setattr("t2cli.experts.hub.get_token", lambda: self.TOKEN)
         monkeypatch.setattr(HfApi, "create_repo", self._record("create_repo"))
         monkeypatch.setattr(HfApi, "create_branch", self._record("create_branch"))
         monkeypatch.setattr(HfApi, "create_commit", lambda api, *args, **kwargs: self._commit(*args, **kwargs))
@@ -448,7 +448,7 @@ def test_push_failures_are_one_line_and_never_show_the_token(case, hub_expert, m
     if failure == "offline":
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     if failure == "no-token":
-        monkeypatch.setattr("t2cli.hub.get_token", lambda: None)
+        monkeypatch.setattr("t2cli.experts.hub.get_token", lambda: None)
     result = t2("push", "sums-v1", "alice/sums-svf")
     assert result.exit_code == 1
     assert expected in _one_error(result) and FakeHub.TOKEN not in result.output

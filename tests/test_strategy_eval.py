@@ -7,12 +7,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from t2cli.cli import app
-from t2cli.evaluate import evaluate
-from t2cli.experts import load_expert
+from t2cli.cli.app import app
+from t2cli.eval.accuracy import evaluate
+from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
-from t2cli.strategy_eval import evaluate_strategy
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.ask.evaluation import evaluate_strategy
 from t2cli.tasks import get_task
 from tests.ask_support import add_expert, write_task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from t2cli.svd import SVD_METHODS, SVDResult, orthogonality_error, relative_reconstruction_error, svd_batch
+from t2cli.decompose.svd import SVD_METHODS, SVDResult, orthogonality_error, relative_reconstruction_error, svd_batch
 
 METHODS = [m for m in SVD_METHODS if m != "auto"] + ["auto"]
 SHAPES = [(4, 3), (3, 4), (5, 5), (16, 8), (8, 16)]
@@ -206,7 +206,7 @@ def test_cuda_results_stay_on_device() -> None:
 @pytest.mark.parametrize("shape", [(37, 5), (5, 37), (6, 6)])
 def test_reconstruction_error_in_row_blocks_is_the_whole_matrix_error(shape, monkeypatch) -> None:
     """The check runs a few rows of the long side at a time (bounded float64 memory); the result must not change."""
-    import t2cli.svd as svd
+    import t2cli.decompose.svd as svd
 
     w = random_matrices(shape, count=1)[0]
     u, s, vh = torch.linalg.svd(w, full_matrices=False)

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli.decompose import decompose_model, load_factors
+from t2cli.decompose.engine import decompose_model, load_factors
 from t2cli.home import open_registry
-from t2cli.models import load_model, resolve_model
-from t2cli.svf import SVFError, SVFModel, identity_z, load_svf_model
+from t2cli.models.load import load_model
+from t2cli.models.resolve import resolve_model
+from t2cli.svf.model import SVFError, SVFModel, identity_z, load_svf_model
 
 
 @pytest.fixture()
@@ -67,7 +68,7 @@ def test_gradients_reach_z_and_only_z(svf: SVFModel) -> None:
 
 
 def test_cached_expert_switch_does_not_recompose(svf: SVFModel, monkeypatch) -> None:
-    import t2cli.svf as svf_module
+    import t2cli.svf.model as svf_module
 
     z = {name: torch.full_like(f.S, 1.1) for name, f in svf.factors.items()}
     svf.apply(z, key="a")
@@ -94,7 +95,7 @@ def test_cached_expert_switch_does_not_recompose(svf: SVFModel, monkeypatch) -> 
     ],
 )
 def test_bad_z_is_refused_and_weights_stay_base(svf: SVFModel, bad, message: str) -> None:
-    from t2cli.svf import Factors
+    from t2cli.svf.model import Factors
 
     f = svf.factors["model.layers.0.mlp.up_proj"]  # large singular values make a huge z overflow
     svf.factors["model.layers.0.mlp.up_proj"] = Factors(f.U, f.S * 1e6, f.Vh)

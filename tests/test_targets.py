@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from t2cli.errors import TargetError
-from t2cli.targets import LAYOUTS, candidate_matrices, select_targets, targets_key
+from t2cli.models.targets import LAYOUTS, candidate_matrices, select_targets, targets_key
 
 
 @pytest.mark.parametrize("model_type", sorted(LAYOUTS))

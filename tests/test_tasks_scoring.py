@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from t2cli.tasks import TaskError
-from t2cli.tasks.base import Task, TaskItem
-from t2cli.tasks.scoring import (
+from t2cli.tasks.types import Task, TaskItem
+from t2cli.tasks.scorers import (
     build_program,
     extract_choice,
     extract_code,
@@ -258,7 +258,7 @@ class _QuizTask(Task):
 def test_task_prompts_carry_the_system_prompt_and_each_question(tiny_llama) -> None:
     from transformers import AutoTokenizer
 
-    from t2cli.generation import render_prompt
+    from t2cli.runtime.generation import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     task = _QuizTask()

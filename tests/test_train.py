@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli.evaluate import evaluate, wilson_interval
-from t2cli.experts import load_expert
+from t2cli.eval.accuracy import evaluate, wilson_interval
+from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
-from t2cli.train import TrainConfig, TrainingInterrupted, find_resumable_run, train
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.train.loop import TrainConfig, TrainingInterrupted, find_resumable_run, train
 
 
 @pytest.fixture()
@@ -43,7 +43,7 @@ def test_training_registers_the_best_expert_with_its_run(tiny_llama: Path, sums_
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
         result = train(registry, adaptable, sums_task, _config())
         expert = load_expert(registry, "sums-v1")
-        from t2cli.runs import get_run
+        from t2cli.train.runs import get_run
 
         run = get_run(registry, result.run_id)
     assert run.status == "finished" and run.expert == "sums-v1"
@@ -89,7 +89,7 @@ def test_eval_stores_accuracy_with_interval(tiny_llama: Path, sums_task) -> None
 
 
 def test_experts_show_puts_the_matching_base_evaluation_beside_the_expert(tiny_llama: Path, sums_task) -> None:
-    from t2cli.catalog import get_expert
+    from t2cli.experts.catalog import get_expert
     from tests.expert_factory import make_expert
 
     with open_registry() as registry:
@@ -124,7 +124,7 @@ def test_cli_defaults_are_the_documented_train_config_defaults() -> None:
     import inspect
     from dataclasses import fields
 
-    from t2cli.commands.train import train_cmd
+    from t2cli.cli.commands.train import train_cmd
 
     config_defaults = {f.name: f.default for f in fields(TrainConfig)}
     shared = 0
@@ -140,9 +140,9 @@ def test_a_run_counts_as_running_only_while_a_process_trains_it(tiny_llama: Path
     from sqlalchemy import select
 
     from registry.schema import TrainingRun
-    from t2cli import train as train_module
-    from t2cli.run_lock import RunBusy
-    from t2cli.runs import get_run
+    from t2cli.train import loop as train_module
+    from t2cli.train.run_lock import RunBusy
+    from t2cli.train.runs import get_run
 
     seen = {}
     with open_registry() as registry:

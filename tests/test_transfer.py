@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2cli.cli import app
-from t2cli.experts import load_expert
+from t2cli.cli.app import app
+from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
-from t2cli.runtime import load_adaptable
-from t2cli.transfer import TransferError, plan_transfer, resample_spectrum, transfer_z
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.experts.transfer import TransferError, plan_transfer, resample_spectrum, transfer_z
 from tests.expert_factory import make_expert
 from tests.tiny_models import COMMON, build_tiny_tokenizer
 

@@ -48,7 +48,7 @@ from vllm.utils.import_utils import resolve_obj_by_qualname
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.serial_utils import run_method
 
-from t2cli.rollout_vllm import (
+from t2cli.train.rollout_vllm import (
     MIN_VLLM,
     RolloutBackendError,
     VLLMRollout,
@@ -163,8 +163,8 @@ def test_pushed_w_prime_lands_in_vllms_fused_parameters_in_place(
     from safetensors.torch import load_file
 
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
-    from t2cli.train import _push_weights
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.train.loop import _push_weights
 
     folder = tiny_model_dirs[arch]
     with open_registry() as registry:

@@ -9,8 +9,8 @@ Callers wrap ``item.prompt`` (and ``task.system_prompt`` when set) in the
 model's chat template. docs/tasks.md lists the tasks and their split sizes.
 """
 
-from t2cli.tasks.base import Score, Task, TaskError, TaskItem
-from t2cli.tasks.registry import (
+from t2cli.tasks.types import Score, Task, TaskError, TaskItem
+from t2cli.tasks.lookup import (
     get_task,
     list_tasks,
     needs_registry,

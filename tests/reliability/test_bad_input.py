@@ -9,14 +9,13 @@ purpose: this one is self-contained. Ctrl-C at several stages follows the table 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from t2cli.cli import app
+from t2cli.cli.app import app
 
 
 def _w(path: Path, data: str | bytes) -> str:
@@ -107,7 +106,7 @@ BAD_INPUTS = [
     ("eval: --expert and --base", lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--expert", "a", "--base"], 2, "exactly one of"),
     ("export: --merged and --lora", lambda m, t: ["export", "a", str(t / "out"), "--merged", "--lora"], 2, "--merged"),
     ("train: --steps 0", lambda m, t: ["train", "--task", _task(t, OK_LINE), "--steps", "0", M, m["llama"]], 1, "steps"),
-    ("unknown device", lambda m, t: ["decompose", m["llama"], "--device", "tpu"], 1, "unknown device 'tpu'"),
+    ("unknown device", lambda m, t: ["decompose", m["llama"], "--device", "tpu"], 2, "unknown device 'tpu'"),
     ("push: invalid repo id", lambda m, t: ["push", "a", "not a/repo id!"], 1, "not a/repo id!"),
     ("import: not an expert folder", lambda m, t: ["import", str(t)], 1, "work"),
 ]
@@ -119,7 +118,7 @@ def prepared_home(tiny_model_dirs, tmp_path_factory) -> Path:
     import os
 
     from registry import Registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from tests.expert_factory import make_expert
 
     home = tmp_path_factory.mktemp("bad-input") / "home"
@@ -200,11 +199,11 @@ def _orphans(home: Path) -> set[str]:
 
 CTRL_C = [
     # (id, what to patch, argv)
-    ("decompose: between SVD chunks", ("t2cli.svd", "svd_batch"), lambda m, t: ["decompose", m["gemma"]]),
+    ("decompose: between SVD chunks", ("t2cli.decompose.svd", "svd_batch"), lambda m, t: ["decompose", m["gemma"]]),
     ("mix: while storing the blob", ("registry.blobs.BlobStore", "put_file"), lambda m, t: ["mix", "a", "b", "-n", "ab"]),
     ("mix: inside the registry transaction", ("registry.registry.Registry", "add_blob"), lambda m, t: ["mix", "a", "b", "-n", "ab"]),
-    ("ask: during generation", ("t2cli.ask", "stream_generate"), lambda m, t: ["ask", "1+1=?", M, m["llama"], "--strategy", "expert:a", "--max-new-tokens", "4"]),
-    ("train: during a rollout", ("t2cli.train", "generate"), lambda m, t: ["train", "--task", _task(t, *[OK_LINE] * 5), "-n", "t", M, m["llama"], "--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--valid-size", "1", "--max-new-tokens", "2", "--device", "cpu"]),
+    ("ask: during generation", ("t2cli.ask.engine", "stream_generate"), lambda m, t: ["ask", "1+1=?", M, m["llama"], "--strategy", "expert:a", "--max-new-tokens", "4"]),
+    ("train: during a rollout", ("t2cli.train.loop", "generate"), lambda m, t: ["train", "--task", _task(t, *[OK_LINE] * 5), "-n", "t", M, m["llama"], "--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--valid-size", "1", "--max-new-tokens", "2", "--device", "cpu"]),
 ]
 
 

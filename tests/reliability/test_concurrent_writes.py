@@ -9,10 +9,8 @@ commands would, all on the same blank home (so they also race to create and migr
 from __future__ import annotations
 
 import multiprocessing
-import os
 from pathlib import Path
 
-import pytest
 import torch
 
 WORKERS = 8
@@ -35,8 +33,8 @@ def _worker(home: str, worker: int, results) -> None:
     from registry import Registry
     from registry.schema import Evaluation, Expert, ExpertTag
     from sqlalchemy import select
-    from t2cli.catalog import remove_expert
-    from t2cli.experts import ExpertConfig, register_expert
+    from t2cli.experts.catalog import remove_expert
+    from t2cli.svf.expert import ExpertConfig, register_expert
 
     done, errors = 0, []
     # all workers open the same blank home at once: one migrates it (under a file lock), the rest wait

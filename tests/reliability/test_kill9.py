@@ -51,7 +51,7 @@ def _child(home: str, args: list[str], patch: str | None) -> None:
     """Run `t2 ARGS` in this (spawned) process; ``patch`` names a test hook installed first."""
     os.environ["T2_HOME"] = home
     if patch == "slow-checkpoints":
-        import t2cli.train as train
+        import t2cli.train.loop as train
 
         real = train._save_checkpoint
 
@@ -61,11 +61,11 @@ def _child(home: str, args: list[str], patch: str | None) -> None:
 
         train._save_checkpoint = slow
     elif patch == "kill-before-finish":  # SIGKILL between registering the expert and marking the run finished
-        import t2cli.train as train
+        import t2cli.train.loop as train
 
         train._finish_run = lambda *a, **kw: os.kill(os.getpid(), signal.SIGKILL)
     elif patch == "slow-fitness":  # a marker file per scored candidate, so the parent can kill mid-search
-        import t2cli.cem as cem
+        import t2cli.adapt.cem as cem
 
         real_fitness = cem.fewshot_fitness
 
@@ -79,7 +79,7 @@ def _child(home: str, args: list[str], patch: str | None) -> None:
 
         cem.fewshot_fitness = slow_fitness
     elif patch == "slow-svd":
-        import t2cli.svd as svd
+        import t2cli.decompose.svd as svd
 
         real_svd = svd.svd_batch
 
@@ -88,7 +88,7 @@ def _child(home: str, args: list[str], patch: str | None) -> None:
             return real_svd(*a, **kw)
 
         svd.svd_batch = slow_svd
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
     try:
         app(args, prog_name="t2")
@@ -178,8 +178,8 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
     from registry import Registry
     from registry.schema import Expert, TrainingRun
     from sqlalchemy import select
-    from t2cli.experts import load_expert
-    from t2cli.runs import list_runs
+    from t2cli.svf.expert import load_expert
+    from t2cli.train.runs import list_runs
 
     base = ["train", "--task", str(sums_file), "--model", str(tiny_llama), *TRAIN_ARGS]
     reference_home = tmp_path / "reference"
@@ -236,9 +236,9 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
 def test_kill9_during_decompose_then_rerun_completes(tiny_llama: Path, tmp_path: Path, capsys) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli import app
+    from t2cli.cli.app import app
 
-    import t2cli.decompose  # noqa: F401
+    import t2cli.decompose.engine  # noqa: F401
 
     home = tmp_path / "killed"
     rng = random.Random(SEED + 1)
@@ -275,8 +275,8 @@ def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_match
     from registry import Registry
     from registry.schema import Expert
     from sqlalchemy import select
-    from t2cli.experts import load_expert
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.expert import load_expert
+    from t2cli.svf.adaptable import load_adaptable
     from tests.expert_factory import make_expert
 
     shots = tmp_path / "digits.jsonl"
@@ -334,7 +334,7 @@ def test_the_same_z_always_gives_the_same_blob(tmp_path: Path) -> None:
     """safetensors writes its metadata in hash-map order; save_z's bytes must not depend on it."""
     import hashlib
 
-    from t2cli.experts import save_z
+    from t2cli.svf.expert import save_z
 
     z = {f"model.layers.{i}.mlp.down_proj": torch.linspace(0, 1, 8) * i for i in range(4)}
     digests = set()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from t2cli.cli import app
+from t2cli.cli.app import app
 from tests.expert_factory import make_expert
 
 runner = CliRunner()
@@ -40,7 +40,7 @@ def one_error_line(result) -> str:
 @pytest.fixture()
 def with_expert(tiny_llama: Path, t2_home: Path):
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
 
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")

@@ -1,6 +1,6 @@
 """Untrusted content: model-written code, imported expert folders, remote model code, tokens.
 
-1. Sandbox escapes (t2cli.sandbox.run_python, as the python_tests scorer runs it): infinite loop,
+1. Sandbox escapes (t2cli.tasks.sandbox.run_python, as the python_tests scorer runs it): infinite loop,
    fork bomb, 10 GB allocation, write outside its temp dir, read a secret in the user's home,
    open a socket. Each must be contained (no effect outside, verified from this side) and score
    as a failure (``ok`` False). tests/test_sandbox.py tests each kernel layer on its own.
@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from t2cli.cli import app
-from t2cli.sandbox import run_python
+from t2cli.cli.app import app
+from t2cli.tasks.sandbox import run_python
 
 runner = CliRunner()
 
@@ -131,7 +131,7 @@ def test_sandbox_contains_the_escape_and_scores_it_a_failure(escape: str, tmp_pa
 @pytest.fixture()
 def exported(tiny_llama: Path, tmp_path: Path) -> Path:
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from tests.expert_factory import make_expert
 
     with open_registry() as registry:
@@ -236,7 +236,7 @@ def test_import_refuses_before_registering_anything(case, exported: Path, t2_hom
 def test_every_transformers_loader_gets_trust_remote_code_false(tiny_llama: Path, monkeypatch) -> None:
     import transformers
 
-    from t2cli import models
+    from t2cli.models import identity, load, resolve
 
     seen: list[tuple[str, object]] = []
     for cls_name in ("AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"):
@@ -248,10 +248,10 @@ def test_every_transformers_loader_gets_trust_remote_code_false(tiny_llama: Path
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", spy)
-    ref = models.resolve_model(str(tiny_llama))
-    models.read_config(ref)
-    models.load_model(ref)
-    models.load_tokenizer(ref)
+    ref = resolve.resolve_model(str(tiny_llama))
+    identity.read_config(ref)
+    load.load_model(ref)
+    load.load_tokenizer(ref)
     assert {name for name, _ in seen} == {"AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"}
     assert all(value is False for _, value in seen), seen
 
@@ -288,7 +288,7 @@ def test_the_token_is_never_printed_or_logged(failure, tiny_llama: Path, t2_home
     from huggingface_hub.hf_api import CommitInfo
 
     from t2cli.home import open_registry
-    from t2cli.runtime import load_adaptable
+    from t2cli.svf.adaptable import load_adaptable
     from tests.expert_factory import make_expert
 
     with open_registry() as registry:

@@ -1,0 +1,411 @@
+"""Two-pass adaptive inference (REFERENCE.md §3): the engine behind ``t2 ask``.
+
+Pass 1 runs the strategy (``t2cli.ask.strategies``) and yields a ``Dispatch``: base
+weights, one expert, or a mixture z' = sum_k alpha_k z_k. The switch applies that
+z through ``SVFModel.apply`` keyed by the expert's name (or the mixture's weights),
+so its composed weights are cached and switching back costs no recomposition.
+Pass 2 generates the answer, streaming text to a callback. The base weights are
+restored after every prompt, whether it succeeded or raised (Ctrl-C included).
+
+``Asker`` checks everything it can before the model is loaded (strategy, experts,
+classifier, mixture, prompt length against the context window), so a bad request
+fails fast and leaves the registry untouched; the model is loaded, and decomposed
+on first use, only when the first prompt is answered.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from t2cli.ask.strategies import (
+    PASS1_MODES,
+    Completer,
+    Dispatch,
+    DispatchContext,
+    build_dispatcher,
+    parse_strategy,
+    run_dispatch,
+)
+from t2cli.errors import T2Error
+
+if TYPE_CHECKING:
+    from registry import Registry
+    from t2cli.svf.adaptable import Adaptable
+
+DEFAULT_MAX_NEW_TOKENS = 256
+TextCallback = Callable[[str], None]
+
+
+class AskError(T2Error):
+    """A prompt or an input file that cannot be answered."""
+
+
+@dataclass
+class AskSettings:
+    """How ``t2 ask`` answers: the strategy and the generation settings of pass 2."""
+
+    strategy: str = "prompt"  # none | expert:NAME | prompt | classifier | cem
+    task: str | None = None  # cem: the task whose mixture to use
+    classifier: str | None = None  # classifier: the dispatch expert (default: the latest trained on `dispatch`)
+    pass1: str = "generate"  # prompt/classifier: generate the answer and parse it, or score the categories
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # pass-2 generation budget
+    temperature: float = 0.0  # pass-2 sampling temperature; 0 = greedy
+
+    def __post_init__(self) -> None:
+        parse_strategy(self.strategy)  # an unknown strategy fails here, before anything is opened
+        if self.pass1 not in PASS1_MODES:
+            raise AskError(f"unknown --pass1 {self.pass1!r}", f"use one of: {', '.join(PASS1_MODES)}")
+        if self.max_new_tokens < 1:
+            raise AskError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        if not self.temperature >= 0:
+            raise AskError(f"--temperature must be >= 0 (got {self.temperature})", "use 0 for greedy decoding")
+
+
+@dataclass
+class Timings:
+    dispatch_s: float  # pass 1
+    switch_s: float  # applying the chosen z (0 when cached)
+    generate_s: float  # pass 2
+    total_s: float  # the whole prompt (model loading excluded)
+
+
+@dataclass
+class AskResult:
+    """One answered prompt; ``to_json`` is the ``t2 ask --json`` line."""
+
+    prompt: str
+    answer: str
+    strategy: str
+    choice: str
+    category: str | None
+    weights: dict[str, float]
+    reason: str
+    timings: Timings
+    tokens: int  # generated tokens (end token included)
+    cached: bool = False  # the chosen z's composed weights came from the cache
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("cached")
+        return data
+
+
+# --------------------------------------------------------------------------- input
+
+
+def check_prompt_text(prompt: str, where: str = "the prompt") -> None:
+    """Refuse an empty (or whitespace-only) prompt."""
+    if not prompt.strip():
+        raise AskError(f"{where} is empty", "give a question, e.g. t2 ask \"What is 12 * 7?\"")
+
+
+def read_prompts(data: bytes, source: str) -> list[str]:
+    """The prompts of an input file: JSON lines with a "prompt" field, or plain text with one prompt per line.
+
+    The format is JSONL when the first non-blank line starts with "{". Blank
+    lines are skipped. Errors name the line.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a UTF-8 byte-order mark, as some editors write
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise AskError(
+            f"{source} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line})",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`)",
+        ) from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise AskError(f"{source} holds no prompt", "write one prompt per line, or JSON lines with a \"prompt\" field")
+    if not lines[0][1].lstrip().startswith("{"):
+        return [line for _, line in lines]
+    prompts = []
+    for number, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AskError(f"{source} line {number} is not valid JSON: {exc.msg} (column {exc.colno})",
+                           "write one {\"prompt\": \"...\"} object per line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise AskError(f"{source} line {number} has no \"prompt\" string",
+                           "write one {\"prompt\": \"...\"} object per line")
+        check_prompt_text(obj["prompt"], f"the prompt on {source} line {number}")
+        prompts.append(obj["prompt"])
+    return prompts
+
+
+# --------------------------------------------------------------------------- pass 2: streamed generation
+
+
+class _CallbackStreamer(BaseStreamer):
+    """A transformers streamer that decodes the new tokens and hands each new piece of text to a callback.
+
+    ``generate`` calls it in its own thread, so an exception from the callback
+    (a closed pipe, Ctrl-C) stops generation at once.
+    """
+
+    def __init__(self, tokenizer, end_ids: set[int], on_text: TextCallback) -> None:
+        self.tokenizer, self.end_ids, self.on_text = tokenizer, end_ids, on_text
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+        self.done = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            if self.done or token in self.end_ids:
+                self.done = True
+                break
+            self.ids.append(token)
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return  # half of a multi-byte character: wait for the rest
+        if len(text) > self.sent:
+            piece, self.sent = text[self.sent :], len(text)
+            self.on_text(piece)
+
+
+def _end_ids(model, tokenizer) -> set[int]:
+    ends = model.generation_config.eos_token_id
+    ids = set(ends if isinstance(ends, list) else [ends] if ends is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def stream_generate(
+    adaptable: Adaptable, prompt: str, *, max_new_tokens: int, temperature: float, on_text: TextCallback | None
+) -> tuple[str, int]:
+    """Answer one prompt (chat template applied) with the weights currently applied; returns (text, tokens)."""
+    from t2cli.runtime.generation import prepare_tokenizer, render_prompt
+
+    tokenizer = prepare_tokenizer(adaptable.tokenizer)
+    model = adaptable.model
+    end_ids = _end_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    enc = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False).to(device)
+    streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None
+    sampling = temperature > 0
+    out = model.generate(
+        **enc, max_new_tokens=max_new_tokens, do_sample=sampling, temperature=temperature if sampling else None,
+        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+    )
+    generated = out[0, enc["input_ids"].shape[1] :].tolist()
+    cut = next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
+    return tokenizer.decode(generated[:cut], skip_special_tokens=True), cut
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+def _mix_linear(zs: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """z' = sum_k alpha_k z_k per matrix (``t2cli.experts.mixing``); an expert that does not adapt a matrix counts as z = 1 there."""
+    from t2cli.experts.mixing import mix
+
+    lengths = {m: v.shape[0] for z in zs.values() for m, v in z.items()}
+    names = list(weights)
+    full = [{m: zs[name].get(m, torch.ones(n)) for m, n in lengths.items()} for name in names]
+    return mix(full, [weights[name] for name in names], "linear")
+
+
+def _mixture_key(weights: Mapping[str, float]) -> str:
+    """The composed-weight cache key of a mixture (the same weights give the same key)."""
+    return "mix[" + ",".join(f"{name}={alpha:.9g}" for name, alpha in sorted(weights.items())) + "]"
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class _Prepared:
+    """What the checks before loading need: the model's identity, tokenizer and context window."""
+
+    model_name: str
+    fingerprint: str
+    tokenizer: Any
+    context_limit: int | None
+    base_model_id: int | None
+
+
+class Asker:
+    """Answers prompts with one strategy on one model; composed expert weights are cached across prompts.
+
+    Pass ``adaptable`` to reuse a loaded model (tests, notebooks); otherwise the
+    model named by ``model`` is resolved and checked now and loaded on the first
+    ``ask``. ``complete`` replaces pass-1 generation (tests on random models).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: AskSettings,
+        *,
+        model: str | None = None,
+        adaptable: Adaptable | None = None,
+        device: str = "auto",
+        complete: Completer | None = None,
+    ) -> None:
+        self.registry, self.settings, self.model, self.device = registry, settings, model, device
+        self._adaptable = adaptable
+        self._z: dict[str, dict[str, torch.Tensor]] = {}
+        self.prepared = _prepare(registry, model, adaptable)
+        ctx = DispatchContext(
+            registry=registry, base_model_id=self.prepared.base_model_id, model_name=self.prepared.model_name,
+            tokenizer=self.prepared.tokenizer, context_limit=self.prepared.context_limit, adaptable=self.load,
+            task=settings.task, classifier=settings.classifier, complete=complete, pass1=settings.pass1,
+        )
+        self._dispatcher = build_dispatcher(ctx, settings.strategy)
+
+    # ------------------------------------------------------------------ checks and loading
+
+    def check_prompt(self, prompt: str, where: str = "the prompt") -> int:
+        """Refuse an empty prompt or one that does not fit the context window; returns its token count."""
+        from t2cli.runtime.generation import render_prompt
+
+        check_prompt_text(prompt, where)
+        tokenizer = self.prepared.tokenizer
+        n = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        limit, budget = self.prepared.context_limit, self.settings.max_new_tokens
+        if limit is not None and n + budget > limit:
+            room = limit - budget
+            raise AskError(
+                f"{where} is {n} tokens (chat template included); with --max-new-tokens {budget} that exceeds "
+                f"the {limit}-token context window of {self.prepared.model_name}",
+                f"shorten it to at most {room} tokens" if room > 0 else f"lower --max-new-tokens below {limit}",
+            )
+        return n
+
+    def load(self) -> Adaptable:
+        """The loaded model (loaded, and decomposed if needed, on the first call)."""
+        if self._adaptable is None:
+            from t2cli.svf.adaptable import load_adaptable
+
+            adaptable = load_adaptable(
+                self.registry, self.model, targets=_targets_for(self.registry, self.prepared.base_model_id),
+                device=self.device,
+            )
+            if adaptable.identity.fingerprint != self.prepared.fingerprint:
+                raise AskError(f"the weights of {self.prepared.model_name} changed while loading", "run again")
+            self._adaptable = adaptable
+        return self._adaptable
+
+    # ------------------------------------------------------------------ the two passes
+
+    def ask(self, prompt: str, *, on_text: TextCallback | None = None) -> AskResult:
+        """Pass 1, switch, pass 2 for one prompt; the base weights are back afterwards, whatever happens."""
+        self.check_prompt(prompt)
+        svf = self.load().svf
+        started = time.perf_counter()
+        try:
+            decision = run_dispatch(self._dispatcher, prompt)
+            switch_start = time.perf_counter()
+            cached = self.apply_decision(decision)
+            switch_s = time.perf_counter() - switch_start
+            gen_start = time.perf_counter()
+            answer, tokens = stream_generate(
+                self.load(), prompt, max_new_tokens=self.settings.max_new_tokens,
+                temperature=self.settings.temperature, on_text=on_text,
+            )
+            generate_s = time.perf_counter() - gen_start
+        finally:
+            svf.restore()
+        return AskResult(
+            prompt=prompt, answer=answer, strategy=self.settings.strategy, choice=decision.choice,
+            category=decision.category, weights=dict(decision.weights), reason=decision.reason,
+            timings=Timings(decision.seconds, switch_s, generate_s, time.perf_counter() - started),
+            tokens=tokens, cached=cached,
+        )
+
+    def dispatch(self, prompt: str) -> Dispatch:
+        """Pass 1 alone (timed): which z should answer ``prompt``."""
+        return run_dispatch(self._dispatcher, prompt)
+
+    def apply_decision(self, decision: Dispatch) -> bool:
+        """Apply the chosen z (cached by key); returns whether its composed weights were cached already."""
+        svf = self.load().svf
+        weights = decision.weights
+        if decision.stored is not None:
+            key, names = decision.stored, [decision.stored]
+        elif not weights:
+            svf.restore()
+            return True
+        elif len(weights) == 1 and next(iter(weights.values())) == 1.0:
+            key, names = next(iter(weights)), list(weights)
+        else:
+            key, names = _mixture_key(weights), list(weights)
+        if svf.is_cached(key):
+            svf.apply({}, key=key)  # the cache holds W' for this key: nothing is loaded or composed
+            return True
+        zs = {name: self._expert_z(name) for name in names}
+        z = zs[key] if key in zs else _mix_linear(zs, weights)
+        svf.apply(z, key=key)
+        return False
+
+    def _expert_z(self, name: str) -> dict[str, torch.Tensor]:
+        if name not in self._z:
+            from t2cli.svf.expert import load_expert
+
+            self._z[name] = load_expert(self.registry, name).z
+        return self._z[name]
+
+
+def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None) -> _Prepared:
+    """Identity, tokenizer and context window of the model, without loading or registering it."""
+    if adaptable is not None:
+        text_config = adaptable.model.config.get_text_config()
+        return _Prepared(
+            adaptable.identity.ref.name, adaptable.identity.fingerprint, adaptable.tokenizer,
+            getattr(text_config, "max_position_embeddings", None), adaptable.base_model_id,
+        )
+    from t2cli.models.hashing import HashCache
+    from t2cli.models.identity import model_identity
+    from t2cli.models.load import load_tokenizer
+    from t2cli.models.resolve import resolve_model
+
+    ref = resolve_model(model)
+    identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
+    config = identity.config
+    limit = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
+    return _Prepared(ref.name, identity.fingerprint, load_tokenizer(ref), int(limit) if limit else None,
+                     _base_model_id(registry, identity.fingerprint))
+
+
+def _base_model_id(registry: Registry, fingerprint: str) -> int | None:
+    from sqlalchemy import select
+
+    from registry.schema import BaseModel
+
+    with registry.session(readonly=True) as session:
+        return session.scalars(select(BaseModel.id).where(BaseModel.fingerprint == fingerprint)).first()
+
+
+def _targets_for(registry: Registry, base_model_id: int | None) -> str:
+    """The decomposition to load: the experts' targets spec when they all share one, else all matrices."""
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    if base_model_id is None:
+        return "all"
+    with registry.session(readonly=True) as session:
+        specs = {json.loads(t).get("spec") for t in session.scalars(
+            select(Expert.targets_json).where(Expert.base_model_id == base_model_id))}
+    return specs.pop() if len(specs) == 1 and None not in specs else "all"

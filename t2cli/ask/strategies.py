@@ -1,0 +1,470 @@
+"""Pass 1 of two-pass inference: strategies that decide which z answers a prompt (REFERENCE.md §3).
+
+A strategy is registered by name with ``@strategy("name")``. It is a factory: it
+gets a ``DispatchContext`` (the registry, the base model, the options) and an
+optional argument (``expert:NAME`` gives "NAME"), does its registry look-ups and
+checks once, raising one clear ``DispatchError`` when it cannot work, and returns
+a ``Dispatcher``: a function from a prompt to a ``Dispatch`` (the choice, the
+mixture weights expert -> alpha, the reason). Pass 2 (``t2cli.ask.engine``) applies it.
+
+| strategy | pass 1 |
+| --- | --- |
+| ``none`` | nothing: base weights |
+| ``expert:NAME`` | nothing: that expert |
+| ``prompt`` | the base model classifies the prompt into the experts' categories or ``other`` |
+| ``classifier`` | the same question, answered with the dispatch expert applied |
+| ``cem`` | the latest CEM mixture registered for ``--task`` (made by ``t2 adapt``) |
+
+The model is only loaded when a dispatcher first needs it (``ctx.adaptable()``),
+so every look-up error comes before anything is loaded or decomposed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from t2cli.errors import T2Error
+from t2cli.tasks.dispatch_task import (
+    ANSWER_PREFIX,
+    CategoryExpert,
+    category_experts,
+    DISPATCH_MAX_NEW_TOKENS,
+    DISPATCH_TASK,
+    OTHER,
+    boxed_category,
+    classification_prompt,
+    parse_category,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from registry import Registry
+    from t2cli.svf.adaptable import Adaptable
+
+BASE = "base"  # Dispatch.choice when pass 2 runs on the base weights
+PASS1_MODES = ("generate", "score")
+MIN_QUESTION_TOKENS = 32  # pass 1 never cuts the question shorter than this
+
+
+class DispatchError(T2Error):
+    """A strategy that cannot run: unknown name, missing expert, classifier or mixture."""
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What pass 1 decided.
+
+    ``weights`` maps expert names to mixing weights alpha (empty: base weights;
+    one expert at 1.0: that expert). ``stored`` names a registered expert whose
+    stored z pass 2 applies as is (a CEM mixture, whose alphas may be per
+    matrix); ``weights`` then reports the mixture's recorded parents.
+    """
+
+    choice: str  # "base", an expert name, or a mixture's name
+    weights: dict[str, float]
+    reason: str
+    seconds: float = 0.0
+    category: str | None = None  # the category pass 1 read, where it classified
+    stored: str | None = None
+
+
+Dispatcher = Callable[[str], Dispatch]
+# Pass-1 generation: (the loaded model, the classification message) -> the model's answer, with the
+# weights currently applied. Tests inject a stub where the model is random.
+Completer = Callable[["Adaptable", str], str]
+PrefixCache = dict  # (weights key, prefix text) -> (prefix token ids, its KV cache); one per Asker
+
+
+@dataclass
+class DispatchContext:
+    """What a strategy may use: the registry, the base model and the options of ``t2 ask``."""
+
+    registry: Registry
+    base_model_id: int | None  # None: the model was never registered (so no expert can belong to it)
+    model_name: str
+    tokenizer: PreTrainedTokenizerBase
+    context_limit: int | None  # the model's max_position_embeddings, when known
+    adaptable: Callable[[], Adaptable]  # loads the model on first call
+    task: str | None = None
+    classifier: str | None = None
+    complete: Completer | None = None  # None: ``greedy_answer``
+    pass1: str = "generate"  # how prompt/classifier read the category: "generate" or "score" (PASS1_MODES)
+    prefix_cache: PrefixCache = field(default_factory=dict)  # --pass1 score: the instructions' KV, per weights
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    name: str
+    factory: Callable[[DispatchContext, str | None], Dispatcher]
+    takes_arg: bool
+    help: str
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name}:NAME" if self.takes_arg else self.name
+
+
+_STRATEGIES: dict[str, StrategyInfo] = {}
+
+
+def strategy(name: str, *, takes_arg: bool = False, help: str = ""):
+    """Register a strategy factory ``(ctx, arg) -> Dispatcher`` under ``name`` (``name:ARG`` when it takes one)."""
+
+    def register(factory: Callable[[DispatchContext, str | None], Dispatcher]):
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy '{name}' is already registered")
+        _STRATEGIES[name] = StrategyInfo(name, factory, takes_arg, help or (factory.__doc__ or "").strip())
+        return factory
+
+    return register
+
+
+def strategy_names() -> list[str]:
+    """The strategies as a user writes them (``expert:NAME``), in registration order."""
+    return [info.usage for info in _STRATEGIES.values()]
+
+
+def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
+    """``"expert:math-v1"`` -> (the expert strategy, "math-v1"); a clear error for unknown names."""
+    name, sep, arg = spec.strip().partition(":")
+    info = _STRATEGIES.get(name.strip().lower())
+    valid = ", ".join(strategy_names())
+    if info is None:
+        raise DispatchError(f"unknown strategy {spec!r}", f"use one of: {valid}")
+    arg = arg.strip() or None
+    if info.takes_arg and arg is None:
+        raise DispatchError(f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}")
+    if not info.takes_arg and sep:
+        raise DispatchError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
+    return info, arg
+
+
+def build_dispatcher(ctx: DispatchContext, spec: str) -> Dispatcher:
+    """The pass-1 function for strategy ``spec``, after its look-ups and checks."""
+    info, arg = parse_strategy(spec)
+    return info.factory(ctx, arg)
+
+
+def run_dispatch(dispatcher: Dispatcher, prompt: str) -> Dispatch:
+    """Pass 1, timed."""
+    started = time.perf_counter()
+    decision = dispatcher(prompt)
+    return replace(decision, seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- registry look-ups
+
+
+def _expert_row(registry: Registry, name: str) -> dict[str, Any]:
+    """An expert's registry row as a dict; ExpertNotFound (listing known names) otherwise."""
+    from sqlalchemy import select
+
+    from registry.schema import BaseModel, Expert
+
+    with registry.session(readonly=True) as session:
+        row = session.scalars(select(Expert).where(Expert.name == name)).first()
+        if row is not None:
+            base = session.get(BaseModel, row.base_model_id)
+            return {"name": row.name, "base_model_id": row.base_model_id, "kind": row.kind, "task": row.task,
+                    "base_model": base.name if base else "?", "base_location": base.location if base else None,
+                    "config": json.loads(row.config_json or "{}")}
+    from t2cli.experts.catalog import get_expert
+
+    get_expert(registry, name)  # raises the clear not-found error, with the known names
+    raise AssertionError("unreachable")
+
+
+def model_argument(name: str, location: str | None) -> str:
+    """How to name a registered base model on the command line: its alias when it has one, else its location."""
+    from t2cli.models.resolve import ALIASES
+
+    return name if name in ALIASES else (location or name)
+
+
+def expert_model(registry: Registry, name: str) -> str:
+    """The --model that expert ``name`` belongs to (ExpertNotFound if there is no such expert)."""
+    row = _expert_row(registry, name)
+    return model_argument(row["base_model"], row["base_location"])
+
+
+def _check_base(ctx: DispatchContext, expert: Mapping[str, Any]) -> None:
+    if expert["base_model_id"] != ctx.base_model_id:
+        raise DispatchError(
+            f"expert {expert['name']!r} belongs to base model {expert['base_model']}; the loaded model is "
+            f"{ctx.model_name}",
+            f"ask with --model {model_argument(expert['base_model'], expert['base_location'])}",
+        )
+
+
+def _latest_expert(registry: Registry, base_model_id: int | None, *, task: str) -> str | None:
+    """The latest non-mixture expert of ``base_model_id`` trained on ``task``."""
+    from sqlalchemy import select
+
+    from registry.schema import Expert
+
+    if base_model_id is None:
+        return None
+    with registry.session(readonly=True) as session:
+        return session.scalars(
+            select(Expert.name)
+            .where(Expert.base_model_id == base_model_id, Expert.task == task, Expert.kind != "mixture")
+            .order_by(Expert.id.desc())
+        ).first()
+
+
+def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None) -> str | None:
+    """The latest CEM mixture registered for ``task`` (its name or alias) on this base model."""
+    from t2cli.adapt.cem import latest_cem_mixture
+
+    return None if base_model_id is None else latest_cem_mixture(registry, task, base_model_id)
+
+
+# --------------------------------------------------------------------------- pass-1 generation
+
+
+def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[str] = ()) -> str:
+    """The model's greedy answer to ``message`` (chat template applied) with the weights currently applied.
+
+    With ``categories``, generation stops at the first ``\\boxed{...}`` naming one of them:
+    ``parse_category`` reads nothing after it, so the answer means the same and pass 1
+    does not pay for the words a small model adds after its box.
+    """
+    from t2cli.runtime.generation import generate, render_prompt
+
+    text = render_prompt(adaptable.tokenizer, message)
+    stop = (lambda so_far: boxed_category(so_far, categories) is not None) if categories else None
+    gens = generate(adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS,
+                    stop_when=stop)
+    return gens.texts[0]
+
+
+_QUESTION_MARK = "\nQuestion:"  # classification_prompt ends with it and the question: what precedes is fixed
+
+
+def _with_kv(model, kv) -> dict[str, Any]:
+    """The forward keyword for a KV cache: ``cache`` in recent transformers 5 (``past_key_values``
+    is deprecated there, to go in 5.40), ``past_key_values`` in the releases before the rename."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: kv}
+
+
+def _kv_of(output):
+    """The KV cache a forward returned, under either name (see ``_with_kv``)."""
+    kv = getattr(output, "cache", None)
+    return kv if kv is not None else output.past_key_values
+
+
+def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, cache: PrefixCache | None):
+    """(KV cache of the fixed instructions, how many of ``ids`` it covers), computed once per weights.
+
+    The classification prompt is the same up to ``Question:`` for every prompt; only the
+    question and the template's tail differ. The split is used only when tokenizing the
+    prefix alone gives exactly the first tokens of the whole text (else nothing is cached).
+    """
+    import copy
+
+    cut = text.rfind(_QUESTION_MARK)
+    if cache is None or cut < 0:
+        return None, 0
+    prefix = text[: cut + len(_QUESTION_MARK)]
+    entry = cache.get((key, prefix))
+    if entry is None:
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        if ids[: len(prefix_ids)] != prefix_ids or len(prefix_ids) >= len(ids):
+            return None, 0
+        device = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True)
+        entry = cache[(key, prefix)] = (prefix_ids, _kv_of(out))
+    prefix_ids, kv = entry
+    if ids[: len(prefix_ids)] != prefix_ids:
+        return None, 0
+    return copy.deepcopy(kv), len(prefix_ids)  # the forward below appends to it
+
+
+@torch.no_grad()
+def score_categories(
+    adaptable: Adaptable, message: str, names: Sequence[str], *, prefix_cache: PrefixCache | None = None
+) -> dict[str, float]:
+    """Pass 1 without generating: the log-probability of each ``name + "}"`` right after the
+    answer's required opening ``Classification: \\boxed{``, with the weights currently applied.
+
+    One forward over the prompt fills the KV cache; one batched forward over the K
+    candidates (right-padded, the cache repeated K times) scores them all, so the cost is
+    about one prefill whatever the answer length. With ``prefix_cache`` the fixed
+    instructions are prefilled once per set of weights and only the question is prefilled
+    per prompt. Every name gets a score: nothing to parse, and no fallback is needed.
+    """
+    from t2cli.runtime.generation import render_prompt
+
+    model, tokenizer = adaptable.model, adaptable.tokenizer
+    device = next(model.parameters()).device
+    text = render_prompt(tokenizer, message) + ANSWER_PREFIX
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    kv, done = _prefix_state(model, tokenizer, text, ids, adaptable.svf.active, prefix_cache)
+    first = model(input_ids=torch.tensor([ids[done:]], device=device), use_cache=True, **_with_kv(model, kv))
+    first_logprobs = first.logits[0, -1].float().log_softmax(-1)
+    candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
+    width = max(len(c) for c in candidates)
+    batch = torch.zeros((len(candidates), width), dtype=torch.long, device=device)
+    mask = torch.zeros_like(batch)
+    for row, c in enumerate(candidates):
+        batch[row, : len(c)] = torch.tensor(c, device=device)
+        mask[row, : len(c)] = 1
+    cache = _kv_of(first)
+    cache.batch_repeat_interleave(len(candidates))
+    attention = torch.cat([torch.ones((len(candidates), len(ids)), dtype=torch.long, device=device), mask], 1)
+    rest = model(input_ids=batch, attention_mask=attention, **_with_kv(model, cache)).logits.float().log_softmax(-1)
+    scores = {}
+    for row, (name, c) in enumerate(zip(names, candidates)):
+        total = first_logprobs[c[0]]
+        for j in range(1, len(c)):  # position j-1 of the candidate predicts its token j
+            total = total + rest[row, j - 1, c[j]]
+        scores[name] = float(total)
+    return scores
+
+
+def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, str]) -> tuple[str, int | None]:
+    """``question`` cut (keeping its start) so the classification prompt fits the model's window.
+
+    Returns (question, tokens kept) where tokens kept is None when nothing was cut.
+    The category is usually clear from the start of a prompt; the cut never goes
+    below ``MIN_QUESTION_TOKENS``.
+    """
+    from t2cli.runtime.generation import render_prompt
+
+    if ctx.context_limit is None:
+        return question, None
+    budget = ctx.context_limit - DISPATCH_MAX_NEW_TOKENS
+    rendered = render_prompt(ctx.tokenizer, classification_prompt(question, categories))
+    overflow = len(ctx.tokenizer(rendered, add_special_tokens=False)["input_ids"]) - budget
+    if overflow <= 0:
+        return question, None
+    ids = ctx.tokenizer(question, add_special_tokens=False)["input_ids"]
+    keep = max(len(ids) - overflow, MIN_QUESTION_TOKENS)
+    if keep >= len(ids):
+        return question, None
+    return ctx.tokenizer.decode(ids[:keep], skip_special_tokens=True), keep
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return json.dumps(flat if len(flat) <= limit else flat[: limit - 3] + "...", ensure_ascii=False)
+
+
+def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], who: str) -> Dispatch:
+    """Ask the model (with whatever weights are applied) for the category, and map it to an expert."""
+    categories = {e.category: e.description for e in experts}
+    question, kept = fit_question(ctx, prompt, categories)
+    names = [*categories, OTHER]
+    message = classification_prompt(question, categories)
+    cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
+    if ctx.pass1 == "score":
+        scores = score_categories(ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache)
+        found = max(names, key=lambda name: scores[name])  # ties: the first listed
+        listed = ", ".join(f"{name} {score:.2f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
+        verdict = f"scored the categories (log-prob after {ANSWER_PREFIX!r}: {listed}) and chose {found}"
+    else:
+        if ctx.complete is not None:
+            answer = ctx.complete(ctx.adaptable(), message)
+        else:
+            answer = greedy_answer(ctx.adaptable(), message, categories=names)
+        found = parse_category(answer, names)
+        if found is None:
+            return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "
+                                      f"base weights{cut}")
+        verdict = f"classified the prompt as {found} ({_quote(answer)})"
+    if found == OTHER:
+        return Dispatch(BASE, {}, f"{who} {verdict}: base weights{cut}", category=OTHER)
+    expert = next(e for e in experts if e.category == found)
+    return Dispatch(expert.expert, {expert.expert: 1.0}, f"{who} {verdict}: expert {expert.expert}{cut}",
+                    category=found)
+
+
+def _require_category_experts(ctx: DispatchContext, strategy_name: str) -> list[CategoryExpert]:
+    experts = category_experts(ctx.registry, ctx.base_model_id)
+    if not experts:
+        raise DispatchError(
+            f"no experts with a category are registered for {ctx.model_name}: strategy {strategy_name!r} has "
+            "nothing to choose from",
+            "train one (e.g. `t2 train --task math`), or use --strategy none",
+        )
+    return experts
+
+
+# --------------------------------------------------------------------------- the strategies
+
+
+@strategy("none", help="Base weights; no pass 1.")
+def _none(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    return lambda prompt: Dispatch(BASE, {}, "base weights (--strategy none)")
+
+
+@strategy("expert", takes_arg=True, help="The named expert; no pass 1.")
+def _expert(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    assert arg is not None  # parse_strategy guarantees it
+    row = _expert_row(ctx.registry, arg)
+    _check_base(ctx, row)
+    return lambda prompt: Dispatch(arg, {arg: 1.0}, f"expert {arg} (--strategy expert:{arg})")
+
+
+@strategy("prompt", help="The base model classifies the prompt into the experts' categories or other.")
+def _prompt(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    experts = _require_category_experts(ctx, "prompt")
+
+    def run(prompt: str) -> Dispatch:
+        svf = ctx.adaptable().svf
+        with svf.adapted(None):
+            return _classify(ctx, prompt, experts, "the base model")
+
+    return run
+
+
+@strategy("classifier", help="The dispatch expert (`t2 train --task dispatch`) classifies the prompt.")
+def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    experts = _require_category_experts(ctx, "classifier")
+    name = ctx.classifier or _latest_expert(ctx.registry, ctx.base_model_id, task=DISPATCH_TASK)
+    if name is None:
+        raise DispatchError(
+            f"no dispatch classifier expert is registered for {ctx.model_name}",
+            "train one with `t2 train --task dispatch`, name one with --classifier NAME, or use --strategy prompt",
+        )
+    _check_base(ctx, _expert_row(ctx.registry, name))
+    z: dict[str, torch.Tensor] = {}
+
+    def run(prompt: str) -> Dispatch:
+        from t2cli.svf.expert import load_expert
+
+        if not z:
+            z.update(load_expert(ctx.registry, name).z)
+        svf = ctx.adaptable().svf
+        with svf.adapted(z, key=name):
+            return _classify(ctx, prompt, experts, f"classifier {name}")
+
+    return run
+
+
+@strategy("cem", help="The latest CEM mixture for --task (made by `t2 adapt --task T`).")
+def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    if not ctx.task:
+        raise DispatchError("strategy 'cem' needs --task T: the task the mixture was adapted to",
+                            "e.g. t2 ask \"...\" --strategy cem --task arc-challenge")
+    name = _latest_cem_mixture(ctx.registry, ctx.task, ctx.base_model_id)
+    if name is None:
+        raise DispatchError(f"no CEM mixture for task {ctx.task}; run `t2 adapt --task {ctx.task}` first",
+                            "or pick another --strategy (prompt, classifier, expert:NAME, none)")
+    row = _expert_row(ctx.registry, name)
+    weights = {p["name"]: float(p["weight"]) for p in row["config"].get("parents", []) if p.get("weight") is not None}
+    mix = " + ".join(f"{w:.3g} {n}" for n, w in weights.items()) or "its stored z"
+    mixture = row["config"].get("parametrization", {}).get("mixture") or {}
+    if weights and mixture.get("granularity") == "role":
+        mix += " (mean alphas; one alpha per expert per matrix role)"
+    return lambda prompt: Dispatch(name, weights or {name: 1.0},
+                                   f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name)

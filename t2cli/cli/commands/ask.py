@@ -1,0 +1,127 @@
+"""``t2 ask``: answer prompts with self-adapted weights (pass 1 picks the z, pass 2 answers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from t2cli.cli.console import err
+from t2cli.cli.options import DeviceOpt, JsonOpt
+
+
+def ask_cmd(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (or use -f FILE).", show_default=False)] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model (default: the expert's for expert:NAME, else the embedded SmolLM2-135M).")
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option("--strategy", "-s", help="Pass 1: none, expert:NAME, prompt, classifier or cem.")
+    ] = "prompt",
+    task: Annotated[str | None, typer.Option("--task", "-t", help="cem: the task whose CEM mixture to use.")] = None,
+    classifier: Annotated[
+        str | None, typer.Option("--classifier", help="classifier: the dispatch expert (default: the latest trained with --task dispatch).")
+    ] = None,
+    pass1: Annotated[
+        str, typer.Option("--pass1", help="prompt/classifier: generate the classification and parse it (the paper's way), "
+                          "or score each category after 'Classification: \\boxed{' (one prefill, always a category).")
+    ] = "generate",
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the answer (0 = greedy).")] = 0.0,
+    show_dispatch: Annotated[
+        bool, typer.Option("--show-dispatch", "--verbose", "-v", help="Print pass 1's choice, its reason and the timings on stderr.")
+    ] = False,
+    file: Annotated[
+        str | None, typer.Option("--file", "-f", help="Answer every prompt of FILE (JSON lines with \"prompt\", or one prompt per line); - reads stdin.")
+    ] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer PROMPT in two passes: pass 1 chooses the expert (or mixture), pass 2 answers with it.
+
+    The answer streams to stdout; the base weights are restored afterwards, even after an error.
+
+    --json prints one line per prompt: prompt, answer, strategy, choice, category, weights, reason,
+    timings (dispatch_s, switch_s, generate_s, total_s) and tokens. See docs/ask.md.
+
+    Examples:
+
+      t2 ask "What is 17 * 23?" --show-dispatch           # the base model picks the category
+
+      t2 ask "Write is_prime(n) in Python." --strategy expert:mbpp-svf
+
+      t2 ask "Which gas do plants absorb?" --strategy classifier --json
+
+      t2 ask "What is 17 * 23?" --pass1 score -v          # pass 1 scores the categories instead
+
+      t2 ask -f questions.jsonl --strategy cem --task arc-challenge --json > answers.jsonl
+
+      cat prompts.txt | t2 ask -f - --strategy none
+    """
+    from t2cli.ask.engine import Asker, AskSettings, check_prompt_text, read_prompts
+    from t2cli.ask.strategies import expert_model, parse_strategy
+    from t2cli.errors import UsageError
+    from t2cli.home import open_registry
+
+    if (prompt is None) == (file is None):
+        raise UsageError("give either a PROMPT or -f FILE", 'e.g. t2 ask "What is 2 + 2?"  or  t2 ask -f prompts.txt')
+    settings = AskSettings(strategy=strategy, task=task, classifier=classifier, max_new_tokens=max_new_tokens,
+                           temperature=temperature, pass1=pass1)
+    if file is not None:
+        prompts = read_prompts(_read_input(file), "stdin" if file == "-" else file)
+    else:
+        check_prompt_text(prompt)
+        prompts = [prompt]
+    batch = file is not None
+    with open_registry() as registry:
+        info, arg = parse_strategy(strategy)
+        if model is None and info.name == "expert" and arg is not None:
+            model = expert_model(registry, arg)
+        asker = Asker(registry, settings, model=model, device=device)
+        for number, text in enumerate(prompts, 1):  # every prompt is checked before the model is loaded
+            asker.check_prompt(text, f"prompt {number}" if batch else "the prompt")
+        if show_dispatch:
+            err.print(f"loading {asker.prepared.model_name}...", markup=False)
+        for number, text in enumerate(prompts, 1):
+            if batch and not as_json:
+                err.print(f"[{number}/{len(prompts)}] {_clip(text)}", markup=False)
+            result = asker.ask(text, on_text=None if as_json else lambda piece: typer.echo(piece, nl=False))
+            if as_json:
+                typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
+            else:
+                typer.echo("")
+            if show_dispatch:
+                t = result.timings
+                rate = result.tokens / t.generate_s if t.generate_s > 0 else 0.0
+                err.print(f"pass 1 ({result.strategy}, {t.dispatch_s:.2f} s) -> {result.choice}: {result.reason}",
+                          markup=False)
+                err.print(
+                    f"switch {t.switch_s * 1000:.1f} ms{' (cached)' if result.cached else ''} · pass 2 "
+                    f"{t.generate_s:.2f} s, {result.tokens} tokens ({rate:.1f} tok/s) · total {t.total_s:.2f} s",
+                    markup=False,
+                )
+
+
+def _read_input(file: str) -> bytes:
+    """The bytes of the input file, or of stdin for "-"."""
+    from pathlib import Path
+
+    from t2cli.ask.engine import AskError
+
+    if file == "-":
+        return typer.get_binary_stream("stdin").read()
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise AskError(f"input file {file} does not exist" if not path.exists() else f"{file} is not a file",
+                       "pass a text or JSON-lines file, or - for stdin")
+    return path.read_bytes()
+
+
+def _clip(text: str, limit: int = 70) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ask")(ask_cmd)

@@ -1,0 +1,121 @@
+"""``t2 decompose``: SVD of a model's target matrices into the registry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from t2cli.cli.console import err, human_bytes, out
+from t2cli.cli.options import DeviceOpt, JsonOpt, ModelArg, RevisionOpt
+
+TargetsOpt = Annotated[
+    str,
+    typer.Option(
+        "--targets",
+        help="Which matrices: attn (q,k,v,o), mlp (gate,up,down), all, or a regex over names "
+        "like model.layers.3.mlp.down_proj.",
+    ),
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute precision of the SVD: float32 or float64.")]
+MethodOpt = Annotated[str, typer.Option("--method", help="SVD method (auto picks the fastest exact one).")]
+
+
+def decompose(
+    model: ModelArg = None,
+    targets: TargetsOpt = "all",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    method: MethodOpt = "auto",
+    revision: RevisionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decompose MODEL's target matrices (U, S, Vh per matrix) into the registry, once.
+
+    Re-running is a no-op; an interrupted run resumes where it stopped.
+
+    Examples:
+
+      t2 decompose                        # the embedded SmolLM2-135M, attention + MLP
+
+      t2 decompose llama3-8b --targets mlp --device cuda
+
+      t2 decompose ./model.gguf --targets 'layers\\.(2[0-9])\\.mlp'
+    """
+    from t2cli.decompose.engine import MAX_REL_ERROR, decompose_model
+    from t2cli.home import open_registry
+
+    with open_registry() as registry, _progress_bar(disable=as_json) as (progress, on_progress):
+        summary = decompose_model(
+            registry, model, targets=targets, dtype=dtype, device=device, method=method,
+            revision=revision, on_progress=on_progress,
+        )
+        progress.stop()
+    if as_json:
+        out.print_json(json.dumps(asdict(summary)))
+        return
+    if summary.already_complete:
+        out.print(f"Already decomposed: nothing to do (decomposition #{summary.decomposition_id}).")
+    out.print(
+        f"[bold]{summary.model_name}[/] ({summary.model_source}) targets={summary.targets_spec} "
+        f"dtype={summary.dtype}: {summary.num_matrices} matrices "
+        f"({summary.computed} computed, {summary.reused} reused), {human_bytes(summary.size_bytes)} stored, "
+        f"{summary.seconds:.1f} s"
+    )
+    verdict = "ok" if summary.max_rel_error < MAX_REL_ERROR else f"[red]above {MAX_REL_ERROR:g}[/]"
+    out.print(f"max relative reconstruction error: {summary.max_rel_error:.2e} ({verdict})")
+    if summary.max_rel_error >= MAX_REL_ERROR:
+        err.print("warning: some matrices reconstruct poorly; try --dtype float64")
+
+
+class _progress_bar:
+    """A Rich progress bar on stderr fed by the engine's progress callback."""
+
+    def __init__(self, disable: bool) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("matrices · {task.fields[stored]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            # Not a terminal (CI logs, pipes): no bar frames in the output, only the summary.
+            disable=disable or not err.is_terminal,
+            transient=True,
+        )
+        self.task = self.progress.add_task("loading model", total=None, stored="0 B")
+
+    def __enter__(self):
+        self.progress.start()
+        return self.progress, self._update
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _update(self, event) -> None:
+        self.progress.update(
+            self.task,
+            description="decomposing" if event.done < event.total else "done",
+            total=event.total,
+            completed=event.done,
+            stored=human_bytes(event.bytes_stored),
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``decompose`` to the root app."""
+    app.command("decompose")(decompose)

@@ -1,0 +1,154 @@
+"""``t2 eval``: accuracy of the base model or an expert on a task, with its 95% interval."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from t2cli.cli.console import err, out
+from t2cli.cli.options import DeviceOpt, JsonOpt, TaskOpt
+
+
+def eval_cmd(
+    task: TaskOpt,
+    expert: Annotated[str | None, typer.Option("--expert", "-e", help="Expert to evaluate.")] = None,
+    base: Annotated[bool, typer.Option("--base", help="Evaluate the base weights.")] = False,
+    strategy: Annotated[
+        str | None,
+        typer.Option("--strategy", "-s", help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, "
+                     "cem, none or expert:NAME (pass 1 per item, pass 2 batched per decision).", show_default=False),
+    ] = None,
+    pass1: Annotated[
+        str, typer.Option("--pass1", help="With --strategy prompt/classifier: generate (and parse) or score the categories.")
+    ] = "generate",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")] = None,
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 32,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer (default: the task's).")] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Greedy accuracy on a task split, stored in the registry (shown by `t2 experts show`).
+
+    Examples:
+
+      t2 eval --task addition --base --limit 200
+
+      t2 eval --task addition --expert add-v1 --limit 200 --json
+
+      t2 eval --task dispatch --expert dispatch-svf     # dispatch accuracy of the classifier
+
+      t2 eval --task arc-challenge --strategy prompt --limit 100
+
+      t2 eval --task arc-challenge --strategy classifier --pass1 score --limit 100
+    """
+    from t2cli.errors import UsageError
+    from t2cli.eval.accuracy import evaluate
+    from t2cli.svf.expert import load_expert
+    from t2cli.home import open_registry
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.tasks import get_task, needs_registry
+
+    if sum((base, expert is not None, strategy is not None)) != 1:
+        raise UsageError("give exactly one of --expert NAME, --base or --strategy S", "e.g. t2 eval --task math --base")
+    if strategy is not None:
+        _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1)
+        return
+    task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
+    with open_registry() as registry:
+        loaded = load_expert(registry, expert) if expert else None
+        targets = loaded.config.targets if loaded else "all"
+        if loaded is not None:
+            model = _expert_model(loaded, model)
+        err.print(f"loading {model or 'the embedded model'}...")
+        adaptable = load_adaptable(registry, model, targets=targets, device=device)
+        if loaded is not None:
+            _check_same_base(loaded, adaptable)
+        if task_obj is None:
+            task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
+        items = task_obj.split(split)
+        total = min(limit, len(items)) if limit else len(items)
+        with Progress(
+            TextColumn(f"eval {task_obj.name}/{split}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=err, disable=as_json,
+        ) as progress:
+            bar = progress.add_task("eval", total=total)
+            result = evaluate(
+                registry, adaptable, task_obj, expert=expert, z=loaded.z if loaded else None, split=split,
+                limit=limit, batch_size=batch_size, on_batch=lambda k: progress.advance(bar, k),
+                max_new_tokens=max_new_tokens,
+            )
+    if as_json:
+        out.print_json(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"{task_obj.name} ({split})")
+    for column in ("weights", "n", "correct", "accuracy", "95% CI", "seconds", "tok/s"):
+        table.add_column(column, justify="right" if column != "weights" else "left")
+    table.add_row(
+        expert or "base", str(result.n), str(result.correct), f"{result.accuracy:.1%}",
+        f"[{result.ci_low:.1%}, {result.ci_high:.1%}]", f"{result.seconds:.0f}", f"{result.tokens_per_s:.0f}",
+    )
+    out.print(table)
+
+
+def _eval_strategy(task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json,
+                   pass1: str) -> None:
+    from t2cli.home import open_registry
+    from t2cli.ask.evaluation import evaluate_strategy
+    from t2cli.tasks import get_task
+
+    task_obj = get_task(task)
+    total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
+    with open_registry() as registry, Progress(
+        TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json,
+    ) as progress:
+        bar = progress.add_task("dispatch", total=total)
+        result = evaluate_strategy(
+            registry, task_obj, strategy, model=model, split=split, limit=limit, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, device=device, on_item=lambda k: progress.advance(bar, k), pass1=pass1,
+        )
+    if as_json:
+        out.print_json(json.dumps(asdict(result)))
+        return
+    table = Table(title=f"{task_obj.name} ({split}), strategy {strategy}")
+    for column in ("routed to", "items"):
+        table.add_column(column)
+    for choice, count in sorted(result.routing.items(), key=lambda kv: -kv[1]):
+        table.add_row(choice, str(count))
+    out.print(table)
+    out.print(
+        f"accuracy {result.accuracy:.1%} ({result.correct}/{result.n}), 95% CI [{result.ci_low:.1%}, {result.ci_high:.1%}]; "
+        f"pass 1 {result.dispatch_seconds:.0f} s, total {result.seconds:.0f} s"
+    )
+
+
+def _expert_model(loaded, model: str | None) -> str | None:
+    """The model an expert belongs to: an alias when it has one, else its location."""
+    from t2cli.models.resolve import ALIASES
+
+    base = loaded.config.base_model
+    own = base["name"] if base.get("name") in ALIASES else base.get("location")
+    return model or own
+
+
+def _check_same_base(loaded, adaptable) -> None:
+    from t2cli.errors import T2Error
+
+    want = loaded.config.base_model.get("fingerprint")
+    if want != adaptable.identity.fingerprint:
+        raise T2Error(
+            f"expert {loaded.name!r} was trained on {loaded.config.base_model.get('name')}; "
+            f"the loaded model is {adaptable.identity.ref.name}",
+            f"use `t2 transfer {loaded.name} --to {adaptable.identity.ref.name}`",
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,1 @@
+"""Accuracy of base weights or an expert on a task split, with its interval."""

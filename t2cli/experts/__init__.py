@@ -1,0 +1,1 @@
+"""What can be done with trained experts: list, import, mix, transfer, export, share on the Hub."""

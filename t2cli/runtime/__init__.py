@@ -1,0 +1,1 @@
+"""How models run: devices and processes (torchrun / accelerate), batched generation."""

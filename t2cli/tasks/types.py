@@ -1,0 +1,158 @@
+"""The task data types and the ``Task`` base class.
+
+A task turns a dataset into ``TaskItem``s (user message + gold answer + scorer
+kind) with fixed, seeded train/valid/test splits, and scores completions with
+the scorer named by each item's ``kind`` (see ``t2cli.tasks.scorers``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence, TypeVar
+
+from t2cli.errors import T2Error
+
+SPLITS = ("train", "valid", "test")
+# One seed for every seeded split; changing it changes which items are held out, so never do.
+SPLIT_SEED = 2501_06252
+R = TypeVar("R")
+
+
+class TaskError(T2Error):
+    """A task name, task file or task data that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """The verdict on one completion: ``extracted`` is the answer found in it (None when none was)."""
+
+    correct: bool
+    extracted: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """One question of a task.
+
+    ``prompt`` is the user message (instructions included) before the chat
+    template, which the caller applies. ``kind`` names the scorer; ``meta``
+    holds what that scorer needs besides the gold ``answer`` (e.g. ``choices``,
+    ``tests``) and is passed to it as keyword arguments.
+    """
+
+    id: str
+    prompt: str
+    answer: str
+    kind: str
+    meta: dict = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A named benchmark with fixed splits and a scorer.
+
+    Subclasses set the class attributes and implement ``_build_splits``; they are
+    registered by name with ``@register_task`` (``t2cli.tasks.lookup``).
+    """
+
+    name: str = ""
+    category: str = ""
+    description: str = ""
+    source: str = ""  # where the data comes from, for docs and model cards
+    system_prompt: str | None = None
+    max_new_tokens: int = 512
+    aliases: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._splits: dict[str, list[TaskItem]] | None = None
+
+    @abstractmethod
+    def _build_splits(self) -> dict[str, list[TaskItem]]:
+        """Load the data and return ``{"train": [...], "valid": [...], "test": [...]}`` deterministically."""
+
+    def split(self, split: str) -> list[TaskItem]:
+        """The items of one split ("train", "valid" or "test"); the same list on every call."""
+        if split not in SPLITS:
+            raise TaskError(f"unknown split '{split}' for task '{self.name}'", hint=f"use one of {', '.join(SPLITS)}")
+        if self._splits is None:
+            self._splits = self._build_splits()
+        return list(self._splits[split])
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of items in each split."""
+        return {name: len(self.split(name)) for name in SPLITS}
+
+    def sample_train(self, n: int, rng: random.Random) -> list[TaskItem]:
+        """``n`` training items drawn with ``rng``: without repetition until the split is used up, then again."""
+        train = self.split("train")
+        if not train:
+            raise TaskError(f"task '{self.name}' has no training items", hint="add items with \"split\": \"train\"")
+        out: list[TaskItem] = []
+        while len(out) < n:
+            out.extend(rng.sample(train, min(n - len(out), len(train))))
+        return out
+
+    def score(self, item: TaskItem, completion: str) -> Score:
+        """Score one completion of ``item`` with the scorer its ``kind`` names."""
+        from t2cli.tasks.scorers import get_scorer  # scoring imports Score from this module
+
+        return get_scorer(item.kind)(completion, item.answer, **item.meta)
+
+    def score_batch(self, items: Sequence[TaskItem], completions: Sequence[str]) -> list[Score]:
+        """Score completions in order; code items run in parallel sandboxes (one per CPU core)."""
+        if len(items) != len(completions):
+            raise ValueError(f"{len(items)} items but {len(completions)} completions")
+        if not any(item.kind == "python_tests" for item in items):
+            return [self.score(item, c) for item, c in zip(items, completions)]
+        # Threads suffice: each sandbox is a separate process, the threads only wait on it.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as pool:
+            return list(pool.map(self.score, items, completions))
+
+    def correct(self, items: Sequence[TaskItem], completions: Sequence[str]) -> list[bool]:
+        """Whether each completion answers its item (``score_batch`` verdicts, in order)."""
+        return [score.correct for score in self.score_batch(items, completions)]
+
+    def prompts(self, tokenizer, items: Sequence[TaskItem]) -> list[str]:  # tokenizer: PreTrainedTokenizerBase
+        """The chat-formatted prompts of ``items`` under this task's system prompt, ready to generate from."""
+        from t2cli.runtime.generation import render_prompt  # generation imports torch; task data does not need it
+
+        return [render_prompt(tokenizer, item.prompt, self.system_prompt) for item in items]
+
+    def reference_completion(self, item: TaskItem) -> str:
+        """The gold answer written the way the prompt asks for it (for tests and few-shot examples)."""
+        from t2cli.tasks.scorers import reference_completion
+
+        return reference_completion(item.kind, item.answer, **item.meta)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+
+def seeded_split(records: Sequence[R], sizes: dict[str, int], seed_key: str, key: Callable[[R], str]) -> dict[str, list[R]]:
+    """Shuffle ``records`` with a fixed seed and cut them into splits of ``sizes`` (test first, then valid).
+
+    Records are sorted by ``key`` (a stable source id) first, so the result does not
+    depend on the order the data was read in; ``train`` takes whatever is left
+    when its size is not given.
+    """
+    ordered = sorted(records, key=lambda record: _natural_key(key(record)))
+    random.Random(f"{SPLIT_SEED}:{seed_key}").shuffle(ordered)
+    n_test, n_valid = sizes.get("test", 0), sizes.get("valid", 0)
+    n_train = sizes.get("train", len(ordered) - n_test - n_valid)
+    if min(n_test, n_valid, n_train) < 0 or n_test + n_valid + n_train > len(ordered):
+        raise TaskError(f"'{seed_key}' has {len(ordered)} items, fewer than its splits need ({sizes})")
+    return {
+        "train": ordered[n_test + n_valid : n_test + n_valid + n_train],
+        "valid": ordered[n_test : n_test + n_valid],
+        "test": ordered[:n_test],
+    }
+
+
+def _natural_key(text: str) -> list:
+    # "doc/2" sorts before "doc/10"; text and number parts never compare with each other.
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
