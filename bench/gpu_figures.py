@@ -84,11 +84,33 @@ class Preset(Shapes):
 
 
 PRESETS = {
-    "llama3-8b": Preset(name="Llama-3-8B", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8,
-                        vocab=128256, prompt_len=128, new_tokens=128, decompose_layers=2, baseline_layers=1),
+    "llama3-8b": Preset(
+        name="Llama-3-8B",
+        layers=32,
+        hidden=4096,
+        intermediate=14336,
+        heads=32,
+        kv_heads=8,
+        vocab=128256,
+        prompt_len=128,
+        new_tokens=128,
+        decompose_layers=2,
+        baseline_layers=1,
+    ),
     # Hidden 64 as asked; a small vocabulary, else the logits of 64 sequences dominate a CPU run.
-    "tiny": Preset(name="tiny", layers=2, hidden=64, intermediate=224, heads=4, kv_heads=2, vocab=512,
-                   prompt_len=16, new_tokens=16, decompose_layers=2, baseline_layers=1),
+    "tiny": Preset(
+        name="tiny",
+        layers=2,
+        hidden=64,
+        intermediate=224,
+        heads=4,
+        kv_heads=2,
+        vocab=512,
+        prompt_len=16,
+        new_tokens=16,
+        decompose_layers=2,
+        baseline_layers=1,
+    ),
 }
 
 
@@ -98,10 +120,19 @@ def llama_config(p: Preset, layers: int):
 
     # eos/bos None: generation never stops early, so every rollout is exactly new_tokens long.
     return LlamaConfig(
-        vocab_size=p.vocab, hidden_size=p.hidden, intermediate_size=p.intermediate, num_hidden_layers=layers,
-        num_attention_heads=p.heads, num_key_value_heads=p.kv_heads, rope_theta=500000.0,
-        max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        pad_token_id=0, bos_token_id=None, eos_token_id=None,
+        vocab_size=p.vocab,
+        hidden_size=p.hidden,
+        intermediate_size=p.intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=p.heads,
+        num_key_value_heads=p.kv_heads,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
     )
 
 
@@ -109,8 +140,15 @@ def role_shapes(p: Preset) -> dict[str, tuple[int, int]]:
     """(out, in) of each t2 role (t2cli.models.targets role names) in one decoder layer."""
     d = p.hidden // p.heads
     h, i = p.hidden, p.intermediate
-    return {"attn.q": (p.heads * d, h), "attn.k": (p.kv_heads * d, h), "attn.v": (p.kv_heads * d, h),
-            "attn.o": (h, p.heads * d), "mlp.gate": (i, h), "mlp.up": (i, h), "mlp.down": (h, i)}
+    return {
+        "attn.q": (p.heads * d, h),
+        "attn.k": (p.kv_heads * d, h),
+        "attn.v": (p.kv_heads * d, h),
+        "attn.o": (h, p.heads * d),
+        "mlp.gate": (i, h),
+        "mlp.up": (i, h),
+        "mlp.down": (h, i),
+    }
 
 
 def target_roles(p: Preset, targets: str) -> dict[str, tuple[int, int]]:
@@ -155,9 +193,13 @@ def estimate(p: Preset, layers: int, targets: str, args: argparse.Namespace) -> 
 
     est = {
         "assumptions": {
-            "bf16_matmul_flops": H200_BF16_FLOPS, "bf16_efficiency": BF16_EFFICIENCY, "fp32_flops": FP32_FLOPS,
-            "svd_flops_per_s": SVD_FLOPS, "hbm_bytes_per_s": H200_BYTES_PER_S,
-            "decode_overhead_s_per_layer_token": DECODE_LAYER_OVERHEAD_S, "start_s": START_S,
+            "bf16_matmul_flops": H200_BF16_FLOPS,
+            "bf16_efficiency": BF16_EFFICIENCY,
+            "fp32_flops": FP32_FLOPS,
+            "svd_flops_per_s": SVD_FLOPS,
+            "hbm_bytes_per_s": H200_BYTES_PER_S,
+            "decode_overhead_s_per_layer_token": DECODE_LAYER_OVERHEAD_S,
+            "start_s": START_S,
         },
         "svd_tflop_per_matrix": {role: f / 1e12 for role, f in svd_one.items()},
         "decompose_all_s": svd_all / SVD_FLOPS,
@@ -178,26 +220,35 @@ def estimate(p: Preset, layers: int, targets: str, args: argparse.Namespace) -> 
     est["step_s"] = est["compose_s"] + est["generate_s"] + est["loss_s"]
     gen64_s = 64 * (total_params * 2 / H200_BYTES_PER_S + layers * DECODE_LAYER_OVERHEAD_S)
     est["swap_phase_s"] = args.swap_repeat * (est["compose_s"] + 1.0 * gen64_s) + gen64_s
-    est["run_s"] = (START_S + est["decompose_phase_s"] + est["swap_phase_s"]
-                    + args.steps * est["step_s"] + 2 * est["z_backward_s"])
+    est["run_s"] = (
+        START_S + est["decompose_phase_s"] + est["swap_phase_s"] + args.steps * est["step_s"] + 2 * est["z_backward_s"]
+    )
     return est
 
 
 def print_estimate(est: dict[str, Any], label: str) -> None:
     """The estimate as log lines (assumptions included)."""
     a = est["assumptions"]
-    log(f"H200 estimate for {label} (bf16 {a['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s x {a['bf16_efficiency']}, "
+    log(
+        f"H200 estimate for {label} (bf16 {a['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s x {a['bf16_efficiency']}, "
         f"fp32 {a['fp32_flops'] / 1e12:.0f} TFLOP/s, SVD {a['svd_flops_per_s'] / 1e12:.1f} TFLOP/s (a guess), "
         f"HBM {a['hbm_bytes_per_s'] / 1e12:.1f} TB/s + {a['decode_overhead_s_per_layer_token'] * 1e3:.1f} ms "
-        "per layer and token of decoding):")
+        "per layer and token of decoding):"
+    )
     per = ", ".join(f"{role} {tf:.2f}" for role, tf in est["svd_tflop_per_matrix"].items())
-    log(f"  SVD TFLOP per matrix: {per}; all target matrices {est['decompose_all_s']:.0f} s, "
-        f"this run's decompose phase {est['decompose_phase_s']:.0f} s")
-    log(f"  RL step: compose {est['compose_tflop']:.1f} TFLOP fp32 = {est['compose_s']:.2f} s; generate "
+    log(
+        f"  SVD TFLOP per matrix: {per}; all target matrices {est['decompose_all_s']:.0f} s, "
+        f"this run's decompose phase {est['decompose_phase_s']:.0f} s"
+    )
+    log(
+        f"  RL step: compose {est['compose_tflop']:.1f} TFLOP fp32 = {est['compose_s']:.2f} s; generate "
         f"{est['generate_s']:.2f} s ({est['generate_tokens_per_s']:,.0f} tok/s); loss {est['loss_tflop']:.0f} TFLOP "
-        f"= {est['loss_s']:.2f} s (of which backward into z {est['z_backward_s']:.2f} s); step {est['step_s']:.1f} s")
-    log(f"  whole run with these options: ~{est['run_s']:.0f} s ({est['run_s'] / 60:.1f} min) incl. "
-        f"~{a['start_s']:.0f} s start; swap phase {est['swap_phase_s']:.0f} s")
+        f"= {est['loss_s']:.2f} s (of which backward into z {est['z_backward_s']:.2f} s); step {est['step_s']:.1f} s"
+    )
+    log(
+        f"  whole run with these options: ~{est['run_s']:.0f} s ({est['run_s'] / 60:.1f} min) incl. "
+        f"~{a['start_s']:.0f} s start; swap phase {est['swap_phase_s']:.0f} s"
+    )
 
 
 # --------------------------------------------------------------------------- measuring helpers
@@ -271,9 +322,13 @@ def environment(device: torch.device) -> dict[str, Any]:
     import transformers
 
     env: dict[str, Any] = {
-        "device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "transformers": transformers.__version__, "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(), "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "device": str(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
     }
     try:  # cuSOLVER or MAGMA behind torch.linalg.svd on CUDA
         env["linalg_library"] = str(torch.backends.cuda.preferred_linalg_library())
@@ -281,8 +336,12 @@ def environment(device: torch.device) -> dict[str, Any]:
         env["linalg_library"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=props.total_memory / GIB, capability=f"{props.major}.{props.minor}",
-                   multiprocessors=props.multi_processor_count)
+        env.update(
+            gpu=props.name,
+            gpu_memory_gib=props.total_memory / GIB,
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+        )
     else:
         env["gpu"] = None
     return env
@@ -327,8 +386,9 @@ def stand_in_factors(model: torch.nn.Module, names: list[str], device: torch.dev
         r = min(m, n)
         U = torch.randn(m, r, device=device) / math.sqrt(m)
         Vh = torch.randn(r, n, device=device) / math.sqrt(n)
-        S = torch.linspace(0.02 * (math.sqrt(m) + math.sqrt(n)), 0.02 * abs(math.sqrt(m) - math.sqrt(n)) + 1e-3,
-                           r, device=device)
+        S = torch.linspace(
+            0.02 * (math.sqrt(m) + math.sqrt(n)), 0.02 * abs(math.sqrt(m) - math.sqrt(n)) + 1e-3, r, device=device
+        )
         factors[name] = Factors(U, S, Vh)
     return factors
 
@@ -352,8 +412,9 @@ class IdTokenizer:
     padding_side = "left"
     chat_template = None
 
-    def __call__(self, texts: list[str], return_tensors: str = "pt", padding: bool = True,
-                 add_special_tokens: bool = False):
+    def __call__(
+        self, texts: list[str], return_tensors: str = "pt", padding: bool = True, add_special_tokens: bool = False
+    ):
         from transformers import BatchEncoding
 
         rows = [[int(t) for t in text.split()] for text in texts]
@@ -361,8 +422,8 @@ class IdTokenizer:
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
         return BatchEncoding({"input_ids": ids, "attention_mask": mask})
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
@@ -422,13 +483,18 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
 
     # t2: as many layers as --decompose-layers asks, fewer if the baseline's rate says they would not fit.
     want = args.layers if args.decompose_layers == 0 else min(args.decompose_layers, args.layers)
-    per_layer_s = (base_s / base_flops) * sum(svd_flops(m, n) for m, n in target_roles(p, args.targets).values()) \
-        if base_flops else 0.0
+    per_layer_s = (
+        (base_s / base_flops) * sum(svd_flops(m, n) for m, n in target_roles(p, args.targets).values())
+        if base_flops
+        else 0.0
+    )
     remaining = args.decompose_budget_s - (time.perf_counter() - started)
     fits = want if per_layer_s <= 0 else max(1, min(want, int(remaining / per_layer_s)))
     if fits < want:
-        log(f"decompose: {want} layers would take ~{want * per_layer_s:.0f} s at the baseline's rate; "
-            f"decomposing {fits} (--decompose-budget-s {args.decompose_budget_s:g})")
+        log(
+            f"decompose: {want} layers would take ~{want * per_layer_s:.0f} s at the baseline's rate; "
+            f"decomposing {fits} (--decompose-budget-s {args.decompose_budget_s:g})"
+        )
     pending = [m for m in everything if m.layer < fits]
     before = allocated(device)
     reset_peak(device)
@@ -437,8 +503,9 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
         # As t2cli.decompose.engine._decompose_group does on a GPU (a whole chunk at once), without storing:
         # the results are dropped with the chunk.
         weights = [source.get(m.weight_name).to(device) for m in chunk]
-        seconds, results = timed(partial(svd_batch, weights, compute_dtype=torch.float32, method=args.svd_method),
-                                 device)
+        seconds, results = timed(
+            partial(svd_batch, weights, compute_dtype=torch.float32, method=args.svd_method), device
+        )
         shape = tuple(weights[0].shape)
         t2_s += seconds
         t2_flops += len(chunk) * svd_flops(*shape)
@@ -447,31 +514,48 @@ def decompose_phase(model, p: Preset, args: argparse.Namespace, device: torch.de
             methods[r.method] = methods.get(r.method, 0) + 1
         largest_extra = max(largest_extra, memory_plan.decompose_chunk_bytes(*shape, len(chunk), stored=False))
         chunks.append({"shape": list(shape), "matrices": len(chunk), "seconds": seconds})
-        log(f"decompose t2: chunk of {len(chunk)} x {shape} {seconds:.2f} s "
-            f"({len(chunk) / seconds:.2f} matrices/s), max rel err {max(r.rel_error for r in results):.2e}")
+        log(
+            f"decompose t2: chunk of {len(chunk)} x {shape} {seconds:.2f} s "
+            f"({len(chunk) / seconds:.2f} matrices/s), max rel err {max(r.rel_error for r in results):.2e}"
+        )
         del weights, results
     peak_bytes = peak(device)
     total_flops = sum(svd_flops(*source.shape(m.weight_name)) for m in everything)
     extrapolated = t2_s * total_flops / t2_flops if t2_flops else None
     rate_ratio = (t2_s / t2_flops) / (base_s / base_flops) if t2_flops and base_flops else None
     return {
-        "t2": {"layers": fits, "matrices": len(pending), "seconds": t2_s, "matrices_per_s": len(pending) / t2_s,
-               "max_rel_error": t2_err, "methods": methods, "chunks": chunks},
+        "t2": {
+            "layers": fits,
+            "matrices": len(pending),
+            "seconds": t2_s,
+            "matrices_per_s": len(pending) / t2_s,
+            "max_rel_error": t2_err,
+            "methods": methods,
+            "chunks": chunks,
+        },
         "all_targets_extrapolated": {
-            "matrices": len(everything), "seconds": extrapolated, "extrapolated": len(pending) < len(everything),
+            "matrices": len(everything),
+            "seconds": extrapolated,
+            "extrapolated": len(pending) < len(everything),
             "how": "t2 seconds x (SVD FLOP of all target matrices / SVD FLOP of those measured)",
         },
-        "baseline": {"layers": min(args.baseline_layers, args.layers), "matrices": len(base_list),
-                     "seconds": base_s, "seconds_per_matrix": base_s / max(len(base_list), 1),
-                     "max_rel_error": base_err},
+        "baseline": {
+            "layers": min(args.baseline_layers, args.layers),
+            "matrices": len(base_list),
+            "seconds": base_s,
+            "seconds_per_matrix": base_s / max(len(base_list), 1),
+            "max_rel_error": base_err,
+        },
         "t2_vs_baseline": rate_ratio,
         "t2_vs_baseline_how": "seconds per SVD FLOP, t2 / baseline (= per matrix when the shape mix is the same)",
         "memory": {
-            "model_gib": gib(model_bytes(model)), "allocated_before_gib": gib(before), "peak_gib": gib(peak_bytes),
+            "model_gib": gib(model_bytes(model)),
+            "allocated_before_gib": gib(before),
+            "peak_gib": gib(peak_bytes),
             "peak_extra_gib": gib(None if peak_bytes is None else peak_bytes - before),
             "plan_extra_gib_this_run": gib(largest_extra),
             "plan_extra_how": "memory_plan.py's chunk terms for this run's largest chunk, weights excluded "
-                              "(they are the model's, resident before)",
+            "(they are the model's, resident before)",
         },
     }
 
@@ -509,32 +593,53 @@ def swap_phase(svf, model, args: argparse.Namespace, device: torch.device) -> di
 
     def generate64() -> None:
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
-                           min_new_tokens=64, do_sample=False, pad_token_id=0)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=64,
+                min_new_tokens=64,
+                do_sample=False,
+                pad_token_id=0,
+            )
 
     generate64()  # warm-up (kernels, allocator)
     gen = median_s(generate64, device, args.swap_repeat)
     first_median = statistics.median(first)
     log(f"swap: greedy 64 tokens, batch 1: {gen:.3f} s")
     return {
-        "matrices": len(z), "first_apply_s": first_median, "first_apply_all_s": first, "cached_apply_s": cached,
-        "restore_s": restore, "generate64_s": gen, "first_apply_vs_generate64": first_median / gen,
-        "cached_apply_vs_generate64": cached / gen, "peak_gib": gib(peak_bytes),
+        "matrices": len(z),
+        "first_apply_s": first_median,
+        "first_apply_all_s": first,
+        "cached_apply_s": cached,
+        "restore_s": restore,
+        "generate64_s": gen,
+        "first_apply_vs_generate64": first_median / gen,
+        "cached_apply_vs_generate64": cached / gen,
+        "peak_gib": gib(peak_bytes),
     }
 
 
 # --------------------------------------------------------------------------- phase 3: RL step
 
 
-def rl_step_phase(svf, model, p: Preset, args: argparse.Namespace, device: torch.device,
-                  plan: dict[str, float] | None) -> dict[str, Any]:
+def rl_step_phase(
+    svf, model, p: Preset, args: argparse.Namespace, device: torch.device, plan: dict[str, float] | None
+) -> dict[str, Any]:
     """``--steps`` training steps as t2cli.train.loop._train runs them (sections 2-6), each phase timed."""
     from t2cli.runtime.generation import Generations, generate, sample_key
     from t2cli.train.loop import TrainConfig, group_advantages, svf_policy_gradient
 
-    config = TrainConfig(task="bench", name="bench", prompts_per_step=args.prompts, samples_per_prompt=args.samples,
-                         temperature=1.0, max_new_tokens=args.new_tokens, micro_batch=args.micro_batch,
-                         gen_batch=args.prompts * args.samples, seed=0)
+    config = TrainConfig(
+        task="bench",
+        name="bench",
+        prompts_per_step=args.prompts,
+        samples_per_prompt=args.samples,
+        temperature=1.0,
+        max_new_tokens=args.new_tokens,
+        micro_batch=args.micro_batch,
+        gen_batch=args.prompts * args.samples,
+        seed=0,
+    )
     tokenizer = IdTokenizer()
     adaptable = SimpleNamespace(svf=svf, model=model, tokenizer=tokenizer, device=str(device))
     z = {name: torch.ones_like(f.S, requires_grad=True) for name, f in svf.factors.items()}
@@ -544,8 +649,9 @@ def rl_step_phase(svf, model, p: Preset, args: argparse.Namespace, device: torch
     steps = []
     for step in range(1, args.steps + 1):
         clock = PhaseClock(device)
-        prompts = [" ".join(str(rng.randrange(1, p.vocab)) for _ in range(args.prompt_len))
-                   for _ in range(args.prompts)]
+        prompts = [
+            " ".join(str(rng.randrange(1, p.vocab)) for _ in range(args.prompt_len)) for _ in range(args.prompts)
+        ]
         keys = [sample_key(0, step, i, j) for i in range(args.prompts) for j in range(args.samples)]
         step_start = time.perf_counter()
         with clock.measure("compose"):  # section 2: W'(z) once per step, bound for the rollouts
@@ -553,9 +659,16 @@ def rl_step_phase(svf, model, p: Preset, args: argparse.Namespace, device: torch
             svf.apply_weights(composed)
         try:
             with clock.measure("generate"):
-                gens: Generations = generate(model, tokenizer, prompts, max_new_tokens=args.new_tokens,
-                                             temperature=config.temperature, per_prompt=args.samples,
-                                             batch_size=config.gen_batch, sample_keys=keys)
+                gens: Generations = generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    max_new_tokens=args.new_tokens,
+                    temperature=config.temperature,
+                    per_prompt=args.samples,
+                    batch_size=config.gen_batch,
+                    sample_keys=keys,
+                )
         finally:
             svf.restore()
         # Sections 3-4: rewards alternate +1/-1 inside each group, so every advantage is +-1 and no
@@ -571,15 +684,24 @@ def rl_step_phase(svf, model, p: Preset, args: argparse.Namespace, device: torch
             optimizer.step()
         sync(device)
         seconds = time.perf_counter() - step_start
-        record = {"step": step, "seconds": seconds, "phase_s": clock.seconds, "phase_peak_gib": clock.peak_gib,
-                  "new_tokens": gens.new_tokens, "tokens_per_s": gens.new_tokens / clock.seconds["generate"],
-                  "loss": loss, "grad_norm": grad_norm}
+        record = {
+            "step": step,
+            "seconds": seconds,
+            "phase_s": clock.seconds,
+            "phase_peak_gib": clock.peak_gib,
+            "new_tokens": gens.new_tokens,
+            "tokens_per_s": gens.new_tokens / clock.seconds["generate"],
+            "loss": loss,
+            "grad_norm": grad_norm,
+        }
         peaks = [v for v in clock.peak_gib.values() if v is not None]
         record["peak_gib"] = max(peaks) if peaks else None
         steps.append(record)
-        log(f"step {step}/{args.steps}{' (cold)' if step == 1 and args.steps > 1 else ''}: {seconds:.2f} s = "
+        log(
+            f"step {step}/{args.steps}{' (cold)' if step == 1 and args.steps > 1 else ''}: {seconds:.2f} s = "
             + ", ".join(f"{k} {v:.2f}" for k, v in clock.seconds.items())
-            + f"; {record['tokens_per_s']:,.0f} tok/s; peak {_fmt_gib(record['peak_gib'])}")
+            + f"; {record['tokens_per_s']:,.0f} tok/s; peak {_fmt_gib(record['peak_gib'])}"
+        )
 
     z_backward = _z_backward_alone(svf, z, device)
     log(f"step: backward W' -> z alone {z_backward:.2f} s")
@@ -587,17 +709,29 @@ def rl_step_phase(svf, model, p: Preset, args: argparse.Namespace, device: torch
     mb_tokens = min(args.micro_batch, total) * (args.prompt_len + args.new_tokens)
     mb_completion = min(args.micro_batch, total) * args.new_tokens
     resident = plan_row(plan, "resident during a step")
-    loss_peak = None if resident is None else (
-        resident + plan_row(plan, "+ loss activations") * mb_tokens / 1000
-        + plan_row(plan, "+ log-softmax") * mb_completion / 1000
+    loss_peak = (
+        None
+        if resident is None
+        else (
+            resident
+            + plan_row(plan, "+ loss activations") * mb_tokens / 1000
+            + plan_row(plan, "+ log-softmax") * mb_completion / 1000
+        )
     )
     return {
-        "sequences": total, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-        "micro_batch": args.micro_batch, "steps": steps, "reported_step": measured["step"],
+        "sequences": total,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "micro_batch": args.micro_batch,
+        "steps": steps,
+        "reported_step": measured["step"],
         "z_backward_alone_s": z_backward,
-        "plan": {"resident_gib": resident, "loss_phase_peak_gib": loss_peak,
-                 "how": "resident during a step + loss activations and log-softmax of one micro-batch "
-                        f"({mb_tokens} tokens, {mb_completion} completion tokens)"},
+        "plan": {
+            "resident_gib": resident,
+            "loss_phase_peak_gib": loss_peak,
+            "how": "resident during a step + loss activations and log-softmax of one micro-batch "
+            f"({mb_tokens} tokens, {mb_completion} completion tokens)",
+        },
     }
 
 
@@ -633,32 +767,60 @@ def table(report: dict[str, Any]) -> str:
     if "t2" in d:
         t2, base, mem, allx = d["t2"], d["baseline"], d["memory"], d["all_targets_extrapolated"]
         rows += [
-            (f"decompose, t2 engine, {t2['matrices']} matrices ({t2['layers']} layers), measured",
-             f"{t2['seconds']:.2f} s, {t2['matrices_per_s']:.2f} matrices/s", "", ""),
-            (f"decompose, all {allx['matrices']} target matrices"
-             + (", EXTRAPOLATED (not measured)" if allx["extrapolated"] else ", measured"),
-             _fmt(allx["seconds"], ".1f", " s"), _fmt(est.get("decompose_all_s"), ".0f", " s"), ""),
-            (f"decompose, baseline torch.linalg.svd loop, {base['matrices']} matrices",
-             f"{base['seconds_per_matrix']:.2f} s/matrix", "", ""),
+            (
+                f"decompose, t2 engine, {t2['matrices']} matrices ({t2['layers']} layers), measured",
+                f"{t2['seconds']:.2f} s, {t2['matrices_per_s']:.2f} matrices/s",
+                "",
+                "",
+            ),
+            (
+                f"decompose, all {allx['matrices']} target matrices"
+                + (", EXTRAPOLATED (not measured)" if allx["extrapolated"] else ", measured"),
+                _fmt(allx["seconds"], ".1f", " s"),
+                _fmt(est.get("decompose_all_s"), ".0f", " s"),
+                "",
+            ),
+            (
+                f"decompose, baseline torch.linalg.svd loop, {base['matrices']} matrices",
+                f"{base['seconds_per_matrix']:.2f} s/matrix",
+                "",
+                "",
+            ),
             ("decompose, t2 / baseline (per SVD FLOP)", _fmt(d["t2_vs_baseline"], ".2f", "x"), "", ""),
-            ("decompose, max rel reconstruction error (t2 / baseline)",
-             f"{t2['max_rel_error']:.2e} / {base['max_rel_error']:.2e}", "", ""),
-            (f"decompose, peak memory above the model ({_fmt_gib(mem['model_gib'])})",
-             _fmt_gib(mem["peak_extra_gib"]), "",
-             f"{_fmt_gib(mem['plan_extra_gib_this_run'])} for this run's chunks; whole model, weights "
-             f"streamed: {_fmt_gib(plan_row(plan, 'decompose peak, GPU'))} per chunk"),
+            (
+                "decompose, max rel reconstruction error (t2 / baseline)",
+                f"{t2['max_rel_error']:.2e} / {base['max_rel_error']:.2e}",
+                "",
+                "",
+            ),
+            (
+                f"decompose, peak memory above the model ({_fmt_gib(mem['model_gib'])})",
+                _fmt_gib(mem["peak_extra_gib"]),
+                "",
+                f"{_fmt_gib(mem['plan_extra_gib_this_run'])} for this run's chunks; whole model, weights "
+                f"streamed: {_fmt_gib(plan_row(plan, 'decompose peak, GPU'))} per chunk",
+            ),
         ]
     f = report.get("factors", {})
     if "allocated_gib" in f:
         base, factors = plan_row(plan, "base weights"), plan_row(plan, "SVD factors")
-        rows.append((f"resident: model + {'stand-in ' if f['stand_in'] else ''}factors of {f['matrices']} matrices",
-                     _fmt_gib(f["allocated_gib"]), "",
-                     _fmt_gib(None if base is None or factors is None else base + factors)))
+        rows.append(
+            (
+                f"resident: model + {'stand-in ' if f['stand_in'] else ''}factors of {f['matrices']} matrices",
+                _fmt_gib(f["allocated_gib"]),
+                "",
+                _fmt_gib(None if base is None or factors is None else base + factors),
+            )
+        )
     s = phases.get("swap", {})
     if "first_apply_s" in s:
         rows += [
-            (f"swap, apply a new expert (compose {s['matrices']} W')", f"{s['first_apply_s']:.3f} s",
-             _fmt(est.get("compose_s"), ".2f", " s"), ""),
+            (
+                f"swap, apply a new expert (compose {s['matrices']} W')",
+                f"{s['first_apply_s']:.3f} s",
+                _fmt(est.get("compose_s"), ".2f", " s"),
+                "",
+            ),
             ("swap, apply a cached expert", f"{s['cached_apply_s'] * 1e3:.3f} ms", "", ""),
             ("swap, restore", f"{s['restore_s'] * 1e3:.3f} ms", "", ""),
             ("swap, greedy 64 tokens at batch 1 (for scale)", f"{s['generate64_s']:.3f} s", "", ""),
@@ -670,25 +832,44 @@ def table(report: dict[str, Any]) -> str:
         label = f"step {last['step']} of {len(st['steps'])}"
         ph = last["phase_s"]
         rows += [
-            (f"RL step ({label}), compose W'(z) + bind", f"{ph['compose']:.2f} s",
-             _fmt(est.get("compose_s"), ".2f", " s"), ""),
-            (f"RL step, generate {st['sequences']} x {st['new_tokens']} tokens (prompt {st['prompt_len']})",
-             f"{ph['generate']:.2f} s, {last['tokens_per_s']:,.0f} tok/s",
-             _fmt(est.get("generate_s"), ".2f", " s"), ""),
-            (f"RL step, loss fwd+bwd, micro-batch {st['micro_batch']}, incl. backward into z", f"{ph['loss']:.2f} s",
-             _fmt(est.get("loss_s"), ".2f", " s"), ""),
-            ("RL step, of which backward W' -> z (measured alone)", f"{st['z_backward_alone_s']:.2f} s",
-             _fmt(est.get("z_backward_s"), ".2f", " s"), ""),
+            (
+                f"RL step ({label}), compose W'(z) + bind",
+                f"{ph['compose']:.2f} s",
+                _fmt(est.get("compose_s"), ".2f", " s"),
+                "",
+            ),
+            (
+                f"RL step, generate {st['sequences']} x {st['new_tokens']} tokens (prompt {st['prompt_len']})",
+                f"{ph['generate']:.2f} s, {last['tokens_per_s']:,.0f} tok/s",
+                _fmt(est.get("generate_s"), ".2f", " s"),
+                "",
+            ),
+            (
+                f"RL step, loss fwd+bwd, micro-batch {st['micro_batch']}, incl. backward into z",
+                f"{ph['loss']:.2f} s",
+                _fmt(est.get("loss_s"), ".2f", " s"),
+                "",
+            ),
+            (
+                "RL step, of which backward W' -> z (measured alone)",
+                f"{st['z_backward_alone_s']:.2f} s",
+                _fmt(est.get("z_backward_s"), ".2f", " s"),
+                "",
+            ),
             ("RL step, clip + AdamW", f"{ph['optimizer'] * 1e3:.2f} ms", "", ""),
             ("RL step, total", f"{last['seconds']:.2f} s", _fmt(est.get("step_s"), ".1f", " s"), ""),
             ("RL step, first (cold) step total", f"{st['steps'][0]['seconds']:.2f} s", "", ""),
-            ("RL step, peak memory (generate / loss)",
-             f"{_fmt_gib(last['phase_peak_gib']['generate'])} / {_fmt_gib(last['phase_peak_gib']['loss'])}", "",
-             f"{_fmt_gib(st['plan']['resident_gib'])} resident / {_fmt_gib(st['plan']['loss_phase_peak_gib'])} loss"),
+            (
+                "RL step, peak memory (generate / loss)",
+                f"{_fmt_gib(last['phase_peak_gib']['generate'])} / {_fmt_gib(last['phase_peak_gib']['loss'])}",
+                "",
+                f"{_fmt_gib(st['plan']['resident_gib'])} resident / {_fmt_gib(st['plan']['loss_phase_peak_gib'])} loss",
+            ),
         ]
     if "total_s" in report:
-        rows.append(("whole run (start to table)", f"{report['total_s']:.0f} s",
-                     _fmt(est.get("run_s"), ".0f", " s"), ""))
+        rows.append(
+            ("whole run (start to table)", f"{report['total_s']:.0f} s", _fmt(est.get("run_s"), ".0f", " s"), "")
+        )
     for name in PHASES:
         if "error" in phases.get(name, {}):
             rows.append((f"{name}: FAILED", phases[name]["error"].splitlines()[0][:120], "", ""))
@@ -707,16 +888,16 @@ def write_json(path: Path | None, report: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_phase(name: str, report: dict[str, Any], fn: Callable[[], dict[str, Any]], device: torch.device,
-              json_path: Path | None) -> bool:
+def run_phase(
+    name: str, report: dict[str, Any], fn: Callable[[], dict[str, Any]], device: torch.device, json_path: Path | None
+) -> bool:
     """Run one phase; on failure record the error and carry on with the next phase."""
     log(f"--- {name}")
     try:
         report["phases"][name] = fn()
         ok = True
     except Exception as exc:  # one failing phase must not lose the others' figures
-        report["phases"][name] = {"error": f"{type(exc).__name__}: {exc}",
-                                  "traceback": traceback.format_exc(limit=8)}
+        report["phases"][name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=8)}
         log(f"{name} FAILED: {type(exc).__name__}: {exc}")
         ok = False
         if device.type == "cuda":
@@ -737,13 +918,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--skip", default="", help=f"comma-separated phases to skip: {', '.join(PHASES)}")
     parser.add_argument("--estimate-only", action="store_true", help="print the H200 estimate and exit")
-    parser.add_argument("--decompose-layers", type=int,
-                        help="layers t2's engine decomposes; 0 = all, with a --decompose-budget-s to match "
-                             "(default: the preset's, 2 for llama3-8b)")
-    parser.add_argument("--baseline-layers", type=int,
-                        help="layers of the plain torch.linalg.svd loop (default: preset)")
-    parser.add_argument("--decompose-budget-s", type=float, default=150.0,
-                        help="seconds for the decompose phase: the baseline gets a third, t2's layers are cut to fit")
+    parser.add_argument(
+        "--decompose-layers",
+        type=int,
+        help="layers t2's engine decomposes; 0 = all, with a --decompose-budget-s to match "
+        "(default: the preset's, 2 for llama3-8b)",
+    )
+    parser.add_argument(
+        "--baseline-layers", type=int, help="layers of the plain torch.linalg.svd loop (default: preset)"
+    )
+    parser.add_argument(
+        "--decompose-budget-s",
+        type=float,
+        default=150.0,
+        help="seconds for the decompose phase: the baseline gets a third, t2's layers are cut to fit",
+    )
     parser.add_argument("--svd-method", default="auto", help="t2cli.decompose.svd method for the t2 rows")
     parser.add_argument("--swap-repeat", type=int, default=3, help="repeats of the first apply and of the decode")
     parser.add_argument("--prompts", type=int, default=16)
@@ -754,9 +943,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2, help="RL steps; the last is reported, the first is cold")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    for field, value in (("layers", preset.layers), ("prompt_len", preset.prompt_len),
-                         ("new_tokens", preset.new_tokens), ("decompose_layers", preset.decompose_layers),
-                         ("baseline_layers", preset.baseline_layers)):
+    for field, value in (
+        ("layers", preset.layers),
+        ("prompt_len", preset.prompt_len),
+        ("new_tokens", preset.new_tokens),
+        ("decompose_layers", preset.decompose_layers),
+        ("baseline_layers", preset.baseline_layers),
+    ):
         if getattr(args, field) is None:
             setattr(args, field, value)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -782,12 +975,19 @@ def build(report: dict[str, Any], preset: Preset, args: argparse.Namespace, devi
     seconds, model = timed(lambda: build_model(preset, args.layers, device), device)
     first = next(model.parameters())
     rope = getattr(model.config, "rope_parameters", None) or {"rope_theta": getattr(model.config, "rope_theta", None)}
-    report["build"] = {"seconds": seconds, "model_gib": gib(model_bytes(model)),
-                       "allocated_gib": gib(allocated(device)), "rope": rope,
-                       "parameters": sum(t.numel() for t in model.parameters()),
-                       "dtype": str(first.dtype), "on": str(first.device)}
-    log(f"built in {seconds:.1f} s: {report['build']['parameters']:,} parameters, "
-        f"{model_bytes(model) / GIB:.2f} GiB {first.dtype} on {first.device}, rope {rope}")
+    report["build"] = {
+        "seconds": seconds,
+        "model_gib": gib(model_bytes(model)),
+        "allocated_gib": gib(allocated(device)),
+        "rope": rope,
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "dtype": str(first.dtype),
+        "on": str(first.device),
+    }
+    log(
+        f"built in {seconds:.1f} s: {report['build']['parameters']:,} parameters, "
+        f"{model_bytes(model) / GIB:.2f} GiB {first.dtype} on {first.device}, rope {rope}"
+    )
     return model
 
 
@@ -803,18 +1003,27 @@ def make_svf(report: dict[str, Any], model, args: argparse.Namespace, device: to
         report["factors"] = {"error": f"{type(exc).__name__}: {exc}"}
         log(f"factors FAILED: {type(exc).__name__}: {exc}")
         return None
-    report["factors"] = {"matrices": len(factors), "gib": gib(factor_bytes(factors)), "stand_in": True,
-                         "seconds": seconds, "allocated_gib": gib(allocated(device))}
-    log(f"stand-in factors for {len(factors)} matrices: {factor_bytes(factors) / GIB:.2f} GiB "
-        f"(allocated now {_fmt_gib(gib(allocated(device)))})")
+    report["factors"] = {
+        "matrices": len(factors),
+        "gib": gib(factor_bytes(factors)),
+        "stand_in": True,
+        "seconds": seconds,
+        "allocated_gib": gib(allocated(device)),
+    }
+    log(
+        f"stand-in factors for {len(factors)} matrices: {factor_bytes(factors) / GIB:.2f} GiB "
+        f"(allocated now {_fmt_gib(gib(allocated(device)))})"
+    )
     return svf
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
-    label = (f"{args.preset} shapes, {args.layers} layers, targets {args.targets}, "
-             f"{args.prompts}x{args.samples} sequences of {args.prompt_len}+{args.new_tokens} tokens")
+    label = (
+        f"{args.preset} shapes, {args.layers} layers, targets {args.targets}, "
+        f"{args.prompts}x{args.samples} sequences of {args.prompt_len}+{args.new_tokens} tokens"
+    )
     est = estimate(preset, args.layers, args.targets, args)
     print_estimate(est, label)
     if args.estimate_only:
@@ -822,21 +1031,32 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     env = environment(device)
-    config = {k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v
-              for k, v in vars(args).items()}
+    config = {
+        k: sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+    }
     plan = memory_plan_rows(preset, args.layers, args.targets)
-    report: dict[str, Any] = {"config": config, "preset": asdict(preset), "environment": env, "estimate_h200": est,
-                              "memory_plan_gib": plan, "phases": {}}
-    log(f"device {device}: {env['gpu'] or 'CPU'}; torch {env['torch']}, CUDA {env['cuda']}, "
-        f"transformers {env['transformers']}, Python {env['python']}")
+    report: dict[str, Any] = {
+        "config": config,
+        "preset": asdict(preset),
+        "environment": env,
+        "estimate_h200": est,
+        "memory_plan_gib": plan,
+        "phases": {},
+    }
+    log(
+        f"device {device}: {env['gpu'] or 'CPU'}; torch {env['torch']}, CUDA {env['cuda']}, "
+        f"transformers {env['transformers']}, Python {env['python']}"
+    )
     model = build(report, preset, args, device, label)
     write_json(args.json, report)
 
     if "decompose" not in args.skip:
         run_phase("decompose", report, lambda: decompose_phase(model, preset, args, device), device, args.json)
     svf = make_svf(report, model, args, device) if {"swap", "step"} - args.skip else None
-    for name, fn in (("swap", lambda: swap_phase(svf, model, args, device)),
-                     ("step", lambda: rl_step_phase(svf, model, preset, args, device, plan))):
+    for name, fn in (
+        ("swap", lambda: swap_phase(svf, model, args, device)),
+        ("step", lambda: rl_step_phase(svf, model, preset, args, device, plan)),
+    ):
         if name in args.skip:
             continue
         if svf is None:
@@ -846,8 +1066,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report["total_s"] = time.perf_counter() - T0
     write_json(args.json, report)
-    print(f"\nFigures: {label}; {env['gpu'] or 'CPU'}, torch {env['torch']}, CUDA {env['cuda']}; "
-          f"{report['total_s']:.0f} s in all")
+    print(
+        f"\nFigures: {label}; {env['gpu'] or 'CPU'}, torch {env['torch']}, CUDA {env['cuda']}; "
+        f"{report['total_s']:.0f} s in all"
+    )
     print(table(report))
     if args.json:
         print(f"\nJSON: {args.json}")

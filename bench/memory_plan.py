@@ -44,8 +44,15 @@ class Shapes:
     def matrices(self) -> dict[str, tuple[int, int]]:
         """(m, n) = (out, in) of each adapted matrix of one layer."""
         h, i, d = self.hidden, self.intermediate, self.dim
-        return {"q": (self.heads * d, h), "k": (self.kv_heads * d, h), "v": (self.kv_heads * d, h),
-                "o": (h, self.heads * d), "gate": (i, h), "up": (i, h), "down": (h, i)}
+        return {
+            "q": (self.heads * d, h),
+            "k": (self.kv_heads * d, h),
+            "v": (self.kv_heads * d, h),
+            "o": (h, self.heads * d),
+            "gate": (i, h),
+            "up": (i, h),
+            "down": (h, i),
+        }
 
     def total_params(self) -> int:
         per_layer = sum(m * n for m, n in self.matrices().values()) + 2 * self.hidden  # + 2 RMSNorm weights
@@ -62,10 +69,15 @@ PRESETS = {
 def from_hf_config(path: Path) -> Shapes:
     raw = json.loads(path.read_text())
     return Shapes(
-        name=raw.get("_name_or_path") or path.parent.name, layers=raw["num_hidden_layers"], hidden=raw["hidden_size"],
-        intermediate=raw["intermediate_size"], heads=raw["num_attention_heads"],
-        kv_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]), vocab=raw["vocab_size"],
-        head_dim=raw.get("head_dim"), tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        name=raw.get("_name_or_path") or path.parent.name,
+        layers=raw["num_hidden_layers"],
+        hidden=raw["hidden_size"],
+        intermediate=raw["intermediate_size"],
+        heads=raw["num_attention_heads"],
+        kv_heads=raw.get("num_key_value_heads", raw["num_attention_heads"]),
+        vocab=raw["vocab_size"],
+        head_dim=raw.get("head_dim"),
+        tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
     )
 
 
@@ -145,9 +157,11 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
     per_thread = max(decompose_matrix_bytes(m, n) for m, n in layer.values())
     chunked = max(decompose_chunk_bytes(m, n, chunk_count(m, n)) for m, n in layer.values())
 
-    facts = (f"{shapes.name}: {shapes.total_params() / 1e9:.2f}B parameters, {target_params / 1e9:.2f}B adapted "
-             f"in {L * len(layer)} matrices, {factor_floats / 1e9:.2f}B factor floats "
-             f"({factor_floats / target_params:.2f} x), z length sum r = {rank_sum:,}, largest matrix {m_big}x{n_big}")
+    facts = (
+        f"{shapes.name}: {shapes.total_params() / 1e9:.2f}B parameters, {target_params / 1e9:.2f}B adapted "
+        f"in {L * len(layer)} matrices, {factor_floats / 1e9:.2f}B factor floats "
+        f"({factor_floats / target_params:.2f} x), z length sum r = {rank_sum:,}, largest matrix {m_big}x{n_big}"
+    )
     return facts, [
         ("base weights, bf16 (all parameters)", base / GIB, "parameters x 2 B"),
         ("  of which adapted matrices", target_params * BASE_BYTES / GIB, "sum of m*n x 2 B"),
@@ -159,16 +173,32 @@ def plan(shapes: Shapes, targets: str) -> tuple[str, list[tuple[str, float, str]
         ("backward W' -> z, transient", backward_transient / GIB, "largest adapted matrix: float32 m*n + 2 m*r"),
         ("composition, transient", compose_transient / GIB, "largest matrix: float32 W and delta"),
         ("resident during a step (no activations)", resident / GIB, "sum of the rows above (one transient)"),
-        ("+ loss activations per 1k tokens", (act_per_token + logits_per_token) * 1000 / GIB,
-         "bf16, approx.; all positions' logits included"),
-        ("+ log-softmax per 1k completion tokens", logprob_per_completion_token * 1000 / GIB,
-         "bf16 window + float32 copy + float32 log-softmax"),
+        (
+            "+ loss activations per 1k tokens",
+            (act_per_token + logits_per_token) * 1000 / GIB,
+            "bf16, approx.; all positions' logits included",
+        ),
+        (
+            "+ log-softmax per 1k completion tokens",
+            logprob_per_completion_token * 1000 / GIB,
+            "bf16 window + float32 copy + float32 log-softmax",
+        ),
         ("+ KV cache per 1k rollout tokens", kv_per_token * 1000 / GIB, "bf16 K and V, every layer"),
-        ("decompose peak, CPU, per thread", per_thread / GIB,
-         "one matrix as stored + float32 factors + max(gesdd's copies, signed factors + blocked float64 check)"),
-        (f"decompose peak, CPU, {workers} threads", workers * per_thread / GIB, "t2 reads as many matrices as it has threads"),
-        ("decompose peak, GPU, t2's same-shape chunks", chunked / GIB,
-         "<= 8 matrices, <= 1 GiB float32 input: batched SVD of the stacked float32 copies, then one check at a time"),
+        (
+            "decompose peak, CPU, per thread",
+            per_thread / GIB,
+            "one matrix as stored + float32 factors + max(gesdd's copies, signed factors + blocked float64 check)",
+        ),
+        (
+            f"decompose peak, CPU, {workers} threads",
+            workers * per_thread / GIB,
+            "t2 reads as many matrices as it has threads",
+        ),
+        (
+            "decompose peak, GPU, t2's same-shape chunks",
+            chunked / GIB,
+            "<= 8 matrices, <= 1 GiB float32 input: batched SVD of the stacked float32 copies, then one check at a time",
+        ),
     ]
 
 
@@ -217,33 +247,43 @@ def main() -> None:
     for line in facts:
         print(line)
     print()
-    head = f"| targets: {args.targets} ({', '.join(TARGET_SETS[args.targets])}) | " + " | ".join(
-        f"{s.name} GiB" for s in models
-    ) + " | how |"
+    head = (
+        f"| targets: {args.targets} ({', '.join(TARGET_SETS[args.targets])}) | "
+        + " | ".join(f"{s.name} GiB" for s in models)
+        + " | how |"
+    )
     print(head)
     print("|" + "---|" * (len(models) + 2))
     for row in range(len(plans[0])):
         label, _, how = plans[0][row]
-        values = " | ".join(f"{p[row][1]:,.1f}" if p[row][1] >= 0.1 or p[row][1] == 0 else f"{p[row][1]:.3f}"
-                            for p in plans)
+        values = " | ".join(
+            f"{p[row][1]:,.1f}" if p[row][1] >= 0.1 or p[row][1] == 0 else f"{p[row][1]:.3f}" for p in plans
+        )
         print(f"| {label} | {values} | {how} |")
     print()
-    print(f"| --shard fsdp over {args.shards} ranks, per rank | " + " | ".join(f"{s.name} GiB" for s in models)
-          + " | how |")
+    print(
+        f"| --shard fsdp over {args.shards} ranks, per rank | "
+        + " | ".join(f"{s.name} GiB" for s in models)
+        + " | how |"
+    )
     print("|" + "---|" * (len(models) + 2))
     sharded = [sharded_plan(s, args.targets, args.shards) for s in models]
     for row in range(len(sharded[0])):
         label, _, how = sharded[0][row]
-        values = " | ".join(f"{p[row][1] / GIB:,.1f}" if p[row][1] >= 0.1 * GIB or p[row][1] == 0
-                            else f"{p[row][1] / GIB:.3f}" for p in sharded)
+        values = " | ".join(
+            f"{p[row][1] / GIB:,.1f}" if p[row][1] >= 0.1 * GIB or p[row][1] == 0 else f"{p[row][1] / GIB:.3f}"
+            for p in sharded
+        )
         print(f"| {label} | {values} | {how} |")
     print("| + activations, log-softmax, KV cache | as above | | this rank's share of the prompts |")
     print()
     for s, p, q in zip(models, plans, sharded):
         replicated = dict((label, gib) for label, gib, _ in p)["resident during a step (no activations)"]
         per_rank = q[-1][1] / GIB
-        print(f"{s.name}: {replicated:,.1f} GiB per rank replicated (data parallel) -> {per_rank:,.1f} GiB per rank "
-              f"with --shard fsdp over {args.shards} ({replicated / per_rank:.1f}x less), before activations")
+        print(
+            f"{s.name}: {replicated:,.1f} GiB per rank replicated (data parallel) -> {per_rank:,.1f} GiB per rank "
+            f"with --shard fsdp over {args.shards} ({replicated / per_rank:.1f}x less), before activations"
+        )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=args.prompt_len + args.new_tokens + 8, pad_token_id=0, eos_token_id=None,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=args.prompt_len + args.new_tokens + 8,
+        pad_token_id=0,
+        eos_token_id=None,
     )
     model = LlamaForCausalLM(config).to(args.device).eval()
     ids = torch.randint(3, args.vocab, (args.batch, args.prompt_len), device=args.device)
@@ -55,9 +61,15 @@ def main() -> None:
             start = time.perf_counter()
             with torch.no_grad():
                 model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens,
-                    min_new_tokens=args.new_tokens, do_sample=not keyed, temperature=None if keyed else 1.0,
-                    top_p=None, top_k=None, pad_token_id=0,
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=not keyed,
+                    temperature=None if keyed else 1.0,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=0,
                     logits_processor=LogitsProcessorList([KeyedSampler(keys, 1.0)] if keyed else []),
                 )
             if args.device.startswith("cuda"):
@@ -68,8 +80,10 @@ def main() -> None:
     run(False)  # warm-up
     plain, keyed = run(False), run(True)
     tokens = args.batch * args.new_tokens
-    print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}; batch {args.batch}, "
-          f"{args.new_tokens} new tokens, {args.device}, {torch.get_num_threads()} threads")
+    print(
+        f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}; batch {args.batch}, "
+        f"{args.new_tokens} new tokens, {args.device}, {torch.get_num_threads()} threads"
+    )
     print(f"multinomial sampling: {plain:.3f} s ({tokens / plain:.0f} tok/s)")
     print(f"keyed sampling:       {keyed:.3f} s ({tokens / keyed:.0f} tok/s), {keyed / plain - 1:+.1%}")
 

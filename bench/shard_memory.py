@@ -48,10 +48,19 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _worker(rank: int, world: int, port: int, home: str, layout: str, model: str | None, settings: dict,
-            out: str) -> None:
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "T2_HOME": home,
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+def _worker(
+    rank: int, world: int, port: int, home: str, layout: str, model: str | None, settings: dict, out: str
+) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "T2_HOME": home,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
     import torch
 
     torch.set_num_threads(1)
@@ -72,21 +81,39 @@ def _worker(rank: int, world: int, port: int, home: str, layout: str, model: str
         else:
             adaptable = load_adaptable(registry, model, device="cpu", dist=dist)
         load_s = time.perf_counter() - started
-        config = TrainConfig(name=f"bench-{layout}", shard=shard, fsdp_gather_rollouts=layout == "fsdp-gathered",
-                             device="cpu", **settings)
+        config = TrainConfig(
+            name=f"bench-{layout}",
+            shard=shard,
+            fsdp_gather_rollouts=layout == "fsdp-gathered",
+            device="cpu",
+            **settings,
+        )
         result = train(registry, adaptable, get_task(settings["task"]), config, dist=dist)
     steps = [m.seconds for m in result.history]
-    Path(out, f"{layout}-{rank}.json").write_text(json.dumps({
-        "rank": rank, "start_rss_mib": start_rss, "peak_rss_mib": _peak_mib(), "load_s": load_s,
-        "step_s": sum(steps) / len(steps), "rewards": [m.reward for m in result.history],
-    }))
+    Path(out, f"{layout}-{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "start_rss_mib": start_rss,
+                "peak_rss_mib": _peak_mib(),
+                "load_s": load_s,
+                "step_s": sum(steps) / len(steps),
+                "rewards": [m.reward for m in result.history],
+            }
+        )
+    )
 
 
 def _run(layout: str, world: int, home: str, model: str | None, settings: dict, out: str) -> list[dict]:
     import torch.multiprocessing as mp
 
-    mp.start_processes(_worker, args=(world, _free_port(), home, layout, model, settings, out), nprocs=world,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        _worker,
+        args=(world, _free_port(), home, layout, model, settings, out),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
     return [json.loads(Path(out, f"{layout}-{rank}.json").read_text()) for rank in range(world)]
 
 
@@ -107,9 +134,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--prompts-per-step", type=int, default=4)
     args = parser.parse_args()
-    settings = dict(task="addition", steps=args.steps, prompts_per_step=args.prompts_per_step, samples_per_prompt=2,
-                    eval_every=args.steps, valid_size=2, max_new_tokens=16, micro_batch=4, gen_batch=8,
-                    temperature=1.0, seed=0)
+    settings = dict(
+        task="addition",
+        steps=args.steps,
+        prompts_per_step=args.prompts_per_step,
+        samples_per_prompt=2,
+        eval_every=args.steps,
+        valid_size=2,
+        max_new_tokens=16,
+        micro_batch=4,
+        gen_batch=8,
+        temperature=1.0,
+        seed=0,
+    )
     # glibc's dynamic mmap threshold keeps FSDP's freed all-gather buffers (one layer each, tens of MiB)
     # in the heap, so RSS climbs towards the whole model; CUDA's caching allocator reuses them instead.
     # Both layouts run with a fixed threshold, set before the workers start (glibc reads it at start-up).
@@ -123,10 +160,16 @@ def main() -> None:
             print(f"{LAYOUTS[layout]}: {args.ranks} ranks...", flush=True)
             rows[layout] = _run(layout, args.ranks, home, args.model, settings, tmp)
     base = rows["none"]
-    print(f"\n{args.model or 'SmolLM2-135M-Instruct (embedded, float32)'}: {args.ranks} ranks (gloo, 1 thread each), "
-          f"all targets, {args.steps} steps of {args.prompts_per_step} prompts x 2 samples, 16 new tokens")
+    print(
+        f"\n{args.model or 'SmolLM2-135M-Instruct (embedded, float32)'}: {args.ranks} ranks (gloo, 1 thread each), "
+        f"all targets, {args.steps} steps of {args.prompts_per_step} prompts x 2 samples, 16 new tokens"
+    )
     others = [layout for layout in LAYOUTS if layout != "none"]
-    print(f"| per rank | {LAYOUTS['none']} (baseline) | " + " | ".join(f"{LAYOUTS[o]} | / baseline" for o in others) + " |")
+    print(
+        f"| per rank | {LAYOUTS['none']} (baseline) | "
+        + " | ".join(f"{LAYOUTS[o]} | / baseline" for o in others)
+        + " |"
+    )
     print("|---|---|" + "---|---|" * len(others))
 
     def row(label: str, value) -> None:

@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
 
-    from t2cli.svf.expert import load_expert
-    from t2cli.runtime.generation import render_prompt
     from t2cli.home import open_registry
+    from t2cli.runtime.generation import render_prompt
     from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.expert import load_expert
 
     with open_registry() as registry:
         from sqlalchemy import select

@@ -147,8 +147,13 @@ def train_policy(policy, adaptable, task, config, valid_items) -> RunResult:
         model = policy.rollout_model()
         try:
             gens = generate(
-                model, adaptable.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
-                temperature=config.temperature, per_prompt=config.samples_per_prompt, batch_size=config.gen_batch,
+                model,
+                adaptable.tokenizer,
+                prompts,
+                max_new_tokens=task.max_new_tokens,
+                temperature=config.temperature,
+                per_prompt=config.samples_per_prompt,
+                batch_size=config.gen_batch,
             )
         finally:
             policy.after_rollout()
@@ -165,8 +170,10 @@ def train_policy(policy, adaptable, task, config, valid_items) -> RunResult:
         result.rollout_s.append(middle - start)
         result.update_s.append(end - middle)
         result.rewards.append(float(rewards.mean()))
-        console.log(f"{policy.name} lr {config.lr:g} step {step}: reward {rewards.mean():+.3f}, "
-                    f"rollout {middle - start:.1f} s, update {end - middle:.1f} s")
+        console.log(
+            f"{policy.name} lr {config.lr:g} step {step}: reward {rewards.mean():+.3f}, "
+            f"rollout {middle - start:.1f} s, update {end - middle:.1f} s"
+        )
     result.valid = sum(accuracy(policy, adaptable, task, valid_items, config.gen_batch)) / len(valid_items)
     return result
 
@@ -196,7 +203,9 @@ def main() -> None:
 
     results: list[RunResult] = []
     best: dict[str, tuple[RunResult, object]] = {}
-    sweeps = [("SVF", float(lr)) for lr in args.svf_lrs.split(",")] + [("LoRA", float(lr)) for lr in args.lora_lrs.split(",")]
+    sweeps = [("SVF", float(lr)) for lr in args.svf_lrs.split(",")] + [
+        ("LoRA", float(lr)) for lr in args.lora_lrs.split(",")
+    ]
     for method, lr in sweeps:
         config = TrainConfig(task=args.task, name="bench", steps=args.steps, lr=lr, seed=args.seed, device="cpu")
         policy = SVFPolicy(adaptable) if method == "SVF" else LoRAPolicy(adaptable, args.seed)
@@ -215,8 +224,18 @@ def main() -> None:
 
     lora = best["LoRA"][0]
     table = Table(title=f"{args.task}: SVF vs LoRA (r=16, q,v), {args.steps} steps, best lr each")
-    for column in ("method", "trainable params", "vs LoRA", "best lr", "rollout s/step", "update s/step",
-                   "step s", "step vs LoRA", f"test acc (n={len(test_items)})", "95% CI"):
+    for column in (
+        "method",
+        "trainable params",
+        "vs LoRA",
+        "best lr",
+        "rollout s/step",
+        "update s/step",
+        "step s",
+        "step vs LoRA",
+        f"test acc (n={len(test_items)})",
+        "95% CI",
+    ):
         table.add_column(column)
     lora_step = (sum(lora.rollout_s) + sum(lora.update_s)) / args.steps
     for method in ("SVF", "LoRA"):
@@ -225,9 +244,16 @@ def main() -> None:
         low, high = wilson_interval(sum(correct), len(correct))
         step = (sum(r.rollout_s) + sum(r.update_s)) / args.steps
         table.add_row(
-            method, f"{r.params:,}", f"{r.params / lora.params:.2f}x", f"{r.lr:g}",
-            f"{sum(r.rollout_s) / args.steps:.1f}", f"{sum(r.update_s) / args.steps:.1f}", f"{step:.1f}",
-            f"{step / lora_step:.2f}x", f"{sum(correct) / len(correct):.1%}", f"[{low:.1%}, {high:.1%}]",
+            method,
+            f"{r.params:,}",
+            f"{r.params / lora.params:.2f}x",
+            f"{r.lr:g}",
+            f"{sum(r.rollout_s) / args.steps:.1f}",
+            f"{sum(r.update_s) / args.steps:.1f}",
+            f"{step:.1f}",
+            f"{step / lora_step:.2f}x",
+            f"{sum(correct) / len(correct):.1%}",
+            f"[{low:.1%}, {high:.1%}]",
         )
     console.print(table)
 

@@ -38,15 +38,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from t2cli.ask.engine import Asker, AskSettings
-    from t2cli.runtime.generation import render_prompt
     from t2cli.home import open_registry
+    from t2cli.runtime.generation import render_prompt
     from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
 
     prompts = [item.prompt for name in args.tasks.split(",") for item in get_task(name).split("test")[: args.per_task]]
     console = Console(width=140)
-    table = Table(title=f"two-pass overhead, {len(prompts)} prompts, {ANSWER_TOKENS}-token answers, "
-                        f"{torch.get_num_threads()} threads (medians)")
+    table = Table(
+        title=f"two-pass overhead, {len(prompts)} prompts, {ANSWER_TOKENS}-token answers, "
+        f"{torch.get_num_threads()} threads (medians)"
+    )
     for column in ("strategy", "pass 1 s", "switch s", "pass 2 s", "pass 1 / total", "first switch s", "choices"):
         table.add_column(column, justify="left" if column in ("strategy", "choices") else "right")
     with open_registry() as registry:
@@ -65,15 +67,24 @@ def main() -> None:
                 enc = tokenizer(render_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
                 start = time.perf_counter()
                 with torch.no_grad():
-                    model.generate(**enc, max_new_tokens=ANSWER_TOKENS, min_new_tokens=ANSWER_TOKENS, do_sample=False,
-                                   pad_token_id=tokenizer.pad_token_id)
+                    model.generate(
+                        **enc,
+                        max_new_tokens=ANSWER_TOKENS,
+                        min_new_tokens=ANSWER_TOKENS,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
                 pass2.append(time.perf_counter() - start)
                 svf.restore()
                 pass1.append(decision.seconds)
                 choices[decision.choice] = choices.get(decision.choice, 0) + 1
             p1, sw, p2 = (statistics.median(xs) if xs else 0.0 for xs in (pass1, switch, pass2))
             table.add_row(
-                label, f"{p1:.3f}", f"{sw:.4f}", f"{p2:.3f}", f"{p1 / (p1 + sw + p2):.1%}",
+                label,
+                f"{p1:.3f}",
+                f"{sw:.4f}",
+                f"{p2:.3f}",
+                f"{p1 / (p1 + sw + p2):.1%}",
                 f"{statistics.median(first_switch):.3f}" if first_switch else "-",
                 ", ".join(f"{name} {count}" for name, count in sorted(choices.items())),
             )

@@ -80,7 +80,7 @@ class BlobStore:
     def _copy_in(self, src: Path) -> BlobInfo:
         # One pass: hash while copying into a temp file, then rename it to its name.
         try:
-            reader = open(src, "rb")
+            reader = open(src, "rb")  # noqa: SIM115  (closed by the with below)
         except OSError as exc:
             raise RegistryError(f"cannot read {src} ({exc.strerror})", "check the path and its permissions") from exc
         tmp = self._new_temp()

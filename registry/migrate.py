@@ -70,7 +70,7 @@ def exclusive_lock(lock_path: Path) -> Iterator[None]:
     migration takes.
     """
     try:
-        handle = open(lock_path, "a")
+        handle = open(lock_path, "a")  # noqa: SIM115  (closed by the with below)
     except OSError as exc:
         raise store_unavailable("create the lock file", lock_path, exc) from exc
     with handle:

@@ -10,8 +10,15 @@ from __future__ import annotations
 from registry.errors import T2Error
 
 __all__ = [
-    "DecompositionError", "ExpertNotFound", "ModelLoadError", "ModelNotFound", "StorageError", "T2Error",
-    "TargetError", "UsageError", "first_line",
+    "DecompositionError",
+    "ExpertNotFound",
+    "ModelLoadError",
+    "ModelNotFound",
+    "StorageError",
+    "T2Error",
+    "TargetError",
+    "UsageError",
+    "first_line",
 ]
 
 

@@ -22,21 +22,38 @@ def write_task(path: Path, prefix: str, n: int = 12) -> Path:
     return path
 
 
-def add_expert(registry, adaptable, name: str, *, category: str | None, task: str | None = None, kind: str = "trained",
-               scale: float = 0.5, seed: int = 0, parametrization: dict | None = None,
-               parents: list[dict] | None = None) -> dict[str, torch.Tensor]:
+def add_expert(
+    registry,
+    adaptable,
+    name: str,
+    *,
+    category: str | None,
+    task: str | None = None,
+    kind: str = "trained",
+    scale: float = 0.5,
+    seed: int = 0,
+    parametrization: dict | None = None,
+    parents: list[dict] | None = None,
+) -> dict[str, torch.Tensor]:
     """Register an expert with a random z (1 + scale * noise) on the loaded model; returns its z."""
     generator = torch.Generator().manual_seed(seed)
     z = {key: 1 + scale * torch.randn(f.S.shape, generator=generator) for key, f in adaptable.svf.factors.items()}
     config = ExpertConfig(
-        name=name, base_model=adaptable.base_model_record(), targets=adaptable.targets, num_matrices=len(z),
-        kind=kind, task=Path(task).stem if task and task.endswith(".jsonl") else task, category=category,
+        name=name,
+        base_model=adaptable.base_model_record(),
+        targets=adaptable.targets,
+        num_matrices=len(z),
+        kind=kind,
+        task=Path(task).stem if task and task.endswith(".jsonl") else task,
+        category=category,
         description=f"test expert {name}",
         parametrization=parametrization or {"stored": "effective_multiplier"},
-        parents=parents or [], training={"task": task} if task else {},
+        parents=parents or [],
+        training={"task": task} if task else {},
     )
-    register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
-                    decomposition_id=adaptable.decomposition_id)
+    register_expert(
+        registry, z, config, base_model_id=adaptable.base_model_id, decomposition_id=adaptable.decomposition_id
+    )
     return z
 
 
@@ -49,8 +66,10 @@ def math_and_code_experts(model: Path, folder: Path) -> Iterator[tuple]:
     from t2cli.home import open_registry
     from t2cli.svf.adaptable import load_adaptable
 
-    tasks = {"math": str(write_task(folder / "sums.jsonl", "What is 1 plus")),
-             "code": str(write_task(folder / "funcs.jsonl", "Write a function number"))}
+    tasks = {
+        "math": str(write_task(folder / "sums.jsonl", "What is 1 plus")),
+        "code": str(write_task(folder / "funcs.jsonl", "Write a function number")),
+    }
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(model), device="cpu")
         zs = {

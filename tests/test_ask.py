@@ -42,9 +42,18 @@ def env(tiny_llama: Path, tmp_path: Path):
     """The tiny model loaded, experts m (math) and c (code), and a CEM mixture for task `sums`."""
     with math_and_code_experts(tiny_llama, tmp_path) as (registry, adaptable, zs, _):
         zs["sums-cem"] = add_expert(
-            registry, adaptable, "sums-cem", category=None, kind="mixture", task="sums", seed=3,
+            registry,
+            adaptable,
+            "sums-cem",
+            category=None,
+            kind="mixture",
+            task="sums",
+            seed=3,
             parametrization={"stored": "effective_multiplier", "adaptation": "cem"},
-            parents=[{"name": "m", "weight": 0.6, "relation": "mixed"}, {"name": "c", "weight": 0.4, "relation": "mixed"}],
+            parents=[
+                {"name": "m", "weight": 0.6, "relation": "mixed"},
+                {"name": "c", "weight": 0.4, "relation": "mixed"},
+            ],
         )
         yield registry, adaptable, zs
 
@@ -78,8 +87,10 @@ def pass2_weights(monkeypatch):
 
 def _expected(adaptable, z) -> dict[str, torch.Tensor]:
     svf = adaptable.svf
-    return {name: compose_weight(svf._base[name], svf.factors[name], z[name]) if z else svf._base[name]
-            for name in svf._params}
+    return {
+        name: compose_weight(svf._base[name], svf.factors[name], z[name]) if z else svf._base[name]
+        for name in svf._params
+    }
 
 
 def _assert_weights(seen: dict, expected: dict) -> None:
@@ -104,8 +115,9 @@ def test_each_strategy_answers_with_the_z_it_chose(env, pass2_weights, strategy,
         add_expert(registry, adaptable, "router", category="dispatch", task="dispatch", seed=9)
     snapshot = _snapshot(adaptable.model)
     complete = (lambda model, message: stub) if stub else None  # the random model cannot classify: a stub decides
-    asker = Asker(registry, AskSettings(strategy=strategy, max_new_tokens=4, **options), adaptable=adaptable,
-                  complete=complete)
+    asker = Asker(
+        registry, AskSettings(strategy=strategy, max_new_tokens=4, **options), adaptable=adaptable, complete=complete
+    )
     result = asker.ask("What is 2 + 3?")
     assert result.choice == (applied or "base")
     _assert_weights(pass2_weights[0], _expected(adaptable, zs.get(applied)))
@@ -144,8 +156,9 @@ def test_switching_reuses_composed_weights(env, monkeypatch) -> None:
     by_name: dict[str, Asker] = {}
     cached = []
     for name in ("m", "c", "m", "c", "m"):
-        asker = by_name.setdefault(name, Asker(registry, AskSettings(strategy=f"expert:{name}", max_new_tokens=2),
-                                               adaptable=adaptable))
+        asker = by_name.setdefault(
+            name, Asker(registry, AskSettings(strategy=f"expert:{name}", max_new_tokens=2), adaptable=adaptable)
+        )
         cached.append(asker.ask("2+3?").cached)
     assert cached == [False, False, True, True, True]
     assert len(calls) == 2  # m and c composed once each; switching back reused them
@@ -181,14 +194,15 @@ def test_streamed_text_is_the_answer(env) -> None:
     registry, adaptable, _ = env
     pieces: list[str] = []
     result = Asker(registry, AskSettings(strategy="expert:c", max_new_tokens=8), adaptable=adaptable).ask(
-        "Say something.", on_text=pieces.append)
+        "Say something.", on_text=pieces.append
+    )
     assert "".join(pieces) == result.answer and len(pieces) >= 2
 
 
 def test_read_prompts_formats() -> None:
     assert read_prompts(b"first question\n\n  second one  \n", "f.txt") == ["first question", "  second one  "]
     assert read_prompts(b'\xef\xbb\xbf{"prompt": "a"}\n{"prompt": "b", "id": 2}\n', "f.jsonl") == ["a", "b"]
-    with pytest.raises(AskError, match="f.jsonl line 2 has no \"prompt\" string"):
+    with pytest.raises(AskError, match='f.jsonl line 2 has no "prompt" string'):
         read_prompts(b'{"prompt": "a"}\n{"question": "b"}\n', "f.jsonl")
     with pytest.raises(AskError, match="the prompt on f.jsonl line 1 is empty"):
         read_prompts(b'{"prompt": "  "}\n', "f.jsonl")
@@ -240,8 +254,18 @@ def test_ask_batch_from_a_file_and_from_stdin(env, tiny_llama: Path, tmp_path: P
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [d["prompt"] for d in lines] == ["What is 1 + 1?", "Write f(x)."] and {d["choice"] for d in lines} == {"c"}
 
-    stdin = t2("ask", "-f", "-", "--model", str(tiny_llama), "--strategy", "none", "--json", *SHORT,
-               input="first prompt\nsecond prompt\nthird prompt\n")
+    stdin = t2(
+        "ask",
+        "-f",
+        "-",
+        "--model",
+        str(tiny_llama),
+        "--strategy",
+        "none",
+        "--json",
+        *SHORT,
+        input="first prompt\nsecond prompt\nthird prompt\n",
+    )
     assert stdin.exit_code == 0, stdin.output
     lines = [json.loads(line) for line in stdin.stdout.strip().splitlines()]
     assert [d["prompt"] for d in lines] == ["first prompt", "second prompt", "third prompt"]
@@ -277,7 +301,7 @@ def test_ask_restores_base_weights_after_ctrl_c_mid_answer(env, tiny_llama: Path
     result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--strategy", "expert:m", *SHORT)
     assert result.exit_code == 130
     assert "interrupted" in _single_error_line(result)
-    (adaptable, snapshot), = loaded
+    ((adaptable, snapshot),) = loaded
     _assert_base_weights(adaptable, snapshot)
 
 
@@ -290,25 +314,52 @@ def _non_utf8(tmp_path: Path) -> Path:
 BAD_INPUTS = [
     ("empty prompt", lambda m, t: ["ask", "", "--model", m], "the prompt is empty"),
     ("blank prompt", lambda m, t: ["ask", "   \n", "--model", m], "the prompt is empty"),
-    ("huge prompt", lambda m, t: ["ask", "x" * 300, "--model", m, "--max-new-tokens", "8"],
-     "exceeds the 128-token context window of llama"),
+    (
+        "huge prompt",
+        lambda m, t: ["ask", "x" * 300, "--model", m, "--max-new-tokens", "8"],
+        "exceeds the 128-token context window of llama",
+    ),
     ("answer budget beyond the window", lambda m, t: ["ask", "hi", "--model", m], "lower --max-new-tokens below 128"),
-    ("unknown strategy", lambda m, t: ["ask", "hi", "--model", m, "--strategy", "magic"],
-     "use one of: none, expert:NAME, prompt, classifier, cem"),
+    (
+        "unknown strategy",
+        lambda m, t: ["ask", "hi", "--model", m, "--strategy", "magic"],
+        "use one of: none, expert:NAME, prompt, classifier, cem",
+    ),
     ("unknown expert", lambda m, t: ["ask", "hi", "--model", m, "--strategy", "expert:nope"], "no expert named 'nope'"),
     ("unknown expert, no model", lambda m, t: ["ask", "hi", "--strategy", "expert:nope"], "no expert named 'nope'"),
     ("no classifier", lambda m, t: ["ask", "hi", "--model", m, "--strategy", "classifier"], "no dispatch classifier"),
     ("cem without task", lambda m, t: ["ask", "hi", "--model", m, "--strategy", "cem"], "needs --task"),
-    ("cem without mixture", lambda m, t: ["ask", "hi", "--model", m, "--strategy", "cem", "--task", "funcs"],
-     "no CEM mixture for task funcs; run `t2 adapt --task funcs` first"),
+    (
+        "cem without mixture",
+        lambda m, t: ["ask", "hi", "--model", m, "--strategy", "cem", "--task", "funcs"],
+        "no CEM mixture for task funcs; run `t2 adapt --task funcs` first",
+    ),
     ("non-UTF-8 file", lambda m, t: ["ask", "-f", str(_non_utf8(t)), "--model", m], "is not valid UTF-8"),
     ("missing file", lambda m, t: ["ask", "-f", str(t / "absent.txt"), "--model", m], "does not exist"),
-    ("bad JSONL", lambda m, t: ["ask", "-f", str(_write(t / "p.jsonl", '{"prompt": "a"}\n{"prompt": 3}\n')),
-                                "--model", m], "line 2 has no \"prompt\" string"),
-    ("one huge prompt in a batch", lambda m, t: ["ask", "-f", str(_write(t / "p.txt", "short\n" + "y" * 300 + "\n")),
-                                                 "--model", m, "--max-new-tokens", "8"], "prompt 2 is 3"),
+    (
+        "bad JSONL",
+        lambda m, t: ["ask", "-f", str(_write(t / "p.jsonl", '{"prompt": "a"}\n{"prompt": 3}\n')), "--model", m],
+        'line 2 has no "prompt" string',
+    ),
+    (
+        "one huge prompt in a batch",
+        lambda m, t: [
+            "ask",
+            "-f",
+            str(_write(t / "p.txt", "short\n" + "y" * 300 + "\n")),
+            "--model",
+            m,
+            "--max-new-tokens",
+            "8",
+        ],
+        "prompt 2 is 3",
+    ),
     ("bad max-new-tokens", lambda m, t: ["ask", "hi", "--model", m, "--max-new-tokens", "0"], "at least 1"),
-    ("unknown pass-1 mode", lambda m, t: ["ask", "hi", "--model", m, "--pass1", "guess"], "use one of: generate, score"),
+    (
+        "unknown pass-1 mode",
+        lambda m, t: ["ask", "hi", "--model", m, "--pass1", "guess"],
+        "use one of: generate, score",
+    ),
 ]
 
 

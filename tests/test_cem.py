@@ -21,10 +21,10 @@ from t2cli.adapt.cem import (
 )
 from t2cli.cli.app import app
 from t2cli.errors import T2Error, UsageError
-from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
-from t2cli.home import open_registry
 from t2cli.experts.mixing import mix
+from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 
 runner = CliRunner()
 
@@ -50,8 +50,11 @@ def test_cem_finds_the_optimum_of_a_quadratic_bowl() -> None:
 
 
 def test_cem_optimum_on_the_boundary_is_reached_by_clamping() -> None:
-    result = cem_search(lambda a: -float(((a - torch.tensor([1.0, 0.0])) ** 2).sum()), 2,
-                        CEMConfig(population=16, generations=10, seed=1))
+    result = cem_search(
+        lambda a: -float(((a - torch.tensor([1.0, 0.0])) ** 2).sum()),
+        2,
+        CEMConfig(population=16, generations=10, seed=1),
+    )
     assert torch.allclose(result.best_alpha, torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-6)
 
 
@@ -79,8 +82,9 @@ def test_cem_is_deterministic_for_a_seed_and_nan_fitness_ranks_last() -> None:
 
 def test_reevaluated_best_takes_a_population_slot() -> None:
     seen = []
-    result = cem_search(lambda a: seen.append(a) or -float(a.sum()), 2,
-                        CEMConfig(population=4, generations=3, reevaluate_best=True))
+    result = cem_search(
+        lambda a: seen.append(a) or -float(a.sum()), 2, CEMConfig(population=4, generations=3, reevaluate_best=True)
+    )
     assert result.evaluations == 12
     assert torch.equal(seen[4], seen[int(torch.stack(seen[:4]).sum(1).argmin())])  # generation 2 slot 0 = best of 1
 
@@ -91,8 +95,16 @@ def test_paper_defaults_are_recorded() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(population=1), dict(generations=0), dict(elite_ratio=0.0), dict(elite_ratio=1.5),
-            dict(init_std=0.0), dict(lower=1.0, upper=0.0), dict(init_mean=float("nan"))],
+    "bad",
+    [
+        dict(population=1),
+        dict(generations=0),
+        dict(elite_ratio=0.0),
+        dict(elite_ratio=1.5),
+        dict(init_std=0.0),
+        dict(lower=1.0, upper=0.0),
+        dict(init_mean=float("nan")),
+    ],
 )
 def test_bad_cem_settings_are_refused(bad) -> None:
     with pytest.raises(UsageError):
@@ -118,10 +130,12 @@ def two_experts(tiny_llama: Path):
         for seed, name in enumerate(("alpha-x", "beta-x")):
             generator = torch.Generator().manual_seed(100 + seed)
             z = {n: 1.0 + 0.5 * torch.randn(f.S.shape, generator=generator) for n, f in adaptable.svf.factors.items()}
-            config = ExpertConfig(name=name, base_model=adaptable.base_model_record(), targets="all",
-                                  num_matrices=len(z), task="digits")
-            register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
-                            decomposition_id=adaptable.decomposition_id)
+            config = ExpertConfig(
+                name=name, base_model=adaptable.base_model_record(), targets="all", num_matrices=len(z), task="digits"
+            )
+            register_expert(
+                registry, z, config, base_model_id=adaptable.base_model_id, decomposition_id=adaptable.decomposition_id
+            )
     return ["alpha-x", "beta-x"]
 
 
@@ -135,8 +149,9 @@ def _assert_base_weights(adaptable, before: dict[str, torch.Tensor]) -> None:
     assert adaptable.svf.active is None
 
 
-def test_adapt_registers_the_best_mixture_and_restores_the_base_weights(tiny_llama: Path, two_experts,
-                                                                         digits_file: Path) -> None:
+def test_adapt_registers_the_best_mixture_and_restores_the_base_weights(
+    tiny_llama: Path, two_experts, digits_file: Path
+) -> None:
     from t2cli.tasks import get_task
 
     task = get_task(str(digits_file))
@@ -145,8 +160,9 @@ def test_adapt_registers_the_best_mixture_and_restores_the_base_weights(tiny_lla
         before = _base_params(adaptable)
         experts = [load_expert(registry, n) for n in two_experts]
         items = select_shots(task, None, 0, whole_file=True)
-        config = AdaptConfig(name="digits-cem", task="digits", cem=CEMConfig(population=4, generations=2, seed=3),
-                             max_new_tokens=3)
+        config = AdaptConfig(
+            name="digits-cem", task="digits", cem=CEMConfig(population=4, generations=2, seed=3), max_new_tokens=3
+        )
         generations = []
         result = adapt(registry, adaptable, task, items, experts, config, on_generation=generations.append)
         _assert_base_weights(adaptable, before)
@@ -177,20 +193,29 @@ def test_adapt_per_matrix_uses_one_weight_per_expert_per_role(tiny_llama: Path, 
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
         experts = [load_expert(registry, n) for n in two_experts]
-        config = AdaptConfig(name="digits-roles", task="digits", per_matrix=True, baselines=False,
-                             cem=CEMConfig(population=3, generations=1), max_new_tokens=2)
+        config = AdaptConfig(
+            name="digits-roles",
+            task="digits",
+            per_matrix=True,
+            baselines=False,
+            cem=CEMConfig(population=3, generations=1),
+            max_new_tokens=2,
+        )
         result = adapt(registry, adaptable, task, task.split("train")[:2], experts, config)
         mixed = load_expert(registry, "digits-roles")
     mixture = mixed.config.parametrization["mixture"]
-    assert result.groups == mixture["groups"] == ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"]
+    assert (
+        result.groups == mixture["groups"] == ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"]
+    )
     assert mixture["granularity"] == "role" and len(mixture["alphas"]) == 7 and len(mixture["alphas"][0]) == 2
     down = torch.tensor(mixture["alphas"][6])
     name = "model.layers.2.mlp.down_proj"
     assert torch.allclose(mixed.z[name], down[0] * experts[0].z[name] + down[1] * experts[1].z[name], atol=1e-5)
 
 
-def test_a_crash_mid_search_registers_nothing_and_restores_weights(tiny_llama: Path, two_experts,
-                                                                   digits_file: Path) -> None:
+def test_a_crash_mid_search_registers_nothing_and_restores_weights(
+    tiny_llama: Path, two_experts, digits_file: Path
+) -> None:
     from t2cli.tasks import get_task
 
     task = get_task(str(digits_file))
@@ -204,16 +229,18 @@ def test_a_crash_mid_search_registers_nothing_and_restores_weights(tiny_llama: P
         before = _base_params(adaptable)
         experts = [load_expert(registry, n) for n in two_experts]
         rows = registry.status().rows
-        config = AdaptConfig(name="crashed", task="digits", baselines=False,
-                             cem=CEMConfig(population=3, generations=3), max_new_tokens=2)
+        config = AdaptConfig(
+            name="crashed", task="digits", baselines=False, cem=CEMConfig(population=3, generations=3), max_new_tokens=2
+        )
         with pytest.raises(KeyboardInterrupt):
             adapt(registry, adaptable, task, task.split("train"), experts, config, on_candidate=crash)
         _assert_base_weights(adaptable, before)
         assert registry.status().rows == rows
 
 
-def test_fitness_failure_inside_generation_restores_weights(tiny_llama: Path, two_experts, digits_file: Path,
-                                                            monkeypatch) -> None:
+def test_fitness_failure_inside_generation_restores_weights(
+    tiny_llama: Path, two_experts, digits_file: Path, monkeypatch
+) -> None:
     from t2cli.runtime import generation
     from t2cli.tasks import get_task
 
@@ -238,9 +265,15 @@ def test_latest_cem_mixture_ignores_manual_mixtures_and_takes_the_newest(two_exp
     with open_registry() as registry:
         base = load_expert(registry, "alpha-x")
         for name, adaptation in (("old", "cem"), ("new", "cem"), ("manual", "manual")):
-            config = ExpertConfig(name=name, base_model=base.config.base_model, targets="all",
-                                  num_matrices=len(base.z), kind="mixture", task="gsm8k",
-                                  parametrization={"stored": "effective_multiplier", "adaptation": adaptation})
+            config = ExpertConfig(
+                name=name,
+                base_model=base.config.base_model,
+                targets="all",
+                num_matrices=len(base.z),
+                kind="mixture",
+                task="gsm8k",
+                parametrization={"stored": "effective_multiplier", "adaptation": adaptation},
+            )
             register_expert(registry, base.z, config, base_model_id=base.base_model_id, decomposition_id=None)
         assert latest_cem_mixture(registry, "gsm8k", base.base_model_id) == "new"
         assert latest_cem_mixture(registry, "math", base.base_model_id) == "new"  # an alias of gsm8k
@@ -248,10 +281,26 @@ def test_latest_cem_mixture_ignores_manual_mixtures_and_takes_the_newest(two_exp
 
 
 def test_adapt_cli_end_to_end(tiny_llama: Path, two_experts, digits_file: Path) -> None:
-    result = runner.invoke(app, [
-        "adapt", "--fewshot", str(digits_file), "--task", "digits", "--model", str(tiny_llama), "--device", "cpu",
-        "--population", "3", "--generations", "2", "--max-new-tokens", "2",
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "adapt",
+            "--fewshot",
+            str(digits_file),
+            "--task",
+            "digits",
+            "--model",
+            str(tiny_llama),
+            "--device",
+            "cpu",
+            "--population",
+            "3",
+            "--generations",
+            "2",
+            "--max-new-tokens",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "digits-cem" in result.stdout and "best so far" in result.stdout
     with open_registry() as registry:
@@ -263,8 +312,25 @@ def test_adapt_cli_end_to_end(tiny_llama: Path, two_experts, digits_file: Path) 
     assert mixed.config.parametrization["adaptation"] == "cem" and mixed.config.task == "digits"
     assert mixed.config.training["source"] == f"file {digits_file}"
     # The default experts are the model's non-mixture experts: the mixture just made is not one of them.
-    again = runner.invoke(app, ["adapt", "--fewshot", str(digits_file), "--model", str(tiny_llama), "--device", "cpu",
-                                "--population", "2", "--generations", "1", "--max-new-tokens", "1", "--json"])
+    again = runner.invoke(
+        app,
+        [
+            "adapt",
+            "--fewshot",
+            str(digits_file),
+            "--model",
+            str(tiny_llama),
+            "--device",
+            "cpu",
+            "--population",
+            "2",
+            "--generations",
+            "1",
+            "--max-new-tokens",
+            "1",
+            "--json",
+        ],
+    )
     assert again.exit_code == 0, again.output
     payload = json.loads(again.stdout)
     assert payload["name"] == "digits-cem-2" and payload["experts"] == two_experts
@@ -282,7 +348,9 @@ def test_adapt_cli_end_to_end(tiny_llama: Path, two_experts, digits_file: Path) 
         (["--task", "gsm8k", "--experts", "alpha-x,beta-x", "--name", "beta-x"], 1, "already exists"),
     ],
 )
-def test_adapt_refuses_bad_input_with_one_line(two_experts, tiny_llama: Path, args, exit_code: int, phrase: str) -> None:
+def test_adapt_refuses_bad_input_with_one_line(
+    two_experts, tiny_llama: Path, args, exit_code: int, phrase: str
+) -> None:
     result = runner.invoke(app, ["adapt", *args, "--model", str(tiny_llama), "--device", "cpu"])
     assert result.exit_code == exit_code, result.output
     lines = [line for line in result.stderr.strip().splitlines() if line.strip() and not line.startswith("loading")]

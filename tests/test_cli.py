@@ -25,7 +25,7 @@ def _single_error_line(result) -> str:
     assert "Traceback" not in text, text
     lines = [line for line in text.strip().splitlines() if line.strip()]
     assert lines and lines[0].startswith("error: "), text
-    assert len(lines) <= 2 and all(l.startswith(("error: ", "hint: ")) for l in lines), text
+    assert len(lines) <= 2 and all(line.startswith(("error: ", "hint: ")) for line in lines), text
     return text
 
 
@@ -52,8 +52,18 @@ def test_a_reader_that_closes_the_pipe_is_not_reported_as_a_bug(monkeypatch) -> 
 
 @pytest.mark.parametrize(
     "command",
-    [["decompose"], ["models", "list"], ["models", "show"], ["experts", "list"], ["experts", "show"],
-     ["experts", "rm"], ["db", "status"], ["db", "verify"], ["db", "path"], ["db", "gc"]],
+    [
+        ["decompose"],
+        ["models", "list"],
+        ["models", "show"],
+        ["experts", "list"],
+        ["experts", "show"],
+        ["experts", "rm"],
+        ["db", "status"],
+        ["db", "verify"],
+        ["db", "path"],
+        ["db", "gc"],
+    ],
 )
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = t2(*command, "--help")
@@ -71,7 +81,13 @@ def test_decompose_then_list_status_verify(tiny_llama: Path, t2_home: Path) -> N
     assert again.exit_code == 0 and "Already decomposed" in again.output
 
     listing = json.loads(t2("models", "list", "--json").stdout)
-    assert {a["alias"] for a in listing["aliases"]} >= {"smollm2-135m", "llama3-8b", "mistral-7b", "qwen2.5-7b", "llama3-70b"}
+    assert {a["alias"] for a in listing["aliases"]} >= {
+        "smollm2-135m",
+        "llama3-8b",
+        "mistral-7b",
+        "qwen2.5-7b",
+        "llama3-70b",
+    }
     (model,) = listing["registered"]
     assert model["architecture"] == "LlamaForCausalLM" and model["decompositions"][0]["status"] == "complete"
 
@@ -135,8 +151,16 @@ BAD_INPUTS = [
     ("garbage gguf", lambda d, t: ["decompose", str(_write(t / "bad.gguf", b"nope" * 64))], "GGUF"),
     ("truncated safetensors", lambda d, t: ["decompose", str(_truncated_copy(d["llama"], t))], "truncated or corrupt"),
     ("no matching targets", lambda d, t: ["decompose", str(d["llama"]), "--targets", "lm_head"], "matches no matrix"),
-    ("invalid regex", lambda d, t: ["decompose", str(d["llama"]), "--targets", "layers.("], "not a valid regular expression"),
-    ("bad dtype", lambda d, t: ["decompose", str(d["llama"]), "--dtype", "float16"], "--dtype 'float16' is not supported"),
+    (
+        "invalid regex",
+        lambda d, t: ["decompose", str(d["llama"]), "--targets", "layers.("],
+        "not a valid regular expression",
+    ),
+    (
+        "bad dtype",
+        lambda d, t: ["decompose", str(d["llama"]), "--dtype", "float16"],
+        "--dtype 'float16' is not supported",
+    ),
     ("bad device", lambda d, t: ["decompose", str(d["llama"]), "--device", "tpu"], "unknown device 'tpu'", 2),
     ("cuda absent", lambda d, t: ["decompose", str(d["llama"]), "--device", "cuda"], "no CUDA device", 2),
     ("unsupported architecture", lambda d, t: ["decompose", str(_unsupported_arch(t))], "'gpt2' is not supported"),
@@ -150,7 +174,9 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_gives_one_clear_line_and_its_exit_code(case, tiny_model_dirs, tmp_path: Path, hf_cache: Path) -> None:
+def test_bad_input_gives_one_clear_line_and_its_exit_code(
+    case, tiny_model_dirs, tmp_path: Path, hf_cache: Path
+) -> None:
     _, make_args, expected, *code = case
     result = t2(*make_args(tiny_model_dirs, tmp_path))
     assert result.exit_code == (code[0] if code else 1), result.output  # 2: a value the user can fix

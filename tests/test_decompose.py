@@ -44,7 +44,9 @@ def test_second_run_is_a_no_op(tiny_llama: Path) -> None:
         assert sorted(registry.blobs.iter_shas()) == blobs_before
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
+    tiny_llama: Path, tmp_path: Path, monkeypatch
+) -> None:
     calls = {"n": 0}
 
     def interrupt_after_two_chunks(event) -> None:

@@ -20,10 +20,10 @@ from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.tasks import TaskError, get_task, needs_registry
 from t2cli.tasks.dispatch_task import (
-    category_experts,
     CATEGORY_GUIDES,
     OTHER,
     PER_CATEGORY,
+    category_experts,
     classification_prompt,
     dispatch_task,
     parse_category,
@@ -136,8 +136,13 @@ def env(tiny_llama: Path, tmp_path: Path):
 
 def _context(registry, adaptable, **options) -> DispatchContext:
     return DispatchContext(
-        registry=registry, base_model_id=adaptable.base_model_id, model_name="tiny", tokenizer=adaptable.tokenizer,
-        context_limit=None, adaptable=lambda: adaptable, **options,
+        registry=registry,
+        base_model_id=adaptable.base_model_id,
+        model_name="tiny",
+        tokenizer=adaptable.tokenizer,
+        context_limit=None,
+        adaptable=lambda: adaptable,
+        **options,
     )
 
 
@@ -189,7 +194,9 @@ def test_prompt_strategy_falls_back_to_base_on_an_unreadable_answer_and_says_so(
     registry, adaptable, _ = env
     decision = build_dispatcher(_context(registry, adaptable, complete=StubModel("h0Ao0Ao!")), "prompt")("2 + 3?")
     assert decision.choice == BASE and decision.weights == {} and decision.category is None
-    assert "names no category" in decision.reason and "base weights" in decision.reason and "h0Ao0Ao!" in decision.reason
+    assert (
+        "names no category" in decision.reason and "base weights" in decision.reason and "h0Ao0Ao!" in decision.reason
+    )
 
 
 def test_scored_pass_one_equals_scoring_each_full_sequence(env) -> None:
@@ -201,8 +208,9 @@ def test_scored_pass_one_equals_scoring_each_full_sequence(env) -> None:
     names = ["math", "code", "reasoning", OTHER]
     scores = dispatch.score_categories(adaptable, "classify: What is 2 + 3?", names)
     tokenizer = adaptable.tokenizer
-    prompt = tokenizer(render_prompt(tokenizer, "classify: What is 2 + 3?") + ANSWER_PREFIX,
-                       add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(render_prompt(tokenizer, "classify: What is 2 + 3?") + ANSWER_PREFIX, add_special_tokens=False)[
+        "input_ids"
+    ]
     completions = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
     with torch.no_grad():
         logprobs, mask, _ = completion_logprobs(adaptable.model, [prompt] * len(names), completions, pad_id=0)
@@ -272,7 +280,9 @@ def test_classifier_strategy_runs_pass_1_with_the_dispatch_expert(env) -> None:
     assert stub.active == ["router-v2"]  # the latest dispatch expert was applied during pass 1
     assert adaptable.svf.active is None  # and removed afterwards
     named = StubModel("reasoning??")
-    decision = build_dispatcher(_context(registry, adaptable, complete=named, classifier="router-v1"), "classifier")("x")
+    decision = build_dispatcher(_context(registry, adaptable, complete=named, classifier="router-v1"), "classifier")(
+        "x"
+    )
     assert named.active == ["router-v1"] and decision.choice == BASE and "names no category" in decision.reason
 
 
@@ -297,8 +307,16 @@ def test_cem_strategy_reuses_the_latest_cem_mixture_of_the_task(env) -> None:
     assert missing.value.message == "no CEM mixture for task sums; run `t2 adapt --task sums` first"
     cem = {"stored": "effective_multiplier", "adaptation": "cem"}
     parents = [{"name": "m", "weight": 0.7, "relation": "mixed"}, {"name": "c", "weight": 0.3, "relation": "mixed"}]
-    add_expert(registry, adaptable, "sums-cem", category=None, kind="mixture", task="sums", parametrization=cem,
-               parents=parents)
+    add_expert(
+        registry,
+        adaptable,
+        "sums-cem",
+        category=None,
+        kind="mixture",
+        task="sums",
+        parametrization=cem,
+        parents=parents,
+    )
     add_expert(registry, adaptable, "sums-linear", category=None, kind="mixture", task="sums", parents=parents)
     add_expert(registry, adaptable, "other-cem", category=None, kind="mixture", task="funcs", parametrization=cem)
     decision = build_dispatcher(_context(registry, adaptable, task="sums"), "cem")("What is 1 plus 1?")
@@ -307,8 +325,16 @@ def test_cem_strategy_reuses_the_latest_cem_mixture_of_the_task(env) -> None:
     # the task may be named by the path it was trained from: its name is the file's stem
     assert build_dispatcher(_context(registry, adaptable, task=tasks["math"]), "cem")("x").choice == "sums-cem"
     per_role = {**cem, "mixture": {"granularity": "role", "alphas": [[0.9, 0.1], [0.5, 0.5]]}}
-    add_expert(registry, adaptable, "sums-cem-roles", category=None, kind="mixture", task="sums",
-               parametrization=per_role, parents=parents)
+    add_expert(
+        registry,
+        adaptable,
+        "sums-cem-roles",
+        category=None,
+        kind="mixture",
+        task="sums",
+        parametrization=per_role,
+        parents=parents,
+    )
     decision = build_dispatcher(_context(registry, adaptable, task="sums"), "cem")("x")
     assert decision.stored == "sums-cem-roles" and "per matrix role" in decision.reason
 
@@ -381,8 +407,26 @@ def test_train_and_eval_the_dispatch_classifier_then_ask_with_it(env, tiny_llama
     registry, _, _ = env
     runner = CliRunner()
     model = ["--model", str(tiny_llama), "--device", "cpu"]
-    trained = runner.invoke(app, ["train", "--task", "dispatch", *model, "--steps", "1", "--prompts-per-step", "2",
-                                  "--samples-per-prompt", "2", "--valid-size", "2", "--max-new-tokens", "4", "--json"])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "--task",
+            "dispatch",
+            *model,
+            "--steps",
+            "1",
+            "--prompts-per-step",
+            "2",
+            "--samples-per-prompt",
+            "2",
+            "--valid-size",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     expert = load_expert(registry, "dispatch-svf")
     assert (expert.config.task, expert.config.category) == ("dispatch", "dispatch")
@@ -393,7 +437,8 @@ def test_train_and_eval_the_dispatch_classifier_then_ask_with_it(env, tiny_llama
     assert (result["task"], result["n"], result["expert"]) == ("dispatch", 3, "dispatch-svf")
     assert all(s["answer"] in ("math", "code") for s in result["samples"])
 
-    asked = runner.invoke(app, ["ask", "What is 2 + 3?", *model, "--strategy", "classifier", "--max-new-tokens", "4",
-                                "--json"])
+    asked = runner.invoke(
+        app, ["ask", "What is 2 + 3?", *model, "--strategy", "classifier", "--max-new-tokens", "4", "--json"]
+    )
     assert asked.exit_code == 0, asked.output
     assert "classifier dispatch-svf" in json.loads(asked.stdout)["reason"]

@@ -8,6 +8,7 @@ hard timeouts, so a hang fails the test instead of the CI job.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli.runtime.distributed import Dist, DistributedError, rank_device
 from t2cli.home import open_registry
+from t2cli.runtime.distributed import Dist, DistributedError, rank_device
 
 ROOT = Path(__file__).resolve().parent.parent
 # Float32 sums in another order (micro-batches of other shapes, the all-reduce) move z by ~1e-6
@@ -51,8 +52,17 @@ def _write_task(path: Path, kind: str) -> Path:
 
 
 def _args(task: Path, model: Path, name: str, **overrides) -> list[str]:
-    settings = {"steps": 3, "prompts-per-step": 4, "samples-per-prompt": 2, "eval-every": 2, "valid-size": 5,
-                "max-new-tokens": 4, "lr": 0.05, "seed": 3, "device": "cpu"}
+    settings = {
+        "steps": 3,
+        "prompts-per-step": 4,
+        "samples-per-prompt": 2,
+        "eval-every": 2,
+        "valid-size": 5,
+        "max-new-tokens": 4,
+        "lr": 0.05,
+        "seed": 3,
+        "device": "cpu",
+    }
     settings.update(overrides)
     args = ["train", "--task", str(task), "--model", str(model), "--name", name]
     for key, value in settings.items():
@@ -91,8 +101,14 @@ def assert_same_training(result2: dict, result1: dict, home2: Path, home1: Path)
 
 def _env(home: Path) -> dict[str, str]:
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": python_path, "T2_HOME": str(home), "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "PYTHONPATH": python_path,
+        "T2_HOME": str(home),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
@@ -108,7 +124,11 @@ def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
     home2 = tmp_path / "home-2proc"
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "t2cli"]
     done = subprocess.run(
-        launch + args + ["--json"], capture_output=True, text=True, env=_env(home2), cwd=tmp_path,
+        launch + args + ["--json"],
+        capture_output=True,
+        text=True,
+        env=_env(home2),
+        cwd=tmp_path,
         timeout=LAUNCH_TIMEOUT_S,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -142,8 +162,16 @@ def _free_port() -> int:
 
 def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str, model: str, config: dict) -> None:
     """One rank of a 2-process run (FSDP-sharded if ``config["shard"]`` says so), interrupted after step 2 on every rank."""
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "T2_HOME": home})
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "T2_HOME": home,
+        }
+    )
     torch.set_num_threads(1)
     from t2cli.runtime.distributed import init_distributed, open_registry_ranked
     from t2cli.svf.adaptable import load_adaptable
@@ -172,8 +200,9 @@ def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str,
 def _spawn(world: int, *args) -> None:
     import torch.multiprocessing as mp
 
-    context = mp.start_processes(_spawned_worker, args=(world, _free_port(), *args), nprocs=world, join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(
+        _spawned_worker, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
@@ -192,9 +221,22 @@ def test_a_two_process_checkpoint_resumes_in_one_process_with_sampled_rollouts(
     task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
     # Sampled rollouts (temperature 1, group baseline), 5 prompts split 2 + 3: keyed sampling must
     # make each prompt's group independent of the split.
-    config = dict(task=str(task_path), name="resumed", steps=3, prompts_per_step=5, samples_per_prompt=3,
-                  eval_every=1, valid_size=5, max_new_tokens=4, micro_batch=4, gen_batch=4, lr=0.05,
-                  temperature=1.0, device="cpu", seed=5)
+    config = dict(
+        task=str(task_path),
+        name="resumed",
+        steps=3,
+        prompts_per_step=5,
+        samples_per_prompt=3,
+        eval_every=1,
+        valid_size=5,
+        max_new_tokens=4,
+        micro_batch=4,
+        gen_batch=4,
+        lr=0.05,
+        temperature=1.0,
+        device="cpu",
+        seed=5,
+    )
     _spawn(2, str(t2_home), str(task_path), str(tiny_llama), config)
 
     task = get_task(str(task_path))
@@ -225,25 +267,34 @@ def test_shards_are_contiguous_whole_and_balanced() -> None:
         for world in (1, 2, 3, 8):
             bounds = [Dist(rank=r, world_size=world).shard(n) for r in range(world)]
             assert bounds[0][0] == 0 and bounds[-1][1] == n
-            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
             sizes = [stop - start for start, stop in bounds]
             assert max(sizes) - min(sizes) <= 1
 
 
 def test_keyed_sampling_does_not_depend_on_the_batch(tiny_llama: Path) -> None:
-    from t2cli.runtime.generation import generate, render_prompt, sample_key
     from t2cli.models.load import load_model, load_tokenizer
     from t2cli.models.resolve import resolve_model
+    from t2cli.runtime.generation import generate, render_prompt, sample_key
 
     ref = resolve_model(str(tiny_llama))
     model, tokenizer = load_model(ref), load_tokenizer(ref)
     prompts = [render_prompt(tokenizer, f"{a}+{b}=?") for a, b in [(1, 2), (3, 4), (5, 6), (7, 18)]]
     keys = [sample_key(0, 1, i, j) for i in range(4) for j in range(3)]
-    whole = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=1.0, per_prompt=3, batch_size=12,
-                     sample_keys=keys)
+    whole = generate(
+        model, tokenizer, prompts, max_new_tokens=8, temperature=1.0, per_prompt=3, batch_size=12, sample_keys=keys
+    )
     torch.manual_seed(123)  # the global RNG plays no part
-    tail = generate(model, tokenizer, prompts[2:], max_new_tokens=8, temperature=1.0, per_prompt=3, batch_size=2,
-                    sample_keys=keys[6:])
+    tail = generate(
+        model,
+        tokenizer,
+        prompts[2:],
+        max_new_tokens=8,
+        temperature=1.0,
+        per_prompt=3,
+        batch_size=2,
+        sample_keys=keys[6:],
+    )
     assert whole.completion_ids[6:] == tail.completion_ids
     assert len({tuple(c) for c in whole.completion_ids}) > 1  # it does sample
 
@@ -261,9 +312,8 @@ def test_a_read_only_registry_refuses_writes() -> None:
         pass
     with open_registry(read_only=True) as registry:
         assert registry.status().rows["experts"] == 0  # reads work
-        with pytest.raises(RegistryError, match="read-only"):
-            with registry.session():
-                pass
+        with pytest.raises(RegistryError, match="read-only"), registry.session():
+            pass
 
 
 def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Path, tmp_path: Path) -> None:
@@ -300,9 +350,20 @@ def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Pat
         assert z[name].grad.dtype == torch.float32 and torch.isfinite(z[name].grad).all()
 
         task = get_task(str(_write_task(tmp_path / "sums.jsonl", "sums")))
-        config = TrainConfig(task="sums", name="bf16", steps=1, prompts_per_step=2, samples_per_prompt=2,
-                             valid_size=2, max_new_tokens=3, advantage="raw", temperature=0.0, device="cpu",
-                             dtype="bfloat16", lr=0.05)
+        config = TrainConfig(
+            task="sums",
+            name="bf16",
+            steps=1,
+            prompts_per_step=2,
+            samples_per_prompt=2,
+            valid_size=2,
+            max_new_tokens=3,
+            advantage="raw",
+            temperature=0.0,
+            device="cpu",
+            dtype="bfloat16",
+            lr=0.05,
+        )
         train(registry, adaptable, task, config)
         from t2cli.svf.expert import load_expert
 

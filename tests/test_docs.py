@@ -22,6 +22,12 @@ def test_cli_reference_is_current() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     rendered = subprocess.run(
         [typer_cli, "t2cli.cli.app", "utils", "docs", "--name", "t2", "--title", "t2 command reference"],
-        capture_output=True, text=True, check=True, cwd=ROOT, env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=env,
     ).stdout
-    assert (ROOT / "docs" / "cli.md").read_text().strip() == rendered.strip(), f"docs/cli.md is stale: run `{REGENERATE}`"
+    assert (ROOT / "docs" / "cli.md").read_text().strip() == rendered.strip(), (
+        f"docs/cli.md is stale: run `{REGENERATE}`"
+    )

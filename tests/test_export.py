@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from t2cli.cli.app import app
-from t2cli.experts.export import export_lora, expert_factors, lora_factors
-from t2cli.svf.expert import load_expert
+from t2cli.experts.export import expert_factors, export_lora, lora_factors
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import load_expert
 from t2cli.svf.model import Factors, compose_delta
 from tests.expert_factory import make_expert
 
@@ -31,7 +31,7 @@ def _one_error(result) -> str:
     """The error text: one 'error:' line and an optional hint, after any progress lines; no traceback."""
     text = result.stderr if result.stderr else result.output
     assert "Traceback" not in text and "error: " in text, text
-    text = text[text.index("error: "):]
+    text = text[text.index("error: ") :]
     lines = [line for line in text.strip().splitlines() if line.strip()]
     assert len(lines) <= 2 and all(line.startswith(("error: ", "hint: ")) for line in lines), text
     return " ".join(text.split())
@@ -68,8 +68,14 @@ def test_merged_export_loads_in_transformers_with_the_experts_logits(adapted, ti
     result = t2("export", "sums-v1", folder, "--merged", "--device", "cpu")
     assert result.exit_code == 0, result.output
     files = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "README.md"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    } <= files
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
     assert [p.name for p in folder.parent.iterdir()] == ["merged"]  # no temp folder left behind
 
@@ -84,8 +90,16 @@ def test_merged_export_loads_in_transformers_with_the_experts_logits(adapted, ti
 
 
 def test_merged_export_refuses_a_model_with_other_weights(adapted, tiny_model_dirs, tmp_path: Path) -> None:
-    result = t2("export", "sums-v1", tmp_path / "out" / "m", "--merged", "--model", tiny_model_dirs["mistral"],
-                "--device", "cpu")
+    result = t2(
+        "export",
+        "sums-v1",
+        tmp_path / "out" / "m",
+        "--merged",
+        "--model",
+        tiny_model_dirs["mistral"],
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1
     assert "was made for llama; the model found is mistral" in _one_error(result)
     assert list((tmp_path / "out").iterdir()) == []  # nothing written, not even a temp folder
@@ -151,7 +165,7 @@ def test_lora_export_loads_in_peft_and_converges_to_the_expert(adapted, tiny_lla
 
 
 def test_reported_lora_errors_are_the_written_adapters_frobenius_errors(adapted, tmp_path: Path) -> None:
-    adaptable, z = adapted
+    _adaptable, z = adapted
     with open_registry() as registry:
         result = export_lora(registry, "sums-v1", tmp_path / "lora", rank=4)
         factors = expert_factors(registry, load_expert(registry, "sums-v1"))
@@ -180,9 +194,11 @@ def test_lora_export_cli_prints_the_error_summary(adapted, tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     "args, expected",
-    [(["--merged", "--lora"], "--merged and --lora exclude each other"),
-     (["--rank", "4"], "--rank applies to --lora exports"),
-     (["--lora", "--rank", "0"], "--rank 0 is not positive")],
+    [
+        (["--merged", "--lora"], "--merged and --lora exclude each other"),
+        (["--rank", "4"], "--rank applies to --lora exports"),
+        (["--lora", "--rank", "0"], "--rank 0 is not positive"),
+    ],
 )
 def test_bad_export_options_are_usage_errors(adapted, tmp_path: Path, args, expected) -> None:
     result = t2("export", "sums-v1", tmp_path / "out", *args)

@@ -22,8 +22,7 @@ def test_stop_when_ends_each_row_at_the_first_prefix_that_satisfies_it(model_and
     texts = [render_prompt(tokenizer, p) for p in PROMPTS]
     full = generate(model, tokenizer, texts, max_new_tokens=10)
     lengths = [min(2, len(full.completion_ids[0])), min(6, len(full.completion_ids[1]))]
-    targets = {tokenizer.decode(ids[:k], skip_special_tokens=True)
-               for ids, k in zip(full.completion_ids, lengths)}
+    targets = {tokenizer.decode(ids[:k], skip_special_tokens=True) for ids, k in zip(full.completion_ids, lengths)}
 
     stopped = generate(model, tokenizer, texts, max_new_tokens=10, stop_when=lambda text: text in targets)
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from t2cli.experts import mixing
 from t2cli.cli.app import app
 from t2cli.errors import UsageError
-from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
-from t2cli.home import open_registry
+from t2cli.experts import mixing
 from t2cli.experts.mixing import MixingError, check_weights, get_mixing_method, mix, mixing_method, role_groups
+from t2cli.home import open_registry
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 
 runner = CliRunner()
 MATRICES = {"model.layers.0.mlp.up_proj": 3, "model.layers.0.self_attn.q_proj": 4}
@@ -71,8 +71,11 @@ def test_per_group_weights_pick_a_row_per_matrix() -> None:
 
 
 def test_role_groups_share_a_role_across_layers() -> None:
-    names = [f"model.layers.{layer}.{module}" for layer in range(2)
-             for module in ("self_attn.q_proj", "mlp.down_proj", "mlp.up_proj")]
+    names = [
+        f"model.layers.{layer}.{module}"
+        for layer in range(2)
+        for module in ("self_attn.q_proj", "mlp.down_proj", "mlp.up_proj")
+    ]
     groups, group_of = role_groups(names, "llama", 2)
     assert groups == ["attn.q", "mlp.up", "mlp.down"]
     assert group_of["model.layers.0.mlp.down_proj"] == group_of["model.layers.1.mlp.down_proj"] == 2
@@ -125,21 +128,42 @@ def _base_model(registry, fingerprint: str, name: str) -> int:
     from registry.schema import BaseModel
 
     with registry.session() as session:
-        row = BaseModel(name=name, source="local", location=f"/models/{name}", revision=None, fingerprint=fingerprint,
-                        architecture="LlamaForCausalLM", model_type="llama", num_layers=1, hidden_size=4)
+        row = BaseModel(
+            name=name,
+            source="local",
+            location=f"/models/{name}",
+            revision=None,
+            fingerprint=fingerprint,
+            architecture="LlamaForCausalLM",
+            model_type="llama",
+            num_layers=1,
+            hidden_size=4,
+        )
         session.add(row)
         session.flush()
         return row.id
 
 
-def _expert(registry, name: str, base_id: int, fingerprint: str, *, seed: int, matrices=MATRICES,
-            targets: str = "all", task: str | None = None) -> dict[str, torch.Tensor]:
+def _expert(
+    registry,
+    name: str,
+    base_id: int,
+    fingerprint: str,
+    *,
+    seed: int,
+    matrices=MATRICES,
+    targets: str = "all",
+    task: str | None = None,
+) -> dict[str, torch.Tensor]:
     base_name = {"1" * 64: "one", "2" * 64: "two"}[fingerprint]
     generator = torch.Generator().manual_seed(seed)
     z = {m: 1.0 + 0.3 * torch.randn(r, generator=generator) for m, r in matrices.items()}
     config = ExpertConfig(
-        name=name, base_model={"name": base_name, "fingerprint": fingerprint}, targets=targets,
-        num_matrices=len(z), task=task,
+        name=name,
+        base_model={"name": base_name, "fingerprint": fingerprint},
+        targets=targets,
+        num_matrices=len(z),
+        task=task,
     )
     register_expert(registry, z, config, base_model_id=base_id, decomposition_id=None)
     return z
@@ -156,8 +180,9 @@ def experts():
             "b": _expert(registry, "b", one, "1" * 64, seed=2, task="gsm8k"),
             "c": _expert(registry, "c", one, "1" * 64, seed=3, task="mbpp"),
             "d": _expert(registry, "d", two, "2" * 64, seed=4),
-            "e": _expert(registry, "e", one, "1" * 64, seed=5, targets="mlp",
-                         matrices={"model.layers.0.mlp.up_proj": 3}),
+            "e": _expert(
+                registry, "e", one, "1" * 64, seed=5, targets="mlp", matrices={"model.layers.0.mlp.up_proj": 3}
+            ),
         }
     return zs
 
@@ -172,8 +197,11 @@ def test_mix_registers_the_formula_with_lineage(experts) -> None:
 
         info = get_expert(registry, "abc")
     for matrix in MATRICES:
-        expected = (0.5 * experts["a"][matrix].double() + 0.3 * experts["b"][matrix].double()
-                    + 0.2 * experts["c"][matrix].double())
+        expected = (
+            0.5 * experts["a"][matrix].double()
+            + 0.3 * experts["b"][matrix].double()
+            + 0.2 * experts["c"][matrix].double()
+        )
         assert torch.allclose(mixed.z[matrix].double(), expected, atol=1e-6), matrix
     assert info.kind == "mixture" and mixed.config.kind == "mixture"
     assert sorted(info.parents) == [("a", 0.5, "mixed"), ("b", 0.3, "mixed"), ("c", 0.2, "mixed")]

@@ -46,9 +46,11 @@ class FakeVLLM:
         self.honour_stops = True  # vLLM ends a request at its stop tokens; False: return canned ids as they are
         self.reset_result = True
         # The canned completion for a request: f(prompt_token_ids, SamplingParams) -> token ids.
-        self.respond: Callable[[list[int], Any], list[int]] = (
-            lambda ids, params: [4 + (params.seed or 0) % 10, ids[-1], EOS]
-        )
+        self.respond: Callable[[list[int], Any], list[int]] = lambda ids, params: [
+            4 + (params.seed or 0) % 10,
+            ids[-1],
+            EOS,
+        ]
 
     @property
     def engine(self) -> Any:
@@ -114,8 +116,16 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
         stop_reason: int | str | None = None
 
     class RequestOutput:
-        def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int] | None,
-                     prompt_logprobs: Any, outputs: list[CompletionOutput], finished: bool, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            request_id: str,
+            prompt: str | None,
+            prompt_token_ids: list[int] | None,
+            prompt_logprobs: Any,
+            outputs: list[CompletionOutput],
+            finished: bool,
+            **kwargs: Any,
+        ) -> None:
             self.request_id, self.prompt, self.prompt_token_ids = request_id, prompt, prompt_token_ids
             self.prompt_logprobs, self.outputs, self.finished = prompt_logprobs, outputs, finished
 
@@ -162,9 +172,16 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
             self.asleep = False
             state.engines.append(self)
 
-        def generate(self, prompts: Any, sampling_params: Any = None, *, use_tqdm: Any = True,
-                     lora_request: Any = None, priority: list[int] | None = None,
-                     tokenization_kwargs: dict | None = None) -> list[RequestOutput]:
+        def generate(
+            self,
+            prompts: Any,
+            sampling_params: Any = None,
+            *,
+            use_tqdm: Any = True,
+            lora_request: Any = None,
+            priority: list[int] | None = None,
+            tokenization_kwargs: dict | None = None,
+        ) -> list[RequestOutput]:
             assert not self.asleep, "generate on a sleeping engine"
             prompts = list(prompts)
             if not isinstance(sampling_params, list):
@@ -187,8 +204,9 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
                 outputs.append(RequestOutput(str(i), None, ids, None, [completion], True))
             return outputs
 
-        def collective_rpc(self, method: Any, timeout: float | None = None, args: tuple = (),
-                           kwargs: dict | None = None) -> list:
+        def collective_rpc(
+            self, method: Any, timeout: float | None = None, args: tuple = (), kwargs: dict | None = None
+        ) -> list:
             state.log.append(("collective_rpc", method))
             # vllm/v1/serial_utils.py run_method: a name is looked up on the worker
             if isinstance(method, str):
@@ -197,7 +215,7 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
                 except AttributeError:
                     raise NotImplementedError(f"Method {method!r} is not implemented.") from None
             else:
-                func = lambda *a, **k: method(self.worker, *a, **k)  # noqa: E731
+                func = lambda *a, **k: method(self.worker, *a, **k)
             return [func(*args, **(kwargs or {}))]
 
         def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
@@ -397,12 +415,19 @@ def test_unsupported_settings_are_refused(fake_vllm: FakeVLLM, model_dir: Path, 
 
 
 def test_engine_is_colocated_in_process_with_the_weight_loader(fake_vllm: FakeVLLM, model_dir: Path, tokenizer) -> None:
-    make_rollout(model_dir, tokenizer, gpu_memory_utilization=0.25, max_model_len=512,
-                 engine_kwargs={"enforce_eager": True})
+    make_rollout(
+        model_dir, tokenizer, gpu_memory_utilization=0.25, max_model_len=512, engine_kwargs={"enforce_eager": True}
+    )
     assert fake_vllm.engine.kwargs == {
-        "model": str(model_dir), "dtype": "bfloat16", "seed": 7, "gpu_memory_utilization": 0.25,
-        "max_model_len": 512, "tensor_parallel_size": 1, "distributed_executor_backend": "external_launcher",
-        "worker_extension_cls": "t2cli.train.rollout_vllm.WeightLoaderExtension", "enforce_eager": True,
+        "model": str(model_dir),
+        "dtype": "bfloat16",
+        "seed": 7,
+        "gpu_memory_utilization": 0.25,
+        "max_model_len": 512,
+        "tensor_parallel_size": 1,
+        "distributed_executor_backend": "external_launcher",
+        "worker_extension_cls": "t2cli.train.rollout_vllm.WeightLoaderExtension",
+        "enforce_eager": True,
         "skip_tokenizer_init": True,
     }
     # Without a launcher: rank 0 of a world of 1, on a free port (what the external launcher reads).
@@ -481,7 +506,7 @@ def test_requests_do_not_depend_on_the_batch_split(fake_vllm: FakeVLLM, model_di
     assert first.completion_ids + rest.completion_ids == whole.completion_ids
     assert first.prompt_ids + rest.prompt_ids == whole.prompt_ids
     calls = [entry for entry in fake_vllm.log if entry[0] == "generate"]
-    sent = lambda call: [(r["prompt_token_ids"], p.seed) for r, p in zip(call[1], call[2])]  # noqa: E731
+    sent = lambda call: [(r["prompt_token_ids"], p.seed) for r, p in zip(call[1], call[2])]
     assert sent(calls[1]) + sent(calls[2]) == sent(calls[0])
 
 
@@ -542,7 +567,7 @@ def test_push_hands_the_exact_tensors_to_load_weights_then_resets_the_prefix_cac
     _, pushed, grad_enabled = fake_vllm.log[1]
     assert [name for name, _ in pushed] == list(weights)
     assert not grad_enabled  # vLLM's in-place copies record no autograd graph
-    for (name, sent), original in zip(pushed, weights.values()):
+    for (_name, sent), original in zip(pushed, weights.values()):
         assert sent.dtype == torch.bfloat16 and sent.device == torch.device("cpu") and not sent.requires_grad
         assert sent.shape == original.shape
         assert torch.equal(sent, original.detach().to(torch.bfloat16))
@@ -558,7 +583,9 @@ def test_each_push_resets_the_cache_before_the_next_generation(fake_vllm: FakeVL
         rollout.push_weights({"model.layers.0.mlp.down_proj.weight": weight})
         rollout.generate(["a"], max_new_tokens=2)
     assert [entry[0] for entry in fake_vllm.log if entry[0] != "load_weights"] == [
-        "collective_rpc", "reset_prefix_cache", "generate"
+        "collective_rpc",
+        "reset_prefix_cache",
+        "generate",
     ] * 2
 
 
@@ -571,8 +598,12 @@ def test_non_finite_weights_are_refused_before_anything_is_written(
     bad = torch.ones(2, 2, dtype=torch.bfloat16)
     bad[1, 0] = float("inf")
     with pytest.raises(RolloutBackendError, match="model.layers.1.mlp.up_proj.weight is not finite"):
-        rollout.push_weights({"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2, dtype=torch.bfloat16),
-                              "model.layers.1.mlp.up_proj.weight": bad})
+        rollout.push_weights(
+            {
+                "model.layers.0.mlp.up_proj.weight": torch.ones(2, 2, dtype=torch.bfloat16),
+                "model.layers.1.mlp.up_proj.weight": bad,
+            }
+        )
     assert fake_vllm.log == []
 
 
@@ -639,14 +670,30 @@ def test_training_with_vllm_rollouts_pushes_w_prime_of_the_current_z_every_step(
     task = get_task(str(_write_task(tmp_path / "vowels.jsonl", "vowels")))
     # Canned completions: a vowel (correct) for even seeds, a digit otherwise, so groups get mixed rewards.
     fake_vllm.respond = lambda ids, params: [14 if (params.seed or 0) % 2 == 0 else 5, EOS]
-    config = TrainConfig(task="vowels", name="via-vllm", steps=2, prompts_per_step=3, samples_per_prompt=2,
-                         eval_every=2, valid_size=4, max_new_tokens=5, lr=0.05, seed=11, device="cpu",
-                         rollout="vllm", vllm_memory=0.25)
+    config = TrainConfig(
+        task="vowels",
+        name="via-vllm",
+        steps=2,
+        prompts_per_step=3,
+        samples_per_prompt=2,
+        eval_every=2,
+        valid_size=4,
+        max_new_tokens=5,
+        lr=0.05,
+        seed=11,
+        device="cpu",
+        rollout="vllm",
+        vllm_memory=0.25,
+    )
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
         result = train(registry, adaptable, task, config)
-        base = {f"{name}.weight": w.detach().clone() for name, w in adaptable.svf.composed(
-            {n: torch.ones_like(f.S) for n, f in adaptable.svf.factors.items()}).items()}
+        base = {
+            f"{name}.weight": w.detach().clone()
+            for name, w in adaptable.svf.composed(
+                {n: torch.ones_like(f.S) for n, f in adaptable.svf.factors.items()}
+            ).items()
+        }
     engine = fake_vllm.engine
     assert engine.kwargs["model"] == str(tiny_llama) and engine.kwargs["gpu_memory_utilization"] == 0.25
     assert engine.kwargs["dtype"] == "float32" and engine.kwargs["seed"] == 11

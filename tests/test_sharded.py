@@ -19,15 +19,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2cli.runtime.distributed import Dist
 from t2cli.home import open_registry
+from t2cli.runtime.distributed import Dist
 from tests.test_distributed import (
-    LAUNCH_TIMEOUT_S, Z_TOLERANCE, _args, _env, _free_port, _max_diff, _spawn, _write_task, assert_same_training,
+    LAUNCH_TIMEOUT_S,
+    Z_TOLERANCE,
+    _args,
+    _env,
+    _free_port,
+    _max_diff,
+    _spawn,
+    _write_task,
+    assert_same_training,
 )
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU: the NCCL variant runs where one is"))])
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="no CUDA GPU: the NCCL variant runs where one is"
+            ),
+        ),
+    ]
+)
 def one_rank_group(request: pytest.FixtureRequest) -> Iterator[Dist]:
     """A real one-process group (gloo on the CPU, NCCL on a GPU), so FSDP2 and DTensor run in this process."""
     import torch.distributed as td
@@ -49,8 +66,14 @@ def _tied_llama(folder: Path) -> Path:
     from tests.tiny_models import COMMON, build_tiny_tokenizer
 
     torch.manual_seed(7)
-    config = LlamaConfig(**COMMON, tie_word_embeddings=True, architectures=["LlamaForCausalLM"],
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        **COMMON,
+        tie_word_embeddings=True,
+        architectures=["LlamaForCausalLM"],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     build_tiny_tokenizer(folder)
     return folder
@@ -64,9 +87,7 @@ def _random_z(factors, seed: int = 0) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- one rank, in process
 
 
-def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(
-    one_rank_group: Dist, tmp_path: Path
-) -> None:
+def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(one_rank_group: Dist, tmp_path: Path) -> None:
     from t2cli.svf.adaptable import load_adaptable
     from t2cli.svf.sharded import SVFLinear, load_sharded_adaptable
 
@@ -126,8 +147,9 @@ def test_each_architecture_shards_and_adapts_like_the_replicated_model(
 
     device = one_rank_group.device
     with open_registry() as registry:
-        sharded = load_sharded_adaptable(registry, str(tiny_model_dirs[arch]), targets="all", dtype=None,
-                                         dist=one_rank_group)
+        sharded = load_sharded_adaptable(
+            registry, str(tiny_model_dirs[arch]), targets="all", dtype=None, dist=one_rank_group
+        )
         plain = load_adaptable(registry, str(tiny_model_dirs[arch]), targets="all", device=device)
     assert len(sharded.svf.layers) == 21 and len(sharded.svf.units) == 3  # 7 matrices in each of 3 decoder layers
     z = {name: v.to(device) for name, v in _random_z(plain.svf.factors, seed=3).items()}
@@ -141,12 +163,13 @@ def test_each_architecture_shards_and_adapts_like_the_replicated_model(
 def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
     one_rank_group: Dist, tiny_llama: Path
 ) -> None:
-    from t2cli.svf.sharded import load_sharded_adaptable
     from t2cli.svf.model import SVFError
+    from t2cli.svf.sharded import load_sharded_adaptable
 
     with open_registry() as registry:
-        sharded = load_sharded_adaptable(registry, str(tiny_llama), targets="mlp", dtype="bfloat16",
-                                         dist=one_rank_group)
+        sharded = load_sharded_adaptable(
+            registry, str(tiny_llama), targets="mlp", dtype="bfloat16", dist=one_rank_group
+        )
     svf = sharded.svf
     before = {name: layer.weight.to_local().clone() for name, layer in svf.layers.items()}
     assert all(w.dtype == torch.bfloat16 for w in before.values())
@@ -165,8 +188,9 @@ def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
 
 def _torchrun(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "t2cli"]
-    done = subprocess.run(launch + args + ["--json"], capture_output=True, text=True, env=_env(home), cwd=cwd,
-                          timeout=LAUNCH_TIMEOUT_S)
+    done = subprocess.run(
+        launch + args + ["--json"], capture_output=True, text=True, env=_env(home), cwd=cwd, timeout=LAUNCH_TIMEOUT_S
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -187,8 +211,12 @@ def test_two_fsdp_ranks_with_sampled_rollouts_train_the_z_of_one_process(
     task = _write_task(tmp_path / "vowels.jsonl", "vowels")
     # 5 prompts split 2 + 3 and sampled rollouts of uneven lengths: the ranks pad their generate
     # calls and loss micro-batches so that every FSDP collective is met.
-    args = _args(task, tiny_llama, "fsdp", **{"prompts-per-step": 5, "temperature": 1.0, "max-new-tokens": 6,
-                                              "micro-batch": 3, "gen-batch": 4})
+    args = _args(
+        task,
+        tiny_llama,
+        "fsdp",
+        **{"prompts-per-step": 5, "temperature": 1.0, "max-new-tokens": 6, "micro-batch": 3, "gen-batch": 4},
+    )
     two_home = tmp_path / "home-fsdp"
     two = _torchrun(args + ["--shard", "fsdp"], two_home, tmp_path)
     assert "FSDP-sharded model: 2 processes (gloo)" in two.stderr
@@ -213,8 +241,12 @@ def test_two_fsdp_ranks_with_a_kl_penalty_biases_and_gathered_rollouts_train_the
 
     task = _write_task(tmp_path / "sums.jsonl", "sums")
     # Qwen2 has q/k/v biases; the KL reference forward gathers W per matrix on every rank.
-    args = _args(task, tiny_model_dirs["qwen2"], "fsdp-kl", **{"prompts-per-step": 3, "temperature": 0.0,
-                                                               "advantage": "raw", "kl-coef": 0.2})
+    args = _args(
+        task,
+        tiny_model_dirs["qwen2"],
+        "fsdp-kl",
+        **{"prompts-per-step": 3, "temperature": 0.0, "advantage": "raw", "kl-coef": 0.2},
+    )
     two_home = tmp_path / "home-fsdp"
     # --fsdp-gather-rollouts: rollouts and validation on the model gathered once per block
     two = _torchrun(args + ["--shard", "fsdp", "--fsdp-gather-rollouts"], two_home, tmp_path)
@@ -232,9 +264,22 @@ def test_an_fsdp_checkpoint_resumes_in_one_unsharded_process(tiny_llama: Path, t
     from t2cli.train.loop import TrainConfig, find_resumable_run, train
 
     task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
-    config = dict(task=str(task_path), name="resumed", steps=3, prompts_per_step=5, samples_per_prompt=3,
-                  eval_every=1, valid_size=5, max_new_tokens=4, micro_batch=4, gen_batch=4, lr=0.05,
-                  temperature=1.0, device="cpu", seed=5)
+    config = dict(
+        task=str(task_path),
+        name="resumed",
+        steps=3,
+        prompts_per_step=5,
+        samples_per_prompt=3,
+        eval_every=1,
+        valid_size=5,
+        max_new_tokens=4,
+        micro_batch=4,
+        gen_batch=4,
+        lr=0.05,
+        temperature=1.0,
+        device="cpu",
+        seed=5,
+    )
     _spawn(2, str(t2_home), str(task_path), str(tiny_llama), {**config, "shard": "fsdp"})
 
     task = get_task(str(task_path))
@@ -266,7 +311,9 @@ def test_fsdp_in_one_process_and_unknown_shardings_are_refused(tiny_llama: Path,
     assert "torchrun" in alone.output
     unknown = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "zero3"])
     assert unknown.exit_code == 1 and "unknown --shard 'zero3'" in unknown.output
-    assert not (Path(os.environ["T2_HOME"]) / "runs").exists() or not any((Path(os.environ["T2_HOME"]) / "runs").iterdir())
+    assert not (Path(os.environ["T2_HOME"]) / "runs").exists() or not any(
+        (Path(os.environ["T2_HOME"]) / "runs").iterdir()
+    )
 
 
 # --------------------------------------------------------------------------- padding for FSDP's collectives
@@ -307,24 +354,43 @@ def test_padding_adds_forwards_but_changes_no_completion_and_no_gradient(
         return original_forward(*args, **kwargs)
 
     model.forward = counting_forward
-    plain = generate(model, tokenizer, prompts, max_new_tokens=4, temperature=1.0, per_prompt=2, batch_size=4,
-                     sample_keys=keys)
+    plain = generate(
+        model, tokenizer, prompts, max_new_tokens=4, temperature=1.0, per_prompt=2, batch_size=4, sample_keys=keys
+    )
     unpadded_calls, calls["forward"] = calls["forward"], 0
     # 3 padding completions make a third generate call of 1 + 4 sequences: more forwards, same results
-    padded = generate(model, tokenizer, prompts, max_new_tokens=4, temperature=1.0, per_prompt=2, batch_size=4,
-                      sample_keys=keys, sync=_BusierPeer(3))
+    padded = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=4,
+        temperature=1.0,
+        per_prompt=2,
+        batch_size=4,
+        sample_keys=keys,
+        sync=_BusierPeer(3),
+    )
     assert calls["forward"] > unpadded_calls
     assert padded == plain
 
-    config = TrainConfig(task="t", name="n", prompts_per_step=3, samples_per_prompt=2, micro_batch=2,
-                         advantage="raw", kl_coef=0.1)
+    config = TrainConfig(
+        task="t", name="n", prompts_per_step=3, samples_per_prompt=2, micro_batch=2, advantage="raw", kl_coef=0.1
+    )
     advantages = group_advantages(torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0]), config)
 
     def gradient(sync) -> tuple[dict[str, torch.Tensor], float, float, int]:
         z = svf.trainable_z()
         calls["forward"] = 0
-        loss, kl = policy_gradient(lambda **kw: svf.forward_adapted(z, **kw), model, tokenizer.pad_token_id, plain,
-                                   advantages, config, total=6, sync=sync)
+        loss, kl = policy_gradient(
+            lambda **kw: svf.forward_adapted(z, **kw),
+            model,
+            tokenizer.pad_token_id,
+            plain,
+            advantages,
+            config,
+            total=6,
+            sync=sync,
+        )
         return {n: v.grad.clone() for n, v in z.items() if v.grad is not None}, loss, kl, calls["forward"]
 
     grads, loss, kl, forwards = gradient(None)

@@ -14,12 +14,12 @@ from huggingface_hub import CommitInfo, HfApi, constants
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from t2cli.experts.catalog import get_expert, list_base_models, list_experts
 from t2cli.cli.app import app
+from t2cli.experts.catalog import get_expert, list_base_models, list_experts
 from t2cli.experts.importing import MAX_Z_LENGTH
-from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import load_expert
 from tests.expert_factory import make_expert
 from tests.hf_cache import populate_hf_cache
 
@@ -103,8 +103,13 @@ def test_export_then_import_registers_an_identical_imported_copy(expert, exporte
     assert info.kind == "imported" and copy.config.kind == "imported"
     sha = hashlib.sha256((exported / "expert.safetensors").read_bytes()).hexdigest()
     assert copy.config.origin == {
-        "kind": "trained", "name": "sums-v1", "source": "folder", "location": str(exported), "revision": None,
-        "sha256": sha, "t2_version": original.config.t2_version,
+        "kind": "trained",
+        "name": "sums-v1",
+        "source": "folder",
+        "location": str(exported),
+        "revision": None,
+        "sha256": sha,
+        "t2_version": original.config.t2_version,
     }
     assert copy.config.base_model["fingerprint"] == original.config.base_model["fingerprint"]
     assert copy.config.task == "sums" and copy.config.metrics == original.config.metrics
@@ -131,8 +136,13 @@ def test_import_keeps_lineage_in_the_config_and_the_first_origin(tiny_llama: Pat
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
         make_expert(registry, adaptable, "sums-v0", seed=1)
-        make_expert(registry, adaptable, "sums-v1", seed=2,
-                    parents=[{"name": "sums-v0", "weight": None, "relation": "finetuned"}])
+        make_expert(
+            registry,
+            adaptable,
+            "sums-v1",
+            seed=2,
+            parents=[{"name": "sums-v0", "weight": None, "relation": "finetuned"}],
+        )
     assert t2("export", "sums-v1", tmp_path / "a").exit_code == 0
     assert "- finetuned from `sums-v0`" in (tmp_path / "a" / "README.md").read_text()
     assert t2("import", tmp_path / "a", "--name", "copy1").exit_code == 0
@@ -153,7 +163,9 @@ def test_import_refuses_a_name_already_taken(exported: Path) -> None:
     assert "an expert named 'sums-v1' already exists" in text and "--name" in text
 
 
-def test_import_on_a_fresh_home_finds_the_base_at_its_recorded_path(exported: Path, tmp_path: Path, monkeypatch) -> None:
+def test_import_on_a_fresh_home_finds_the_base_at_its_recorded_path(
+    exported: Path, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("T2_HOME", str(tmp_path / "other-home"))
     result = t2("import", exported)
     assert result.exit_code == 0, result.output
@@ -191,6 +203,7 @@ def _add(name: str, data: bytes = b"\x80\x04K\x01.", mode: int = 0o644):
     def mutate(folder: Path, tmp: Path) -> None:
         (folder / name).write_bytes(data)
         os.chmod(folder / name, mode)
+
     return mutate
 
 
@@ -227,18 +240,34 @@ BAD_FOLDERS = [
     ("weights format tag", lambda f, t: _rewrite_z(f, lambda z: z, "t2-expert/7"), "has format 't2-expert/7'"),
     ("not JSON", lambda f, t: (f / "expert_config.json").write_text("{"), "is not valid JSON"),
     ("field type", lambda f, t: _edit_config(f, num_matrices="21"), "field 'num_matrices' is str"),
-    ("wrong fingerprint", lambda f, t: _edit_config(f, **{"base_model.fingerprint": "0" * 64}),
-     "made for llama (fingerprint 000000000000); llama has fingerprint"),
-    ("wrong z length", lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0][:10]}),
-     f"z for {DOWN0} has 10 values, but that matrix of llama has rank 32"),
-    ("unknown matrix", lambda f, t: _rewrite_z(f, lambda z: {**{k: v for k, v in z.items() if k != DOWN0},
-                                                             "model.layers.7.mlp.down_proj": z[DOWN0]}),
-     "adapts 'model.layers.7.mlp.down_proj', which llama does not have"),
-    ("count mismatch", lambda f, t: _rewrite_z(f, lambda z: {k: v for k, v in z.items() if k != DOWN0}),
-     "holds 20 vectors but expert_config.json says num_matrices = 21"),
+    (
+        "wrong fingerprint",
+        lambda f, t: _edit_config(f, **{"base_model.fingerprint": "0" * 64}),
+        "made for llama (fingerprint 000000000000); llama has fingerprint",
+    ),
+    (
+        "wrong z length",
+        lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0][:10]}),
+        f"z for {DOWN0} has 10 values, but that matrix of llama has rank 32",
+    ),
+    (
+        "unknown matrix",
+        lambda f, t: _rewrite_z(
+            f, lambda z: {**{k: v for k, v in z.items() if k != DOWN0}, "model.layers.7.mlp.down_proj": z[DOWN0]}
+        ),
+        "adapts 'model.layers.7.mlp.down_proj', which llama does not have",
+    ),
+    (
+        "count mismatch",
+        lambda f, t: _rewrite_z(f, lambda z: {k: v for k, v in z.items() if k != DOWN0}),
+        "holds 20 vectors but expert_config.json says num_matrices = 21",
+    ),
     ("2-D tensor", lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0].reshape(4, 8)}), "with shape [4, 8]"),
-    ("oversized tensor", lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: torch.ones(MAX_Z_LENGTH + 1)}),
-     "with 16,385 values (limit 16,384)"),
+    (
+        "oversized tensor",
+        lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: torch.ones(MAX_Z_LENGTH + 1)}),
+        "with 16,385 values (limit 16,384)",
+    ),
     ("integer tensor", lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0].to(torch.int32)}), "as I32"),
     ("NaN", lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0] * float("nan")}), "holds NaN or inf"),
     ("truncated", _truncate, "points outside its data"),
@@ -283,7 +312,11 @@ def test_pull_from_the_hf_cache_registers_the_expert(expert, exported: Path, hf_
     assert all(torch.equal(pulled.z[k], expert[k]) for k in expert)
     assert pulled.config.kind == "imported"
     assert {k: pulled.config.origin[k] for k in ("kind", "source", "location", "revision")} == {
-        "kind": "trained", "source": "hub", "location": "acme/sums-svf", "revision": commit}
+        "kind": "trained",
+        "source": "hub",
+        "location": "acme/sums-svf",
+        "revision": commit,
+    }
     assert pinned.config.origin["revision"] == commit
 
 
@@ -315,13 +348,25 @@ def _escaping_link(hf_cache: Path, tmp: Path) -> None:
 
 
 BAD_REPOS = [
-    ("pickle in the repo", lambda f, t: (f / "pytorch_model.bin").write_bytes(b"\x80\x04."), None,
-     "pytorch_model.bin is a pickle file"),
+    (
+        "pickle in the repo",
+        lambda f, t: (f / "pytorch_model.bin").write_bytes(b"\x80\x04."),
+        None,
+        "pytorch_model.bin is a pickle file",
+    ),
     ("link out of the cache", None, _escaping_link, "links to ../"),
-    ("wrong shapes", lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0][:5]}), None,
-     f"z for {DOWN0} has 5 values"),
-    ("wrong base", lambda f, t: _edit_config(f, **{"base_model.fingerprint": "f" * 64}), None,
-     "made for llama (fingerprint ffffffffffff); llama has fingerprint"),
+    (
+        "wrong shapes",
+        lambda f, t: _rewrite_z(f, lambda z: {**z, DOWN0: z[DOWN0][:5]}),
+        None,
+        f"z for {DOWN0} has 5 values",
+    ),
+    (
+        "wrong base",
+        lambda f, t: _edit_config(f, **{"base_model.fingerprint": "f" * 64}),
+        None,
+        "made for llama (fingerprint ffffffffffff); llama has fingerprint",
+    ),
 ]
 
 
@@ -356,8 +401,13 @@ def hub_expert(tiny_llama: Path, hf_cache: Path) -> dict[str, torch.Tensor]:
     with open_registry() as registry:
         adaptable = load_adaptable(registry, "acme/tiny-llama", device="cpu")
         make_expert(registry, adaptable, "sums-v0", seed=1)
-        return make_expert(registry, adaptable, "sums-v1", seed=2,
-                           parents=[{"name": "sums-v0", "weight": None, "relation": "finetuned"}])
+        return make_expert(
+            registry,
+            adaptable,
+            "sums-v1",
+            seed=2,
+            parents=[{"name": "sums-v0", "weight": None, "relation": "finetuned"}],
+        )
 
 
 class FakeHub:
@@ -379,6 +429,7 @@ class FakeHub:
         def method(api, *args, **kwargs):
             assert api.token == self.TOKEN
             self.calls.append((name, args, kwargs))
+
         return method
 
     def _commit(self, repo_id, operations, **kwargs):
@@ -387,8 +438,12 @@ class FakeHub:
             raise self.fail
         for op in operations:
             self.files[op.path_in_repo] = Path(op.path_or_fileobj).read_bytes()
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'ab' * 20}",
-                          commit_message=kwargs["commit_message"], commit_description="", oid="ab" * 20)
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{'ab' * 20}",
+            commit_message=kwargs["commit_message"],
+            commit_description="",
+            oid="ab" * 20,
+        )
 
 
 def test_push_uploads_the_three_files_in_one_commit(hub_expert, monkeypatch) -> None:
@@ -400,8 +455,14 @@ def test_push_uploads_the_three_files_in_one_commit(hub_expert, monkeypatch) -> 
     assert hub.calls[1][2]["revision"] is None and hub.calls[1][2]["commit_message"] == "Upload t2 expert sums-v1"
     assert set(hub.files) == EXPERT_FILES
     card = hub.files["README.md"].decode()
-    for line in ("library_name: t2", "base_model: acme/tiny-llama", "base_model_relation: adapter", "- task:sums",
-                 "| valid_accuracy | 0.5 |", "- finetuned from `sums-v0`"):
+    for line in (
+        "library_name: t2",
+        "base_model: acme/tiny-llama",
+        "base_model_relation: adapter",
+        "- task:sums",
+        "| valid_accuracy | 0.5 |",
+        "- finetuned from `sums-v0`",
+    ):
         assert line in card, line
     config = json.loads(hub.files["expert_config.json"])
     assert config["name"] == "sums-v1" and config["kind"] == "trained" and config["num_matrices"] == 21
@@ -424,7 +485,9 @@ def test_push_to_a_branch_creates_it_and_commits_there(hub_expert, monkeypatch) 
 def _http_error(status: int) -> Exception:
     from huggingface_hub.errors import HfHubHTTPError
 
-    return HfHubHTTPError(f"{status} Client Error", response=SimpleNamespace(status_code=status, headers={}, request=None))
+    return HfHubHTTPError(
+        f"{status} Client Error", response=SimpleNamespace(status_code=status, headers={}, request=None)
+    )
 
 
 PUSH_FAILURES = [

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from t2cli.ask.evaluation import evaluate_strategy
 from t2cli.cli.app import app
 from t2cli.eval.accuracy import evaluate
-from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
-from t2cli.ask.evaluation import evaluate_strategy
+from t2cli.svf.expert import load_expert
 from t2cli.tasks import get_task
 from tests.ask_support import add_expert, write_task
 
@@ -22,12 +22,22 @@ def test_a_fixed_expert_strategy_answers_exactly_like_evaluating_the_expert(tiny
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
         add_expert(registry, adaptable, "m", category="math", seed=1)
-        direct = evaluate(registry, adaptable, task, expert="m", z=load_expert(registry, "m").z, split="train",
-                          max_new_tokens=5, record=False)
-        routed = evaluate_strategy(registry, task, "expert:m", model=str(tiny_llama), split="train",
-                                   max_new_tokens=5, device="cpu")
-        base = evaluate_strategy(registry, task, "none", model=str(tiny_llama), split="train",
-                                 max_new_tokens=5, device="cpu", record=False)
+        direct = evaluate(
+            registry,
+            adaptable,
+            task,
+            expert="m",
+            z=load_expert(registry, "m").z,
+            split="train",
+            max_new_tokens=5,
+            record=False,
+        )
+        routed = evaluate_strategy(
+            registry, task, "expert:m", model=str(tiny_llama), split="train", max_new_tokens=5, device="cpu"
+        )
+        base = evaluate_strategy(
+            registry, task, "none", model=str(tiny_llama), split="train", max_new_tokens=5, device="cpu", record=False
+        )
     assert routed.routing == {"m": 12} and base.routing == {"base": 12}
     assert [s["completion"] for s in routed.samples] == [s["completion"] for s in direct.samples]
     assert [s["completion"] for s in base.samples] != [s["completion"] for s in routed.samples]
@@ -39,8 +49,23 @@ def test_eval_strategy_cli_stores_the_routing_and_refuses_two_modes(tiny_llama: 
     with open_registry() as registry:
         add_expert(registry, load_adaptable(registry, str(tiny_llama), device="cpu"), "m", category="math", seed=1)
     runner = CliRunner()
-    result = runner.invoke(app, ["eval", "--task", task, "--strategy", "expert:m", "--model", str(tiny_llama),
-                                 "--max-new-tokens", "4", "--device", "cpu", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--task",
+            task,
+            "--strategy",
+            "expert:m",
+            "--model",
+            str(tiny_llama),
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["strategy"] == "expert:m" and data["routing"] == {"m": 2} and data["n"] == 2

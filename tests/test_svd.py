@@ -212,12 +212,15 @@ def test_reconstruction_error_in_row_blocks_is_the_whole_matrix_error(shape, mon
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     u = u + 1e-3 * torch.randn_like(u)  # a visible error, so that every block contributes
     w64 = w.double()
-    direct = (torch.linalg.matrix_norm(w64 - u.double() @ torch.diag(s.double()) @ vh.double())
-              / torch.linalg.matrix_norm(w64)).item()
+    direct = (
+        torch.linalg.matrix_norm(w64 - u.double() @ torch.diag(s.double()) @ vh.double())
+        / torch.linalg.matrix_norm(w64)
+    ).item()
     whole = relative_reconstruction_error(w, u, s, vh)
     monkeypatch.setattr(svd, "CHECK_BLOCK_BYTES", 8 * 5 * 3)  # 3 rows of the long side per block
     blocked = relative_reconstruction_error(w, u, s, vh)
     assert direct > 1e-4
     assert whole == pytest.approx(direct, rel=1e-12) and blocked == pytest.approx(direct, rel=1e-12)
     assert relative_reconstruction_error(torch.zeros(shape), u, s, vh) == pytest.approx(
-        torch.linalg.matrix_norm(u.double() @ torch.diag(s.double()) @ vh.double()).item(), rel=1e-12)
+        torch.linalg.matrix_norm(u.double() @ torch.diag(s.double()) @ vh.double()).item(), rel=1e-12
+    )

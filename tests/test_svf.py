@@ -90,8 +90,14 @@ def test_cached_expert_switch_does_not_recompose(svf: SVFModel, monkeypatch) -> 
     [
         (lambda f: {"model.layers.9.mlp.up_proj": torch.ones(4)}, "lacks"),
         (lambda f: {"model.layers.0.mlp.up_proj": torch.ones(f["model.layers.0.mlp.up_proj"].rank + 1)}, "shape"),
-        (lambda f: {"model.layers.0.mlp.up_proj": torch.full_like(f["model.layers.0.mlp.up_proj"].S, float("nan"))}, "NaN"),
-        (lambda f: {"model.layers.0.mlp.up_proj": torch.full_like(f["model.layers.0.mlp.up_proj"].S, 3e38)}, "non-finite"),
+        (
+            lambda f: {"model.layers.0.mlp.up_proj": torch.full_like(f["model.layers.0.mlp.up_proj"].S, float("nan"))},
+            "NaN",
+        ),
+        (
+            lambda f: {"model.layers.0.mlp.up_proj": torch.full_like(f["model.layers.0.mlp.up_proj"].S, 3e38)},
+            "non-finite",
+        ),
     ],
 )
 def test_bad_z_is_refused_and_weights_stay_base(svf: SVFModel, bad, message: str) -> None:

@@ -18,8 +18,13 @@ GOOD = [
     {"prompt": "Colour of the sky?", "answer": "blue", "kind": "exact"},
     {"prompt": "Any integer.", "answer": r"-?\d+", "kind": "regex"},
     {"prompt": "Half of one?", "answer": "\\frac{1}{2}", "kind": "math"},
-    {"prompt": "Write add(a, b).", "answer": "", "kind": "python_tests", "tests": ["assert add(1, 2) == 3"],
-     "setup": "import math"},
+    {
+        "prompt": "Write add(a, b).",
+        "answer": "",
+        "kind": "python_tests",
+        "tests": ["assert add(1, 2) == 3"],
+        "setup": "import math",
+    },
     {"prompt": "What is 10 - 4?", "answer": "6", "kind": "number", "notes": "extra fields are ignored"},
     {"prompt": "What is 5 * 5?", "answer": "25", "kind": "number"},
     {"prompt": "What is 9 / 3?", "answer": "3", "kind": "number"},
@@ -27,7 +32,9 @@ GOOD = [
 
 
 def write(path: Path, lines: list) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines), encoding="utf-8")
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines), encoding="utf-8"
+    )
     return path
 
 
@@ -55,7 +62,9 @@ def test_items_keep_their_fields_and_score(tmp_path: Path) -> None:
     assert task.score(items["Half of one?"], "\\boxed{0.5}").correct
     code = items["Write add(a, b)."]
     assert code.meta["tests"] == ["assert add(1, 2) == 3"] and code.meta["setup"] == "import math"
-    scores = task.score_batch([code, code], ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b): return 0"])
+    scores = task.score_batch(
+        [code, code], ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b): return 0"]
+    )
     assert [s.correct for s in scores] == [True, False]
 
 
@@ -91,12 +100,24 @@ def _error(path: Path) -> TaskError:
         ('{"prompt": "x", "answer": "many", "kind": "number"}', "line 3: answer 'many' is not a number"),
         ('{"prompt": "x", "answer": ["1"], "kind": "exact"}', "line 3: 'answer' must be a string"),
         ('{"prompt": "x", "answer": "AB", "kind": "choice"}', "line 3: a choice answer must be one letter"),
-        ('{"prompt": "x", "answer": "C", "kind": "choice", "choices": ["a", "b"]}', "line 3: answer C is beyond the 2 choices"),
-        ('{"prompt": "x", "answer": "(\\\\d+", "kind": "regex"}', "line 3: answer '(\\\\d+' is not a valid regular expression"),
+        (
+            '{"prompt": "x", "answer": "C", "kind": "choice", "choices": ["a", "b"]}',
+            "line 3: answer C is beyond the 2 choices",
+        ),
+        (
+            '{"prompt": "x", "answer": "(\\\\d+", "kind": "regex"}',
+            "line 3: answer '(\\\\d+' is not a valid regular expression",
+        ),
         ('{"prompt": "x", "answer": "", "kind": "python_tests"}', "line 3: python_tests needs 'tests'"),
         ('{"prompt": "x", "answer": "1", "kind": "number", "split": "dev"}', "line 3: unknown split 'dev'"),
-        ('{"prompt": "x", "answer": "1", "kind": "number", "id": "line1"}', "line 3: id 'line1' was already used on line 1"),
-        ('{"prompt": "x", "answer": "1", "kind": "number", "split": "test"}', "line 1: no \"split\", but other lines name one"),
+        (
+            '{"prompt": "x", "answer": "1", "kind": "number", "id": "line1"}',
+            "line 3: id 'line1' was already used on line 1",
+        ),
+        (
+            '{"prompt": "x", "answer": "1", "kind": "number", "split": "test"}',
+            'line 1: no "split", but other lines name one',
+        ),
     ],
 )
 def test_malformed_line_names_the_line(tmp_path: Path, bad_line: str, message: str) -> None:
@@ -138,7 +159,12 @@ def test_line_of_exactly_the_limit_is_fine(tmp_path: Path) -> None:
 
 def test_non_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(json.dumps(GOOD[0]).encode() + b"\n" + '{"prompt": "caf\u00e9", "answer": "1", "kind": "number"}'.encode("latin-1") + b"\n")
+    path.write_bytes(
+        json.dumps(GOOD[0]).encode()
+        + b"\n"
+        + '{"prompt": "caf\u00e9", "answer": "1", "kind": "number"}'.encode("latin-1")
+        + b"\n"
+    )
     error = _error(path)
     assert "line 2 is not valid UTF-8 (byte 0xe9 at column 16)" in error.message
     assert "UTF-8" in error.hint

@@ -109,8 +109,15 @@ def test_every_gsm8k_gold_is_a_plain_number() -> None:
             assert re.fullmatch(r"-?\d+(\.\d+)?", item.answer), item
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-        ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg}
+_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+}
 
 
 def _evaluate(expression: str) -> float:
@@ -144,7 +151,7 @@ def test_arithmetic_golds_equal_the_expressions() -> None:
 def test_arc_test_questions_are_not_in_training() -> None:
     for name in ("arc-easy", "arc-challenge"):
         task = get_task(name)
-        question = lambda item: item.prompt.split("\n\n")[0]  # noqa: E731
+        question = lambda item: item.prompt.split("\n\n")[0]
         seen = {question(i) for s in ("train", "valid") for i in task.split(s)}
         assert not seen & {question(i) for i in task.split("test")}
 
@@ -206,7 +213,9 @@ def test_addition_training_pairs_are_fresh_and_never_held_out() -> None:
     assert not pairs & held_out
     assert len(pairs) > 2000  # fresh draws, not a fixed list
     assert all(10 <= a <= 99 and 10 <= b <= 99 for a, b in pairs)
-    assert [i.id for i in task.sample_train(50, random.Random(7))] == [i.id for i in task.sample_train(50, random.Random(7))]
+    assert [i.id for i in task.sample_train(50, random.Random(7))] == [
+        i.id for i in task.sample_train(50, random.Random(7))
+    ]
     item = sample[0]
     a, b = map(int, re.findall(r"\d+", item.prompt))
     assert item.prompt == f"What is {a} + {b}? Answer with the number only." and item.answer == str(a + b)

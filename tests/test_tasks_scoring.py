@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from t2cli.tasks import TaskError
-from t2cli.tasks.types import Task, TaskItem
 from t2cli.tasks.scorers import (
     build_program,
     extract_choice,
@@ -18,6 +17,7 @@ from t2cli.tasks.scorers import (
     reference_completion,
     scorer_kinds,
 )
+from t2cli.tasks.types import Task, TaskItem
 
 ARC_CHOICES = ["cellular telephone", "television", "refrigerator", "airplane"]
 
@@ -156,7 +156,10 @@ def test_regex() -> None:
         ("\\boxed{\\text{(C)}}", "C"),
         ("\\boxed{11\\sqrt2}", "11\\sqrt{2}"),
         ("\\boxed{2\\frac{1}{2}}", "\\frac{5}{2}"),  # mixed number
-        ("First \\boxed{3}, then correcting: \\boxed{\\frac{a}{\\sqrt{b}}}", "\\frac{a}{\\sqrt{b}}"),  # nested braces, last box
+        (
+            "First \\boxed{3}, then correcting: \\boxed{\\frac{a}{\\sqrt{b}}}",
+            "\\frac{a}{\\sqrt{b}}",
+        ),  # nested braces, last box
         ("The final answer is $[2,5)$. I hope it is correct.", "[2,5)"),
         ("Therefore, the answer is 7.", "7"),
     ],
@@ -202,7 +205,9 @@ def test_extract_code_takes_the_last_python_block() -> None:
 
 def test_build_program_continues_an_indented_body() -> None:
     header = "def add(a, b):\n    '''Add.'''\n"
-    assert build_program("    return a + b\n", ["assert add(1, 2) == 3"], prefix=header).startswith(header + "    return")
+    assert build_program("    return a + b\n", ["assert add(1, 2) == 3"], prefix=header).startswith(
+        header + "    return"
+    )
     program = build_program("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3"], setup="X = 1", prefix=header)
     assert program.index("X = 1") > program.index("return a + b")
 
@@ -219,8 +224,13 @@ def test_python_tests_right_and_wrong() -> None:
 
 
 def test_python_tests_loop_is_a_failure() -> None:
-    result = score("python_tests", "```python\ndef add(a, b):\n    while True:\n        pass\n```", "",
-                   tests=["assert add(1, 2) == 3"], timeout_s=1.0)
+    result = score(
+        "python_tests",
+        "```python\ndef add(a, b):\n    while True:\n        pass\n```",
+        "",
+        tests=["assert add(1, 2) == 3"],
+        timeout_s=1.0,
+    )
     assert not result.correct and "timed out" in result.reason
 
 
@@ -251,7 +261,9 @@ class _QuizTask(Task):
     system_prompt = "Reply with the number only."
 
     def _build_splits(self) -> dict[str, list[TaskItem]]:
-        items = [TaskItem(id=f"q{n}", prompt=f"What is {n} + {n}?", answer=str(2 * n), kind="number") for n in (1, 2, 3)]
+        items = [
+            TaskItem(id=f"q{n}", prompt=f"What is {n} + {n}?", answer=str(2 * n), kind="number") for n in (1, 2, 3)
+        ]
         return {"train": items, "valid": [], "test": []}
 
 

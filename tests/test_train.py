@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from t2cli.eval.accuracy import evaluate, wilson_interval
-from t2cli.svf.expert import load_expert
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import load_expert
 from t2cli.train.loop import TrainConfig, TrainingInterrupted, find_resumable_run, train
 
 
@@ -32,8 +32,21 @@ def sums_task(tmp_path: Path):
 
 
 def _config(**overrides) -> TrainConfig:
-    settings = dict(task="sums", name="sums-v1", steps=3, prompts_per_step=4, samples_per_prompt=2, eval_every=2,
-                    valid_size=5, max_new_tokens=4, micro_batch=4, gen_batch=8, lr=0.05, device="cpu", seed=3)
+    settings = dict(
+        task="sums",
+        name="sums-v1",
+        steps=3,
+        prompts_per_step=4,
+        samples_per_prompt=2,
+        eval_every=2,
+        valid_size=5,
+        max_new_tokens=4,
+        micro_batch=4,
+        gen_batch=8,
+        lr=0.05,
+        device="cpu",
+        seed=3,
+    )
     settings.update(overrides)
     return TrainConfig(**settings)
 

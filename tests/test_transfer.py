@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from t2cli.cli.app import app
-from t2cli.svf.expert import load_expert
+from t2cli.experts.transfer import TransferError, plan_transfer, resample_spectrum, transfer_z
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
-from t2cli.experts.transfer import TransferError, plan_transfer, resample_spectrum, transfer_z
+from t2cli.svf.expert import load_expert
 from tests.expert_factory import make_expert
 from tests.tiny_models import COMMON, build_tiny_tokenizer
 
@@ -72,12 +72,16 @@ def test_shuffle_permutes_values_but_keeps_them() -> None:
         assert torch.equal(shuffled[name].sort().values, z[name].sort().values)
 
 
-def test_transfer_cli_registers_a_transferred_expert_with_its_parent(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_transfer_cli_registers_a_transferred_expert_with_its_parent(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     with open_registry() as registry:
         source = load_adaptable(registry, str(tiny_model_dirs["llama"]), device="cpu")
         z = make_expert(registry, source, "src")
     runner = CliRunner()
-    result = runner.invoke(app, ["transfer", "src", "--to", str(tiny_model_dirs["mistral"]), "--name", "moved", "--json"])
+    result = runner.invoke(
+        app, ["transfer", "src", "--to", str(tiny_model_dirs["mistral"]), "--name", "moved", "--json"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)["summary"]
     assert summary["coverage"] == 1.0 and summary["direct"] == 21
@@ -86,7 +90,9 @@ def test_transfer_cli_registers_a_transferred_expert_with_its_parent(tiny_model_
     with open_registry() as registry:
         moved = load_expert(registry, "moved")
         control = load_expert(registry, "src-to-mistral-shuffled")
-    assert moved.config.kind == "transferred" and moved.config.parents == [{"name": "src", "weight": None, "relation": "transferred"}]
+    assert moved.config.kind == "transferred" and moved.config.parents == [
+        {"name": "src", "weight": None, "relation": "transferred"}
+    ]
     assert moved.config.base_model["model_type"] == "mistral"
     assert all(torch.equal(moved.z[name], z[name]) for name in z)  # same shapes: copied
     assert control.config.parametrization["transfer"]["shuffled"] is True
@@ -107,7 +113,10 @@ def test_transfer_to_a_deeper_wider_model_interpolates_and_resamples(tiny_llama:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     folder = tmp_path / "qwen2-5-layers"
-    config = Qwen2Config(**{**COMMON, "num_hidden_layers": 5, "hidden_size": 48, "intermediate_size": 64}, architectures=["Qwen2ForCausalLM"])
+    config = Qwen2Config(
+        **{**COMMON, "num_hidden_layers": 5, "hidden_size": 48, "intermediate_size": 64},
+        architectures=["Qwen2ForCausalLM"],
+    )
     config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)

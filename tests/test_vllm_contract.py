@@ -82,8 +82,9 @@ class RealPartsLLM:
         self.worker = type("Worker", (extension,), {"get_model": lambda self: model})()
         self.resets = 0
 
-    def collective_rpc(self, method: Any, timeout: float | None = None, args: tuple = (),
-                       kwargs: dict[str, Any] | None = None) -> list[Any]:
+    def collective_rpc(
+        self, method: Any, timeout: float | None = None, args: tuple = (), kwargs: dict[str, Any] | None = None
+    ) -> list[Any]:
         return [run_method(self.worker, method, args, kwargs or {})]
 
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
@@ -92,16 +93,23 @@ class RealPartsLLM:
 
     def generate(self, prompts: list[Any], sampling_params: list[Any], *, use_tqdm: bool = True) -> list[Any]:
         processor = InputProcessor(self.config)
-        requests = [processor.process_inputs(str(i), prompt, params, supported_tasks=("generate",))
-                    for i, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True))]
+        requests = [
+            processor.process_inputs(str(i), prompt, params, supported_tasks=("generate",))
+            for i, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True))
+        ]
         raise Admitted(requests)
 
 
 def _join_vllm_world() -> None:
     """vLLM's process groups (a world of one; gloo on the CPU), made once per process as vLLM's worker does."""
     if not model_parallel_is_initialized():
-        init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo" if DEVICE == "cpu" else "nccl",
-                                     distributed_init_method="tcp://127.0.0.1:29573")
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            backend="gloo" if DEVICE == "cpu" else "nccl",
+            distributed_init_method="tcp://127.0.0.1:29573",
+        )
         ensure_model_parallel_initialized(1, 1)
 
 
@@ -128,8 +136,9 @@ def test_the_installed_vllm_has_the_api_t2_uses() -> None:
 def test_the_engine_arguments_make_a_colocated_vllm_config(real_parts: None, tiny_llama: Path) -> None:
     from transformers import AutoTokenizer
 
-    rollout = make_rollout(tiny_llama, AutoTokenizer.from_pretrained(tiny_llama), gpu_memory_utilization=0.25,
-                           max_model_len=96)
+    rollout = make_rollout(
+        tiny_llama, AutoTokenizer.from_pretrained(tiny_llama), gpu_memory_utilization=0.25, max_model_len=96
+    )
     config = rollout.llm.config
     assert config.parallel_config.distributed_executor_backend == "external_launcher"
     assert config.parallel_config.world_size == 1

@@ -71,7 +71,10 @@ def build_tiny_tokenizer(folder: Path) -> Path:
     tokenizer.decoder = decoders.Fuse()  # characters join back without spaces
     tokenizer.add_special_tokens(specials)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>",
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
         unk_token="<unk>",
     )
     fast.chat_template = CHAT_TEMPLATE

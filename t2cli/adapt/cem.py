@@ -38,8 +38,8 @@ from t2cli.experts.mixing import (
 
 if TYPE_CHECKING:
     from registry import Registry
-    from t2cli.svf.expert import LoadedExpert
     from t2cli.svf.adaptable import Adaptable
+    from t2cli.svf.expert import LoadedExpert
     from t2cli.tasks import Task, TaskItem
 
 Score = float | tuple[float, ...]
@@ -143,8 +143,11 @@ def cem_search(
         raise ValueError("dim must be at least 1")
     generator = torch.Generator().manual_seed(config.seed)
     start = config.init_mean if config.init_mean is not None else 1.0 / dim
-    mean = (init_mean.to(torch.float64).clone() if init_mean is not None
-            else torch.full((dim,), float(start), dtype=torch.float64))
+    mean = (
+        init_mean.to(torch.float64).clone()
+        if init_mean is not None
+        else torch.full((dim,), float(start), dtype=torch.float64)
+    )
     std = torch.full((dim,), float(config.init_std), dtype=torch.float64)
     best_alpha: torch.Tensor | None = None
     best_score: Score | None = None
@@ -173,8 +176,12 @@ def cem_search(
         if best_score is None or _sort_key(ranked[0][1]) > _sort_key(best_score) or config.reevaluate_best:
             best_alpha, best_score = ranked[0][0].clone(), ranked[0][1]
         stats = GenerationStats(
-            generation=generation, best=generation_best, mean=sum(_primary(s) for s in scores) / len(scores),
-            best_so_far=best_score, spread=float(std.mean()), evaluations=evaluations,
+            generation=generation,
+            best=generation_best,
+            mean=sum(_primary(s) for s in scores) / len(scores),
+            best_so_far=best_score,
+            spread=float(std.mean()),
+            evaluations=evaluations,
         )
         history.append(stats)
         if on_generation is not None:
@@ -226,15 +233,19 @@ def fewshot_fitness(
     prompts = task.prompts(tokenizer, items)
     golds = gold_texts(task, items)
     with adaptable.svf.adapted(z):
-        gens = generate(adaptable.model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                        batch_size=batch_size)
+        gens = generate(
+            adaptable.model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size
+        )
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         gold_ids = tokenizer(golds, add_special_tokens=False)["input_ids"]
         per_item: list[float] = []
         for start in range(0, len(items), batch_size):
             rows = slice(start, start + batch_size)
             logprobs, mask, _ = completion_logprobs(
-                adaptable.model, prompt_ids[rows], gold_ids[rows], pad_id=tokenizer.pad_token_id,
+                adaptable.model,
+                prompt_ids[rows],
+                gold_ids[rows],
+                pad_id=tokenizer.pad_token_id,
                 device=adaptable.device,
             )
             per_item += (logprobs.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)).tolist()
@@ -266,16 +277,20 @@ def default_experts(registry: Registry, fingerprint: str) -> list[str]:
 
     with registry.session(readonly=True) as session:
         rows = session.execute(
-            select(Expert.name, Expert.targets_json).join(BaseModel, Expert.base_model_id == BaseModel.id)
-            .where(BaseModel.fingerprint == fingerprint, Expert.kind != "mixture").order_by(Expert.id)
+            select(Expert.name, Expert.targets_json)
+            .join(BaseModel, Expert.base_model_id == BaseModel.id)
+            .where(BaseModel.fingerprint == fingerprint, Expert.kind != "mixture")
+            .order_by(Expert.id)
         ).all()
     by_set: dict[tuple[str, ...], list[str]] = {}
     for name, targets_json in rows:
         by_set.setdefault(tuple(json.loads(targets_json).get("matrices", [])), []).append(name)
     if len(by_set) > 1:
         listing = "; ".join(", ".join(names) for names in by_set.values())
-        raise MixingError(f"this model's experts adapt different matrix sets ({listing})",
-                          "choose experts of one set with --experts A,B")
+        raise MixingError(
+            f"this model's experts adapt different matrix sets ({listing})",
+            "choose experts of one set with --experts A,B",
+        )
     return next(iter(by_set.values()), [])
 
 
@@ -287,10 +302,10 @@ def resolve_experts(
     Named experts bring their own base model when ``model`` is None. The experts are
     checked for mixability here, before any model is loaded.
     """
-    from t2cli.svf.expert import load_expert
     from t2cli.models.hashing import HashCache
     from t2cli.models.identity import model_identity
     from t2cli.models.resolve import resolve_model
+    from t2cli.svf.expert import load_expert
 
     if names is not None:
         names = [n.strip() for n in names if n.strip()]
@@ -341,8 +356,11 @@ def resolve_shots(task: str | None, fewshot: str | None, shots: int | None, seed
     known = task is not None and task.strip().lower() in task_names()
     label = canonical_task_name(task) if task is not None else file_task.name
     return ShotPlan(
-        get_task(task) if known else file_task, label, select_shots(file_task, shots, seed, whole_file=True),
-        f"file {fewshot}", task if known else fewshot,
+        get_task(task) if known else file_task,
+        label,
+        select_shots(file_task, shots, seed, whole_file=True),
+        f"file {fewshot}",
+        task if known else fewshot,
     )
 
 
@@ -468,8 +486,14 @@ def adapt(
         init = None
         if config.cem.init_mean is None:  # the paper's start: every expert weighted 1/K
             init = torch.full(shape, 1.0 / k, dtype=torch.float64).reshape(-1)
-        result = cem_search(lambda alpha: score(mixed(alpha)), math.prod(shape), config.cem, init_mean=init,
-                            on_candidate=on_candidate, on_generation=on_generation)
+        result = cem_search(
+            lambda alpha: score(mixed(alpha)),
+            math.prod(shape),
+            config.cem,
+            init_mean=init,
+            on_candidate=on_candidate,
+            on_generation=on_generation,
+        )
     finally:
         adaptable.svf.restore()
 
@@ -477,32 +501,61 @@ def adapt(
     z = {name: vector.detach().to("cpu", torch.float32) for name, vector in mixed(result.best_alpha).items()}
     fitness = FewShotScore(*result.best_fitness)
     shot_ids = [item.id for item in items]
-    alphas_shown = ", ".join(f"{e.name} {float(a):.3f}" for e, a in zip(experts, alpha if groups is None else alpha.mean(0)))
+    alphas_shown = ", ".join(
+        f"{e.name} {float(a):.3f}" for e, a in zip(experts, alpha if groups is None else alpha.mean(0))
+    )
     expert_config = mixture_config(
-        config.name, experts, alpha, config.method, adaptation=ADAPTATION, groups=groups,
-        base_model=adaptable.base_model_record(), task=config.task, category=task.category or None,
+        config.name,
+        experts,
+        alpha,
+        config.method,
+        adaptation=ADAPTATION,
+        groups=groups,
+        base_model=adaptable.base_model_record(),
+        task=config.task,
+        category=task.category or None,
         description=f"CEM mixture for {config.task} ({alphas_shown}); few-shot accuracy {fitness.accuracy:.1%} "
-                    f"on {len(items)} items",
+        f"on {len(items)} items",
         metrics={
-            "fewshot_accuracy": fitness.accuracy, "fewshot_loglik": fitness.loglik, "fewshot_n": len(items),
-            **({"base_fewshot_accuracy": base_fitness.accuracy, "base_fewshot_loglik": base_fitness.loglik}
-               if base_fitness else {}),
+            "fewshot_accuracy": fitness.accuracy,
+            "fewshot_loglik": fitness.loglik,
+            "fewshot_n": len(items),
+            **(
+                {"base_fewshot_accuracy": base_fitness.accuracy, "base_fewshot_loglik": base_fitness.loglik}
+                if base_fitness
+                else {}
+            ),
             **{f"expert_fewshot_accuracy/{n}": f.accuracy for n, f in expert_fitness.items()},
         },
         training={
-            "adaptation": ADAPTATION, "cem": asdict(config.cem), "num_elite": config.cem.num_elite,
-            "method": config.method, "per_matrix": config.per_matrix, "max_new_tokens": max_new,
-            "shots": shot_ids, "source": config.source, "evaluations": result.evaluations,
+            "adaptation": ADAPTATION,
+            "cem": asdict(config.cem),
+            "num_elite": config.cem.num_elite,
+            "method": config.method,
+            "per_matrix": config.per_matrix,
+            "max_new_tokens": max_new,
+            "shots": shot_ids,
+            "source": config.source,
+            "evaluations": result.evaluations,
             "fitness": "greedy accuracy on the shots, ties broken by mean per-token log-likelihood of the gold answers",
             "history": [_stats_json(s) for s in result.history],
         },
     )
-    register_expert(registry, z, expert_config, base_model_id=adaptable.base_model_id,
-                    decomposition_id=adaptable.decomposition_id)
+    register_expert(
+        registry, z, expert_config, base_model_id=adaptable.base_model_id, decomposition_id=adaptable.decomposition_id
+    )
     return AdaptResult(
-        name=config.name, task=config.task, experts=[e.name for e in experts], groups=groups,
-        alphas=expert_config.parametrization["mixture"]["alphas"], fitness=fitness, base_fitness=base_fitness,
-        expert_fitness=expert_fitness, history=result.history, shots=shot_ids, evaluations=result.evaluations,
+        name=config.name,
+        task=config.task,
+        experts=[e.name for e in experts],
+        groups=groups,
+        alphas=expert_config.parametrization["mixture"]["alphas"],
+        fitness=fitness,
+        base_fitness=base_fitness,
+        expert_fitness=expert_fitness,
+        history=result.history,
+        shots=shot_ids,
+        evaluations=result.evaluations,
         seconds=time.perf_counter() - started,
     )
 
@@ -511,8 +564,14 @@ def _stats_json(stats: GenerationStats) -> dict[str, Any]:
     def plain(score: Score) -> Any:
         return list(score) if isinstance(score, tuple) else score
 
-    return {"generation": stats.generation, "best": plain(stats.best), "mean": stats.mean,
-            "best_so_far": plain(stats.best_so_far), "spread": stats.spread, "evaluations": stats.evaluations}
+    return {
+        "generation": stats.generation,
+        "best": plain(stats.best),
+        "mean": stats.mean,
+        "best_so_far": plain(stats.best_so_far),
+        "spread": stats.spread,
+        "evaluations": stats.evaluations,
+    }
 
 
 # --------------------------------------------------------------------------- reuse

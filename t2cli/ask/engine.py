@@ -103,7 +103,7 @@ class AskResult:
 def check_prompt_text(prompt: str, where: str = "the prompt") -> None:
     """Refuse an empty (or whitespace-only) prompt."""
     if not prompt.strip():
-        raise AskError(f"{where} is empty", "give a question, e.g. t2 ask \"What is 12 * 7?\"")
+        raise AskError(f"{where} is empty", 'give a question, e.g. t2 ask "What is 12 * 7?"')
 
 
 def read_prompts(data: bytes, source: str) -> list[str]:
@@ -124,7 +124,7 @@ def read_prompts(data: bytes, source: str) -> list[str]:
         ) from None
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not lines:
-        raise AskError(f"{source} holds no prompt", "write one prompt per line, or JSON lines with a \"prompt\" field")
+        raise AskError(f"{source} holds no prompt", 'write one prompt per line, or JSON lines with a "prompt" field')
     if not lines[0][1].lstrip().startswith("{"):
         return [line for _, line in lines]
     prompts = []
@@ -132,11 +132,14 @@ def read_prompts(data: bytes, source: str) -> list[str]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise AskError(f"{source} line {number} is not valid JSON: {exc.msg} (column {exc.colno})",
-                           "write one {\"prompt\": \"...\"} object per line") from None
+            raise AskError(
+                f"{source} line {number} is not valid JSON: {exc.msg} (column {exc.colno})",
+                'write one {"prompt": "..."} object per line',
+            ) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-            raise AskError(f"{source} line {number} has no \"prompt\" string",
-                           "write one {\"prompt\": \"...\"} object per line")
+            raise AskError(
+                f'{source} line {number} has no "prompt" string', 'write one {"prompt": "..."} object per line'
+            )
         check_prompt_text(obj["prompt"], f"the prompt on {source} line {number}")
         prompts.append(obj["prompt"])
     return prompts
@@ -205,8 +208,14 @@ def stream_generate(
     streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None
     sampling = temperature > 0
     out = model.generate(
-        **enc, max_new_tokens=max_new_tokens, do_sample=sampling, temperature=temperature if sampling else None,
-        top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=tokenizer.pad_token_id,
+        streamer=streamer,
     )
     generated = out[0, enc["input_ids"].shape[1] :].tolist()
     cut = next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
@@ -268,9 +277,16 @@ class Asker:
         self._z: dict[str, dict[str, torch.Tensor]] = {}
         self.prepared = _prepare(registry, model, adaptable)
         ctx = DispatchContext(
-            registry=registry, base_model_id=self.prepared.base_model_id, model_name=self.prepared.model_name,
-            tokenizer=self.prepared.tokenizer, context_limit=self.prepared.context_limit, adaptable=self.load,
-            task=settings.task, classifier=settings.classifier, complete=complete, pass1=settings.pass1,
+            registry=registry,
+            base_model_id=self.prepared.base_model_id,
+            model_name=self.prepared.model_name,
+            tokenizer=self.prepared.tokenizer,
+            context_limit=self.prepared.context_limit,
+            adaptable=self.load,
+            task=settings.task,
+            classifier=settings.classifier,
+            complete=complete,
+            pass1=settings.pass1,
         )
         self._dispatcher = build_dispatcher(ctx, settings.strategy)
 
@@ -299,7 +315,9 @@ class Asker:
             from t2cli.svf.adaptable import load_adaptable
 
             adaptable = load_adaptable(
-                self.registry, self.model, targets=_targets_for(self.registry, self.prepared.base_model_id),
+                self.registry,
+                self.model,
+                targets=_targets_for(self.registry, self.prepared.base_model_id),
                 device=self.device,
             )
             if adaptable.identity.fingerprint != self.prepared.fingerprint:
@@ -321,17 +339,26 @@ class Asker:
             switch_s = time.perf_counter() - switch_start
             gen_start = time.perf_counter()
             answer, tokens = stream_generate(
-                self.load(), prompt, max_new_tokens=self.settings.max_new_tokens,
-                temperature=self.settings.temperature, on_text=on_text,
+                self.load(),
+                prompt,
+                max_new_tokens=self.settings.max_new_tokens,
+                temperature=self.settings.temperature,
+                on_text=on_text,
             )
             generate_s = time.perf_counter() - gen_start
         finally:
             svf.restore()
         return AskResult(
-            prompt=prompt, answer=answer, strategy=self.settings.strategy, choice=decision.choice,
-            category=decision.category, weights=dict(decision.weights), reason=decision.reason,
+            prompt=prompt,
+            answer=answer,
+            strategy=self.settings.strategy,
+            choice=decision.choice,
+            category=decision.category,
+            weights=dict(decision.weights),
+            reason=decision.reason,
             timings=Timings(decision.seconds, switch_s, generate_s, time.perf_counter() - started),
-            tokens=tokens, cached=cached,
+            tokens=tokens,
+            cached=cached,
         )
 
     def dispatch(self, prompt: str) -> Dispatch:
@@ -372,8 +399,11 @@ def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None)
     if adaptable is not None:
         text_config = adaptable.model.config.get_text_config()
         return _Prepared(
-            adaptable.identity.ref.name, adaptable.identity.fingerprint, adaptable.tokenizer,
-            getattr(text_config, "max_position_embeddings", None), adaptable.base_model_id,
+            adaptable.identity.ref.name,
+            adaptable.identity.fingerprint,
+            adaptable.tokenizer,
+            getattr(text_config, "max_position_embeddings", None),
+            adaptable.base_model_id,
         )
     from t2cli.models.hashing import HashCache
     from t2cli.models.identity import model_identity
@@ -384,8 +414,13 @@ def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     config = identity.config
     limit = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
-    return _Prepared(ref.name, identity.fingerprint, load_tokenizer(ref), int(limit) if limit else None,
-                     _base_model_id(registry, identity.fingerprint))
+    return _Prepared(
+        ref.name,
+        identity.fingerprint,
+        load_tokenizer(ref),
+        int(limit) if limit else None,
+        _base_model_id(registry, identity.fingerprint),
+    )
 
 
 def _base_model_id(registry: Registry, fingerprint: str) -> int | None:
@@ -406,6 +441,8 @@ def _targets_for(registry: Registry, base_model_id: int | None) -> str:
     if base_model_id is None:
         return "all"
     with registry.session(readonly=True) as session:
-        specs = {json.loads(t).get("spec") for t in session.scalars(
-            select(Expert.targets_json).where(Expert.base_model_id == base_model_id))}
+        specs = {
+            json.loads(t).get("spec")
+            for t in session.scalars(select(Expert.targets_json).where(Expert.base_model_id == base_model_id))
+        }
     return specs.pop() if len(specs) == 1 and None not in specs else "all"

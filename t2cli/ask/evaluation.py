@@ -57,9 +57,10 @@ def evaluate_strategy(
         raise T2Error(f"task {task.name} has no {split} items", "pick another --split")
     budget = max_new_tokens or task.max_new_tokens
     asker = Asker(
-        registry, AskSettings(strategy=strategy, task=task.name, classifier=classifier, max_new_tokens=budget,
-                              pass1=pass1),
-        model=model, device=device,
+        registry,
+        AskSettings(strategy=strategy, task=task.name, classifier=classifier, max_new_tokens=budget, pass1=pass1),
+        model=model,
+        device=device,
     )
     adaptable = asker.load()
     started = time.perf_counter()
@@ -89,27 +90,55 @@ def evaluate_strategy(
 
     correct = task.correct(items, texts)
     result = make_result(
-        task.name, split, None, items, correct, texts, seconds, tokens, result_type=StrategyEvalResult,
-        per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions], strategy=strategy, pass1=pass1,
-        routing={choice: len(indices) for choice, indices in groups.items()}, dispatch_seconds=dispatch_seconds,
+        task.name,
+        split,
+        None,
+        items,
+        correct,
+        texts,
+        seconds,
+        tokens,
+        result_type=StrategyEvalResult,
+        per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions],
+        strategy=strategy,
+        pass1=pass1,
+        routing={choice: len(indices) for choice, indices in groups.items()},
+        dispatch_seconds=dispatch_seconds,
     )
     if record:
         _record(registry, adaptable.base_model_id, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
     return result
 
 
-def _record(registry: Registry, base_model_id: int, result: StrategyEvalResult, *, limit, batch_size, max_new_tokens) -> None:
+def _record(
+    registry: Registry, base_model_id: int, result: StrategyEvalResult, *, limit, batch_size, max_new_tokens
+) -> None:
     from registry.schema import Evaluation
 
     with registry.session() as session:
         session.add(
             Evaluation(
-                base_model_id=base_model_id, expert_id=None, task=result.task, split=result.split, n=result.n,
-                correct=result.correct, accuracy=result.accuracy, ci_low=result.ci_low, ci_high=result.ci_high,
+                base_model_id=base_model_id,
+                expert_id=None,
+                task=result.task,
+                split=result.split,
+                n=result.n,
+                correct=result.correct,
+                accuracy=result.accuracy,
+                ci_low=result.ci_low,
+                ci_high=result.ci_high,
                 seconds=result.seconds,
-                config_json=json.dumps({
-                    "strategy": result.strategy, "pass1": result.pass1, "routing": result.routing, "limit": limit, "batch_size": batch_size,
-                    "decoding": "greedy", "max_new_tokens": max_new_tokens, "dispatch_seconds": result.dispatch_seconds,
-                }),
+                config_json=json.dumps(
+                    {
+                        "strategy": result.strategy,
+                        "pass1": result.pass1,
+                        "routing": result.routing,
+                        "limit": limit,
+                        "batch_size": batch_size,
+                        "decoding": "greedy",
+                        "max_new_tokens": max_new_tokens,
+                        "dispatch_seconds": result.dispatch_seconds,
+                    }
+                ),
             )
         )

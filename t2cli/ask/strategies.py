@@ -33,12 +33,12 @@ import torch
 from t2cli.errors import T2Error
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
-    CategoryExpert,
-    category_experts,
     DISPATCH_MAX_NEW_TOKENS,
     DISPATCH_TASK,
     OTHER,
+    CategoryExpert,
     boxed_category,
+    category_experts,
     classification_prompt,
     parse_category,
 )
@@ -173,9 +173,15 @@ def _expert_row(registry: Registry, name: str) -> dict[str, Any]:
         row = session.scalars(select(Expert).where(Expert.name == name)).first()
         if row is not None:
             base = session.get(BaseModel, row.base_model_id)
-            return {"name": row.name, "base_model_id": row.base_model_id, "kind": row.kind, "task": row.task,
-                    "base_model": base.name if base else "?", "base_location": base.location if base else None,
-                    "config": json.loads(row.config_json or "{}")}
+            return {
+                "name": row.name,
+                "base_model_id": row.base_model_id,
+                "kind": row.kind,
+                "task": row.task,
+                "base_model": base.name if base else "?",
+                "base_location": base.location if base else None,
+                "config": json.loads(row.config_json or "{}"),
+            }
     from t2cli.experts.catalog import get_expert
 
     get_expert(registry, name)  # raises the clear not-found error, with the known names
@@ -241,8 +247,9 @@ def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[st
 
     text = render_prompt(adaptable.tokenizer, message)
     stop = (lambda so_far: boxed_category(so_far, categories) is not None) if categories else None
-    gens = generate(adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS,
-                    stop_when=stop)
+    gens = generate(
+        adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS, stop_when=stop
+    )
     return gens.texts[0]
 
 
@@ -378,14 +385,18 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
             answer = greedy_answer(ctx.adaptable(), message, categories=names)
         found = parse_category(answer, names)
         if found is None:
-            return Dispatch(BASE, {}, f"{who} answered {_quote(answer)}, which names no category: fell back to the "
-                                      f"base weights{cut}")
+            return Dispatch(
+                BASE,
+                {},
+                f"{who} answered {_quote(answer)}, which names no category: fell back to the base weights{cut}",
+            )
         verdict = f"classified the prompt as {found} ({_quote(answer)})"
     if found == OTHER:
         return Dispatch(BASE, {}, f"{who} {verdict}: base weights{cut}", category=OTHER)
     expert = next(e for e in experts if e.category == found)
-    return Dispatch(expert.expert, {expert.expert: 1.0}, f"{who} {verdict}: expert {expert.expert}{cut}",
-                    category=found)
+    return Dispatch(
+        expert.expert, {expert.expert: 1.0}, f"{who} {verdict}: expert {expert.expert}{cut}", category=found
+    )
 
 
 def _require_category_experts(ctx: DispatchContext, strategy_name: str) -> list[CategoryExpert]:
@@ -454,17 +465,22 @@ def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
 @strategy("cem", help="The latest CEM mixture for --task (made by `t2 adapt --task T`).")
 def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     if not ctx.task:
-        raise DispatchError("strategy 'cem' needs --task T: the task the mixture was adapted to",
-                            "e.g. t2 ask \"...\" --strategy cem --task arc-challenge")
+        raise DispatchError(
+            "strategy 'cem' needs --task T: the task the mixture was adapted to",
+            'e.g. t2 ask "..." --strategy cem --task arc-challenge',
+        )
     name = _latest_cem_mixture(ctx.registry, ctx.task, ctx.base_model_id)
     if name is None:
-        raise DispatchError(f"no CEM mixture for task {ctx.task}; run `t2 adapt --task {ctx.task}` first",
-                            "or pick another --strategy (prompt, classifier, expert:NAME, none)")
+        raise DispatchError(
+            f"no CEM mixture for task {ctx.task}; run `t2 adapt --task {ctx.task}` first",
+            "or pick another --strategy (prompt, classifier, expert:NAME, none)",
+        )
     row = _expert_row(ctx.registry, name)
     weights = {p["name"]: float(p["weight"]) for p in row["config"].get("parents", []) if p.get("weight") is not None}
     mix = " + ".join(f"{w:.3g} {n}" for n, w in weights.items()) or "its stored z"
     mixture = row["config"].get("parametrization", {}).get("mixture") or {}
     if weights and mixture.get("granularity") == "role":
         mix += " (mean alphas; one alpha per expert per matrix role)"
-    return lambda prompt: Dispatch(name, weights or {name: 1.0},
-                                   f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name)
+    return lambda prompt: Dispatch(
+        name, weights or {name: 1.0}, f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name
+    )

@@ -69,7 +69,7 @@ app = typer.Typer(
     help="Transformer-Squared for working ML engineers: decompose a model's weights once, train "
     "SVF experts, and answer prompts with self-adapted weights.",
     epilog="Examples:  t2 decompose   ·   t2 train --task addition --name add-v1   ·   "
-    "t2 ask \"What is 38 + 47?\" --strategy prompt   ·   t2 experts list   ·   T2_DEBUG=1 t2 ... for tracebacks",
+    't2 ask "What is 38 + 47?" --strategy prompt   ·   t2 experts list   ·   T2_DEBUG=1 t2 ... for tracebacks',
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -93,7 +93,20 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.cli.commands import adapt, ask, db, decompose, evaluate, experts, mix, models, runs, share, train, transfer
+    from t2cli.cli.commands import (
+        adapt,
+        ask,
+        db,
+        decompose,
+        evaluate,
+        experts,
+        mix,
+        models,
+        runs,
+        share,
+        train,
+        transfer,
+    )
 
     decompose.register(app)
     train.register(app)

@@ -29,7 +29,8 @@ ExpertArg = Annotated[str, typer.Argument(help="Expert name (see `t2 experts lis
 TaskOpt = Annotated[
     str,
     typer.Option(
-        "--task", "-t",
+        "--task",
+        "-t",
         help="A task name (gsm8k|math, math500, arithmetic, addition, arc-easy|reasoning, arc-challenge, "
         "mbpp|code, humaneval), dispatch (built from the registered experts) or a .jsonl file. See `t2 tasks`.",
         show_default=False,

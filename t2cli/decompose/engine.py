@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from t2cli.decompose.malloc import fix_mmap_threshold
 from t2cli.errors import DecompositionError, T2Error
 from t2cli.models.hashing import HashCache
-from t2cli.decompose.malloc import fix_mmap_threshold
 from t2cli.models.identity import ModelIdentity, model_identity
 from t2cli.models.load import load_model
 from t2cli.models.resolve import ModelRef, resolve_model
@@ -153,8 +153,15 @@ def decompose_model(
         on_progress(DecomposeProgress(len(chosen), len(chosen), _size(registry, decomposition.id), ""))
 
     return _finish(
-        registry, decomposition.id, identity, targets, dtype, method,
-        computed=computed, reused=len(reused), already=not pending and not reused and decomposition.status == "complete",
+        registry,
+        decomposition.id,
+        identity,
+        targets,
+        dtype,
+        method,
+        computed=computed,
+        reused=len(reused),
+        already=not pending and not reused and decomposition.status == "complete",
         seconds=time.perf_counter() - started,
     )
 
@@ -305,9 +312,16 @@ def _link_reusable(
                 continue
             session.add(
                 DecompositionMatrix(
-                    decomposition_id=decomposition_id, name=row.name, layer=row.layer, role=row.role,
-                    rows=row.rows, cols=row.cols, rank=row.rank, blob_sha256=row.blob_sha256,
-                    rel_error=row.rel_error, seconds=0.0,
+                    decomposition_id=decomposition_id,
+                    name=row.name,
+                    layer=row.layer,
+                    role=row.role,
+                    rows=row.rows,
+                    cols=row.cols,
+                    rank=row.rank,
+                    blob_sha256=row.blob_sha256,
+                    rel_error=row.rel_error,
+                    seconds=0.0,
                 )
             )
             linked.add(row.name)
@@ -315,8 +329,17 @@ def _link_reusable(
 
 
 def _finish(
-    registry: Registry, decomposition_id: int, identity: ModelIdentity, spec: str, dtype: str, method: str,
-    *, computed: int, reused: int, already: bool, seconds: float,
+    registry: Registry,
+    decomposition_id: int,
+    identity: ModelIdentity,
+    spec: str,
+    dtype: str,
+    method: str,
+    *,
+    computed: int,
+    reused: int,
+    already: bool,
+    seconds: float,
 ) -> DecompositionSummary:
     from sqlalchemy import func, select
 
@@ -342,10 +365,20 @@ def _finish(
             row.seconds = (row.seconds or 0.0) + seconds
             row.completed_at = datetime.now(timezone.utc)
         return DecompositionSummary(
-            decomposition_id=decomposition_id, model_name=identity.ref.name, model_source=identity.ref.source,
-            fingerprint=identity.fingerprint, targets_spec=spec, dtype=dtype, method=row.method,
-            num_matrices=count, computed=computed, reused=reused, already_complete=already,
-            size_bytes=int(size), max_rel_error=float(max_err), seconds=seconds,
+            decomposition_id=decomposition_id,
+            model_name=identity.ref.name,
+            model_source=identity.ref.source,
+            fingerprint=identity.fingerprint,
+            targets_spec=spec,
+            dtype=dtype,
+            method=row.method,
+            num_matrices=count,
+            computed=computed,
+            reused=reused,
+            already_complete=already,
+            size_bytes=int(size),
+            max_rel_error=float(max_err),
+            seconds=seconds,
         )
 
 
@@ -410,8 +443,13 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _decompose_group(
-    registry: Registry, decomposition_id: int, group: list[TargetMatrix], source: WeightSource,
-    dtype: str, device: str, method: str,
+    registry: Registry,
+    decomposition_id: int,
+    group: list[TargetMatrix],
+    source: WeightSource,
+    dtype: str,
+    device: str,
+    method: str,
 ) -> int:
     """Read, SVD and store a few same-shape matrices, commit their rows; returns the total bytes stored.
 
@@ -429,16 +467,25 @@ def _decompose_group(
     except ValueError as exc:
         raise DecompositionError(f"cannot decompose {group[0].name}: {exc}", "the model weights are damaged") from exc
     per_matrix = (time.perf_counter() - started) / len(group)
-    stored = [(matrix, weight, result, _store_factors(registry, matrix, result, dtype))
-              for matrix, weight, result in zip(group, weights, results)]
+    stored = [
+        (matrix, weight, result, _store_factors(registry, matrix, result, dtype))
+        for matrix, weight, result in zip(group, weights, results)
+    ]
     with registry.session() as session:
         for matrix, weight, result, info in stored:
             registry.add_blob(session, info, "svd")
             session.add(
                 DecompositionMatrix(
-                    decomposition_id=decomposition_id, name=matrix.name, layer=matrix.layer, role=matrix.role,
-                    rows=int(weight.shape[0]), cols=int(weight.shape[1]), rank=int(result.S.shape[0]),
-                    blob_sha256=info.sha256, rel_error=float(result.rel_error), seconds=per_matrix,
+                    decomposition_id=decomposition_id,
+                    name=matrix.name,
+                    layer=matrix.layer,
+                    role=matrix.role,
+                    rows=int(weight.shape[0]),
+                    cols=int(weight.shape[1]),
+                    rank=int(result.S.shape[0]),
+                    blob_sha256=info.sha256,
+                    rel_error=float(result.rel_error),
+                    seconds=per_matrix,
                 )
             )
     return _size(registry, decomposition_id)
@@ -481,7 +528,9 @@ def factor_blobs(registry: Registry, decomposition_id: int) -> dict[str, str]:
     return {name: sha for name, sha in rows}
 
 
-def load_factors(registry: Registry, decomposition_id: int) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def load_factors(
+    registry: Registry, decomposition_id: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """All (U, S, Vh) of a decomposition, keyed by matrix name (reads each blob once)."""
     from safetensors.torch import load_file
 

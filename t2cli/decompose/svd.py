@@ -70,9 +70,7 @@ class SVDResult:
     method: str
 
 
-def relative_reconstruction_error(
-    W: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor
-) -> float:
+def relative_reconstruction_error(W: torch.Tensor, U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor) -> float:
     """||W - U diag(S) Vh||_F / ||W||_F in float64 (the absolute error when W is zero).
 
     Computed a block of the long side at a time: the float64 temporaries are the square
@@ -201,9 +199,7 @@ def _default_workers(device: torch.device) -> int:
     return torch.get_num_threads()
 
 
-def _map(
-    fn: Callable[[torch.Tensor], SVDResult], weights: Sequence[torch.Tensor], workers: int
-) -> list[SVDResult]:
+def _map(fn: Callable[[torch.Tensor], SVDResult], weights: Sequence[torch.Tensor], workers: int) -> list[SVDResult]:
     """Apply ``fn`` to each matrix, ``workers`` at a time with one torch thread each."""
     workers = min(workers, len(weights))
     if workers <= 1 or weights[0].device.type != "cpu":
@@ -257,8 +253,10 @@ def _decompose_gram64(w: torch.Tensor, compute_dtype: torch.dtype) -> SVDResult:
     u, s, vh = _gram64_tall(_tall(w))
     u, s, vh = u.float(), s.float(), vh.float()
     # NaN (from 0/0 on a zero singular value) must fail, hence `not <=`.
-    if not (orthogonality_error(u, dtype=torch.float32) <= ORTHO_TOL
-            and orthogonality_error(vh.mT, dtype=torch.float32) <= ORTHO_TOL):
+    if not (
+        orthogonality_error(u, dtype=torch.float32) <= ORTHO_TOL
+        and orthogonality_error(vh.mT, dtype=torch.float32) <= ORTHO_TOL
+    ):
         return _decompose_gesdd(w, compute_dtype)
     result = _finish(w, u, s, vh, "gram64")
     if not result.rel_error <= REL_ERROR_TOL:

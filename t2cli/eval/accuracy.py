@@ -53,8 +53,17 @@ R = TypeVar("R", bound=EvalResult)
 
 
 def make_result(
-    task: str, split: str, expert: str | None, items: Sequence[TaskItem], correct: Sequence[bool], texts: Sequence[str],
-    seconds: float, tokens: int, *, result_type: type[R] = EvalResult, per_item: Sequence[dict] | None = None,
+    task: str,
+    split: str,
+    expert: str | None,
+    items: Sequence[TaskItem],
+    correct: Sequence[bool],
+    texts: Sequence[str],
+    seconds: float,
+    tokens: int,
+    *,
+    result_type: type[R] = EvalResult,
+    per_item: Sequence[dict] | None = None,
     **extra: Any,
 ) -> R:
     """An evaluation result with its Wilson interval and per-item record (``per_item`` adds fields to each)."""
@@ -65,8 +74,18 @@ def make_result(
         for i, (item, ok, text) in enumerate(zip(items, correct, texts))
     ]
     return result_type(
-        task=task, split=split, expert=expert, n=n, correct=k, accuracy=k / n, ci_low=low, ci_high=high,
-        seconds=seconds, tokens_per_s=tokens / seconds if seconds > 0 else 0.0, samples=samples, **extra,
+        task=task,
+        split=split,
+        expert=expert,
+        n=n,
+        correct=k,
+        accuracy=k / n,
+        ci_low=low,
+        ci_high=high,
+        seconds=seconds,
+        tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
+        samples=samples,
+        **extra,
     )
 
 
@@ -91,9 +110,14 @@ def run_items(
     started = time.perf_counter()
     with adaptable.svf.adapted(z, key=key):
         gens = generate(
-            adaptable.model, adaptable.tokenizer, prompts,
-            max_new_tokens=max_new_tokens or task.max_new_tokens, temperature=0.0,
-            batch_size=batch_size, on_batch=on_batch, sync=sync,
+            adaptable.model,
+            adaptable.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens or task.max_new_tokens,
+            temperature=0.0,
+            batch_size=batch_size,
+            on_batch=on_batch,
+            sync=sync,
         )
     return task.correct(items, gens.texts), gens.texts, time.perf_counter() - started, gens.new_tokens
 
@@ -135,7 +159,12 @@ def evaluate(
 
 
 def _record(
-    registry: Registry, adaptable: Adaptable, result: EvalResult, *, limit: int | None, batch_size: int,
+    registry: Registry,
+    adaptable: Adaptable,
+    result: EvalResult,
+    *,
+    limit: int | None,
+    batch_size: int,
     max_new_tokens: int,
 ) -> None:
     from sqlalchemy import select
@@ -148,9 +177,16 @@ def _record(
             expert_id = session.scalars(select(Expert.id).where(Expert.name == result.expert)).first()
         session.add(
             Evaluation(
-                base_model_id=adaptable.base_model_id, expert_id=expert_id, task=result.task, split=result.split,
-                n=result.n, correct=result.correct, accuracy=result.accuracy, ci_low=result.ci_low,
-                ci_high=result.ci_high, seconds=result.seconds,
+                base_model_id=adaptable.base_model_id,
+                expert_id=expert_id,
+                task=result.task,
+                split=result.split,
+                n=result.n,
+                correct=result.correct,
+                accuracy=result.accuracy,
+                ci_low=result.ci_low,
+                ci_high=result.ci_high,
+                seconds=result.seconds,
                 config_json=json.dumps(
                     {"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens}
                 ),

@@ -80,16 +80,33 @@ def list_base_models(registry: Registry) -> list[BaseModelInfo]:
                 )
                 decompositions.append(
                     DecompositionInfo(
-                        dec.id, dec.targets_spec, dec.dtype, dec.method, dec.status, dec.num_matrices,
-                        int(stored or 0), dec.size_bytes or 0, dec.max_rel_error, dec.seconds,
+                        dec.id,
+                        dec.targets_spec,
+                        dec.dtype,
+                        dec.method,
+                        dec.status,
+                        dec.num_matrices,
+                        int(stored or 0),
+                        dec.size_bytes or 0,
+                        dec.max_rel_error,
+                        dec.seconds,
                     )
                 )
             experts = session.scalar(select(func.count(Expert.id)).where(Expert.base_model_id == base.id))
             infos.append(
                 BaseModelInfo(
-                    base.id, base.name, base.source, base.location, base.revision, base.fingerprint,
-                    base.architecture, base.model_type, base.num_layers, base.hidden_size,
-                    decompositions, int(experts or 0),
+                    base.id,
+                    base.name,
+                    base.source,
+                    base.location,
+                    base.revision,
+                    base.fingerprint,
+                    base.architecture,
+                    base.model_type,
+                    base.num_layers,
+                    base.hidden_size,
+                    decompositions,
+                    int(experts or 0),
                 )
             )
         return infos
@@ -132,17 +149,32 @@ def get_expert(registry: Registry, name: str) -> ExpertInfo:
         tags = list(session.scalars(select(ExpertTag.tag).where(ExpertTag.expert_id == expert.id)))
         evaluations = [
             {
-                "task": ev.task, "split": ev.split, "n": ev.n, "correct": ev.correct, "accuracy": ev.accuracy,
-                "ci_low": ev.ci_low, "ci_high": ev.ci_high, "created_at": str(ev.created_at),
+                "task": ev.task,
+                "split": ev.split,
+                "n": ev.n,
+                "correct": ev.correct,
+                "accuracy": ev.accuracy,
+                "ci_low": ev.ci_low,
+                "ci_high": ev.ci_high,
+                "created_at": str(ev.created_at),
                 "base": _base_evaluation(session, expert.base_model_id, ev),
             }
             for ev in session.scalars(select(Evaluation).where(Evaluation.expert_id == expert.id))
         ]
         return ExpertInfo(
-            name=expert.name, kind=expert.kind, base_model=base.name if base else "?", task=expert.task,
-            category=expert.category, description=expert.description, blob_sha256=expert.blob_sha256,
-            created_at=str(expert.created_at), parents=parents, children=children, tags=tags,
-            evaluations=evaluations, config=json.loads(expert.config_json or "{}"),
+            name=expert.name,
+            kind=expert.kind,
+            base_model=base.name if base else "?",
+            task=expert.task,
+            category=expert.category,
+            description=expert.description,
+            blob_sha256=expert.blob_sha256,
+            created_at=str(expert.created_at),
+            parents=parents,
+            children=children,
+            tags=tags,
+            evaluations=evaluations,
+            config=json.loads(expert.config_json or "{}"),
         )
 
 
@@ -155,14 +187,24 @@ def _base_evaluation(session, base_model_id: int, ev) -> dict[str, Any] | None:
     settings = _comparable(ev.config_json)
     rows = session.scalars(
         select(Evaluation)
-        .where(Evaluation.base_model_id == base_model_id, Evaluation.expert_id.is_(None), Evaluation.task == ev.task,
-               Evaluation.split == ev.split, Evaluation.n == ev.n)
+        .where(
+            Evaluation.base_model_id == base_model_id,
+            Evaluation.expert_id.is_(None),
+            Evaluation.task == ev.task,
+            Evaluation.split == ev.split,
+            Evaluation.n == ev.n,
+        )
         .order_by(Evaluation.id.desc())
     )
     for row in rows:
         if _comparable(row.config_json) == settings and "strategy" not in json.loads(row.config_json or "{}"):
-            return {"accuracy": row.accuracy, "ci_low": row.ci_low, "ci_high": row.ci_high, "correct": row.correct,
-                    "max_new_tokens": settings[1]}
+            return {
+                "accuracy": row.accuracy,
+                "ci_low": row.ci_low,
+                "ci_high": row.ci_high,
+                "correct": row.correct,
+                "max_new_tokens": settings[1],
+            }
     return None
 
 

@@ -104,7 +104,12 @@ class MergedExport:
 
 
 def export_merged(
-    registry: Registry, name: str, folder: Path, *, model: str | None = None, device: str = "auto",
+    registry: Registry,
+    name: str,
+    folder: Path,
+    *,
+    model: str | None = None,
+    device: str = "auto",
     adaptable: Adaptable | None = None,
 ) -> MergedExport:
     """Write a standalone HF model folder with the expert folded into its weights.
@@ -133,8 +138,11 @@ def export_merged(
         (tmp / "README.md").write_text(_merged_card(loaded))
         files = sorted(p.name for p in tmp.iterdir())
     return MergedExport(
-        folder=str(Path(folder).absolute()), expert=name, base_model=adaptable.identity.ref.name,
-        num_matrices=len(loaded.z), dtype=str(next(adaptable.model.parameters()).dtype).removeprefix("torch."),
+        folder=str(Path(folder).absolute()),
+        expert=name,
+        base_model=adaptable.identity.ref.name,
+        num_matrices=len(loaded.z),
+        dtype=str(next(adaptable.model.parameters()).dtype).removeprefix("torch."),
         files=files,
     )
 
@@ -147,10 +155,15 @@ def _merged_card(loaded: LoadedExpert) -> str:
         lines += [f"base_model: {hub_id}", "base_model_relation: merge"]
     lines += ["pipeline_tag: text-generation", "tags:", "- t2", "- transformer-squared", "- svf-merged"]
     lines += [
-        "---", "", f"# {loaded.name} (merged)", "",
+        "---",
+        "",
+        f"# {loaded.name} (merged)",
+        "",
         f"{base.get('name')} with the t2 SVF expert `{loaded.name}` folded into {len(loaded.z)} weight matrices "
-        "(W' = U diag(S z) Vh). Load it like any Hugging Face causal LM.", "",
-        f"Base model fingerprint: `{base.get('fingerprint')}`. Task: `{loaded.config.task or '-'}`.", "",
+        "(W' = U diag(S z) Vh). Load it like any Hugging Face causal LM.",
+        "",
+        f"Base model fingerprint: `{base.get('fingerprint')}`. Task: `{loaded.config.task or '-'}`.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -201,7 +214,12 @@ class LoraExport:
 
 
 def export_lora(
-    registry: Registry, name: str, folder: Path, *, rank: int, model: str | None = None,
+    registry: Registry,
+    name: str,
+    folder: Path,
+    *,
+    rank: int,
+    model: str | None = None,
     factors: dict[str, Factors] | None = None,
 ) -> LoraExport:
     """Write the expert as a PEFT LoRA adapter of rank ``rank`` (see ``lora_factors``).
@@ -222,8 +240,10 @@ def export_lora(
         factors = expert_factors(registry, loaded, model)
     missing = sorted(set(loaded.z) - set(factors))
     if missing:
-        raise T2Error(f"the decomposition lacks {missing[0]!r} ({len(missing)} matrices)",
-                      f"decompose the base with the expert's targets: t2 decompose --targets '{loaded.config.targets}'")
+        raise T2Error(
+            f"the decomposition lacks {missing[0]!r} ({len(missing)} matrices)",
+            f"decompose the base with the expert's targets: t2 decompose --targets '{loaded.config.targets}'",
+        )
     tensors: dict[str, torch.Tensor] = {}
     errors: dict[str, float] = {}
     dropped = total = 0.0
@@ -239,8 +259,14 @@ def export_lora(
     base = loaded.config.base_model
     base_path = base_hub_id(base) or str(base.get("location") or base.get("name"))
     config = LoraConfig(
-        r=rank, lora_alpha=rank, target_modules=sorted(loaded.z), lora_dropout=0.0, bias="none",
-        task_type="CAUSAL_LM", base_model_name_or_path=base_path, use_rslora=False,
+        r=rank,
+        lora_alpha=rank,
+        target_modules=sorted(loaded.z),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_path,
+        use_rslora=False,
     )
     with _new_folder(Path(folder), ".lora-") as tmp:
         config.save_pretrained(str(tmp))
@@ -248,10 +274,16 @@ def export_lora(
         (tmp / "README.md").write_text(_lora_card(loaded, rank, base_path))
     values = list(errors.values())
     return LoraExport(
-        folder=str(Path(folder).absolute()), expert=name, rank=rank, num_matrices=len(errors),
-        base_model_name_or_path=base_path, errors=errors,
+        folder=str(Path(folder).absolute()),
+        expert=name,
+        rank=rank,
+        num_matrices=len(errors),
+        base_model_name_or_path=base_path,
+        errors=errors,
         overall_error=math.sqrt(dropped / total) if total > 0 else 0.0,
-        min_error=min(values), median_error=statistics.median(values), max_error=max(values),
+        min_error=min(values),
+        median_error=statistics.median(values),
+        max_error=max(values),
     )
 
 
@@ -270,10 +302,22 @@ def expert_factors(registry: Registry, loaded: LoadedExpert, model: str | None =
 
 
 def _lora_card(loaded: LoadedExpert, rank: int, base_path: str) -> str:
-    lines = ["---", "library_name: peft", f"base_model: {base_path}" if base_hub_id(loaded.config.base_model) else None,
-             "tags:", "- t2", "- transformer-squared", "- lora", "---", "",
-             f"# {loaded.name} (LoRA r={rank})", "",
-             f"The t2 SVF expert `{loaded.name}` as a rank-{rank} LoRA adapter: the delta U diag(S (z - 1)) Vh "
-             f"truncated to its {rank} largest singular components per matrix (lora_alpha = r, scaling 1).", "",
-             f"Base model fingerprint: `{loaded.config.base_model.get('fingerprint')}`.", ""]
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {base_path}" if base_hub_id(loaded.config.base_model) else None,
+        "tags:",
+        "- t2",
+        "- transformer-squared",
+        "- lora",
+        "---",
+        "",
+        f"# {loaded.name} (LoRA r={rank})",
+        "",
+        f"The t2 SVF expert `{loaded.name}` as a rank-{rank} LoRA adapter: the delta U diag(S (z - 1)) Vh "
+        f"truncated to its {rank} largest singular components per matrix (lora_alpha = r, scaling 1).",
+        "",
+        f"Base model fingerprint: `{loaded.config.base_model.get('fingerprint')}`.",
+        "",
+    ]
     return "\n".join(line for line in lines if line is not None)

@@ -56,7 +56,12 @@ def check_repo_id(repo_id: str) -> str:
 
 
 def push_expert(
-    registry: Registry, name: str, repo_id: str, *, private: bool = False, branch: str | None = None,
+    registry: Registry,
+    name: str,
+    repo_id: str,
+    *,
+    private: bool = False,
+    branch: str | None = None,
     message: str | None = None,
 ) -> PushResult:
     """Upload a registered expert's folder to ``repo_id`` in one commit; returns the commit."""
@@ -73,37 +78,59 @@ def push_expert(
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="t2-push-") as tmp:
         folder = write_expert_folder(Path(tmp) / name, loaded.z, loaded.config)
-        operations = [CommitOperationAdd(path_in_repo=file, path_or_fileobj=str(folder / file)) for file in EXPERT_FILES]
+        operations = [
+            CommitOperationAdd(path_in_repo=file, path_or_fileobj=str(folder / file)) for file in EXPERT_FILES
+        ]
         with hub_errors(repo_id, branch, writing=True):
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
             if branch and branch != "main":
                 api.create_branch(repo_id, branch=branch, repo_type="model", exist_ok=True)
             commit = api.create_commit(
-                repo_id, operations, repo_type="model", revision=branch,
+                repo_id,
+                operations,
+                repo_type="model",
+                revision=branch,
                 commit_message=message or f"Upload t2 expert {name}",
                 commit_description=f"Transformer-Squared SVF expert `{name}`: {', '.join(EXPERT_FILES)}.",
             )
     return PushResult(
-        expert=name, repo_id=repo_id, branch=branch or "main", commit=commit.oid, commit_url=commit.commit_url,
+        expert=name,
+        repo_id=repo_id,
+        branch=branch or "main",
+        commit=commit.oid,
+        commit_url=commit.commit_url,
         files=list(EXPERT_FILES),
     )
 
 
 def pull_expert(
-    registry: Registry, repo_id: str, *, revision: str | None = None, name: str | None = None,
+    registry: Registry,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    name: str | None = None,
     model: str | None = None,
 ) -> ImportResult:
     """Download an expert repo's files into the HF cache, validate them like `t2 import`, register."""
     check_repo_id(repo_id)
     with hub_errors(repo_id, revision, writing=False):
-        snapshot = Path(snapshot_download(repo_id, repo_type="model", revision=revision,
-                                          allow_patterns=list(EXPERT_FILES)))
+        snapshot = Path(
+            snapshot_download(repo_id, repo_type="model", revision=revision, allow_patterns=list(EXPERT_FILES))
+        )
     if not (snapshot / WEIGHTS_FILE).exists():
-        raise HubError(f"Hub repo {repo_id} holds no t2 expert (no {WEIGHTS_FILE})",
-                       "t2 pull reads repos written by `t2 push`; check the repo id and --revision")
+        raise HubError(
+            f"Hub repo {repo_id} holds no t2 expert (no {WEIGHTS_FILE})",
+            "t2 pull reads repos written by `t2 push`; check the repo id and --revision",
+        )
     # A cache snapshot links each file to ../../blobs/<hash>; links anywhere else are refused.
     return import_expert(
-        registry, snapshot, name=name, model=model, source="hub", location=repo_id, revision=snapshot.name,
+        registry,
+        snapshot,
+        name=name,
+        model=model,
+        source="hub",
+        location=repo_id,
+        revision=snapshot.name,
         links_into=snapshot.resolve().parent.parent / "blobs",
     )
 
@@ -134,33 +161,45 @@ def hub_errors(repo_id: str, revision: str | None, *, writing: bool) -> Iterator
     try:
         yield
     except GatedRepoError:
-        raise HubError(f"Hub repo {repo_id} is gated and this account has no access",
-                       "accept its terms on the Hub, then log in with `hf auth login`") from None
+        raise HubError(
+            f"Hub repo {repo_id} is gated and this account has no access",
+            "accept its terms on the Hub, then log in with `hf auth login`",
+        ) from None
     except RevisionNotFoundError:
         raise HubError(f"Hub repo {repo_id} has no revision {revision!r}", "check --revision") from None
     except RepositoryNotFoundError:
-        raise HubError(f"Hub repo {repo_id} not found (or private and your token cannot see it)",
-                       "check the id, or log in with `hf auth login`") from None
+        raise HubError(
+            f"Hub repo {repo_id} not found (or private and your token cannot see it)",
+            "check the id, or log in with `hf auth login`",
+        ) from None
     except LocalEntryNotFoundError:
         where = f"{repo_id}" + (f" at revision {revision!r}" if revision else "")
-        raise HubError(f"{where} is not in the HF cache and the Hub cannot be reached (offline)",
-                       "connect and unset HF_HUB_OFFLINE, or copy the HF cache from a machine that pulled it") from None
+        raise HubError(
+            f"{where} is not in the HF cache and the Hub cannot be reached (offline)",
+            "connect and unset HF_HUB_OFFLINE, or copy the HF cache from a machine that pulled it",
+        ) from None
     except OfflineModeIsEnabled:
-        raise HubError("the Hub cannot be reached: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE and run again") from None
+        raise HubError(
+            "the Hub cannot be reached: HF_HUB_OFFLINE is set", "unset HF_HUB_OFFLINE and run again"
+        ) from None
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status == 401:
             raise HubError("the Hub rejected the token (401)", "log in again with `hf auth login`") from None
         if status == 403:
             action = "write to" if writing else "read"
-            raise HubError(f"your token cannot {action} {repo_id} (403)",
-                           "use a token with write access to that namespace (`hf auth login`)") from None
+            raise HubError(
+                f"your token cannot {action} {repo_id} (403)",
+                "use a token with write access to that namespace (`hf auth login`)",
+            ) from None
         first = _redacted((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
         raise HubError(f"the Hub refused the request for {repo_id}: {first}", "try again later") from None
     except Exception as exc:
         if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3") or isinstance(
             exc, (ConnectionError, TimeoutError)
         ):
-            raise HubError(f"cannot reach the Hub ({type(exc).__name__})",
-                           "check your connection (or set HF_ENDPOINT), then run again") from None
+            raise HubError(
+                f"cannot reach the Hub ({type(exc).__name__})",
+                "check your connection (or set HF_ENDPOINT), then run again",
+            ) from None
         raise

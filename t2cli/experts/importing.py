@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 EXPERT_FILES = (CARD_FILE, WEIGHTS_FILE, CONFIG_FILE)
 IGNORED_FILES = frozenset({".gitattributes"})  # Hub housekeeping: allowed, never read
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"})
-CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".exe", ".sh", ".bat", ".cmd", ".ps1", ".js"})
+CODE_SUFFIXES = frozenset(
+    {".py", ".pyc", ".pyo", ".so", ".dll", ".dylib", ".exe", ".sh", ".bat", ".cmd", ".ps1", ".js"}
+)
 
 # A z has rank = min(m, n) values: 8,192 at most for Llama-3-70B, 16,384 for Llama-3.1-405B.
 MAX_Z_LENGTH = 16_384
@@ -118,7 +120,9 @@ def _check_entries(folder: Path, links_into: Path | None) -> set[str]:
                 "t2 never loads pickles; an expert folder holds expert.safetensors, expert_config.json and README.md",
             )
         if suffix in CODE_SUFFIXES:
-            raise ExpertRefused(f"{name} is code or a program", "an expert folder holds data files only; t2 runs nothing")
+            raise ExpertRefused(
+                f"{name} is code or a program", "an expert folder holds data files only; t2 runs nothing"
+            )
         if entry.is_symlink():
             _check_link(path, links_into)
         elif entry.is_dir(follow_symlinks=False):
@@ -197,7 +201,9 @@ def parse_config(path: Path) -> tuple[ExpertConfig, list[str]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExpertRefused(f"{CONFIG_FILE} is not valid JSON ({exc})", "the file is damaged; export it again") from None
+        raise ExpertRefused(
+            f"{CONFIG_FILE} is not valid JSON ({exc})", "the file is damaged; export it again"
+        ) from None
     if not isinstance(data, dict):
         raise ExpertRefused(f"{CONFIG_FILE} is not a JSON object", "the file is damaged; export it again")
     version = data.get("format_version")
@@ -224,10 +230,16 @@ def parse_config(path: Path) -> tuple[ExpertConfig, list[str]]:
     if not isinstance(fingerprint, str) or not _FINGERPRINT.match(fingerprint):
         raise ExpertRefused(f"{CONFIG_FILE} has no valid base_model.fingerprint", "this is not a t2 expert")
     for parent in data.get("parents", []):
-        if not (isinstance(parent, dict) and isinstance(parent.get("name"), str) and isinstance(parent.get("relation"), str)
-                and isinstance(parent.get("weight"), (int, float, _NONE))):
-            raise ExpertRefused(f"{CONFIG_FILE} has a malformed parents entry {str(parent)[:80]!r}",
-                                "each parent is {name, relation, weight}")
+        if not (
+            isinstance(parent, dict)
+            and isinstance(parent.get("name"), str)
+            and isinstance(parent.get("relation"), str)
+            and isinstance(parent.get("weight"), (int, float, _NONE))
+        ):
+            raise ExpertRefused(
+                f"{CONFIG_FILE} has a malformed parents entry {str(parent)[:80]!r}",
+                "each parent is {name, relation, weight}",
+            )
     known = set(ExpertConfig.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     return ExpertConfig(**{k: v for k, v in data.items() if k in known}), unknown
@@ -263,45 +275,62 @@ def _check_header(path: Path) -> dict[str, Any]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ExpertRefused(f"{WEIGHTS_FILE} has an unreadable header", "the file is damaged or not safetensors") from None
+        raise ExpertRefused(
+            f"{WEIGHTS_FILE} has an unreadable header", "the file is damaged or not safetensors"
+        ) from None
     if not isinstance(header, dict):
         raise ExpertRefused(f"{WEIGHTS_FILE} has an unreadable header", "the file is damaged or not safetensors")
     metadata = header.pop("__metadata__", None) or {}
     tag = metadata.get("format") if isinstance(metadata, dict) else None
     if not (isinstance(tag, str) and tag.startswith("t2-expert/")):
-        raise ExpertRefused(f"{WEIGHTS_FILE} is not tagged as a t2 expert (format {tag!r})",
-                            "t2 writes format 't2-expert/N' into every expert file")
+        raise ExpertRefused(
+            f"{WEIGHTS_FILE} is not tagged as a t2 expert (format {tag!r})",
+            "t2 writes format 't2-expert/N' into every expert file",
+        )
     version = tag.split("/", 1)[1]
     if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
-        raise ExpertRefused(f"{WEIGHTS_FILE} has format {tag!r}; this t2 reads up to t2-expert/{FORMAT_VERSION}",
-                            "upgrade t2")
+        raise ExpertRefused(
+            f"{WEIGHTS_FILE} has format {tag!r}; this t2 reads up to t2-expert/{FORMAT_VERSION}", "upgrade t2"
+        )
     if not header:
         raise ExpertRefused(f"{WEIGHTS_FILE} holds no vectors", "export the expert again")
     if len(header) > MAX_MATRICES:
-        raise ExpertRefused(f"{WEIGHTS_FILE} holds {len(header):,} tensors (limit {MAX_MATRICES:,})",
-                            "this is not a t2 expert")
+        raise ExpertRefused(
+            f"{WEIGHTS_FILE} holds {len(header):,} tensors (limit {MAX_MATRICES:,})", "this is not a t2 expert"
+        )
     data_bytes = size - 8 - header_len
     for key, info in header.items():
         if not _MATRIX_NAME.match(key):
-            raise ExpertRefused(f"{WEIGHTS_FILE} holds a tensor with the name {key[:80]!r}",
-                                "z vectors are named by their matrix, like model.layers.3.mlp.down_proj")
+            raise ExpertRefused(
+                f"{WEIGHTS_FILE} holds a tensor with the name {key[:80]!r}",
+                "z vectors are named by their matrix, like model.layers.3.mlp.down_proj",
+            )
         if not isinstance(info, dict):
             raise ExpertRefused(f"{WEIGHTS_FILE} entry {key} is malformed", "the file is damaged")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in FLOAT_DTYPES:
-            raise ExpertRefused(f"{WEIGHTS_FILE} holds {key} as {dtype}",
-                                "an expert holds float32, float16 or bfloat16 vectors only")
+            raise ExpertRefused(
+                f"{WEIGHTS_FILE} holds {key} as {dtype}", "an expert holds float32, float16 or bfloat16 vectors only"
+            )
         if not (isinstance(shape, list) and all(type(d) is int for d in shape)) or len(shape) != 1:
-            raise ExpertRefused(f"{WEIGHTS_FILE} holds {key} with shape {shape}",
-                                "an expert holds one 1-D vector z per matrix")
+            raise ExpertRefused(
+                f"{WEIGHTS_FILE} holds {key} with shape {shape}", "an expert holds one 1-D vector z per matrix"
+            )
         if not 1 <= shape[0] <= MAX_Z_LENGTH:
-            raise ExpertRefused(f"{WEIGHTS_FILE} holds {key} with {shape[0]:,} values (limit {MAX_Z_LENGTH:,})",
-                                "a z has one value per singular value of its matrix; this file is not a t2 expert")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= data_bytes
-                and offsets[1] - offsets[0] == shape[0] * FLOAT_DTYPES[dtype]):
-            raise ExpertRefused(f"{WEIGHTS_FILE} entry {key} points outside its data ({offsets})",
-                                "the file is damaged or truncated")
+            raise ExpertRefused(
+                f"{WEIGHTS_FILE} holds {key} with {shape[0]:,} values (limit {MAX_Z_LENGTH:,})",
+                "a z has one value per singular value of its matrix; this file is not a t2 expert",
+            )
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_bytes
+            and offsets[1] - offsets[0] == shape[0] * FLOAT_DTYPES[dtype]
+        ):
+            raise ExpertRefused(
+                f"{WEIGHTS_FILE} entry {key} points outside its data ({offsets})", "the file is damaged or truncated"
+            )
     return header
 
 
@@ -349,8 +378,9 @@ def match_base_model(registry: Registry, config: ExpertConfig, model: str | None
         with registry.session(readonly=True) as session:
             row = session.scalars(select(BaseModel).where(BaseModel.fingerprint == fingerprint)).first()
             if row is not None:
-                return BaseMatch(row.name, row.source, row.location, row.revision, json.loads(row.config_json),
-                                 row.id, None)
+                return BaseMatch(
+                    row.name, row.source, row.location, row.revision, json.loads(row.config_json), row.id, None
+                )
         model = _local_candidate(config.base_model)
         if model is None:
             location = config.base_model.get("location") or wanted
@@ -494,26 +524,52 @@ def import_expert(
         base_model_id = register_base_model(registry, base.identity).id  # type: ignore[arg-type]
     original = read.config
     original_kind = original.origin.get("kind", original.kind) if original.kind == "imported" else original.kind
-    local_base = {**original.base_model, "name": base.name, "source": base.source, "location": base.location,
-                  "revision": base.revision}
+    local_base = {
+        **original.base_model,
+        "name": base.name,
+        "source": base.source,
+        "location": base.location,
+        "revision": base.revision,
+    }
     hub_id = base_hub_id(original.base_model)
     if hub_id:
         local_base["hub_id"] = hub_id
     where = location or str(Path(folder).absolute())
     config = replace(
-        original, name=new_name, kind="imported", base_model=local_base,
-        origin={"kind": original_kind, "name": original.name, "source": source, "location": where,
-                "revision": revision, "sha256": read.sha256, "t2_version": original.t2_version},
+        original,
+        name=new_name,
+        kind="imported",
+        base_model=local_base,
+        origin={
+            "kind": original_kind,
+            "name": original.name,
+            "source": source,
+            "location": where,
+            "revision": revision,
+            "sha256": read.sha256,
+            "t2_version": original.t2_version,
+        },
     )
     expert_id = register_expert(
-        registry, read.z, config, base_model_id=base_model_id,
+        registry,
+        read.z,
+        config,
+        base_model_id=base_model_id,
         decomposition_id=covering_decomposition(registry, base_model_id, set(read.z), original.targets),
         link_parents=False,
     )
     return ImportResult(
-        name=new_name, expert_id=expert_id, base_model=base.name, num_matrices=len(read.z),
-        original_name=original.name, original_kind=original_kind, source=source, location=where,
-        revision=revision, sha256=read.sha256, unknown_keys=read.unknown_keys,
+        name=new_name,
+        expert_id=expert_id,
+        base_model=base.name,
+        num_matrices=len(read.z),
+        original_name=original.name,
+        original_kind=original_kind,
+        source=source,
+        location=where,
+        revision=revision,
+        sha256=read.sha256,
+        unknown_keys=read.unknown_keys,
     )
 
 
@@ -525,13 +581,14 @@ def covering_decomposition(registry: Registry, base_model_id: int, names: set[st
 
     with registry.session(readonly=True) as session:
         decompositions = session.scalars(
-            select(Decomposition).where(Decomposition.base_model_id == base_model_id,
-                                        Decomposition.status == "complete")
+            select(Decomposition).where(
+                Decomposition.base_model_id == base_model_id, Decomposition.status == "complete"
+            )
         ).all()
         for dec in sorted(decompositions, key=lambda d: (d.targets_spec != targets, d.id)):
-            stored = set(session.scalars(
-                select(DecompositionMatrix.name).where(DecompositionMatrix.decomposition_id == dec.id)
-            ))
+            stored = set(
+                session.scalars(select(DecompositionMatrix.name).where(DecompositionMatrix.decomposition_id == dec.id))
+            )
             if names <= stored:
                 return dec.id
     return None

@@ -145,7 +145,9 @@ def role_groups(matrix_names: Sequence[str], model_type: str, num_layers: int) -
     role_of = {m.name: m.role for m in candidate_matrices(model_type, num_layers)}
     unknown = [name for name in matrix_names if name not in role_of]
     if unknown:
-        raise MixingError(f"matrix {unknown[0]!r} is not part of the {model_type} layout", "the experts belong to another model")
+        raise MixingError(
+            f"matrix {unknown[0]!r} is not part of the {model_type} layout", "the experts belong to another model"
+        )
     order = list(dict.fromkeys(role_of[m] for m in role_of if m in set(matrix_names)))
     return order, {name: order.index(role_of[name]) for name in matrix_names}
 
@@ -249,9 +251,12 @@ def mixture_config(
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
     per_expert = alpha if alpha.ndim == 1 else alpha.mean(dim=0)
     mixture: dict[str, Any] = {
-        "method": method, "formula": spec.formula, "experts": [e.name for e in experts],
+        "method": method,
+        "formula": spec.formula,
+        "experts": [e.name for e in experts],
         "granularity": "expert" if groups is None else "role",
-        "alphas": [round(float(a), 6) for a in alpha] if alpha.ndim == 1
+        "alphas": [round(float(a), 6) for a in alpha]
+        if alpha.ndim == 1
         else [[round(float(a), 6) for a in row] for row in alpha],
     }
     if groups is not None:
@@ -260,14 +265,20 @@ def mixture_config(
     categories = {e.config.category for e in experts}
     first = experts[0].config
     return ExpertConfig(
-        name=name, base_model=dict(base_model or first.base_model), targets=first.targets,
-        num_matrices=len(experts[0].z), kind="mixture",
+        name=name,
+        base_model=dict(base_model or first.base_model),
+        targets=first.targets,
+        num_matrices=len(experts[0].z),
+        kind="mixture",
         task=task if task is not None else (tasks.pop() if len(tasks) == 1 else None),
         category=category if category is not None else (categories.pop() if len(categories) == 1 else None),
         description=description,
         parametrization={"stored": "effective_multiplier", "adaptation": adaptation, "mixture": mixture},
-        metrics=dict(metrics or {}), training=dict(training or {}),
-        parents=[{"name": e.name, "weight": round(float(w), 6), "relation": "mixed"} for e, w in zip(experts, per_expert)],
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+        parents=[
+            {"name": e.name, "weight": round(float(w), 6), "relation": "mixed"} for e, w in zip(experts, per_expert)
+        ],
     )
 
 
@@ -340,7 +351,11 @@ def mix_experts(
     name = name or free_name(registry, "mix-" + "-".join(names))
     shown = ", ".join(f"{n} ({w:g})" for n, w in zip(names, weights))
     config = mixture_config(
-        name, experts, torch.tensor(weights, dtype=torch.float64), method, adaptation="manual",
+        name,
+        experts,
+        torch.tensor(weights, dtype=torch.float64),
+        method,
+        adaptation="manual",
         description=f"{method} mixture of {shown}",
     )
     register_expert(

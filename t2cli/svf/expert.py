@@ -115,8 +115,10 @@ def load_z(path: Path) -> dict[str, torch.Tensor]:
         raise T2Error(f"cannot read expert weights {path}: {exc}", "the file is truncated or corrupt") from exc
     for key, tensor in tensors.items():
         if tensor.ndim != 1 or not tensor.is_floating_point():
-            raise T2Error(f"expert weights {path} hold {key} with shape {tuple(tensor.shape)} {tensor.dtype}",
-                          "an expert holds one 1-D float vector per matrix")
+            raise T2Error(
+                f"expert weights {path} hold {key} with shape {tuple(tensor.shape)} {tensor.dtype}",
+                "an expert holds one 1-D float vector per matrix",
+            )
     return {key: tensor.to(torch.float32) for key, tensor in tensors.items()}
 
 
@@ -162,18 +164,23 @@ def model_card(config: ExpertConfig) -> str:
         lines += [f"| {k} | {v} |" for k, v in sorted(config.metrics.items())]
     if config.parents or config.origin:
         lines += ["", "## Lineage", ""]
-        lines += [f"- {p['relation']} from `{p['name']}`" + (f" (weight {p['weight']})" if p.get("weight") is not None else "")
-                  for p in config.parents]
+        lines += [
+            f"- {p['relation']} from `{p['name']}`"
+            + (f" (weight {p['weight']})" if p.get("weight") is not None else "")
+            for p in config.parents
+        ]
         if config.origin:
             where = config.origin.get("location") or "?"
-            lines.append(f"- imported from `{where}` (originally a {config.origin.get('kind', '?')} expert "
-                         f"named `{config.origin.get('name', '?')}`)")
+            lines.append(
+                f"- imported from `{where}` (originally a {config.origin.get('kind', '?')} expert "
+                f"named `{config.origin.get('name', '?')}`)"
+            )
     lines += [
         "",
         "## Use",
         "",
         "```bash",
-        f"t2 ask \"...\" --strategy expert:{config.name}",
+        f't2 ask "..." --strategy expert:{config.name}',
         "```",
         "",
         f"Base model fingerprint: `{base.get('fingerprint')}`. Format version {config.format_version}, t2 {config.t2_version}.",
@@ -236,10 +243,16 @@ def register_expert(
             session.flush()
         registry.add_blob(session, info, "expert")
         expert = Expert(
-            name=config.name, base_model_id=base_model_id, decomposition_id=decomposition_id, kind=config.kind,
-            task=config.task, category=config.category, description=config.description,
+            name=config.name,
+            base_model_id=base_model_id,
+            decomposition_id=decomposition_id,
+            kind=config.kind,
+            task=config.task,
+            category=config.category,
+            description=config.description,
             targets_json=json.dumps({"spec": config.targets, "matrices": sorted(z)}),
-            blob_sha256=info.sha256, config_json=config.to_json(),
+            blob_sha256=info.sha256,
+            config_json=config.to_json(),
         )
         session.add(expert)
         session.flush()
@@ -247,8 +260,14 @@ def register_expert(
             parent_row = session.scalars(select(Expert).where(Expert.name == parent["name"])).first()
             if parent_row is None:
                 raise ExpertNotFound(f"parent expert {parent['name']!r} is not registered")
-            session.add(ExpertParent(expert_id=expert.id, parent_id=parent_row.id,
-                                     weight=parent.get("weight"), relation=parent["relation"]))
+            session.add(
+                ExpertParent(
+                    expert_id=expert.id,
+                    parent_id=parent_row.id,
+                    weight=parent.get("weight"),
+                    relation=parent["relation"],
+                )
+            )
         return expert.id
 
 

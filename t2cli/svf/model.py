@@ -76,8 +76,7 @@ class SVFModel:
             f = self.factors[name]
             if tuple(weight.shape) != (f.U.shape[0], f.Vh.shape[1]):
                 raise SVFError(
-                    f"matrix {name} is {tuple(weight.shape)} but its factors are "
-                    f"{(f.U.shape[0], f.Vh.shape[1])}",
+                    f"matrix {name} is {tuple(weight.shape)} but its factors are {(f.U.shape[0], f.Vh.shape[1])}",
                     "the decomposition belongs to another model",
                 )
             self._params[name] = weight
@@ -200,7 +199,9 @@ class SVFModel:
         return self.forward_with(self.differentiable_weights(z), **inputs)
 
 
-def load_svf_model(model: nn.Module, raw_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> SVFModel:
+def load_svf_model(
+    model: nn.Module, raw_factors: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> SVFModel:
     """Wrap a loaded model with factors read from the registry, moved to the model's device."""
     device = next(model.parameters()).device
     factors = {

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from t2cli.runtime.distributed import Dist, DistributedError
 from t2cli.errors import T2Error
+from t2cli.runtime.distributed import Dist, DistributedError
 from t2cli.svf.model import SVFError, ZVectors
 
 if TYPE_CHECKING:
@@ -273,8 +273,14 @@ def load_sharded_adaptable(
 
     svf = ShardedSVF(net, layers, mesh, units)
     return Adaptable(
-        identity=identity, base_model_id=base_id, decomposition_id=decomposition_id, targets=targets,
-        model=net, tokenizer=load_tokenizer(ref), svf=svf, device=dist.device,  # type: ignore[arg-type]
+        identity=identity,
+        base_model_id=base_id,
+        decomposition_id=decomposition_id,
+        targets=targets,
+        model=net,
+        tokenizer=load_tokenizer(ref),
+        svf=svf,
+        device=dist.device,  # type: ignore[arg-type]
     )
 
 
@@ -284,8 +290,8 @@ def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) ->
     from t2cli.models.hashing import HashCache
     from t2cli.models.identity import model_identity
     from t2cli.models.resolve import resolve_model
-    from t2cli.svf.adaptable import weights_folder
     from t2cli.models.weights import SafetensorsWeights
+    from t2cli.svf.adaptable import weights_folder
 
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
@@ -336,8 +342,9 @@ def _build_sharded(
     unit_classes = set(getattr(net, "_no_split_modules", None) or [])
     units = [m for m in net.modules() if type(m).__name__ in unit_classes]
     if not units:
-        raise T2Error(f"cannot find the decoder layers of this {config.model_type} model for FSDP",
-                      "train it without --shard")
+        raise T2Error(
+            f"cannot find the decoder layers of this {config.model_type} model for FSDP", "train it without --shard"
+        )
     for unit in units:
         fully_shard(unit, mesh=mesh)
     fully_shard(net, mesh=mesh)
@@ -380,8 +387,10 @@ def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
     source = SafetensorsWeights(folder)
     for name, param in net.named_parameters():  # tied weights (lm_head = embed_tokens) appear once
         if not source.has(name):
-            raise T2Error(f"the weights in {folder} have no tensor {name!r}",
-                          "--shard fsdp reads checkpoints saved by transformers under their module names")
+            raise T2Error(
+                f"the weights in {folder} have no tensor {name!r}",
+                "--shard fsdp reads checkpoints saved by transformers under their module names",
+            )
         full = source.get(name)
         if tuple(full.shape) != tuple(param.shape):
             raise T2Error(f"tensor {name} is {tuple(full.shape)} in the files but {tuple(param.shape)} in the model")
@@ -398,8 +407,9 @@ def _own_shard(full: torch.Tensor, mesh: DeviceMesh) -> DTensor:
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
     view = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None)
-    return DTensor.from_local(view.to_local().clone(), mesh, view.placements, run_check=False,
-                              shape=view.shape, stride=view.stride())
+    return DTensor.from_local(
+        view.to_local().clone(), mesh, view.placements, run_check=False, shape=view.shape, stride=view.stride()
+    )
 
 
 def _load_factors(
@@ -412,8 +422,14 @@ def _load_factors(
     for name, layer in layers.items():
         tensors = load_file(str(registry.blobs.path(blobs[name])))
         weight = layer.weight  # sharded DTensor, loaded with W
-        base = DTensor.from_local(weight.to_local().clone(), mesh, weight.placements, run_check=False,
-                                  shape=weight.shape, stride=weight.stride())
+        base = DTensor.from_local(
+            weight.to_local().clone(),
+            mesh,
+            weight.placements,
+            run_check=False,
+            shape=weight.shape,
+            stride=weight.stride(),
+        )
         factors = {key: _own_shard(tensors[key].to(torch.float32), mesh) for key in ("U", "S", "Vh")}
         del tensors
         if factors["U"].to_local().shape[0] != base.to_local().shape[0]:

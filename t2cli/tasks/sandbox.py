@@ -111,7 +111,7 @@ def _child_main(argv: list[str]) -> None:
     del libc
     # The program's own errors, a SyntaxError included, are reported like any failing program's.
     code = compile(source, path, "exec")
-    exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})  # noqa: S102 (sandboxed child)
+    exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": __builtins__})
 
 
 def _relay_exit(pid: int) -> None:
@@ -252,17 +252,44 @@ def _install_audit_hook(workdir: str, read_roots: tuple[str, ...]) -> None:
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     readable = tuple(read_roots) + (workdir,) + _READ_FILES
     refused_prefixes = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "gc.get_")
-    refused = frozenset({
-        "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "signal.pthread_kill",
-        "os.symlink", "os.link", "sys._current_frames", "os.startfile", "pty.spawn",
-    })
+    refused = frozenset(
+        {
+            "os.system",
+            "os.fork",
+            "os.forkpty",
+            "os.kill",
+            "os.killpg",
+            "signal.pthread_kill",
+            "os.symlink",
+            "os.link",
+            "sys._current_frames",
+            "os.startfile",
+            "pty.spawn",
+        }
+    )
     # Events that change the file system, with the positions of the path arguments to check.
     path_events = {
-        "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,),
-        "os.truncate": (0,), "os.utime": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,),
-        "os.removexattr": (0,), "os.mkfifo": (0,), "os.mknod": (0,), "os.rename": (0, 1), "shutil.move": (0, 1),
-        "shutil.rmtree": (0,), "shutil.copyfile": (1,), "shutil.copymode": (1,), "shutil.copystat": (1,),
-        "shutil.copytree": (1,), "shutil.chown": (0,),
+        "os.remove": (0,),
+        "os.rmdir": (0,),
+        "os.mkdir": (0,),
+        "os.chmod": (0,),
+        "os.chown": (0,),
+        "os.truncate": (0,),
+        "os.utime": (0,),
+        "os.chflags": (0,),
+        "os.lchflags": (0,),
+        "os.setxattr": (0,),
+        "os.removexattr": (0,),
+        "os.mkfifo": (0,),
+        "os.mknod": (0,),
+        "os.rename": (0, 1),
+        "shutil.move": (0, 1),
+        "shutil.rmtree": (0,),
+        "shutil.copyfile": (1,),
+        "shutil.copymode": (1,),
+        "shutil.copystat": (1,),
+        "shutil.copytree": (1,),
+        "shutil.chown": (0,),
     }
 
     def absolute(path, getcwd=posix.getcwd, fspath=os.fspath) -> str:
@@ -371,7 +398,13 @@ def run_python(
     try:
         with open(os.path.join(workdir, _PROGRAM_FILE), "w", encoding="utf-8") as f:
             f.write(program)
-        limits = [memory_mb * 1024 * 1024, math.ceil(timeout_s) + 1, max_file_mb * 1024 * 1024, max_procs, int(audit_hook)]
+        limits = [
+            memory_mb * 1024 * 1024,
+            math.ceil(timeout_s) + 1,
+            max_file_mb * 1024 * 1024,
+            max_procs,
+            int(audit_hook),
+        ]
         return _run_child(workdir, limits, timeout_s)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -386,7 +419,16 @@ def _run_child(workdir: str, limits: list[int], timeout_s: float) -> SandboxResu
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", os.path.abspath(__file__), "--child", workdir, *map(str, limits), str(status_w)],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    os.path.abspath(__file__),
+                    "--child",
+                    workdir,
+                    *map(str, limits),
+                    str(status_w),
+                ],
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -471,7 +513,9 @@ _SIGNAL_REASONS = {
 }
 
 
-def _reason(ok: bool, returncode: int | None, timed_out: bool, timeout_s: float, stderr: str, protections: tuple) -> str:
+def _reason(
+    ok: bool, returncode: int | None, timed_out: bool, timeout_s: float, stderr: str, protections: tuple
+) -> str:
     if timed_out:
         return f"timed out after {timeout_s:g} s"
     if ok:

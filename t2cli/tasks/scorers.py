@@ -15,8 +15,8 @@ New kinds register with ``@scorer("name")``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Callable, Sequence
 
 from t2cli.tasks.sandbox import run_python
 from t2cli.tasks.types import Score, TaskError
@@ -272,7 +272,7 @@ def math_number(text: str) -> Fraction | None:
         (rf"(-?){num}", lambda a: Fraction(a[1])),
         (rf"(-?)\\frac\{{{num}\}}\{{{num}\}}", lambda a: Fraction(a[1]) / Fraction(a[2])),
         (rf"(-?){num}/{num}", lambda a: Fraction(a[1]) / Fraction(a[2])),
-        (rf"(-?)(\d+)\\frac\{{(\d+)\}}\{{(\d+)\}}", lambda a: int(a[1]) + Fraction(int(a[2]), int(a[3]))),
+        (r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}", lambda a: int(a[1]) + Fraction(int(a[2]), int(a[3]))),
     )
     for pattern, value in patterns:
         match = re.fullmatch(pattern, text)
@@ -346,7 +346,7 @@ def score_python_tests(
 ) -> Score:
     """Correct when the completion's code passes every test, run in the sandbox (``t2cli.tasks.sandbox``)."""
     if not tests:
-        raise TaskError("a python_tests item has no tests", hint="give each item a non-empty \"tests\" list")
+        raise TaskError("a python_tests item has no tests", hint='give each item a non-empty "tests" list')
     code = extract_code(completion)
     if not code.strip():
         return Score(False, None, "no code in the completion")

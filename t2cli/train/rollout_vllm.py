@@ -63,8 +63,15 @@ UPGRADE_HINT = f"install vllm>={MIN_VLLM}: pip install 't2cli[vllm]'"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 LOAD_METHOD = "t2_load_weights"  # the worker method collective_rpc calls (WeightLoaderExtension)
 # Arguments t2 relies on for in-process weight pushes: engine_kwargs may not override them.
-_OWNED = ("model", "dtype", "seed", "tensor_parallel_size", "distributed_executor_backend", "worker_extension_cls",
-          "skip_tokenizer_init")
+_OWNED = (
+    "model",
+    "dtype",
+    "seed",
+    "tensor_parallel_size",
+    "distributed_executor_backend",
+    "worker_extension_cls",
+    "skip_tokenizer_init",
+)
 
 
 class RolloutBackendError(T2Error):
@@ -176,8 +183,12 @@ class VLLMRollout:
         self.end_ids = frozenset(end_ids if end_ids is not None else _default_end_ids(model_path, tokenizer))
         self.asleep = False
         kwargs: dict[str, Any] = dict(
-            model=str(model_path), dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=1, distributed_executor_backend="external_launcher",
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=1,
+            distributed_executor_backend="external_launcher",
             worker_extension_cls=f"{WeightLoaderExtension.__module__}.{WeightLoaderExtension.__qualname__}",
             # t2 tokenises and decodes with its own tokenizer; the folder may have none (a dequantised GGUF copy).
             skip_tokenizer_init=True,
@@ -247,8 +258,12 @@ class VLLMRollout:
         seeded = sample_keys is not None and temperature > 0
         params = [
             SamplingParams(
-                n=1, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                seed=int(sample_keys[i]) if seeded else None, stop_token_ids=sorted(self.end_ids),
+                n=1,
+                temperature=temperature,
+                top_p=1.0,
+                max_tokens=max_new_tokens,
+                seed=int(sample_keys[i]) if seeded else None,
+                stop_token_ids=sorted(self.end_ids),
                 detokenize=False,  # no vLLM tokenizer (skip_tokenizer_init); texts come from t2's
             )
             for i in range(count)

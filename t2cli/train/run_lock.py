@@ -33,8 +33,10 @@ class RunBusy(T2Error):
     """Another process is training this run."""
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"run {run_id} is being trained by another process",
-                         "wait for it to finish (`t2 runs list`), or stop that process before resuming")
+        super().__init__(
+            f"run {run_id} is being trained by another process",
+            "wait for it to finish (`t2 runs list`), or stop that process before resuming",
+        )
 
 
 @contextmanager

@@ -49,7 +49,10 @@ def get_run(registry: Registry, run_id: str, *, with_metrics: bool = True) -> Ru
         row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).first()
         if row is None:
             recent = list(session.scalars(select(TrainingRun.run_id).order_by(TrainingRun.id.desc()).limit(5)))
-            raise T2Error(f"no training run {run_id!r}", f"recent runs: {', '.join(recent)}" if recent else "train one with `t2 train`")
+            raise T2Error(
+                f"no training run {run_id!r}",
+                f"recent runs: {', '.join(recent)}" if recent else "train one with `t2 train`",
+            )
         expert = session.get(Expert, row.expert_id).name if row.expert_id else None
         metrics: dict[str, dict[int, float]] = {}
         if with_metrics:
@@ -59,8 +62,13 @@ def get_run(registry: Registry, run_id: str, *, with_metrics: bool = True) -> Ru
         if status == "running" and not run_in_progress(row.checkpoint_dir):
             status = "interrupted"  # its process died without saying so (kill -9, power loss)
         return RunInfo(
-            run_id=row.run_id, task=row.task, status=status, expert=expert, started_at=str(row.started_at),
-            finished_at=str(row.finished_at) if row.finished_at else None, config=json.loads(row.config_json),
+            run_id=row.run_id,
+            task=row.task,
+            status=status,
+            expert=expert,
+            started_at=str(row.started_at),
+            finished_at=str(row.finished_at) if row.finished_at else None,
+            config=json.loads(row.config_json),
             metrics=metrics,
         )
 

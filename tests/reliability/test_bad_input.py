@@ -69,16 +69,82 @@ BAD_INPUTS = [
     ("unknown task", lambda m, t: ["eval", "--task", "no-such-task", "--base", M, m["llama"]], 1, "no-such-task"),
     ("unknown strategy", lambda m, t: ["ask", "hi", M, m["llama"], "--strategy", "telepathy"], 1, "telepathy"),
     ("unknown mixing method", lambda m, t: ["mix", "a", "b", "--method", "median"], 1, "median"),
-    ("unknown split", lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--base", M, m["llama"], "--split", "dev"], 1, "dev"),
-    ("train --resume with no run", lambda m, t: ["train", "--task", _task(t, OK_LINE), "--name", "x", "--resume", M, m["llama"]], 1, "no interrupted run"),
+    (
+        "unknown split",
+        lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--base", M, m["llama"], "--split", "dev"],
+        1,
+        "dev",
+    ),
+    (
+        "train --resume with no run",
+        lambda m, t: ["train", "--task", _task(t, OK_LINE), "--name", "x", "--resume", M, m["llama"]],
+        1,
+        "no interrupted run",
+    ),
     # malformed task files
-    ("task: bad JSON", lambda m, t: ["eval", "--task", _task(t, '{"prompt": "1+1"'), "--base", M, m["llama"]], 1, "not valid JSON"),
-    ("task: missing field", lambda m, t: ["eval", "--task", _task(t, '{"prompt": "1+1=?", "kind": "number"}'), "--base", M, m["llama"]], 1, "missing field 'answer'"),
-    ("task: wrong kind", lambda m, t: ["eval", "--task", _task(t, '{"prompt": "p", "answer": "2", "kind": "vibes"}'), "--base", M, m["llama"]], 1, "unknown kind 'vibes'"),
-    ("task: not an object", lambda m, t: ["eval", "--task", _task(t, "[1, 2]"), "--base", M, m["llama"]], 1, "expected a JSON object"),
-    ("task: empty file", lambda m, t: ["eval", "--task", _w(t / "empty.jsonl", ""), "--base", M, m["llama"]], 1, "has no items"),
-    ("task: 3 MB line", lambda m, t: ["eval", "--task", _w(t / "big.jsonl", '{"prompt": "' + "x" * 3_000_000 + '"}\n'), "--base", M, m["llama"]], 1, "1 MB limit"),
-    ("task: not UTF-8", lambda m, t: ["eval", "--task", _w(t / "latin1.jsonl", '{"prompt": "caf\xe9?", "answer": "1", "kind": "number"}\n'.encode("latin-1")), "--base", M, m["llama"]], 1, "not valid UTF-8"),
+    (
+        "task: bad JSON",
+        lambda m, t: ["eval", "--task", _task(t, '{"prompt": "1+1"'), "--base", M, m["llama"]],
+        1,
+        "not valid JSON",
+    ),
+    (
+        "task: missing field",
+        lambda m, t: ["eval", "--task", _task(t, '{"prompt": "1+1=?", "kind": "number"}'), "--base", M, m["llama"]],
+        1,
+        "missing field 'answer'",
+    ),
+    (
+        "task: wrong kind",
+        lambda m, t: [
+            "eval",
+            "--task",
+            _task(t, '{"prompt": "p", "answer": "2", "kind": "vibes"}'),
+            "--base",
+            M,
+            m["llama"],
+        ],
+        1,
+        "unknown kind 'vibes'",
+    ),
+    (
+        "task: not an object",
+        lambda m, t: ["eval", "--task", _task(t, "[1, 2]"), "--base", M, m["llama"]],
+        1,
+        "expected a JSON object",
+    ),
+    (
+        "task: empty file",
+        lambda m, t: ["eval", "--task", _w(t / "empty.jsonl", ""), "--base", M, m["llama"]],
+        1,
+        "has no items",
+    ),
+    (
+        "task: 3 MB line",
+        lambda m, t: [
+            "eval",
+            "--task",
+            _w(t / "big.jsonl", '{"prompt": "' + "x" * 3_000_000 + '"}\n'),
+            "--base",
+            M,
+            m["llama"],
+        ],
+        1,
+        "1 MB limit",
+    ),
+    (
+        "task: not UTF-8",
+        lambda m, t: [
+            "eval",
+            "--task",
+            _w(t / "latin1.jsonl", '{"prompt": "caf\xe9?", "answer": "1", "kind": "number"}\n'.encode("latin-1")),
+            "--base",
+            M,
+            m["llama"],
+        ],
+        1,
+        "not valid UTF-8",
+    ),
     # mixing weights
     ("mix: NaN weight", lambda m, t: ["mix", "a", "b", "--weights", "nan,0.5"], 1, "nan"),
     ("mix: inf weight", lambda m, t: ["mix", "a", "b", "--weights", "inf,0.5"], 1, "inf"),
@@ -88,24 +154,54 @@ BAD_INPUTS = [
     ("mix: one expert", lambda m, t: ["mix", "a"], 2, "at least two experts"),
     ("mix: experts of two base models", lambda m, t: ["mix", "a", "q"], 1, "q"),
     # models and files
-    ("expert of another base model", lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--expert", "a", M, m["qwen2"]], 1, "'a'"),
+    (
+        "expert of another base model",
+        lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--expert", "a", M, m["qwen2"]],
+        1,
+        "'a'",
+    ),
     ("truncated safetensors", lambda m, t: ["decompose", _truncated(m, t)], 1, "truncated or corrupt"),
     ("GGUF of gpt2", lambda m, t: ["decompose", _gguf(t, "gpt2")], 1, "gpt2"),
     ("GGUF of bert", lambda m, t: ["decompose", _gguf(t, "bert")], 1, "bert"),
     ("GGUF garbage", lambda m, t: ["decompose", _w(t / "junk.gguf", b"GGUF" + b"\xff" * 60)], 1, "GGUF"),
-    ("invalid --targets regex", lambda m, t: ["decompose", m["llama"], "--targets", "layers.("], 1, "not a valid regular expression"),
-    ("--targets matches nothing", lambda m, t: ["decompose", m["llama"], "--targets", "lm_head"], 1, "matches no matrix"),
+    (
+        "invalid --targets regex",
+        lambda m, t: ["decompose", m["llama"], "--targets", "layers.("],
+        1,
+        "not a valid regular expression",
+    ),
+    (
+        "--targets matches nothing",
+        lambda m, t: ["decompose", m["llama"], "--targets", "lm_head"],
+        1,
+        "matches no matrix",
+    ),
     # prompts
     ("empty prompt", lambda m, t: ["ask", "", M, m["llama"]], 1, "empty"),
     ("whitespace prompt", lambda m, t: ["ask", "   \n\t ", M, m["llama"]], 1, "empty"),
     ("prompt beyond the context window", lambda m, t: ["ask", "1+" * 400, M, m["llama"]], 1, "context window"),
-    ("prompt file not UTF-8", lambda m, t: ["ask", "-f", _w(t / "p.txt", b"caf\xe9\xff?\n"), M, m["llama"]], 1, "UTF-8"),
+    (
+        "prompt file not UTF-8",
+        lambda m, t: ["ask", "-f", _w(t / "p.txt", b"caf\xe9\xff?\n"), M, m["llama"]],
+        1,
+        "UTF-8",
+    ),
     ("prompt file missing", lambda m, t: ["ask", "-f", str(t / "absent.txt"), M, m["llama"]], 1, "absent.txt"),
     # conflicting or missing flags
     ("ask: prompt and -f", lambda m, t: ["ask", "hi", "-f", _w(t / "p.txt", "hi\n"), M, m["llama"]], 2, "PROMPT or -f"),
-    ("eval: --expert and --base", lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--expert", "a", "--base"], 2, "exactly one of"),
+    (
+        "eval: --expert and --base",
+        lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--expert", "a", "--base"],
+        2,
+        "exactly one of",
+    ),
     ("export: --merged and --lora", lambda m, t: ["export", "a", str(t / "out"), "--merged", "--lora"], 2, "--merged"),
-    ("train: --steps 0", lambda m, t: ["train", "--task", _task(t, OK_LINE), "--steps", "0", M, m["llama"]], 1, "steps"),
+    (
+        "train: --steps 0",
+        lambda m, t: ["train", "--task", _task(t, OK_LINE), "--steps", "0", M, m["llama"]],
+        1,
+        "steps",
+    ),
     ("unknown device", lambda m, t: ["decompose", m["llama"], "--device", "tpu"], 2, "unknown device 'tpu'"),
     ("push: invalid repo id", lambda m, t: ["push", "a", "not a/repo id!"], 1, "not a/repo id!"),
     ("import: not an expert folder", lambda m, t: ["import", str(t)], 1, "work"),
@@ -151,7 +247,7 @@ def check_one_error(result, code: int) -> str:
     errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert len(errors) == 1, text
     # progress lines ("loading MODEL...") may come first; after the error only its hint
-    tail = lines[errors[0] + 1:]
+    tail = lines[errors[0] + 1 :]
     assert len(tail) <= 1 and all(line.startswith("hint: ") for line in tail), text
     assert not any(line.startswith("hint: ") for line in lines[: errors[0]]), text
     return text
@@ -200,15 +296,53 @@ def _orphans(home: Path) -> set[str]:
 CTRL_C = [
     # (id, what to patch, argv)
     ("decompose: between SVD chunks", ("t2cli.decompose.svd", "svd_batch"), lambda m, t: ["decompose", m["gemma"]]),
-    ("mix: while storing the blob", ("registry.blobs.BlobStore", "put_file"), lambda m, t: ["mix", "a", "b", "-n", "ab"]),
-    ("mix: inside the registry transaction", ("registry.registry.Registry", "add_blob"), lambda m, t: ["mix", "a", "b", "-n", "ab"]),
-    ("ask: during generation", ("t2cli.ask.engine", "stream_generate"), lambda m, t: ["ask", "1+1=?", M, m["llama"], "--strategy", "expert:a", "--max-new-tokens", "4"]),
-    ("train: during a rollout", ("t2cli.train.loop", "generate"), lambda m, t: ["train", "--task", _task(t, *[OK_LINE] * 5), "-n", "t", M, m["llama"], "--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "2", "--valid-size", "1", "--max-new-tokens", "2", "--device", "cpu"]),
+    (
+        "mix: while storing the blob",
+        ("registry.blobs.BlobStore", "put_file"),
+        lambda m, t: ["mix", "a", "b", "-n", "ab"],
+    ),
+    (
+        "mix: inside the registry transaction",
+        ("registry.registry.Registry", "add_blob"),
+        lambda m, t: ["mix", "a", "b", "-n", "ab"],
+    ),
+    (
+        "ask: during generation",
+        ("t2cli.ask.engine", "stream_generate"),
+        lambda m, t: ["ask", "1+1=?", M, m["llama"], "--strategy", "expert:a", "--max-new-tokens", "4"],
+    ),
+    (
+        "train: during a rollout",
+        ("t2cli.train.loop", "generate"),
+        lambda m, t: [
+            "train",
+            "--task",
+            _task(t, *[OK_LINE] * 5),
+            "-n",
+            "t",
+            M,
+            m["llama"],
+            "--steps",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--samples-per-prompt",
+            "2",
+            "--valid-size",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CTRL_C, ids=[c[0] for c in CTRL_C])
-def test_ctrl_c_exits_130_and_keeps_nothing_half_written(case, home: Path, tiny_model_dirs, tmp_path: Path, monkeypatch) -> None:
+def test_ctrl_c_exits_130_and_keeps_nothing_half_written(
+    case, home: Path, tiny_model_dirs, tmp_path: Path, monkeypatch
+) -> None:
     import importlib
 
     name, (module_path, attr), make_args = case

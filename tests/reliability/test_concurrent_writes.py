@@ -21,8 +21,16 @@ def _base_model_id(registry, worker: int) -> int:
     from registry.schema import BaseModel
 
     with registry.session() as session:
-        row = BaseModel(name=f"tiny-{worker}", source="local", location="/nowhere", fingerprint=f"{worker:x}" * 64,
-                        architecture="LlamaForCausalLM", model_type="llama", num_layers=1, hidden_size=4)
+        row = BaseModel(
+            name=f"tiny-{worker}",
+            source="local",
+            location="/nowhere",
+            fingerprint=f"{worker:x}" * 64,
+            architecture="LlamaForCausalLM",
+            model_type="llama",
+            num_layers=1,
+            hidden_size=4,
+        )
         session.add(row)
         session.flush()
         return row.id
@@ -30,9 +38,10 @@ def _base_model_id(registry, worker: int) -> int:
 
 def _worker(home: str, worker: int, results) -> None:
     """One process: OPS_PER_WORKER writes, each counted as done or as failed with its error text."""
+    from sqlalchemy import select
+
     from registry import Registry
     from registry.schema import Evaluation, Expert, ExpertTag
-    from sqlalchemy import select
     from t2cli.experts.catalog import remove_expert
     from t2cli.svf.expert import ExpertConfig, register_expert
 
@@ -51,13 +60,27 @@ def _worker(home: str, worker: int, results) -> None:
                     register_expert(registry, z, config, base_model_id=base_id, decomposition_id=None)
                 elif kind == 2:  # tag the expert registered two ops ago
                     with registry.session() as session:
-                        expert_id = session.scalars(select(Expert.id).where(Expert.name == f"w{worker}-e{op - 2}")).one()
+                        expert_id = session.scalars(
+                            select(Expert.id).where(Expert.name == f"w{worker}-e{op - 2}")
+                        ).one()
                         session.add(ExpertTag(expert_id=expert_id, tag=f"tag-{worker}"))
                 elif kind == 3:  # an evaluation row
                     with registry.session() as session:
-                        session.add(Evaluation(base_model_id=base_id, expert_id=None, task=f"load-{worker}-{op}",
-                                               split="test", n=10, correct=worker, accuracy=worker / 10,
-                                               ci_low=0.0, ci_high=1.0, seconds=0.01, config_json="{}"))
+                        session.add(
+                            Evaluation(
+                                base_model_id=base_id,
+                                expert_id=None,
+                                task=f"load-{worker}-{op}",
+                                split="test",
+                                n=10,
+                                correct=worker,
+                                accuracy=worker / 10,
+                                ci_low=0.0,
+                                ci_high=1.0,
+                                seconds=0.01,
+                                config_json="{}",
+                            )
+                        )
                 else:  # remove the second expert of this group of five
                     remove_expert(registry, f"w{worker}-e{op - 3}")
                 done += 1
@@ -84,9 +107,10 @@ def test_eight_processes_fifty_writes_each_lose_nothing(t2_home: Path, capsys) -
     errors = [e for r in reports for e in r[2]]
     locked = [e for e in errors if "locked" in e]
 
+    from sqlalchemy import func, select
+
     from registry import Registry
     from registry.schema import Evaluation, Expert, ExpertTag
-    from sqlalchemy import func, select
 
     with Registry.open(t2_home) as registry:
         with registry.session(readonly=True) as session:
@@ -96,11 +120,17 @@ def test_eight_processes_fifty_writes_each_lose_nothing(t2_home: Path, capsys) -
         report = registry.verify()
 
     expected_experts = {f"w{w}-e{op}" for w in range(WORKERS) for op in range(0, OPS_PER_WORKER, 5)}
-    lost = (len(expected_experts - experts) + (WORKERS * OPS_PER_WORKER // 5 - tags)
-            + (WORKERS * OPS_PER_WORKER // 5 - evals) + len(experts - expected_experts))
+    lost = (
+        len(expected_experts - experts)
+        + (WORKERS * OPS_PER_WORKER // 5 - tags)
+        + (WORKERS * OPS_PER_WORKER // 5 - evals)
+        + len(experts - expected_experts)
+    )
     with capsys.disabled():
-        print(f"\n[reliability] concurrent writes: {WORKERS} processes x {OPS_PER_WORKER} ops: "
-              f"{done} done, {len(errors)} errors ({len(locked)} 'database is locked'), {lost} rows lost")
+        print(
+            f"\n[reliability] concurrent writes: {WORKERS} processes x {OPS_PER_WORKER} ops: "
+            f"{done} done, {len(errors)} errors ({len(locked)} 'database is locked'), {lost} rows lost"
+        )
     assert errors == [] and locked == []
     assert done == WORKERS * OPS_PER_WORKER
     assert experts == expected_experts  # every 2nd-of-5 expert removed, every 1st kept

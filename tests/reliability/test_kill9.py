@@ -30,8 +30,24 @@ import torch
 SEED = int(os.environ.get("T2_RELIABILITY_SEED", "7"))
 STEPS = 6
 JOIN_S = 600  # generous: a busy shared CI machine is slow; a hang still fails
-TRAIN_ARGS = ["--steps", str(STEPS), "--prompts-per-step", "4", "--samples-per-prompt", "2", "--eval-every", "2",
-              "--valid-size", "5", "--max-new-tokens", "4", "--device", "cpu", "--seed", "3"]
+TRAIN_ARGS = [
+    "--steps",
+    str(STEPS),
+    "--prompts-per-step",
+    "4",
+    "--samples-per-prompt",
+    "2",
+    "--eval-every",
+    "2",
+    "--valid-size",
+    "5",
+    "--max-new-tokens",
+    "4",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+]
 
 
 @pytest.fixture()
@@ -175,9 +191,10 @@ def _assert_clean(home: Path) -> list[str]:
 def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
     tiny_llama: Path, sums_file: Path, tmp_path: Path, capsys
 ) -> None:
+    from sqlalchemy import select
+
     from registry import Registry
     from registry.schema import Expert, TrainingRun
-    from sqlalchemy import select
     from t2cli.svf.expert import load_expert
     from t2cli.train.runs import list_runs
 
@@ -228,17 +245,18 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
     removed = _assert_clean(home)
     assert removed == []
     with capsys.disabled():
-        print(f"\n[reliability] train kill -9 (seed {SEED}): kills after checkpoints {seen} + before "
-              f"the run is marked finished: {tried} tried, {recovered} recovered; max |z - z_ref| = {max_diff:.1e}, "
-              f"gc removed {len(removed)} unused blobs")
+        print(
+            f"\n[reliability] train kill -9 (seed {SEED}): kills after checkpoints {seen} + before "
+            f"the run is marked finished: {tried} tried, {recovered} recovered; max |z - z_ref| = {max_diff:.1e}, "
+            f"gc removed {len(removed)} unused blobs"
+        )
 
 
 def test_kill9_during_decompose_then_rerun_completes(tiny_llama: Path, tmp_path: Path, capsys) -> None:
     from typer.testing import CliRunner
 
-    from t2cli.cli.app import app
-
     import t2cli.decompose.engine  # noqa: F401
+    from t2cli.cli.app import app
 
     home = tmp_path / "killed"
     rng = random.Random(SEED + 1)
@@ -263,8 +281,10 @@ def test_kill9_during_decompose_then_rerun_completes(tiny_llama: Path, tmp_path:
     assert _count(home, count) == 21
     _assert_clean(home)
     with capsys.disabled():
-        print(f"\n[reliability] decompose kill -9 (seed {SEED + 1}): killed with {stored} of 21 matrices stored: "
-              f"{tried} tried, {tried} recovered")
+        print(
+            f"\n[reliability] decompose kill -9 (seed {SEED + 1}): killed with {stored} of 21 matrices stored: "
+            f"{tried} tried, {tried} recovered"
+        )
 
 
 def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_matches(
@@ -272,17 +292,37 @@ def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_match
 ) -> None:
     """CEM has no checkpoint: a killed search must leave nothing behind, and a rerun (same seed) gives
     the mixture an uninterrupted search gives."""
+    from sqlalchemy import select
+
     from registry import Registry
     from registry.schema import Expert
-    from sqlalchemy import select
-    from t2cli.svf.expert import load_expert
     from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.expert import load_expert
     from tests.expert_factory import make_expert
 
     shots = tmp_path / "digits.jsonl"
-    shots.write_text("".join(json.dumps({"prompt": f"Say {i}.", "answer": str(i), "kind": "number"}) + "\n" for i in range(6)))
-    args = ["adapt", "--fewshot", str(shots), "--task", "digits", "--model", str(tiny_llama), "--device", "cpu",
-            "--population", "4", "--generations", "3", "--max-new-tokens", "2", "--name", "mixed"]
+    shots.write_text(
+        "".join(json.dumps({"prompt": f"Say {i}.", "answer": str(i), "kind": "number"}) + "\n" for i in range(6))
+    )
+    args = [
+        "adapt",
+        "--fewshot",
+        str(shots),
+        "--task",
+        "digits",
+        "--model",
+        str(tiny_llama),
+        "--device",
+        "cpu",
+        "--population",
+        "4",
+        "--generations",
+        "3",
+        "--max-new-tokens",
+        "2",
+        "--name",
+        "mixed",
+    ]
 
     def prepare(home: Path) -> None:
         with Registry.open(home) as registry:
@@ -306,7 +346,9 @@ def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_match
         experts_before = _count(home, "SELECT count(*) FROM experts")
         blobs_before = sorted(p.name for p in (home / "blobs").rglob("*") if p.is_file())
         proc = _start(home, args, "slow-fitness")
-        reached = _wait_until(proc, lambda: len(list((home / "cem-marks").glob("*"))) >= k if (home / "cem-marks").is_dir() else False)
+        reached = _wait_until(
+            proc, lambda: len(list((home / "cem-marks").glob("*"))) >= k if (home / "cem-marks").is_dir() else False
+        )
         assert reached, f"the search ended before candidate {k}"
         proc.kill()
         proc.join(10)
@@ -326,8 +368,10 @@ def test_kill9_during_cem_search_leaves_the_registry_unchanged_and_a_rerun_match
     assert max_diff <= 1e-6, max_diff
     _assert_clean(home)
     with capsys.disabled():
-        print(f"\n[reliability] adapt (CEM) kill -9 (seed {SEED + 2}): killed after candidates {points}: "
-              f"{tried} tried, {tried} recovered (registry unchanged, rerun max |z - z_ref| = {max_diff:.1e})")
+        print(
+            f"\n[reliability] adapt (CEM) kill -9 (seed {SEED + 2}): killed after candidates {points}: "
+            f"{tried} tried, {tried} recovered (registry unchanged, rerun max |z - z_ref| = {max_diff:.1e})"
+        )
 
 
 def test_the_same_z_always_gives_the_same_blob(tmp_path: Path) -> None:

@@ -46,8 +46,9 @@ def with_expert(tiny_llama: Path, t2_home: Path):
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
         make_expert(registry, adaptable, "victim")
         make_expert(registry, adaptable, "bystander", seed=1)
-        from registry.schema import Expert
         from sqlalchemy import select
+
+        from registry.schema import Expert
 
         with registry.session(readonly=True) as session:
             sha = session.scalars(select(Expert.blob_sha256).where(Expert.name == "victim")).one()
@@ -95,7 +96,7 @@ def test_damaged_blob_is_reported_and_using_the_expert_fails_in_one_line(with_ex
 def test_gc_removes_orphans_and_never_a_referenced_blob(with_expert, t2_home: Path) -> None:
     from registry import Registry
 
-    sha, blob = with_expert
+    sha, _blob = with_expert
     with Registry.open(t2_home) as registry:
         orphan = registry.blobs.put_bytes(b"nobody refers to me").sha256
         referenced = set(registry.blobs.iter_shas()) - {orphan}

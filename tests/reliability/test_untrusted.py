@@ -41,7 +41,7 @@ def one_error(result) -> str:
     assert "Traceback" not in text, text
     lines = [line for line in text.strip().splitlines() if line.strip()]
     errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    assert len(errors) == 1 and all(line.startswith("hint: ") for line in lines[errors[0] + 1:]), text
+    assert len(errors) == 1 and all(line.startswith("hint: ") for line in lines[errors[0] + 1 :]), text
     return text
 
 
@@ -99,14 +99,16 @@ def test_sandbox_contains_the_escape_and_scores_it_a_failure(escape: str, tmp_pa
         "write outside": f"open({str(outside)!r}, 'w').write('ESCAPED')\n",
         # both ways in are tried; the program "passes" only if one of them yields the secret
         "read the home": "import os\ndata = ''\n"
-                         f"for path in ({str(home / '.ssh' / 'id_ed25519')!r}, os.path.expanduser('~/.ssh/id_ed25519')):\n"
-                         "    try:\n        data += open(path).read()\n    except OSError as exc:\n"
-                         "        print('refused:', type(exc).__name__)\n"
-                         "print(data)\nassert data\n",
+        f"for path in ({str(home / '.ssh' / 'id_ed25519')!r}, os.path.expanduser('~/.ssh/id_ed25519')):\n"
+        "    try:\n        data += open(path).read()\n    except OSError as exc:\n"
+        "        print('refused:', type(exc).__name__)\n"
+        "print(data)\nassert data\n",
     }
     if escape == "socket":
         server, port, got = _listener()
-        programs["socket"] = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('ESCAPED')\n"
+        programs["socket"] = (
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('ESCAPED')\n"
+        )
     before = _sandbox_pids()
     result = run_python(programs[escape], timeout_s=2.0, memory_mb=512)
     assert not result.ok, result  # scored as a failure
@@ -122,7 +124,9 @@ def test_sandbox_contains_the_escape_and_scores_it_a_failure(escape: str, tmp_pa
     if escape == "socket":
         server.close()
         assert got == []  # nothing reached our listener
-    print(f"[reliability] sandbox '{escape}' contained ({result.reason}; layers: {', '.join(PROTECTIONS) or 'audit hook only'})")
+    print(
+        f"[reliability] sandbox '{escape}' contained ({result.reason}; layers: {', '.join(PROTECTIONS) or 'audit hook only'})"
+    )
 
 
 # --------------------------------------------------------------------------- 2. imported folders
@@ -147,11 +151,13 @@ def _config_edit(**changes):
         config = json.loads(path.read_text())
         config.update(changes)
         path.write_text(json.dumps(config))
+
     return mutate
 
 
 def _retype(dtype: str):
     """Rewrite expert.safetensors with every tensor stored as ``dtype`` (F64, I8...)."""
+
     def mutate(folder: Path) -> None:
         import torch
         from safetensors.torch import load_file, save_file
@@ -159,7 +165,12 @@ def _retype(dtype: str):
         path = folder / "expert.safetensors"
         z = load_file(str(path))
         torch_dtype = {"F64": torch.float64, "I8": torch.int8}[dtype]
-        save_file({k: v.to(torch_dtype) for k, v in z.items()}, str(path), metadata={"format": "t2-expert/1", "name": "sums-v1"})
+        save_file(
+            {k: v.to(torch_dtype) for k, v in z.items()},
+            str(path),
+            metadata={"format": "t2-expert/1", "name": "sums-v1"},
+        )
+
     return mutate
 
 
@@ -195,8 +206,9 @@ def _huge_config(folder: Path) -> None:
 
 def _header_claims_huge_tensor(folder: Path) -> None:
     """A header that declares one enormous tensor (offsets past the file's end)."""
-    header = json.dumps({"model.layers.0.mlp.down_proj": {"dtype": "F32", "shape": [1 << 30],
-                                                          "data_offsets": [0, 4 << 30]}}).encode()
+    header = json.dumps(
+        {"model.layers.0.mlp.down_proj": {"dtype": "F32", "shape": [1 << 30], "data_offsets": [0, 4 << 30]}}
+    ).encode()
     (folder / "expert.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 64)
 
 
@@ -260,10 +272,15 @@ def test_a_model_asking_for_custom_code_is_refused_without_running_it(tmp_path: 
     folder = tmp_path / "evil-model"
     folder.mkdir()
     marker = tmp_path / "remote-code-ran"
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil", "architectures": ["EvilForCausalLM"],
-        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"},
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"},
+            }
+        )
+    )
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     result = t2("decompose", folder)
     assert result.exit_code == 1
@@ -305,8 +322,12 @@ def test_the_token_is_never_printed_or_logged(failure, tiny_llama: Path, t2_home
             raise ConnectionError(f"connection refused (Authorization: Bearer {SENTINEL})")
         if failure is not None:  # an error whose text carries the token, as a careless proxy might
             raise _http_error(failure, f"{failure} Server Error for token {SENTINEL}")
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{'ab' * 20}",
-                          commit_message="m", commit_description="", oid="ab" * 20)
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{'ab' * 20}",
+            commit_message="m",
+            commit_description="",
+            oid="ab" * 20,
+        )
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)

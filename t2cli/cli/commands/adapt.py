@@ -23,33 +23,66 @@ def _fmt(score) -> str:
 def adapt_cmd(
     task: Annotated[
         str | None,
-        typer.Option("--task", "-t", help="Task to adapt to (a name, alias or .jsonl file); shots come from its "
-                     "train split. With --fewshot: the task name the mixture is registered for.", show_default=False),
+        typer.Option(
+            "--task",
+            "-t",
+            help="Task to adapt to (a name, alias or .jsonl file); shots come from its "
+            "train split. With --fewshot: the task name the mixture is registered for.",
+            show_default=False,
+        ),
     ] = None,
     fewshot: Annotated[
         str | None,
-        typer.Option("--fewshot", help="A .jsonl file of labelled examples (task file format); all its items are "
-                     "the shots unless --shots is given.", show_default=False),
+        typer.Option(
+            "--fewshot",
+            help="A .jsonl file of labelled examples (task file format); all its items are "
+            "the shots unless --shots is given.",
+            show_default=False,
+        ),
     ] = None,
-    shots: Annotated[int | None, typer.Option(help="Number of few-shot items (default: 10 from --task, all of --fewshot).",
-                                              show_default=False)] = None,
-    experts: Annotated[str | None, typer.Option("--experts", "-e", help="Comma-separated experts to mix (default: every "
-                                                "non-mixture expert of the model).", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the experts', else the "
-                                              "embedded one).", show_default=False)] = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Name of the mixture (default: TASK-cem, -2, ...).",
-                                             show_default=False)] = None,
+    shots: Annotated[
+        int | None,
+        typer.Option(help="Number of few-shot items (default: 10 from --task, all of --fewshot).", show_default=False),
+    ] = None,
+    experts: Annotated[
+        str | None,
+        typer.Option(
+            "--experts",
+            "-e",
+            help="Comma-separated experts to mix (default: every non-mixture expert of the model).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Base model (default: the experts', else the embedded one).", show_default=False
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Name of the mixture (default: TASK-cem, -2, ...).", show_default=False),
+    ] = None,
     population: Annotated[int, typer.Option(help="Candidates per generation (paper: 32).")] = 8,
-    elite_ratio: Annotated[float, typer.Option(help="Fraction of candidates the distribution is refitted to (paper: 0.2).")] = 0.25,
+    elite_ratio: Annotated[
+        float, typer.Option(help="Fraction of candidates the distribution is refitted to (paper: 0.2).")
+    ] = 0.25,
     generations: Annotated[int, typer.Option(help="CEM generations (paper: 50-100).")] = 5,
     init_std: Annotated[float, typer.Option(help="Initial std of every weight (paper: 0.5).")] = 0.5,
     min_std: Annotated[float, typer.Option(help="Floor on the std.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Seed for the search and the choice of shots.")] = 0,
-    per_matrix: Annotated[bool, typer.Option("--per-matrix", help="One weight per expert per matrix role "
-                                             "(attn.q ... mlp.down, shared by all layers) instead of per expert.")] = False,
+    per_matrix: Annotated[
+        bool,
+        typer.Option(
+            "--per-matrix",
+            help="One weight per expert per matrix role "
+            "(attn.q ... mlp.down, shared by all layers) instead of per expert.",
+        ),
+    ] = False,
     method: Annotated[str, typer.Option(help="Mixing method: linear or task-arithmetic.")] = "linear",
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per shot (default: the task's).",
-                                                       show_default=False)] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Generation budget per shot (default: the task's).", show_default=False)
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 16,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -69,12 +102,18 @@ def adapt_cmd(
       t2 adapt --task humaneval --model llama3-8b --device cuda --population 32 --elite-ratio 0.2 --generations 50
     """
     from t2cli.adapt.cem import AdaptConfig, CEMConfig, adapt, resolve_experts, resolve_shots
-    from t2cli.home import open_registry
     from t2cli.experts.mixing import check_name_free, free_name
+    from t2cli.home import open_registry
     from t2cli.svf.adaptable import load_adaptable
 
-    cem = CEMConfig(population=population, elite_ratio=elite_ratio, generations=generations, init_std=init_std,
-                    min_std=min_std, seed=seed)
+    cem = CEMConfig(
+        population=population,
+        elite_ratio=elite_ratio,
+        generations=generations,
+        init_std=init_std,
+        min_std=min_std,
+        seed=seed,
+    )
     plan = resolve_shots(task, fewshot, shots, seed)
     with open_registry() as registry:
         loaded, model = resolve_experts(registry, experts.split(",") if experts is not None else None, model)
@@ -82,19 +121,31 @@ def adapt_cmd(
         if name is not None:
             check_name_free(registry, name)
         config = AdaptConfig(
-            name=name or free_name(registry, f"{plan.label}-cem"), task=plan.label, method=method,
-            per_matrix=per_matrix, cem=cem, max_new_tokens=max_new_tokens, batch_size=batch_size, source=plan.source,
+            name=name or free_name(registry, f"{plan.label}-cem"),
+            task=plan.label,
+            method=method,
+            per_matrix=per_matrix,
+            cem=cem,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            source=plan.source,
         )
         if not as_json:
             err.print(f"loading {model or 'the embedded model'} and its decomposition...")
         adaptable = load_adaptable(registry, model, targets=loaded[0].config.targets, device=device)
         if not as_json:
-            err.print(f"adapting to {plan.label}: {len(plan.items)} shots, experts {', '.join(names)}, "
-                      f"{cem.population} x {cem.generations} candidates + {len(names) + 1} baselines")
+            err.print(
+                f"adapting to {plan.label}: {len(plan.items)} shots, experts {', '.join(names)}, "
+                f"{cem.population} x {cem.generations} candidates + {len(names) + 1} baselines"
+            )
         progress = Progress(
-            TextColumn("CEM generation {task.fields[generation]}/" + str(cem.generations)), BarColumn(),
-            MofNCompleteColumn(), TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-            console=err, disable=as_json,
+            TextColumn("CEM generation {task.fields[generation]}/" + str(cem.generations)),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=as_json,
         )
         bar = progress.add_task("cem", total=cem.population, generation=1, best="-")
 
@@ -103,16 +154,27 @@ def adapt_cmd(
 
         def on_generation(stats) -> None:
             if not err.is_terminal and not as_json:
-                err.print(f"generation {stats.generation}/{cem.generations}: best {_fmt(stats.best)} "
-                          f"mean {stats.mean:.1%} best so far {_fmt(stats.best_so_far)}")
+                err.print(
+                    f"generation {stats.generation}/{cem.generations}: best {_fmt(stats.best)} "
+                    f"mean {stats.mean:.1%} best so far {_fmt(stats.best_so_far)}"
+                )
             if stats.generation < cem.generations:  # reset() replaces every field: pass them all
                 progress.reset(bar, total=cem.population, generation=stats.generation + 1, best=_fmt(stats.best_so_far))
             else:
                 progress.update(bar, best=_fmt(stats.best_so_far))
 
         with progress:
-            result = adapt(registry, adaptable, plan.task, plan.items, loaded, config, on_candidate=on_candidate,
-                           on_generation=on_generation, on_message=None if as_json else progress.console.print)
+            result = adapt(
+                registry,
+                adaptable,
+                plan.task,
+                plan.items,
+                loaded,
+                config,
+                on_candidate=on_candidate,
+                on_generation=on_generation,
+                on_message=None if as_json else progress.console.print,
+            )
     if as_json:
         out.print_json(json.dumps(asdict(result)))
         return
@@ -120,20 +182,27 @@ def adapt_cmd(
     for column in ("generation", "best", "mean accuracy", "best so far", "spread"):
         table.add_column(column, justify="right")
     for stats in result.history:
-        table.add_row(str(stats.generation), _fmt(stats.best), f"{stats.mean:.1%}", _fmt(stats.best_so_far),
-                      f"{stats.spread:.3f}")
+        table.add_row(
+            str(stats.generation), _fmt(stats.best), f"{stats.mean:.1%}", _fmt(stats.best_so_far), f"{stats.spread:.3f}"
+        )
     out.print(table)
     if result.base_fitness is not None:
         singles = ", ".join(f"{n} {f.accuracy:.1%}" for n, f in result.expert_fitness.items())
-        out.print(f"few-shot accuracy: base {result.base_fitness.accuracy:.1%}; alone: {singles}; "
-                  f"mixture {result.fitness.accuracy:.1%} (on the shots it was fitted to: not a held-out score)")
+        out.print(
+            f"few-shot accuracy: base {result.base_fitness.accuracy:.1%}; alone: {singles}; "
+            f"mixture {result.fitness.accuracy:.1%} (on the shots it was fitted to: not a held-out score)"
+        )
     if result.groups is None:
         weights = ", ".join(f"{e} {a:.3f}" for e, a in zip(result.experts, result.alphas))
     else:
-        weights = "; ".join(f"{g}: " + ", ".join(f"{a:.2f}" for a in row) for g, row in zip(result.groups, result.alphas))
+        weights = "; ".join(
+            f"{g}: " + ", ".join(f"{a:.2f}" for a in row) for g, row in zip(result.groups, result.alphas)
+        )
         weights = f"({', '.join(result.experts)}) {weights}"
-    out.print(f"expert [bold]{result.name}[/] registered (mixture for {result.task}): {weights}; "
-              f"{result.evaluations} evaluations, {result.seconds:.0f} s")
+    out.print(
+        f"expert [bold]{result.name}[/] registered (mixture for {result.task}): {weights}; "
+        f"{result.evaluations} evaluations, {result.seconds:.0f} s"
+    )
     out.print(f"next: t2 eval --task {plan.eval_task} --expert {result.name}   ·   t2 experts show {result.name}")
 
 

@@ -14,26 +14,44 @@ from t2cli.cli.options import DeviceOpt, JsonOpt
 def ask_cmd(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use -f FILE).", show_default=False)] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Base model (default: the expert's for expert:NAME, else the embedded SmolLM2-135M).")
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Base model (default: the expert's for expert:NAME, else the embedded SmolLM2-135M)."
+        ),
     ] = None,
     strategy: Annotated[
         str, typer.Option("--strategy", "-s", help="Pass 1: none, expert:NAME, prompt, classifier or cem.")
     ] = "prompt",
     task: Annotated[str | None, typer.Option("--task", "-t", help="cem: the task whose CEM mixture to use.")] = None,
     classifier: Annotated[
-        str | None, typer.Option("--classifier", help="classifier: the dispatch expert (default: the latest trained with --task dispatch).")
+        str | None,
+        typer.Option(
+            "--classifier", help="classifier: the dispatch expert (default: the latest trained with --task dispatch)."
+        ),
     ] = None,
     pass1: Annotated[
-        str, typer.Option("--pass1", help="prompt/classifier: generate the classification and parse it (the paper's way), "
-                          "or score each category after 'Classification: \\boxed{' (one prefill, always a category).")
+        str,
+        typer.Option(
+            "--pass1",
+            help="prompt/classifier: generate the classification and parse it (the paper's way), "
+            "or score each category after 'Classification: \\boxed{' (one prefill, always a category).",
+        ),
     ] = "generate",
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="Sampling temperature of the answer (0 = greedy).")] = 0.0,
     show_dispatch: Annotated[
-        bool, typer.Option("--show-dispatch", "--verbose", "-v", help="Print pass 1's choice, its reason and the timings on stderr.")
+        bool,
+        typer.Option(
+            "--show-dispatch", "--verbose", "-v", help="Print pass 1's choice, its reason and the timings on stderr."
+        ),
     ] = False,
     file: Annotated[
-        str | None, typer.Option("--file", "-f", help="Answer every prompt of FILE (JSON lines with \"prompt\", or one prompt per line); - reads stdin.")
+        str | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help='Answer every prompt of FILE (JSON lines with "prompt", or one prompt per line); - reads stdin.',
+        ),
     ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -66,8 +84,14 @@ def ask_cmd(
 
     if (prompt is None) == (file is None):
         raise UsageError("give either a PROMPT or -f FILE", 'e.g. t2 ask "What is 2 + 2?"  or  t2 ask -f prompts.txt')
-    settings = AskSettings(strategy=strategy, task=task, classifier=classifier, max_new_tokens=max_new_tokens,
-                           temperature=temperature, pass1=pass1)
+    settings = AskSettings(
+        strategy=strategy,
+        task=task,
+        classifier=classifier,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        pass1=pass1,
+    )
     if file is not None:
         prompts = read_prompts(_read_input(file), "stdin" if file == "-" else file)
     else:
@@ -94,8 +118,10 @@ def ask_cmd(
             if show_dispatch:
                 t = result.timings
                 rate = result.tokens / t.generate_s if t.generate_s > 0 else 0.0
-                err.print(f"pass 1 ({result.strategy}, {t.dispatch_s:.2f} s) -> {result.choice}: {result.reason}",
-                          markup=False)
+                err.print(
+                    f"pass 1 ({result.strategy}, {t.dispatch_s:.2f} s) -> {result.choice}: {result.reason}",
+                    markup=False,
+                )
                 err.print(
                     f"switch {t.switch_s * 1000:.1f} ms{' (cached)' if result.cached else ''} · pass 2 "
                     f"{t.generate_s:.2f} s, {result.tokens} tokens ({rate:.1f} tok/s) · total {t.total_s:.2f} s",
@@ -113,8 +139,10 @@ def _read_input(file: str) -> bytes:
         return typer.get_binary_stream("stdin").read()
     path = Path(file).expanduser()
     if not path.is_file():
-        raise AskError(f"input file {file} does not exist" if not path.exists() else f"{file} is not a file",
-                       "pass a text or JSON-lines file, or - for stdin")
+        raise AskError(
+            f"input file {file} does not exist" if not path.exists() else f"{file} is not a file",
+            "pass a text or JSON-lines file, or - for stdin",
+        )
     return path.read_bytes()
 
 

@@ -59,9 +59,17 @@ def verify_cmd(as_json: JsonOpt = False) -> None:
     """
     from t2cli.home import open_registry
 
-    with open_registry() as registry, Progress(
-        TextColumn("verifying blobs"), BarColumn(), MofNCompleteColumn(), console=err, disable=as_json or not err.is_terminal, transient=True
-    ) as progress:
+    with (
+        open_registry() as registry,
+        Progress(
+            TextColumn("verifying blobs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            disable=as_json or not err.is_terminal,
+            transient=True,
+        ) as progress,
+    ):
         task = progress.add_task("verify", total=None)
         report = registry.verify(progress=lambda done, total: progress.update(task, completed=done, total=total))
     problems = len(report.missing) + len(report.corrupt)

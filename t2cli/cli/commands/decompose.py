@@ -58,8 +58,14 @@ def decompose(
 
     with open_registry() as registry, _progress_bar(disable=as_json) as (progress, on_progress):
         summary = decompose_model(
-            registry, model, targets=targets, dtype=dtype, device=device, method=method,
-            revision=revision, on_progress=on_progress,
+            registry,
+            model,
+            targets=targets,
+            dtype=dtype,
+            device=device,
+            method=method,
+            revision=revision,
+            on_progress=on_progress,
         )
         progress.stop()
     if as_json:

@@ -20,17 +20,29 @@ def eval_cmd(
     base: Annotated[bool, typer.Option("--base", help="Evaluate the base weights.")] = False,
     strategy: Annotated[
         str | None,
-        typer.Option("--strategy", "-s", help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, "
-                     "cem, none or expert:NAME (pass 1 per item, pass 2 batched per decision).", show_default=False),
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, "
+            "cem, none or expert:NAME (pass 1 per item, pass 2 batched per decision).",
+            show_default=False,
+        ),
     ] = None,
     pass1: Annotated[
-        str, typer.Option("--pass1", help="With --strategy prompt/classifier: generate (and parse) or score the categories.")
+        str,
+        typer.Option(
+            "--pass1", help="With --strategy prompt/classifier: generate (and parse) or score the categories."
+        ),
     ] = "generate",
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")
+    ] = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 32,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget per answer (default: the task's).")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Generation budget per answer (default: the task's).")
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -50,9 +62,9 @@ def eval_cmd(
     """
     from t2cli.errors import UsageError
     from t2cli.eval.accuracy import evaluate
-    from t2cli.svf.expert import load_expert
     from t2cli.home import open_registry
     from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.expert import load_expert
     from t2cli.tasks import get_task, needs_registry
 
     if sum((base, expert is not None, strategy is not None)) != 1:
@@ -75,13 +87,25 @@ def eval_cmd(
         items = task_obj.split(split)
         total = min(limit, len(items)) if limit else len(items)
         with Progress(
-            TextColumn(f"eval {task_obj.name}/{split}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=err, disable=as_json,
+            TextColumn(f"eval {task_obj.name}/{split}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=as_json,
         ) as progress:
             bar = progress.add_task("eval", total=total)
             result = evaluate(
-                registry, adaptable, task_obj, expert=expert, z=loaded.z if loaded else None, split=split,
-                limit=limit, batch_size=batch_size, on_batch=lambda k: progress.advance(bar, k),
+                registry,
+                adaptable,
+                task_obj,
+                expert=expert,
+                z=loaded.z if loaded else None,
+                split=split,
+                limit=limit,
+                batch_size=batch_size,
+                on_batch=lambda k: progress.advance(bar, k),
                 max_new_tokens=max_new_tokens,
             )
     if as_json:
@@ -91,28 +115,51 @@ def eval_cmd(
     for column in ("weights", "n", "correct", "accuracy", "95% CI", "seconds", "tok/s"):
         table.add_column(column, justify="right" if column != "weights" else "left")
     table.add_row(
-        expert or "base", str(result.n), str(result.correct), f"{result.accuracy:.1%}",
-        f"[{result.ci_low:.1%}, {result.ci_high:.1%}]", f"{result.seconds:.0f}", f"{result.tokens_per_s:.0f}",
+        expert or "base",
+        str(result.n),
+        str(result.correct),
+        f"{result.accuracy:.1%}",
+        f"[{result.ci_low:.1%}, {result.ci_high:.1%}]",
+        f"{result.seconds:.0f}",
+        f"{result.tokens_per_s:.0f}",
     )
     out.print(table)
 
 
-def _eval_strategy(task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json,
-                   pass1: str) -> None:
-    from t2cli.home import open_registry
+def _eval_strategy(
+    task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1: str
+) -> None:
     from t2cli.ask.evaluation import evaluate_strategy
+    from t2cli.home import open_registry
     from t2cli.tasks import get_task
 
     task_obj = get_task(task)
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
-    with open_registry() as registry, Progress(
-        TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json,
-    ) as progress:
+    with (
+        open_registry() as registry,
+        Progress(
+            TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=as_json,
+        ) as progress,
+    ):
         bar = progress.add_task("dispatch", total=total)
         result = evaluate_strategy(
-            registry, task_obj, strategy, model=model, split=split, limit=limit, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, device=device, on_item=lambda k: progress.advance(bar, k), pass1=pass1,
+            registry,
+            task_obj,
+            strategy,
+            model=model,
+            split=split,
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            device=device,
+            on_item=lambda k: progress.advance(bar, k),
+            pass1=pass1,
         )
     if as_json:
         out.print_json(json.dumps(asdict(result)))

@@ -38,7 +38,11 @@ def list_cmd(as_json: JsonOpt = False) -> None:
     for e in experts:
         best = max((ev["accuracy"] for ev in e.evaluations), default=None)
         table.add_row(
-            e.name, e.kind, e.base_model, e.task or "-", ", ".join(p[0] for p in e.parents) or "-",
+            e.name,
+            e.kind,
+            e.base_model,
+            e.task or "-",
+            ", ".join(p[0] for p in e.parents) or "-",
             f"{best:.1%}" if best is not None else "-",
         )
     out.print(table)
@@ -74,7 +78,10 @@ def show_cmd(name: ExpertArg, as_json: JsonOpt = False) -> None:
         for ev in e.evaluations:
             base = ev.get("base")
             table.add_row(
-                ev["task"], ev["split"], str(ev["n"]), f"{ev['accuracy']:.1%}",
+                ev["task"],
+                ev["split"],
+                str(ev["n"]),
+                f"{ev['accuracy']:.1%}",
                 f"[{ev['ci_low']:.1%}, {ev['ci_high']:.1%}]",
                 f"{base['accuracy']:.1%}" if base else "-",
                 f"[{base['ci_low']:.1%}, {base['ci_high']:.1%}]" if base else "(run t2 eval --base)",

@@ -23,18 +23,29 @@ def parse_weights(text: str | None) -> list[float] | None:
         try:
             weights.append(float(piece.strip()))
         except ValueError:
-            raise UsageError(f"--weights {text!r}: {piece.strip()!r} is not a number", "e.g. --weights 0.5,0.5") from None
+            raise UsageError(
+                f"--weights {text!r}: {piece.strip()!r} is not a number", "e.g. --weights 0.5,0.5"
+            ) from None
     return weights
 
 
 def mix_cmd(
-    experts: Annotated[list[str], typer.Argument(help="Two or more expert names (see `t2 experts list`).", show_default=False)],
+    experts: Annotated[
+        list[str], typer.Argument(help="Two or more expert names (see `t2 experts list`).", show_default=False)
+    ],
     weights: Annotated[
         str | None,
-        typer.Option("--weights", "-w", help="Comma-separated weights, one per expert (default: 1/K each).", show_default=False),
+        typer.Option(
+            "--weights", "-w", help="Comma-separated weights, one per expert (default: 1/K each).", show_default=False
+        ),
     ] = None,
-    method: Annotated[str, typer.Option("--method", help="linear (z' = sum a_k z_k, a_k >= 0) or task-arithmetic "
-                                        "(z' = 1 + sum a_k (z_k - 1), a_k may be < 0).")] = "linear",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="linear (z' = sum a_k z_k, a_k >= 0) or task-arithmetic (z' = 1 + sum a_k (z_k - 1), a_k may be < 0).",
+        ),
+    ] = "linear",
     name: Annotated[str | None, typer.Option("--name", "-n", help="Name of the mixture (default: mix-A-B...).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -50,8 +61,8 @@ def mix_cmd(
 
       t2 mix math-v1 code-v1 --method task-arithmetic --weights 1.0,-0.5
     """
-    from t2cli.home import open_registry
     from t2cli.experts.mixing import mix_experts
+    from t2cli.home import open_registry
 
     parsed = parse_weights(weights)
     with open_registry() as registry:
@@ -60,8 +71,10 @@ def mix_cmd(
         out.print_json(json.dumps(asdict(result)))
         return
     shown = ", ".join(f"{e} x {w:g}" for e, w in zip(result.experts, result.weights))
-    out.print(f"expert [bold]{result.name}[/] registered: {result.method} mixture ({result.formula}) of {shown}, "
-              f"{result.num_matrices} matrices, base {result.base_model}")
+    out.print(
+        f"expert [bold]{result.name}[/] registered: {result.method} mixture ({result.formula}) of {shown}, "
+        f"{result.num_matrices} matrices, base {result.base_model}"
+    )
     out.print(f"next: t2 eval --task TASK --expert {result.name}   ·   t2 experts show {result.name}")
 
 

@@ -44,8 +44,13 @@ def list_models(as_json: JsonOpt = False) -> None:
     with open_registry() as registry:
         registered = list_base_models(registry)
     aliases = [
-        {"alias": a.name, "hub_id": a.hub_id, "description": a.description, "status": _alias_status(a),
-         "default": a.name == DEFAULT_MODEL}
+        {
+            "alias": a.name,
+            "hub_id": a.hub_id,
+            "description": a.description,
+            "status": _alias_status(a),
+            "default": a.name == DEFAULT_MODEL,
+        }
         for a in ALIASES.values()
     ]
     if as_json:
@@ -71,8 +76,14 @@ def list_models(as_json: JsonOpt = False) -> None:
             for d in model.decompositions
         )
         table.add_row(
-            str(model.id), model.name, model.source, model.architecture, str(model.num_layers),
-            model.fingerprint[:12], decs or "-", str(model.num_experts),
+            str(model.id),
+            model.name,
+            model.source,
+            model.architecture,
+            str(model.num_layers),
+            model.fingerprint[:12],
+            decs or "-",
+            str(model.num_experts),
         )
     out.print(table)
 
@@ -89,8 +100,8 @@ def show_model(
     """
     from collections import Counter
 
-    from t2cli.models.hashing import HashCache
     from t2cli.home import t2_home
+    from t2cli.models.hashing import HashCache
     from t2cli.models.identity import model_identity
     from t2cli.models.resolve import resolve_model
     from t2cli.models.targets import select_targets

@@ -17,18 +17,28 @@ NameOpt = Annotated[
 ]
 BaseModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="The expert's base model, when it is not registered here yet "
-                 "(alias, folder, .gguf or Hub id); its weights must have the expert's fingerprint."),
+    typer.Option(
+        "--model",
+        "-m",
+        help="The expert's base model, when it is not registered here yet "
+        "(alias, folder, .gguf or Hub id); its weights must have the expert's fingerprint.",
+    ),
 ]
 
 
 def export_cmd(
     expert: ExpertArg,
     folder: Annotated[Path, typer.Argument(help="Folder to create (must not exist).", show_default=False)],
-    merged: Annotated[bool, typer.Option("--merged", help="Write a standalone HF model with the expert folded in.")] = False,
+    merged: Annotated[
+        bool, typer.Option("--merged", help="Write a standalone HF model with the expert folded in.")
+    ] = False,
     lora: Annotated[bool, typer.Option("--lora", help="Write a PEFT LoRA adapter (see --rank).")] = False,
-    rank: Annotated[int | None, typer.Option("--rank", "-r", help="LoRA rank (default 16).", show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Where the base model is, if not where it was registered.")] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", "-r", help="LoRA rank (default 16).", show_default=False)
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Where the base model is, if not where it was registered.")
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -62,15 +72,19 @@ def export_cmd(
             err.print(f"loading the base model of {expert}...")
             result = export_merged(registry, expert, folder, model=model, device=device)
             summary = asdict(result)
-            text = (f"wrote {result.folder}: {result.base_model} with {expert} folded into {result.num_matrices} "
-                    f"matrices ({result.dtype}); load it with AutoModelForCausalLM.from_pretrained")
+            text = (
+                f"wrote {result.folder}: {result.base_model} with {expert} folded into {result.num_matrices} "
+                f"matrices ({result.dtype}); load it with AutoModelForCausalLM.from_pretrained"
+            )
         elif lora:
             result = export_lora(registry, expert, folder, rank=16 if rank is None else rank, model=model)
             summary = asdict(result)
-            text = (f"wrote {result.folder}: LoRA r={result.rank} over {result.num_matrices} matrices, "
-                    f"base {result.base_model_name_or_path}\n"
-                    f"relative error ||delta - delta_r|| / ||delta|| per matrix: min {result.min_error:.4f}, "
-                    f"median {result.median_error:.4f}, max {result.max_error:.4f}; overall {result.overall_error:.4f}")
+            text = (
+                f"wrote {result.folder}: LoRA r={result.rank} over {result.num_matrices} matrices, "
+                f"base {result.base_model_name_or_path}\n"
+                f"relative error ||delta - delta_r|| / ||delta|| per matrix: min {result.min_error:.4f}, "
+                f"median {result.median_error:.4f}, max {result.max_error:.4f}; overall {result.overall_error:.4f}"
+            )
         else:
             path = export_expert(registry, expert, folder)
             summary = {"folder": str(path), "expert": expert, "files": sorted(p.name for p in path.iterdir())}
@@ -110,9 +124,16 @@ def import_cmd(
 
 def push_cmd(
     expert: ExpertArg,
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo, owner/name (created if missing).", show_default=False)],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo private (an existing repo keeps its visibility).")] = False,
-    branch: Annotated[str | None, typer.Option("--branch", "--revision", help="Branch to commit to (created if missing; default main).")] = None,
+    repo_id: Annotated[
+        str, typer.Argument(help="Hub model repo, owner/name (created if missing).", show_default=False)
+    ],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repo private (an existing repo keeps its visibility).")
+    ] = False,
+    branch: Annotated[
+        str | None,
+        typer.Option("--branch", "--revision", help="Branch to commit to (created if missing; default main)."),
+    ] = None,
     message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -128,16 +149,18 @@ def push_cmd(
 
       t2 push math-v1 alice/smollm2-math-svf --private --branch v2
     """
-    from t2cli.home import open_registry
     from t2cli.experts.hub import push_expert
+    from t2cli.home import open_registry
 
     with open_registry() as registry:
         result = push_expert(registry, expert, repo_id, private=private, branch=branch, message=message)
     if as_json:
         out.print_json(json.dumps(asdict(result)))
         return
-    out.print(f"pushed {expert} to {result.repo_id}@{result.branch} in commit {result.commit[:12]}: {result.commit_url}",
-              markup=False)
+    out.print(
+        f"pushed {expert} to {result.repo_id}@{result.branch} in commit {result.commit[:12]}: {result.commit_url}",
+        markup=False,
+    )
     out.print(f"pull it elsewhere with `t2 pull {result.repo_id}`", markup=False)
 
 
@@ -159,8 +182,8 @@ def pull_cmd(
 
       t2 pull alice/smollm2-math-svf --revision v2 --name math-alice
     """
-    from t2cli.home import open_registry
     from t2cli.experts.hub import pull_expert
+    from t2cli.home import open_registry
 
     with open_registry() as registry:
         result = pull_expert(registry, repo_id, revision=revision, name=name, model=model)

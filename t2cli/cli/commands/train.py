@@ -15,10 +15,14 @@ from t2cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt, TaskOpt
 
 def train_cmd(
     task: TaskOpt,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M).")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M).")
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Expert name (default: TASK-svf).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 40,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest interrupted run of this --name.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the latest interrupted run of this --name.")
+    ] = False,
     targets: Annotated[str, typer.Option(help="Adapted matrices: attn, mlp, all or a regex.")] = "all",
     prompts_per_step: Annotated[int, typer.Option(help="Training prompts per step.")] = 16,
     samples_per_prompt: Annotated[int, typer.Option(help="Rollouts per prompt (the group of the baseline).")] = 4,
@@ -35,19 +39,31 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Seed for prompt order and sampling.")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    shard: Annotated[str, typer.Option(
-        help="none: every process holds the whole model (data parallel); fsdp: FSDP2 shards the base weights and "
-             "factors over the processes (models that do not fit one GPU; needs torchrun/accelerate).",
-    )] = "none",
-    fsdp_gather_rollouts: Annotated[bool, typer.Option(
-        "--fsdp-gather-rollouts", help="With --shard fsdp: gather the whole live model once for the rollouts instead "
-        "of every layer per generated token (faster; needs the unsharded model's memory on each GPU meanwhile).",
-    )] = False,
-    rollout: Annotated[str, typer.Option(
-        help="hf: generate rollouts with transformers; vllm: with a vLLM engine on the same GPU, W'(z) pushed into it "
-             "after every update (pip install 't2cli[vllm]', CUDA only).",
-    )] = "hf",
-    vllm_memory: Annotated[float, typer.Option(help="GPU memory fraction the vLLM engine may take (--rollout vllm).")] = 0.3,
+    shard: Annotated[
+        str,
+        typer.Option(
+            help="none: every process holds the whole model (data parallel); fsdp: FSDP2 shards the base weights and "
+            "factors over the processes (models that do not fit one GPU; needs torchrun/accelerate).",
+        ),
+    ] = "none",
+    fsdp_gather_rollouts: Annotated[
+        bool,
+        typer.Option(
+            "--fsdp-gather-rollouts",
+            help="With --shard fsdp: gather the whole live model once for the rollouts instead "
+            "of every layer per generated token (faster; needs the unsharded model's memory on each GPU meanwhile).",
+        ),
+    ] = False,
+    rollout: Annotated[
+        str,
+        typer.Option(
+            help="hf: generate rollouts with transformers; vllm: with a vLLM engine on the same GPU, W'(z) pushed into it "
+            "after every update (pip install 't2cli[vllm]', CUDA only).",
+        ),
+    ] = "hf",
+    vllm_memory: Annotated[
+        float, typer.Option(help="GPU memory fraction the vLLM engine may take (--rollout vllm).")
+    ] = 0.3,
     as_json: JsonOpt = False,
 ) -> None:
     """Train an SVF expert (one z vector per matrix) with REINFORCE on TASK's reward.
@@ -74,22 +90,41 @@ def train_cmd(
 
       torchrun --standalone --nproc-per-node 8 -m t2cli train --task math --model llama3-70b --shard fsdp --targets mlp
     """
-    from t2cli.runtime.distributed import init_distributed, open_registry_ranked, resolve_dtype
     from t2cli.errors import T2Error
+    from t2cli.runtime.distributed import init_distributed, open_registry_ranked, resolve_dtype
     from t2cli.svf.adaptable import load_adaptable
-    from t2cli.train.rollout_vllm import check_vllm_backend
     from t2cli.svf.sharded import check_sharding, load_sharded_adaptable
     from t2cli.tasks import get_task, needs_registry
     from t2cli.train.loop import TrainConfig, find_resumable_run, train
+    from t2cli.train.rollout_vllm import check_vllm_backend
 
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
     name = name or f"{task_obj.name if task_obj else task.strip().lower()}-svf"
     config = TrainConfig(
-        task=task, name=name, model=model, targets=targets, steps=steps, prompts_per_step=prompts_per_step,
-        samples_per_prompt=samples_per_prompt, temperature=temperature, lr=lr, kl_coef=kl_coef,
-        advantage=advantage, clip_norm=clip_norm, eval_every=eval_every, valid_size=valid_size,
-        max_new_tokens=max_new_tokens, micro_batch=micro_batch, gen_batch=gen_batch, seed=seed, device=device,
-        dtype=dtype, shard=shard, fsdp_gather_rollouts=fsdp_gather_rollouts, rollout=rollout, vllm_memory=vllm_memory,
+        task=task,
+        name=name,
+        model=model,
+        targets=targets,
+        steps=steps,
+        prompts_per_step=prompts_per_step,
+        samples_per_prompt=samples_per_prompt,
+        temperature=temperature,
+        lr=lr,
+        kl_coef=kl_coef,
+        advantage=advantage,
+        clip_norm=clip_norm,
+        eval_every=eval_every,
+        valid_size=valid_size,
+        max_new_tokens=max_new_tokens,
+        micro_batch=micro_batch,
+        gen_batch=gen_batch,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        shard=shard,
+        fsdp_gather_rollouts=fsdp_gather_rollouts,
+        rollout=rollout,
+        vllm_memory=vllm_memory,
     )
     with init_distributed(device) as dist, open_registry_ranked(dist) as registry:
         check_sharding(shard, dist)
@@ -106,13 +141,20 @@ def train_cmd(
         if shard == "fsdp":
             adaptable = load_sharded_adaptable(registry, model, targets=targets, dtype=base_dtype, dist=dist)
         else:
-            adaptable = load_adaptable(registry, model, targets=targets, device=dist.device, dtype=base_dtype, dist=dist)
+            adaptable = load_adaptable(
+                registry, model, targets=targets, device=dist.device, dtype=base_dtype, dist=dist
+            )
         if task_obj is None:
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         progress = Progress(
-            TextColumn("training {task.fields[expert]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("training {task.fields[expert]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("reward {task.fields[reward]} · valid {task.fields[valid]} · {task.fields[tps]} tok/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, disable=as_json or not dist.is_main,
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            disable=as_json or not dist.is_main,
         )
         bar = progress.add_task("train", total=config.steps, expert=name, reward="-", valid="-", tps="-")
         valid_seen = {"last": "-"}
@@ -129,12 +171,22 @@ def train_cmd(
                     f"{metrics.accuracy:.1%} valid {valid_seen['last']} loss {metrics.loss:.3f} "
                     f"grad {metrics.grad_norm:.3f} lr {metrics.lr:.2e} {metrics.tokens_per_s:.0f} tok/s {metrics.seconds:.0f} s"
                 )
-            progress.update(bar, completed=metrics.step, reward=f"{metrics.reward:+.2f}", valid=valid_seen["last"],
-                            tps=f"{metrics.tokens_per_s:.0f}")
+            progress.update(
+                bar,
+                completed=metrics.step,
+                reward=f"{metrics.reward:+.2f}",
+                valid=valid_seen["last"],
+                tps=f"{metrics.tokens_per_s:.0f}",
+            )
 
         with progress:
             result = train(
-                registry, adaptable, task_obj, config, resume_run=run, on_event=on_event if dist.is_main else None,
+                registry,
+                adaptable,
+                task_obj,
+                config,
+                resume_run=run,
+                on_event=on_event if dist.is_main else None,
                 dist=dist,
             )
     if not dist.is_main:  # rank 0 reports for the job
@@ -147,7 +199,9 @@ def train_cmd(
         f"{result.base_valid_accuracy:.1%} (base) -> {result.best_valid_accuracy:.1%} (step {result.best_step}), "
         f"{result.seconds / 60:.1f} min"
     )
-    out.print(f"next: t2 eval --task {task} --expert {result.expert}   ·   t2 runs show {result.run_id} --plot curve.png")
+    out.print(
+        f"next: t2 eval --task {task} --expert {result.expert}   ·   t2 runs show {result.run_id} --plot curve.png"
+    )
 
 
 def register(app: typer.Typer) -> None:

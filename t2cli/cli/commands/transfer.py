@@ -15,9 +15,15 @@ from t2cli.cli.options import DeviceOpt, ExpertArg, JsonOpt
 
 def transfer_cmd(
     expert: ExpertArg,
-    to: Annotated[str, typer.Option("--to", help="Target base model: alias, folder, .gguf file or Hub id.", show_default=False)],
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Name of the new expert (default: EXPERT-to-MODEL).")] = None,
-    shuffle: Annotated[bool, typer.Option("--shuffle", help="Control: permute every transferred z (singular order destroyed).")] = False,
+    to: Annotated[
+        str, typer.Option("--to", help="Target base model: alias, folder, .gguf file or Hub id.", show_default=False)
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Name of the new expert (default: EXPERT-to-MODEL).")
+    ] = None,
+    shuffle: Annotated[
+        bool, typer.Option("--shuffle", help="Control: permute every transferred z (singular order destroyed).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the --shuffle permutation.")] = 0,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
@@ -37,8 +43,8 @@ def transfer_cmd(
 
       t2 transfer add-v1 --to ./gemma-3-270m.gguf --shuffle      # the shuffled-order control
     """
-    from t2cli.home import open_registry
     from t2cli.experts.transfer import transfer_expert
+    from t2cli.home import open_registry
 
     with open_registry() as registry:
         err.print(f"loading {to} (decomposing it first if needed)...")
@@ -47,13 +53,30 @@ def transfer_cmd(
         out.print_json(json.dumps(asdict(result)))
         return
     s = result.summary
-    table = Table(title=f"{result.source} -> {result.target_model}" + (" (shuffled control)" if result.shuffled else ""))
-    for column in ("target matrices", "mapped", "coverage", "direct", "depth-interpolated", "rank-resampled",
-                   "left at z = 1", "layers (source -> target)"):
+    table = Table(
+        title=f"{result.source} -> {result.target_model}" + (" (shuffled control)" if result.shuffled else "")
+    )
+    for column in (
+        "target matrices",
+        "mapped",
+        "coverage",
+        "direct",
+        "depth-interpolated",
+        "rank-resampled",
+        "left at z = 1",
+        "layers (source -> target)",
+    ):
         table.add_column(column, justify="right")
-    table.add_row(str(s["target_matrices"]), str(s["mapped"]), f"{s['coverage']:.0%}", str(s["direct"]),
-                  str(s["depth_interpolated"]), str(s["rank_resampled"]), str(s["uncovered"]),
-                  f"{s['source_layers']} -> {s['target_layers']}")
+    table.add_row(
+        str(s["target_matrices"]),
+        str(s["mapped"]),
+        f"{s['coverage']:.0%}",
+        str(s["direct"]),
+        str(s["depth_interpolated"]),
+        str(s["rank_resampled"]),
+        str(s["uncovered"]),
+        f"{s['source_layers']} -> {s['target_layers']}",
+    )
     out.print(table)
     out.print(f"expert [bold]{result.name}[/] registered (kind transferred, parent {result.source})")
     out.print(f"next: t2 eval --task TASK --expert {result.name}")
