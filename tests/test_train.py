@@ -63,7 +63,7 @@ def test_training_registers_the_best_expert_with_its_run(tiny_llama: Path, sums_
     assert sorted(run.metrics["reward"]) == [1, 2, 3] and set(run.metrics["valid_accuracy"]) == {0, 2, 3}
     assert set(expert.z) == set(adaptable.svf.factors) and len(expert.z) == 21
     assert expert.config.task == "sums" and expert.config.training["run_id"] == result.run_id
-    assert expert.config.base_model["fingerprint"] == adaptable.identity.fingerprint
+    assert expert.config.base_model.fingerprint == adaptable.identity.fingerprint
     moved = sum(float((v - 1).abs().sum()) for v in expert.z.values())
     assert (result.best_step == 0) == (moved == 0)  # best at step 0 means z = 1 was kept
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from registry.queries import experts, runs
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import run_items
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
@@ -591,63 +592,47 @@ def _start_run(
 
     Rank 0 only (``Dist.on_main``), so a ``RunBusy`` reaches every rank.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert, TrainingRun
-
-    with registry.session() as session:
-        if resume_run is not None:
-            row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == resume_run)).first()
-            if row is None:
-                raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
-            held.enter_context(hold_run_lock(Path(row.checkpoint_dir), row.run_id))  # RunBusy if it is trained now
-            stored = json.loads(row.config_json)
-            if {k: stored.get(k) for k in ("task", "name", "targets")} != {
-                "task": config.task,
-                "name": config.name,
-                "targets": config.targets,
-            }:
-                raise T2Error(
-                    f"run {resume_run} trained {stored.get('name')!r} on {stored.get('task')!r}",
-                    "resume it with the same --task and --name",
-                )
-            row.status = "running"
-            return row.run_id, Path(row.checkpoint_dir)
-        if session.scalars(select(Expert.id).where(Expert.name == config.name)).first() is not None:
+    if resume_run is not None:
+        row = runs.get(registry, resume_run)
+        if row is None:
+            raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
+        run_dir = Path(row.checkpoint_dir or registry.home / "runs" / row.run_id)
+        held.enter_context(hold_run_lock(run_dir, row.run_id))  # RunBusy if it is trained now
+        stored = json.loads(row.config_json)
+        if {k: stored.get(k) for k in ("task", "name", "targets")} != {
+            "task": config.task,
+            "name": config.name,
+            "targets": config.targets,
+        }:
             raise T2Error(
-                f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it"
+                f"run {resume_run} trained {stored.get('name')!r} on {stored.get('task')!r}",
+                "resume it with the same --task and --name",
             )
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_id = f"run-{stamp}-{os.urandom(2).hex()}"
-        run_dir = registry.home / "runs" / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
-        held.enter_context(hold_run_lock(run_dir, run_id))
-        session.add(
-            TrainingRun(
-                run_id=run_id,
-                base_model_id=adaptable.base_model_id,
-                task=config.task,
-                status="running",
-                config_json=json.dumps(asdict(config), sort_keys=True),
-                checkpoint_dir=str(run_dir),
-            )
-        )
-        return run_id, run_dir
+        runs.set_status(registry, row.run_id, "running")
+        return row.run_id, run_dir
+    if experts.exists(registry, config.name):
+        raise T2Error(f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = f"run-{stamp}-{os.urandom(2).hex()}"
+    run_dir = registry.home / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    held.enter_context(hold_run_lock(run_dir, run_id))
+    runs.start(
+        registry,
+        run_id=run_id,
+        base_model_id=adaptable.base_model_id,
+        task=config.task,
+        config_json=json.dumps(asdict(config), sort_keys=True),
+        checkpoint_dir=str(run_dir),
+    )
+    return run_id, run_dir
 
 
 def find_resumable_run(registry: Registry, name: str) -> str | None:
     """The latest unfinished run that trains expert ``name``."""
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session(readonly=True) as session:
-        rows = session.scalars(
-            select(TrainingRun).where(TrainingRun.status != "finished").order_by(TrainingRun.id.desc())
-        ).all()
-        for row in rows:
-            if json.loads(row.config_json).get("name") == name:
-                return row.run_id
+    for row in runs.unfinished(registry):
+        if json.loads(row.config_json).get("name") == name:
+            return row.run_id
     return None
 
 
@@ -722,25 +707,11 @@ def _record_metrics(registry: Registry, run_id: str, metrics: StepMetrics) -> No
 
 
 def _record_values(registry: Registry, run_id: str, step: int, values: dict[str, float]) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import RunMetric, TrainingRun
-
-    with registry.session() as session:
-        run_pk = session.scalars(select(TrainingRun.id).where(TrainingRun.run_id == run_id)).one()
-        for key, value in values.items():
-            session.merge(RunMetric(run_id=run_pk, step=step, name=key, value=float(value)))
+    runs.record_metrics(registry, run_id, step, values)
 
 
 def _set_status(registry: Registry, run_id: str, status: str) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session() as session:
-        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).first()
-        if row is not None:
-            row.status = status
+    runs.set_status(registry, run_id, status)
 
 
 def _registered_by_run(registry: Registry, name: str, run_id: str) -> bool:
@@ -749,20 +720,9 @@ def _registered_by_run(registry: Registry, name: str, run_id: str) -> bool:
     True after a kill between registering the expert and marking the run finished: the resumed
     run re-registers the same z (same checkpoint) in place of it instead of refusing the name.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    with registry.session(readonly=True) as session:
-        config_json = session.scalars(select(Expert.config_json).where(Expert.name == name)).first()
-    return config_json is not None and json.loads(config_json).get("training", {}).get("run_id") == run_id
+    record = experts.get(registry, name)
+    return record is not None and json.loads(record.config_json).get("training", {}).get("run_id") == run_id
 
 
 def _finish_run(registry: Registry, run_id: str, expert_id: int) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session() as session:
-        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).one()
-        row.status, row.expert_id, row.finished_at = "finished", expert_id, datetime.now(timezone.utc)
+    runs.finish(registry, run_id, expert_id)
