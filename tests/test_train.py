@@ -113,9 +113,10 @@ def test_experts_show_puts_the_matching_base_evaluation_beside_the_expert(tiny_l
         evaluate(registry, adaptable, sums_task, expert="e1", z=z, split="test", max_new_tokens=4)
         evaluate(registry, adaptable, sums_task, expert="e1", z=z, split="valid", max_new_tokens=4)
         shown = get_expert(registry, "e1").evaluations
-    by_split = {ev["split"]: ev for ev in shown}
-    assert by_split["test"]["base"]["correct"] == base.correct and by_split["test"]["base"]["max_new_tokens"] == 4
-    assert by_split["valid"]["base"] is None  # no base evaluation on that split
+    by_split = {ev.split: ev for ev in shown}
+    test_base = by_split["test"].base
+    assert test_base is not None and test_base.correct == base.correct and test_base.max_new_tokens == 4
+    assert by_split["valid"].base is None  # no base evaluation on that split
 
 
 def test_wilson_interval_known_values() -> None:

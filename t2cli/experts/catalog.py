@@ -49,6 +49,32 @@ class BaseModelInfo:
 
 
 @dataclass(frozen=True)
+class BaseComparison:
+    """The base weights' accuracy on the same task, split, items and generation budget as an expert's evaluation."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    correct: int
+    max_new_tokens: int | None
+
+
+@dataclass(frozen=True)
+class EvaluationInfo:
+    """One evaluation of an expert, with the base weights' comparable one (None: not measured)."""
+
+    task: str
+    split: str
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    created_at: str
+    base: BaseComparison | None
+
+
+@dataclass(frozen=True)
 class ExpertInfo:
     name: str
     kind: str
@@ -61,7 +87,7 @@ class ExpertInfo:
     parents: list[tuple[str, float | None, str]] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[EvaluationInfo] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,17 +151,17 @@ def get_expert(registry: Registry, name: str) -> ExpertInfo:
 
 def _info(registry: Registry, expert: ExpertRecord) -> ExpertInfo:
     evaluations = [
-        {
-            "task": ev.task,
-            "split": ev.split,
-            "n": ev.n,
-            "correct": ev.correct,
-            "accuracy": ev.accuracy,
-            "ci_low": ev.ci_low,
-            "ci_high": ev.ci_high,
-            "created_at": str(ev.created_at),
-            "base": _base_evaluation(registry, expert.base_model_id, ev),
-        }
+        EvaluationInfo(
+            task=ev.task,
+            split=ev.split,
+            n=ev.n,
+            correct=ev.correct,
+            accuracy=ev.accuracy,
+            ci_low=ev.ci_low,
+            ci_high=ev.ci_high,
+            created_at=str(ev.created_at),
+            base=_base_evaluation(registry, expert.base_model_id, ev),
+        )
         for ev in evaluation_rows.of_expert(registry, expert.id)
     ]
     return ExpertInfo(
@@ -155,18 +181,12 @@ def _info(registry: Registry, expert: ExpertRecord) -> ExpertInfo:
     )
 
 
-def _base_evaluation(registry: Registry, base_model_id: int, ev: EvaluationRecord) -> dict[str, Any] | None:
+def _base_evaluation(registry: Registry, base_model_id: int, ev: EvaluationRecord) -> BaseComparison | None:
     """The latest evaluation of the base weights on the same task, split and items (n and settings), if any."""
     settings = _comparable(ev.config)
     for row in evaluation_rows.of_base_weights(registry, base_model_id, task=ev.task, split=ev.split, n=ev.n):
         if _comparable(row.config) == settings and "strategy" not in row.config:
-            return {
-                "accuracy": row.accuracy,
-                "ci_low": row.ci_low,
-                "ci_high": row.ci_high,
-                "correct": row.correct,
-                "max_new_tokens": settings[1],
-            }
+            return BaseComparison(row.accuracy, row.ci_low, row.ci_high, row.correct, settings[1])
     return None
 
 
