@@ -31,12 +31,9 @@ ANSWER_TOKENS = 8
 
 
 def _latest_trained(registry) -> str | None:
-    from sqlalchemy import select
+    from registry.queries import experts
 
-    from registry.schema import Expert
-
-    with registry.session(readonly=True) as session:
-        return session.scalars(select(Expert.name).where(Expert.kind == "trained").order_by(Expert.id.desc())).first()
+    return experts.latest_of_kind(registry, "trained")
 
 
 def _outputs(model, tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:

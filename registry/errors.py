@@ -34,6 +34,14 @@ class RegistryError(T2Error):
     """Base class of every error the registry raises on purpose."""
 
 
+class ExpertNotFound(T2Error):
+    """An expert name that is not in the registry (``t2cli.errors`` re-exports it)."""
+
+
+class NameTaken(RegistryError):
+    """A name that another row already holds (an expert's name is unique)."""
+
+
 class StoreUnavailable(RegistryError):
     """The home, the database or the blob directory cannot be created, opened or written."""
 

@@ -7,7 +7,7 @@ and exits 1; a traceback is printed only with ``T2_DEBUG=1``.
 
 from __future__ import annotations
 
-from registry.errors import T2Error
+from registry.errors import ExpertNotFound, T2Error
 
 __all__ = [
     "DecompositionError",
@@ -42,10 +42,6 @@ class TargetError(T2Error):
 
 class DecompositionError(T2Error):
     """A decomposition that cannot be computed, stored or found."""
-
-
-class ExpertNotFound(T2Error):
-    """An expert name that is not in the registry."""
 
 
 class StorageError(T2Error):

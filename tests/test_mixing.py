@@ -209,7 +209,7 @@ def test_mix_registers_the_formula_with_lineage(experts) -> None:
     assert mixed.config.parametrization["adaptation"] == "manual"
     assert mixture["method"] == "linear" and mixture["alphas"] == [0.5, 0.3, 0.2]
     assert mixture["experts"] == ["a", "b", "c"] and mixture["granularity"] == "expert"
-    assert mixed.config.base_model["fingerprint"] == "1" * 64
+    assert mixed.config.base_model.fingerprint == "1" * 64
     assert mixed.config.task is None  # the parents disagree (gsm8k, gsm8k, mbpp)
 
 

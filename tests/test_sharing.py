@@ -111,7 +111,7 @@ def test_export_then_import_registers_an_identical_imported_copy(expert, exporte
         "sha256": sha,
         "t2_version": original.config.t2_version,
     }
-    assert copy.config.base_model["fingerprint"] == original.config.base_model["fingerprint"]
+    assert copy.config.base_model.fingerprint == original.config.base_model.fingerprint
     assert copy.config.task == "sums" and copy.config.metrics == original.config.metrics
     assert copy.base_model_id == original.base_model_id and copy.decomposition_id == original.decomposition_id
 
@@ -188,7 +188,7 @@ def test_import_of_an_unknown_base_asks_for_it_then_accepts_model(
     assert result.exit_code == 0, result.output
     with open_registry() as registry:
         imported = load_expert(registry, "sums-v1")
-    assert imported.config.base_model["location"] == str(tiny_llama)  # points at the local copy now
+    assert imported.config.base_model.location == str(tiny_llama)  # points at the local copy now
 
 
 def test_import_with_another_model_is_refused_with_transfer_hint(exported: Path, tiny_model_dirs) -> None:
@@ -243,7 +243,7 @@ BAD_FOLDERS = [
     (
         "wrong fingerprint",
         lambda f, t: _edit_config(f, **{"base_model.fingerprint": "0" * 64}),
-        "made for llama (fingerprint 000000000000); llama has fingerprint",
+        "made for llama; the model found is llama, whose weights differ (fingerprint ",
     ),
     (
         "wrong z length",
@@ -365,7 +365,7 @@ BAD_REPOS = [
         "wrong base",
         lambda f, t: _edit_config(f, **{"base_model.fingerprint": "f" * 64}),
         None,
-        "made for llama (fingerprint ffffffffffff); llama has fingerprint",
+        "made for llama; the model found is llama, whose weights differ (fingerprint ",
     ),
 ]
 

@@ -63,7 +63,7 @@ def test_training_registers_the_best_expert_with_its_run(tiny_llama: Path, sums_
     assert sorted(run.metrics["reward"]) == [1, 2, 3] and set(run.metrics["valid_accuracy"]) == {0, 2, 3}
     assert set(expert.z) == set(adaptable.svf.factors) and len(expert.z) == 21
     assert expert.config.task == "sums" and expert.config.training["run_id"] == result.run_id
-    assert expert.config.base_model["fingerprint"] == adaptable.identity.fingerprint
+    assert expert.config.base_model.fingerprint == adaptable.identity.fingerprint
     moved = sum(float((v - 1).abs().sum()) for v in expert.z.values())
     assert (result.best_step == 0) == (moved == 0)  # best at step 0 means z = 1 was kept
 
@@ -113,9 +113,10 @@ def test_experts_show_puts_the_matching_base_evaluation_beside_the_expert(tiny_l
         evaluate(registry, adaptable, sums_task, expert="e1", z=z, split="test", max_new_tokens=4)
         evaluate(registry, adaptable, sums_task, expert="e1", z=z, split="valid", max_new_tokens=4)
         shown = get_expert(registry, "e1").evaluations
-    by_split = {ev["split"]: ev for ev in shown}
-    assert by_split["test"]["base"]["correct"] == base.correct and by_split["test"]["base"]["max_new_tokens"] == 4
-    assert by_split["valid"]["base"] is None  # no base evaluation on that split
+    by_split = {ev.split: ev for ev in shown}
+    test_base = by_split["test"].base
+    assert test_base is not None and test_base.correct == base.correct and test_base.max_new_tokens == 4
+    assert by_split["valid"].base is None  # no base evaluation on that split
 
 
 def test_wilson_interval_known_values() -> None:

@@ -93,7 +93,7 @@ def test_transfer_cli_registers_a_transferred_expert_with_its_parent(
     assert moved.config.kind == "transferred" and moved.config.parents == [
         {"name": "src", "weight": None, "relation": "transferred"}
     ]
-    assert moved.config.base_model["model_type"] == "mistral"
+    assert moved.config.base_model.model_type == "mistral"
     assert all(torch.equal(moved.z[name], z[name]) for name in z)  # same shapes: copied
     assert control.config.parametrization["transfer"]["shuffled"] is True
     assert any(not torch.equal(control.z[name], z[name]) for name in z)
@@ -132,5 +132,5 @@ def test_transfer_to_a_deeper_wider_model_interpolates_and_resamples(tiny_llama:
     assert summary["rank_resampled"] == 35  # hidden 32 -> 48: every rank min(m, n) differs
     with open_registry() as registry:
         moved = load_expert(registry, "src-to-qwen2-5-layers")
-    assert moved.config.base_model["num_layers"] == 5 and len(moved.z) == 35
+    assert moved.config.base_model.num_layers == 5 and len(moved.z) == 35
     assert moved.z["model.layers.0.self_attn.q_proj"].shape == (48,)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from registry.queries import experts as expert_rows
 from t2cli.errors import T2Error, UsageError
 from t2cli.experts.mixing import (
     MixingError,
@@ -35,6 +36,7 @@ from t2cli.experts.mixing import (
     role_groups,
     stack_experts,
 )
+from t2cli.svf.expert import base_model_argument, check_base_model
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -257,34 +259,16 @@ def fewshot_fitness(
 # --------------------------------------------------------------------------- choosing experts and shots
 
 
-def expert_model(expert: LoadedExpert) -> str | None:
-    """How to load an expert's base model: its alias when it has one, else its location."""
-    from t2cli.models.resolve import ALIASES
-
-    base = expert.config.base_model
-    return base["name"] if base.get("name") in ALIASES else base.get("location")
-
-
 def default_experts(registry: Registry, fingerprint: str) -> list[str]:
     """Every non-mixture expert of the base model with this fingerprint, oldest first.
 
     Experts that adapt different matrix sets cannot be mixed: if there are several
     sets, a MixingError lists them.
     """
-    from sqlalchemy import select
-
-    from registry.schema import BaseModel, Expert
-
-    with registry.session(readonly=True) as session:
-        rows = session.execute(
-            select(Expert.name, Expert.targets_json)
-            .join(BaseModel, Expert.base_model_id == BaseModel.id)
-            .where(BaseModel.fingerprint == fingerprint, Expert.kind != "mixture")
-            .order_by(Expert.id)
-        ).all()
     by_set: dict[tuple[str, ...], list[str]] = {}
-    for name, targets_json in rows:
-        by_set.setdefault(tuple(json.loads(targets_json).get("matrices", [])), []).append(name)
+    for row in expert_rows.of_fingerprint(registry, fingerprint):
+        if row.kind != "mixture":
+            by_set.setdefault(row.matrices, []).append(row.name)
     if len(by_set) > 1:
         listing = "; ".join(", ".join(names) for names in by_set.values())
         raise MixingError(
@@ -312,7 +296,7 @@ def resolve_experts(
         if not names:
             raise UsageError("--experts names no expert", "e.g. --experts math-v1,code-v1")
         loaded = [load_expert(registry, n) for n in names]
-        model = model or expert_model(loaded[0])
+        model = base_model_argument(loaded[0].config, model)
     else:
         identity = model_identity(resolve_model(model), HashCache(registry.home / "cache" / "file-hashes.json"))
         names = default_experts(registry, identity.fingerprint)
@@ -451,12 +435,7 @@ def adapt(
         raise T2Error("no few-shot items to adapt on", "pass --shots N or a --fewshot file with items")
     check_compatible(experts)
     for expert in experts:
-        if expert.config.base_model.get("fingerprint") != adaptable.identity.fingerprint:
-            raise MixingError(
-                f"expert {expert.name!r} belongs to {expert.config.base_model.get('name')}; "
-                f"the loaded model is {adaptable.identity.ref.name}",
-                "adapt with experts of the loaded model, or load theirs with --model",
-            )
+        check_base_model(expert.name, expert.config.base_model, adaptable.identity)
     adaptable.svf.check_z(experts[0].z)
     check_name_free(registry, config.name)
     max_new = config.max_new_tokens or task.max_new_tokens
@@ -594,22 +573,11 @@ def latest_cem_mixture(registry: Registry, task_name: str, base_model_id: int) -
     ``task_name`` may be an alias ("math") or a .jsonl path; it is resolved the way
     ``t2 adapt`` records it. None when there is no such expert.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    task = canonical_task_name(task_name)
-    with registry.session(readonly=True) as session:
-        rows = session.execute(
-            select(Expert.name, Expert.config_json)
-            .where(Expert.kind == "mixture", Expert.task == task, Expert.base_model_id == base_model_id)
-            .order_by(Expert.id.desc())
-        ).all()
-    for name, config_json in rows:
+    for row in expert_rows.mixtures_for_task(registry, base_model_id, canonical_task_name(task_name)):
         try:
-            parametrization = json.loads(config_json).get("parametrization") or {}
+            parametrization = json.loads(row.config_json).get("parametrization") or {}
         except (json.JSONDecodeError, AttributeError):
             continue
         if parametrization.get("adaptation") == ADAPTATION:
-            return name
+            return row.name
     return None

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from registry.queries import base_models
+from registry.queries import experts as expert_rows
 from t2cli.ask.strategies import (
     PASS1_MODES,
     Completer,
@@ -424,25 +426,14 @@ def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None)
 
 
 def _base_model_id(registry: Registry, fingerprint: str) -> int | None:
-    from sqlalchemy import select
-
-    from registry.schema import BaseModel
-
-    with registry.session(readonly=True) as session:
-        return session.scalars(select(BaseModel.id).where(BaseModel.fingerprint == fingerprint)).first()
+    base = base_models.by_fingerprint(registry, fingerprint)
+    return None if base is None else base.id
 
 
 def _targets_for(registry: Registry, base_model_id: int | None) -> str:
     """The decomposition to load: the experts' targets spec when they all share one, else all matrices."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
     if base_model_id is None:
         return "all"
-    with registry.session(readonly=True) as session:
-        specs = {
-            json.loads(t).get("spec")
-            for t in session.scalars(select(Expert.targets_json).where(Expert.base_model_id == base_model_id))
-        }
-    return specs.pop() if len(specs) == 1 and None not in specs else "all"
+    specs = {record.targets_spec for record in expert_rows.of_base_model(registry, base_model_id)}
+    spec = specs.pop() if len(specs) == 1 else None
+    return "all" if spec is None else spec

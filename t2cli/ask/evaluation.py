@@ -10,12 +10,13 @@ is stored like any evaluation, with the strategy in its config.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from registry.queries import evaluations
+from registry.records import NewEvaluation
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import EvalResult, make_result
 from t2cli.runtime.generation import generate
@@ -113,32 +114,28 @@ def evaluate_strategy(
 def _record(
     registry: Registry, base_model_id: int, result: StrategyEvalResult, *, limit, batch_size, max_new_tokens
 ) -> None:
-    from registry.schema import Evaluation
-
-    with registry.session() as session:
-        session.add(
-            Evaluation(
-                base_model_id=base_model_id,
-                expert_id=None,
-                task=result.task,
-                split=result.split,
-                n=result.n,
-                correct=result.correct,
-                accuracy=result.accuracy,
-                ci_low=result.ci_low,
-                ci_high=result.ci_high,
-                seconds=result.seconds,
-                config_json=json.dumps(
-                    {
-                        "strategy": result.strategy,
-                        "pass1": result.pass1,
-                        "routing": result.routing,
-                        "limit": limit,
-                        "batch_size": batch_size,
-                        "decoding": "greedy",
-                        "max_new_tokens": max_new_tokens,
-                        "dispatch_seconds": result.dispatch_seconds,
-                    }
-                ),
-            )
-        )
+    evaluations.add(
+        registry,
+        NewEvaluation(
+            base_model_id=base_model_id,
+            expert_id=None,
+            task=result.task,
+            split=result.split,
+            n=result.n,
+            correct=result.correct,
+            accuracy=result.accuracy,
+            ci_low=result.ci_low,
+            ci_high=result.ci_high,
+            seconds=result.seconds,
+            config={
+                "strategy": result.strategy,
+                "pass1": result.pass1,
+                "routing": result.routing,
+                "limit": limit,
+                "batch_size": batch_size,
+                "decoding": "greedy",
+                "max_new_tokens": max_new_tokens,
+                "dispatch_seconds": result.dispatch_seconds,
+            },
+        ),
+    )

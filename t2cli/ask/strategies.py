@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from registry.queries import experts as expert_rows
+from registry.records import ExpertRecord
 from t2cli.errors import T2Error
+from t2cli.experts.catalog import find_expert
+from t2cli.models.resolve import model_argument
+from t2cli.svf.expert import ExpertConfig
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
     DISPATCH_MAX_NEW_TOKENS,
@@ -163,67 +168,24 @@ def run_dispatch(dispatcher: Dispatcher, prompt: str) -> Dispatch:
 # --------------------------------------------------------------------------- registry look-ups
 
 
-def _expert_row(registry: Registry, name: str) -> dict[str, Any]:
-    """An expert's registry row as a dict; ExpertNotFound (listing known names) otherwise."""
-    from sqlalchemy import select
-
-    from registry.schema import BaseModel, Expert
-
-    with registry.session(readonly=True) as session:
-        row = session.scalars(select(Expert).where(Expert.name == name)).first()
-        if row is not None:
-            base = session.get(BaseModel, row.base_model_id)
-            return {
-                "name": row.name,
-                "base_model_id": row.base_model_id,
-                "kind": row.kind,
-                "task": row.task,
-                "base_model": base.name if base else "?",
-                "base_location": base.location if base else None,
-                "config": json.loads(row.config_json or "{}"),
-            }
-    from t2cli.experts.catalog import get_expert
-
-    get_expert(registry, name)  # raises the clear not-found error, with the known names
-    raise AssertionError("unreachable")
-
-
-def model_argument(name: str, location: str | None) -> str:
-    """How to name a registered base model on the command line: its alias when it has one, else its location."""
-    from t2cli.models.resolve import ALIASES
-
-    return name if name in ALIASES else (location or name)
-
-
-def expert_model(registry: Registry, name: str) -> str:
+def expert_model(registry: Registry, name: str) -> str | None:
     """The --model that expert ``name`` belongs to (ExpertNotFound if there is no such expert)."""
-    row = _expert_row(registry, name)
-    return model_argument(row["base_model"], row["base_location"])
+    record = find_expert(registry, name)
+    return model_argument(record.base_model_name, record.base_model_location)
 
 
-def _check_base(ctx: DispatchContext, expert: Mapping[str, Any]) -> None:
-    if expert["base_model_id"] != ctx.base_model_id:
+def _check_base(ctx: DispatchContext, expert: ExpertRecord) -> None:
+    if expert.base_model_id != ctx.base_model_id:
         raise DispatchError(
-            f"expert {expert['name']!r} belongs to base model {expert['base_model']}; the loaded model is "
+            f"expert {expert.name!r} belongs to base model {expert.base_model_name}; the loaded model is "
             f"{ctx.model_name}",
-            f"ask with --model {model_argument(expert['base_model'], expert['base_location'])}",
+            f"ask with --model {model_argument(expert.base_model_name, expert.base_model_location)}",
         )
 
 
 def _latest_expert(registry: Registry, base_model_id: int | None, *, task: str) -> str | None:
     """The latest non-mixture expert of ``base_model_id`` trained on ``task``."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    if base_model_id is None:
-        return None
-    with registry.session(readonly=True) as session:
-        return session.scalars(
-            select(Expert.name)
-            .where(Expert.base_model_id == base_model_id, Expert.task == task, Expert.kind != "mixture")
-            .order_by(Expert.id.desc())
-        ).first()
+    return None if base_model_id is None else expert_rows.latest_for_task(registry, base_model_id, task)
 
 
 def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None) -> str | None:
@@ -421,8 +383,7 @@ def _none(ctx: DispatchContext, arg: str | None) -> Dispatcher:
 @strategy("expert", takes_arg=True, help="The named expert; no pass 1.")
 def _expert(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     assert arg is not None  # parse_strategy guarantees it
-    row = _expert_row(ctx.registry, arg)
-    _check_base(ctx, row)
+    _check_base(ctx, find_expert(ctx.registry, arg))
     return lambda prompt: Dispatch(arg, {arg: 1.0}, f"expert {arg} (--strategy expert:{arg})")
 
 
@@ -447,7 +408,7 @@ def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
             f"no dispatch classifier expert is registered for {ctx.model_name}",
             "train one with `t2 train --task dispatch`, name one with --classifier NAME, or use --strategy prompt",
         )
-    _check_base(ctx, _expert_row(ctx.registry, name))
+    _check_base(ctx, find_expert(ctx.registry, name))
     z: dict[str, torch.Tensor] = {}
 
     def run(prompt: str) -> Dispatch:
@@ -475,10 +436,10 @@ def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
             f"no CEM mixture for task {ctx.task}; run `t2 adapt --task {ctx.task}` first",
             "or pick another --strategy (prompt, classifier, expert:NAME, none)",
         )
-    row = _expert_row(ctx.registry, name)
-    weights = {p["name"]: float(p["weight"]) for p in row["config"].get("parents", []) if p.get("weight") is not None}
+    config = ExpertConfig.from_json(find_expert(ctx.registry, name).config_json)
+    weights = {p["name"]: float(p["weight"]) for p in config.parents if p.get("weight") is not None}
     mix = " + ".join(f"{w:.3g} {n}" for n, w in weights.items()) or "its stored z"
-    mixture = row["config"].get("parametrization", {}).get("mixture") or {}
+    mixture = config.parametrization.get("mixture") or {}
     if weights and mixture.get("granularity") == "role":
         mix += " (mean alphas; one alpha per expert per matrix role)"
     return lambda prompt: Dispatch(

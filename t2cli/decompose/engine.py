@@ -12,11 +12,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.queries import base_models, decompositions
+from registry.records import BaseModelRecord, DecompositionRecord, MatrixRecord, NewBaseModel
 from t2cli.decompose.malloc import fix_mmap_threshold
 from t2cli.errors import DecompositionError, T2Error
 from t2cli.models.hashing import HashCache
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     import torch
 
     from registry import Registry
-    from registry.schema import BaseModel, Decomposition
 
 COMPUTE_DTYPES = ("float32", "float64")
 FACTORS_FORMAT = "t2-svd/1"
@@ -169,33 +169,24 @@ def decompose_model(
 # --------------------------------------------------------------------------- registry rows
 
 
-def register_base_model(registry: Registry, identity: ModelIdentity) -> BaseModel:
-    """Insert the base model (keyed by its weight fingerprint) or return the existing row."""
-    import json
-
-    from sqlalchemy import select
-
-    from registry.schema import BaseModel
-
+def register_base_model(registry: Registry, identity: ModelIdentity) -> BaseModelRecord:
+    """Insert the base model (keyed by its weight fingerprint) or return the existing one."""
     ref = identity.ref
-    with registry.session() as session:
-        row = session.scalars(select(BaseModel).where(BaseModel.fingerprint == identity.fingerprint)).first()
-        if row is None:
-            row = BaseModel(
-                name=ref.name,
-                source=ref.source,
-                location=ref.location,
-                revision=ref.revision,
-                fingerprint=identity.fingerprint,
-                architecture=identity.architecture,
-                model_type=identity.model_type,
-                num_layers=identity.num_layers,
-                hidden_size=identity.hidden_size,
-                config_json=json.dumps(identity.config, sort_keys=True),
-            )
-            session.add(row)
-            session.flush()
-        return row
+    return base_models.get_or_add(
+        registry,
+        NewBaseModel(
+            name=ref.name,
+            source=ref.source,
+            location=ref.location,
+            revision=ref.revision,
+            fingerprint=identity.fingerprint,
+            architecture=identity.architecture,
+            model_type=identity.model_type,
+            num_layers=identity.num_layers,
+            hidden_size=identity.hidden_size,
+            config=identity.config,
+        ),
+    )
 
 
 def find_decomposition(
@@ -207,125 +198,57 @@ def find_decomposition(
     what rank 0 decomposed by content (weight fingerprint + resolved target names), which
     also works when each node has its own ``T2_HOME``.
     """
-    from sqlalchemy import select
-
-    from registry.schema import BaseModel, Decomposition
-
     chosen = select_targets(identity.model_type, identity.num_layers, targets)
-    key = targets_key([m.name for m in chosen], dtype)
-    with registry.session(readonly=True) as session:
-        row = session.execute(
-            select(BaseModel.id, Decomposition.id)
-            .join(Decomposition, Decomposition.base_model_id == BaseModel.id)
-            .where(
-                BaseModel.fingerprint == identity.fingerprint,
-                Decomposition.targets_key == key,
-                Decomposition.status == "complete",
-            )
-        ).first()
-    if row is None:
+    found = decompositions.find_complete(registry, identity.fingerprint, targets_key([m.name for m in chosen], dtype))
+    if found is None:
         raise DecompositionError(
             f"no complete decomposition of {identity.ref.name} (targets {targets!r}) in {registry.home}",
             f"run `t2 decompose {identity.ref.location} --targets {targets}` on this node first, "
             "or give every node the same T2_HOME",
         )
-    return int(row[0]), int(row[1])
+    return found.base_model_id, found.id
 
 
 def _get_or_create_decomposition(
-    registry: Registry, base: BaseModel, chosen: list[TargetMatrix], spec: str, dtype: str, method: str
-) -> Decomposition:
-    from sqlalchemy import select
-
-    from registry.schema import Decomposition
-
-    key = targets_key([m.name for m in chosen], dtype)
-    with registry.session() as session:
-        row = session.scalars(
-            select(Decomposition).where(Decomposition.base_model_id == base.id, Decomposition.targets_key == key)
-        ).first()
-        if row is None:
-            row = Decomposition(
-                base_model_id=base.id,
-                targets_spec=spec,
-                targets_key=key,
-                dtype=dtype,
-                method=method,
-                status="partial",
-                num_matrices=len(chosen),
-            )
-            session.add(row)
-            session.flush()
-        return row
+    registry: Registry, base: BaseModelRecord, chosen: list[TargetMatrix], spec: str, dtype: str, method: str
+) -> DecompositionRecord:
+    return decompositions.get_or_add(
+        registry,
+        base_model_id=base.id,
+        targets_spec=spec,
+        targets_key=targets_key([m.name for m in chosen], dtype),
+        dtype=dtype,
+        method=method,
+        num_matrices=len(chosen),
+    )
 
 
 def _stored_matrix_names(registry: Registry, decomposition_id: int) -> set[str]:
     """Matrices already recorded whose blob file is still in the store."""
-    from sqlalchemy import select
-
-    from registry.schema import DecompositionMatrix
-
-    with registry.session() as session:
-        rows = session.execute(
-            select(DecompositionMatrix.name, DecompositionMatrix.blob_sha256).where(
-                DecompositionMatrix.decomposition_id == decomposition_id
-            )
-        ).all()
-    stale = [name for name, sha in rows if not registry.blobs.exists(sha)]
+    stored = decompositions.factor_blobs(registry, decomposition_id)
+    stale = [name for name, sha in stored.items() if not registry.blobs.exists(sha)]
     if stale:  # the blob vanished behind t2's back: forget the row so the matrix is recomputed
-        from sqlalchemy import delete
-
-        with registry.session() as session:
-            session.execute(
-                delete(DecompositionMatrix).where(
-                    DecompositionMatrix.decomposition_id == decomposition_id, DecompositionMatrix.name.in_(stale)
-                )
-            )
-    return {name for name, _ in rows if name not in stale}
+        decompositions.forget_matrices(registry, decomposition_id, stale)
+    return {name for name in stored if name not in stale}
 
 
 def _link_reusable(
     registry: Registry, decomposition_id: int, base_model_id: int, dtype: str, pending: list[TargetMatrix]
 ) -> set[str]:
     """Point this decomposition at factors another decomposition of the same model already stored."""
-    from sqlalchemy import select
-
-    from registry.schema import Decomposition, DecompositionMatrix
-
     if not pending:
         return set()
-    wanted = {m.name for m in pending}
-    linked: set[str] = set()
-    with registry.session() as session:
-        rows = session.scalars(
-            select(DecompositionMatrix)
-            .join(Decomposition)
-            .where(
-                Decomposition.base_model_id == base_model_id,
-                Decomposition.dtype == dtype,
-                Decomposition.id != decomposition_id,
-                DecompositionMatrix.name.in_(wanted),
-            )
-        ).all()
-        for row in rows:
-            if row.name in linked or not registry.blobs.exists(row.blob_sha256):
-                continue
-            session.add(
-                DecompositionMatrix(
-                    decomposition_id=decomposition_id,
-                    name=row.name,
-                    layer=row.layer,
-                    role=row.role,
-                    rows=row.rows,
-                    cols=row.cols,
-                    rank=row.rank,
-                    blob_sha256=row.blob_sha256,
-                    rel_error=row.rel_error,
-                    seconds=0.0,
-                )
-            )
-            linked.add(row.name)
-    return linked
+    found = decompositions.reusable_matrices(
+        registry, base_model_id=base_model_id, dtype=dtype, other_than=decomposition_id, names={m.name for m in pending}
+    )
+    linked: dict[str, MatrixRecord] = {}
+    for row in found:
+        if row.name in linked or not registry.blobs.exists(row.blob_sha256):
+            continue
+        linked[row.name] = replace(row, seconds=0.0)
+    if linked:
+        decompositions.add_matrices(registry, decomposition_id, list(linked.values()))
+    return set(linked)
 
 
 def _finish(
@@ -341,65 +264,38 @@ def _finish(
     already: bool,
     seconds: float,
 ) -> DecompositionSummary:
-    from sqlalchemy import func, select
-
-    from registry.schema import Decomposition, DecompositionMatrix
-
-    with registry.session() as session:
-        row = session.get(Decomposition, decomposition_id)
-        count, max_err = session.execute(
-            select(func.count(DecompositionMatrix.id), func.max(DecompositionMatrix.rel_error)).where(
-                DecompositionMatrix.decomposition_id == decomposition_id
-            )
-        ).one()
-        size = _size_in(session, decomposition_id)
-        if count != row.num_matrices:
-            raise DecompositionError(
-                f"decomposition {decomposition_id} holds {count} of {row.num_matrices} matrices",
-                "run the same command again to finish it",
-            )
-        if not already:
-            row.status = "complete"
-            row.size_bytes = int(size)
-            row.max_rel_error = float(max_err)
-            row.seconds = (row.seconds or 0.0) + seconds
-            row.completed_at = datetime.now(timezone.utc)
-        return DecompositionSummary(
-            decomposition_id=decomposition_id,
-            model_name=identity.ref.name,
-            model_source=identity.ref.source,
-            fingerprint=identity.fingerprint,
-            targets_spec=spec,
-            dtype=dtype,
-            method=row.method,
-            num_matrices=count,
-            computed=computed,
-            reused=reused,
-            already_complete=already,
-            size_bytes=int(size),
-            max_rel_error=float(max_err),
-            seconds=seconds,
+    row = decompositions.by_id(registry, decomposition_id)
+    held = decompositions.summary(registry, decomposition_id)
+    if row is None or held.count != row.num_matrices:
+        raise DecompositionError(
+            f"decomposition {decomposition_id} holds {held.count} of {row.num_matrices if row else '?'} matrices",
+            "run the same command again to finish it",
         )
+    max_err = float(held.max_rel_error or 0.0)
+    if not already:
+        decompositions.mark_complete(
+            registry, decomposition_id, size_bytes=held.size_bytes, max_rel_error=max_err, seconds=seconds
+        )
+    return DecompositionSummary(
+        decomposition_id=decomposition_id,
+        model_name=identity.ref.name,
+        model_source=identity.ref.source,
+        fingerprint=identity.fingerprint,
+        targets_spec=spec,
+        dtype=dtype,
+        method=row.method,
+        num_matrices=held.count,
+        computed=computed,
+        reused=reused,
+        already_complete=already,
+        size_bytes=held.size_bytes,
+        max_rel_error=max_err,
+        seconds=seconds,
+    )
 
 
 def _size(registry: Registry, decomposition_id: int) -> int:
-    with registry.session(readonly=True) as session:
-        return _size_in(session, decomposition_id)
-
-
-def _size_in(session, decomposition_id: int) -> int:
-    """Bytes of the blobs a decomposition's matrices point at."""
-    from sqlalchemy import func, select
-
-    from registry.schema import Blob, DecompositionMatrix
-
-    return int(
-        session.scalar(
-            select(func.coalesce(func.sum(Blob.size), 0))
-            .join(DecompositionMatrix, DecompositionMatrix.blob_sha256 == Blob.sha256)
-            .where(DecompositionMatrix.decomposition_id == decomposition_id)
-        )
-    )
+    return decompositions.size_bytes(registry, decomposition_id)
 
 
 # --------------------------------------------------------------------------- computing
@@ -457,7 +353,6 @@ def _decompose_group(
     """
     import torch
 
-    from registry.schema import DecompositionMatrix
     from t2cli.decompose.svd import svd_batch
 
     started = time.perf_counter()
@@ -471,23 +366,25 @@ def _decompose_group(
         (matrix, weight, result, _store_factors(registry, matrix, result, dtype))
         for matrix, weight, result in zip(group, weights, results)
     ]
-    with registry.session() as session:
-        for matrix, weight, result, info in stored:
-            registry.add_blob(session, info, "svd")
-            session.add(
-                DecompositionMatrix(
-                    decomposition_id=decomposition_id,
-                    name=matrix.name,
-                    layer=matrix.layer,
-                    role=matrix.role,
-                    rows=int(weight.shape[0]),
-                    cols=int(weight.shape[1]),
-                    rank=int(result.S.shape[0]),
-                    blob_sha256=info.sha256,
-                    rel_error=float(result.rel_error),
-                    seconds=per_matrix,
-                )
+    decompositions.add_matrices(
+        registry,
+        decomposition_id,
+        [
+            MatrixRecord(
+                name=matrix.name,
+                layer=matrix.layer,
+                role=matrix.role,
+                rows=int(weight.shape[0]),
+                cols=int(weight.shape[1]),
+                rank=int(result.S.shape[0]),
+                blob_sha256=info.sha256,
+                rel_error=float(result.rel_error),
+                seconds=per_matrix,
             )
+            for matrix, weight, result, info in stored
+        ],
+        new_blobs=[info for _, _, _, info in stored],
+    )
     return _size(registry, decomposition_id)
 
 
@@ -515,17 +412,7 @@ def _store_factors(registry: Registry, matrix: TargetMatrix, result, dtype: str)
 
 def factor_blobs(registry: Registry, decomposition_id: int) -> dict[str, str]:
     """Matrix name -> sha256 of its factors blob, in the order the matrices were stored."""
-    from sqlalchemy import select
-
-    from registry.schema import DecompositionMatrix
-
-    with registry.session(readonly=True) as session:
-        rows = session.execute(
-            select(DecompositionMatrix.name, DecompositionMatrix.blob_sha256)
-            .where(DecompositionMatrix.decomposition_id == decomposition_id)
-            .order_by(DecompositionMatrix.id)
-        ).all()
-    return {name: sha for name, sha in rows}
+    return decompositions.factor_blobs(registry, decomposition_id)
 
 
 def load_factors(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from registry.queries import evaluations
+from registry.queries import experts as expert_rows
+from registry.records import NewEvaluation
 from t2cli.errors import T2Error
 from t2cli.runtime.generation import generate
 
@@ -167,28 +169,20 @@ def _record(
     batch_size: int,
     max_new_tokens: int,
 ) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import Evaluation, Expert
-
-    with registry.session() as session:
-        expert_id = None
-        if result.expert is not None:
-            expert_id = session.scalars(select(Expert.id).where(Expert.name == result.expert)).first()
-        session.add(
-            Evaluation(
-                base_model_id=adaptable.base_model_id,
-                expert_id=expert_id,
-                task=result.task,
-                split=result.split,
-                n=result.n,
-                correct=result.correct,
-                accuracy=result.accuracy,
-                ci_low=result.ci_low,
-                ci_high=result.ci_high,
-                seconds=result.seconds,
-                config_json=json.dumps(
-                    {"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens}
-                ),
-            )
-        )
+    expert = None if result.expert is None else expert_rows.get(registry, result.expert)
+    evaluations.add(
+        registry,
+        NewEvaluation(
+            base_model_id=adaptable.base_model_id,
+            expert_id=None if expert is None else expert.id,
+            task=result.task,
+            split=result.split,
+            n=result.n,
+            correct=result.correct,
+            accuracy=result.accuracy,
+            ci_low=result.ci_low,
+            ci_high=result.ci_high,
+            seconds=result.seconds,
+            config={"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens},
+        ),
+    )

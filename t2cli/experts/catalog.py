@@ -9,7 +9,10 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from t2cli.errors import ExpertNotFound, T2Error
+from registry.queries import base_models, decompositions, experts
+from registry.queries import evaluations as evaluation_rows
+from registry.records import EvaluationRecord, ExpertRecord
+from t2cli.errors import ExpertNotFound
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -46,6 +49,32 @@ class BaseModelInfo:
 
 
 @dataclass(frozen=True)
+class BaseComparison:
+    """The base weights' accuracy on the same task, split, items and generation budget as an expert's evaluation."""
+
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    correct: int
+    max_new_tokens: int | None
+
+
+@dataclass(frozen=True)
+class EvaluationInfo:
+    """One evaluation of an expert, with the base weights' comparable one (None: not measured)."""
+
+    task: str
+    split: str
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    created_at: str
+    base: BaseComparison | None
+
+
+@dataclass(frozen=True)
 class ExpertInfo:
     name: str
     kind: str
@@ -58,178 +87,115 @@ class ExpertInfo:
     parents: list[tuple[str, float | None, str]] = field(default_factory=list)
     children: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[EvaluationInfo] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
 
 
 def list_base_models(registry: Registry) -> list[BaseModelInfo]:
     """Every registered base model with its decompositions and expert count."""
-    from sqlalchemy import func, select
-
-    from registry.schema import BaseModel, Decomposition, DecompositionMatrix, Expert
-
-    with registry.session() as session:
-        infos = []
-        for base in session.scalars(select(BaseModel).order_by(BaseModel.id)):
-            decompositions = []
-            for dec in session.scalars(
-                select(Decomposition).where(Decomposition.base_model_id == base.id).order_by(Decomposition.id)
-            ):
-                stored = session.scalar(
-                    select(func.count(DecompositionMatrix.id)).where(DecompositionMatrix.decomposition_id == dec.id)
+    counts = base_models.expert_counts(registry)
+    return [
+        BaseModelInfo(
+            base.id,
+            base.name,
+            base.source,
+            base.location,
+            base.revision,
+            base.fingerprint,
+            base.architecture,
+            base.model_type,
+            base.num_layers,
+            base.hidden_size,
+            [
+                DecompositionInfo(
+                    dec.id,
+                    dec.targets_spec,
+                    dec.dtype,
+                    dec.method,
+                    dec.status,
+                    dec.num_matrices,
+                    dec.stored_matrices,
+                    dec.size_bytes,
+                    dec.max_rel_error,
+                    dec.seconds,
                 )
-                decompositions.append(
-                    DecompositionInfo(
-                        dec.id,
-                        dec.targets_spec,
-                        dec.dtype,
-                        dec.method,
-                        dec.status,
-                        dec.num_matrices,
-                        int(stored or 0),
-                        dec.size_bytes or 0,
-                        dec.max_rel_error,
-                        dec.seconds,
-                    )
-                )
-            experts = session.scalar(select(func.count(Expert.id)).where(Expert.base_model_id == base.id))
-            infos.append(
-                BaseModelInfo(
-                    base.id,
-                    base.name,
-                    base.source,
-                    base.location,
-                    base.revision,
-                    base.fingerprint,
-                    base.architecture,
-                    base.model_type,
-                    base.num_layers,
-                    base.hidden_size,
-                    decompositions,
-                    int(experts or 0),
-                )
-            )
-        return infos
+                for dec in decompositions.of_base_model(registry, base.id)
+            ],
+            counts.get(base.id, 0),
+        )
+        for base in base_models.all_base_models(registry)
+    ]
 
 
 def list_experts(registry: Registry) -> list[ExpertInfo]:
     """Every registered expert, oldest first."""
-    from sqlalchemy import select
+    return [_info(registry, record) for record in experts.all_experts(registry)]
 
-    from registry.schema import Expert
 
-    with registry.session() as session:
-        names = list(session.scalars(select(Expert.name).order_by(Expert.id)))
-    return [get_expert(registry, name) for name in names]
+def find_expert(registry: Registry, name: str) -> ExpertRecord:
+    """The registry record of expert ``name``; ``ExpertNotFound`` listing known names otherwise."""
+    record = experts.get(registry, name)
+    if record is None:
+        known = experts.names(registry, limit=10)
+        raise ExpertNotFound(
+            f"no expert named {name!r}",
+            f"known experts: {', '.join(known)}" if known else "none registered yet: train one with `t2 train`",
+        )
+    return record
 
 
 def get_expert(registry: Registry, name: str) -> ExpertInfo:
     """One expert with its lineage, tags and evaluations."""
-    from sqlalchemy import select
+    return _info(registry, find_expert(registry, name))
 
-    from registry.schema import BaseModel, Evaluation, Expert, ExpertParent, ExpertTag
 
-    with registry.session() as session:
-        expert = session.scalars(select(Expert).where(Expert.name == name)).first()
-        if expert is None:
-            known = list(session.scalars(select(Expert.name).order_by(Expert.name).limit(10)))
-            raise ExpertNotFound(
-                f"no expert named {name!r}",
-                f"known experts: {', '.join(known)}" if known else "none registered yet: train one with `t2 train`",
-            )
-        base = session.get(BaseModel, expert.base_model_id)
-        parents = [
-            (session.get(Expert, link.parent_id).name, link.weight, link.relation)
-            for link in session.scalars(select(ExpertParent).where(ExpertParent.expert_id == expert.id))
-        ]
-        children = [
-            session.get(Expert, link.expert_id).name
-            for link in session.scalars(select(ExpertParent).where(ExpertParent.parent_id == expert.id))
-        ]
-        tags = list(session.scalars(select(ExpertTag.tag).where(ExpertTag.expert_id == expert.id)))
-        evaluations = [
-            {
-                "task": ev.task,
-                "split": ev.split,
-                "n": ev.n,
-                "correct": ev.correct,
-                "accuracy": ev.accuracy,
-                "ci_low": ev.ci_low,
-                "ci_high": ev.ci_high,
-                "created_at": str(ev.created_at),
-                "base": _base_evaluation(session, expert.base_model_id, ev),
-            }
-            for ev in session.scalars(select(Evaluation).where(Evaluation.expert_id == expert.id))
-        ]
-        return ExpertInfo(
-            name=expert.name,
-            kind=expert.kind,
-            base_model=base.name if base else "?",
-            task=expert.task,
-            category=expert.category,
-            description=expert.description,
-            blob_sha256=expert.blob_sha256,
-            created_at=str(expert.created_at),
-            parents=parents,
-            children=children,
-            tags=tags,
-            evaluations=evaluations,
-            config=json.loads(expert.config_json or "{}"),
+def _info(registry: Registry, expert: ExpertRecord) -> ExpertInfo:
+    evaluations = [
+        EvaluationInfo(
+            task=ev.task,
+            split=ev.split,
+            n=ev.n,
+            correct=ev.correct,
+            accuracy=ev.accuracy,
+            ci_low=ev.ci_low,
+            ci_high=ev.ci_high,
+            created_at=str(ev.created_at),
+            base=_base_evaluation(registry, expert.base_model_id, ev),
         )
-
-
-def _base_evaluation(session, base_model_id: int, ev) -> dict[str, Any] | None:
-    """The latest evaluation of the base weights on the same task, split and items (n and settings), if any."""
-    from sqlalchemy import select
-
-    from registry.schema import Evaluation
-
-    settings = _comparable(ev.config_json)
-    rows = session.scalars(
-        select(Evaluation)
-        .where(
-            Evaluation.base_model_id == base_model_id,
-            Evaluation.expert_id.is_(None),
-            Evaluation.task == ev.task,
-            Evaluation.split == ev.split,
-            Evaluation.n == ev.n,
-        )
-        .order_by(Evaluation.id.desc())
+        for ev in evaluation_rows.of_expert(registry, expert.id)
+    ]
+    return ExpertInfo(
+        name=expert.name,
+        kind=expert.kind,
+        base_model=expert.base_model_name,
+        task=expert.task,
+        category=expert.category,
+        description=expert.description,
+        blob_sha256=expert.blob_sha256,
+        created_at=str(expert.created_at),
+        parents=[(p.name, p.weight, p.relation) for p in experts.parents(registry, expert.id)],
+        children=experts.children(registry, expert.id),
+        tags=experts.tags(registry, expert.id),
+        evaluations=evaluations,
+        config=json.loads(expert.config_json or "{}"),
     )
-    for row in rows:
-        if _comparable(row.config_json) == settings and "strategy" not in json.loads(row.config_json or "{}"):
-            return {
-                "accuracy": row.accuracy,
-                "ci_low": row.ci_low,
-                "ci_high": row.ci_high,
-                "correct": row.correct,
-                "max_new_tokens": settings[1],
-            }
+
+
+def _base_evaluation(registry: Registry, base_model_id: int, ev: EvaluationRecord) -> BaseComparison | None:
+    """The latest evaluation of the base weights on the same task, split and items (n and settings), if any."""
+    settings = _comparable(ev.config)
+    for row in evaluation_rows.of_base_weights(registry, base_model_id, task=ev.task, split=ev.split, n=ev.n):
+        if _comparable(row.config) == settings and "strategy" not in row.config:
+            return BaseComparison(row.accuracy, row.ci_low, row.ci_high, row.correct, settings[1])
     return None
 
 
-def _comparable(config_json: str | None) -> tuple:
+def _comparable(config: dict[str, Any]) -> tuple:
     """What must match for two evaluations to be compared: the items (limit) and the generation budget."""
-    config = json.loads(config_json or "{}")
     return config.get("limit"), config.get("max_new_tokens"), config.get("decoding", "greedy")
 
 
 def remove_expert(registry: Registry, name: str) -> None:
     """Delete an expert's rows; refused while other experts derive from it. Blobs go with `t2 db gc`."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert, ExpertParent
-
-    get_expert(registry, name)  # raises the clear not-found error
-    with registry.session() as session:
-        expert = session.scalars(select(Expert).where(Expert.name == name)).one()
-        children = [
-            session.get(Expert, link.expert_id).name
-            for link in session.scalars(select(ExpertParent).where(ExpertParent.parent_id == expert.id))
-        ]
-        if children:
-            raise T2Error(
-                f"expert {name!r} is a parent of {', '.join(children)}",
-                "remove those experts first (lineage must stay complete)",
-            )
-        session.delete(expert)
+    find_expert(registry, name)  # raises the clear not-found error
+    experts.remove(registry, name)

@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from t2cli.errors import T2Error, UsageError
-from t2cli.svf.expert import LoadedExpert, base_hub_id, load_expert, write_expert_folder
+from t2cli.svf.expert import (
+    LoadedExpert,
+    base_hub_id,
+    base_model_argument,
+    check_base_model,
+    load_expert,
+    write_expert_folder,
+)
 from t2cli.svf.model import Factors
 
 if TYPE_CHECKING:
@@ -58,25 +65,11 @@ def _new_folder(folder: Path, prefix: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def expert_model(loaded: LoadedExpert, model: str | None = None) -> str | None:
-    """What to load for an expert's base model: ``model`` if given, else its alias or its location."""
-    from t2cli.models.resolve import ALIASES
-
-    base = loaded.config.base_model
-    return model or (base["name"] if base.get("name") in ALIASES else base.get("location"))
-
-
 def check_same_base(registry: Registry, loaded: LoadedExpert, model: str | None) -> None:
     """Refuse, before loading anything, to use an expert with a model other than the one it was made for."""
     from t2cli.experts.importing import identify_model
 
-    identity = identify_model(registry, model)
-    if loaded.config.base_model.get("fingerprint") != identity.fingerprint:
-        raise T2Error(
-            f"expert {loaded.name!r} was made for {loaded.config.base_model.get('name')}; "
-            f"the model found is {identity.ref.name} (other weights)",
-            f"pass the right one with --model, or use `t2 transfer {loaded.name} --to {identity.ref.name}`",
-        )
+    check_base_model(loaded.name, loaded.config.base_model, identify_model(registry, model))
 
 
 # --------------------------------------------------------------------------- plain folder
@@ -122,11 +115,11 @@ def export_merged(
     loaded = load_expert(registry, name)
     with _new_folder(Path(folder), ".merged-") as tmp:
         if adaptable is None:
-            spec = expert_model(loaded, model)
+            spec = base_model_argument(loaded.config, model)
             check_same_base(registry, loaded, spec)
             adaptable = load_adaptable(registry, spec, targets=loaded.config.targets, device=device)
-        elif adaptable.identity.fingerprint != loaded.config.base_model.get("fingerprint"):
-            raise T2Error(f"expert {loaded.name!r} was not made for {adaptable.identity.ref.name}")
+        else:
+            check_base_model(loaded.name, loaded.config.base_model, adaptable.identity)
         drop_gguf_record(adaptable.model)  # a dequantised GGUF model saves as plain dense weights
         adaptable.svf.apply(loaded.z)
         try:
@@ -159,10 +152,10 @@ def _merged_card(loaded: LoadedExpert) -> str:
         "",
         f"# {loaded.name} (merged)",
         "",
-        f"{base.get('name')} with the t2 SVF expert `{loaded.name}` folded into {len(loaded.z)} weight matrices "
+        f"{base.name} with the t2 SVF expert `{loaded.name}` folded into {len(loaded.z)} weight matrices "
         "(W' = U diag(S z) Vh). Load it like any Hugging Face causal LM.",
         "",
-        f"Base model fingerprint: `{base.get('fingerprint')}`. Task: `{loaded.config.task or '-'}`.",
+        f"Base model fingerprint: `{base.fingerprint}`. Task: `{loaded.config.task or '-'}`.",
         "",
     ]
     return "\n".join(lines)
@@ -257,7 +250,7 @@ def export_lora(
         total += d2
         dropped += d2 * error**2
     base = loaded.config.base_model
-    base_path = base_hub_id(base) or str(base.get("location") or base.get("name"))
+    base_path = base_hub_id(base) or str(base.location or base.name)
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,
@@ -294,7 +287,7 @@ def expert_factors(registry: Registry, loaded: LoadedExpert, model: str | None =
 
     decomposition_id = covering_decomposition(registry, loaded.base_model_id, set(loaded.z), loaded.config.targets)
     if decomposition_id is None:
-        spec = expert_model(loaded, model)
+        spec = base_model_argument(loaded.config, model)
         check_same_base(registry, loaded, spec)
         decomposition_id = decompose_model(registry, spec, targets=loaded.config.targets).decomposition_id
     raw = load_factors(registry, decomposition_id)
@@ -317,7 +310,7 @@ def _lora_card(loaded: LoadedExpert, rank: int, base_path: str) -> str:
         f"The t2 SVF expert `{loaded.name}` as a rank-{rank} LoRA adapter: the delta U diag(S (z - 1)) Vh "
         f"truncated to its {rank} largest singular components per matrix (lora_alpha = r, scaling 1).",
         "",
-        f"Base model fingerprint: `{loaded.config.base_model.get('fingerprint')}`.",
+        f"Base model fingerprint: `{loaded.config.base_model.fingerprint}`.",
         "",
     ]
     return "\n".join(line for line in lines if line is not None)

@@ -34,8 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from registry.queries import base_models, decompositions, experts
 from t2cli.errors import T2Error
-from t2cli.svf.expert import CARD_FILE, CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, ExpertConfig, base_hub_id
+from t2cli.svf.expert import (
+    CARD_FILE,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    BaseModelRef,
+    ExpertConfig,
+    base_hub_id,
+    check_base_model,
+)
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -368,22 +378,15 @@ class BaseMatch:
 
 def match_base_model(registry: Registry, config: ExpertConfig, model: str | None = None) -> BaseMatch:
     """Find the base model whose fingerprint the expert names: registered, ``model``, or the recorded location."""
-    from sqlalchemy import select
-
-    from registry.schema import BaseModel
-
-    fingerprint = config.base_model["fingerprint"]
-    wanted = config.base_model.get("name") or "an unnamed model"
+    fingerprint = str(config.base_model.fingerprint)
+    wanted = config.base_model.name or "an unnamed model"
     if model is None:
-        with registry.session(readonly=True) as session:
-            row = session.scalars(select(BaseModel).where(BaseModel.fingerprint == fingerprint)).first()
-            if row is not None:
-                return BaseMatch(
-                    row.name, row.source, row.location, row.revision, json.loads(row.config_json), row.id, None
-                )
+        row = base_models.by_fingerprint(registry, fingerprint)
+        if row is not None:
+            return BaseMatch(row.name, row.source, row.location, row.revision, row.config, row.id, None)
         model = _local_candidate(config.base_model)
         if model is None:
-            location = config.base_model.get("location") or wanted
+            location = config.base_model.location or wanted
             raise ExpertRefused(
                 f"expert {config.name!r} was made for base model {wanted} (fingerprint {fingerprint[:12]}), "
                 "which is not registered here",
@@ -391,28 +394,22 @@ def match_base_model(registry: Registry, config: ExpertConfig, model: str | None
                 f"for another model, import it where {wanted} is and use `t2 transfer {config.name} --to MODEL`",
             )
     identity = identify_model(registry, model)
-    if identity.fingerprint != fingerprint:
-        raise ExpertRefused(
-            f"expert {config.name!r} was made for {wanted} (fingerprint {fingerprint[:12]}); "
-            f"{identity.ref.name} has fingerprint {identity.fingerprint[:12]}",
-            f"import it with the model it was made for, then `t2 transfer {config.name} --to {model}`",
-        )
-    with registry.session(readonly=True) as session:
-        row = session.scalars(select(BaseModel).where(BaseModel.fingerprint == fingerprint)).first()
-        base_id = row.id if row is not None else None
+    check_base_model(config.name, config.base_model, identity)
+    registered = base_models.by_fingerprint(registry, fingerprint)
+    base_id = registered.id if registered is not None else None
     ref = identity.ref
     return BaseMatch(ref.name, ref.source, ref.location, ref.revision, identity.config, base_id, identity)
 
 
-def _local_candidate(base: dict[str, Any]) -> str | None:
+def _local_candidate(base: BaseModelRef) -> str | None:
     """The expert's recorded base model, when it is on this machine without downloading anything."""
     from t2cli.models.resolve import ALIASES
 
-    alias = ALIASES.get(str(base.get("name", "")).lower())
-    if base.get("source") == "embedded" and alias is not None and alias.embedded:
+    alias = ALIASES.get(str(base.name or "").lower())
+    if base.source == "embedded" and alias is not None and alias.embedded:
         return alias.name
-    location = base.get("location")
-    if base.get("source") in ("local", "gguf") and isinstance(location, str) and Path(location).exists():
+    location = base.location
+    if base.source in ("local", "gguf") and isinstance(location, str) and Path(location).exists():
         return location
     return None
 
@@ -505,17 +502,13 @@ def import_expert(
     what it was (``origin.kind``), and ``base_model`` points at the local copy of the base
     (same fingerprint). Parents are not linked to local experts of the same name.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert
     from t2cli.decompose.engine import register_base_model
     from t2cli.svf.expert import register_expert
 
     read = read_expert_folder(folder, links_into=links_into)
     new_name = check_expert_name(name) if name else read.config.name
-    with registry.session(readonly=True) as session:
-        if session.scalars(select(Expert.id).where(Expert.name == new_name)).first() is not None:
-            raise T2Error(f"an expert named {new_name!r} already exists", "import it under another --name")
+    if experts.exists(registry, new_name):
+        raise T2Error(f"an expert named {new_name!r} already exists", "import it under another --name")
     base = match_base_model(registry, read.config, model)
     check_fits(read.z, matrix_ranks(base.config), expert=read.config.name, base=base.name)
 
@@ -524,16 +517,14 @@ def import_expert(
         base_model_id = register_base_model(registry, base.identity).id  # type: ignore[arg-type]
     original = read.config
     original_kind = original.origin.get("kind", original.kind) if original.kind == "imported" else original.kind
-    local_base = {
-        **original.base_model,
-        "name": base.name,
-        "source": base.source,
-        "location": base.location,
-        "revision": base.revision,
-    }
-    hub_id = base_hub_id(original.base_model)
-    if hub_id:
-        local_base["hub_id"] = hub_id
+    local_base = replace(
+        original.base_model,
+        name=base.name,
+        source=base.source,
+        location=base.location,
+        revision=base.revision,
+        hub_id=base_hub_id(original.base_model) or None,
+    )
     where = location or str(Path(folder).absolute())
     config = replace(
         original,
@@ -575,20 +566,8 @@ def import_expert(
 
 def covering_decomposition(registry: Registry, base_model_id: int, names: set[str], targets: str) -> int | None:
     """A complete decomposition of the base that holds every matrix the expert adapts (its own targets first)."""
-    from sqlalchemy import select
-
-    from registry.schema import Decomposition, DecompositionMatrix
-
-    with registry.session(readonly=True) as session:
-        decompositions = session.scalars(
-            select(Decomposition).where(
-                Decomposition.base_model_id == base_model_id, Decomposition.status == "complete"
-            )
-        ).all()
-        for dec in sorted(decompositions, key=lambda d: (d.targets_spec != targets, d.id)):
-            stored = set(
-                session.scalars(select(DecompositionMatrix.name).where(DecompositionMatrix.decomposition_id == dec.id))
-            )
-            if names <= stored:
-                return dec.id
+    complete = decompositions.of_base_model(registry, base_model_id, complete_only=True)
+    for dec in sorted(complete, key=lambda d: (d.targets_spec != targets, d.id)):
+        if names <= set(decompositions.factor_blobs(registry, dec.id)):
+            return dec.id
     return None

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from registry.queries import experts as expert_rows
 from t2cli.errors import T2Error, UsageError
 
 if TYPE_CHECKING:
     from registry import Registry
-    from t2cli.svf.expert import ExpertConfig, LoadedExpert
+    from t2cli.svf.expert import BaseModelRef, ExpertConfig, LoadedExpert
 
 ZVectors = dict[str, torch.Tensor]
 MixFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (K, r) stacked z, (K,) alpha -> (r,) z'
@@ -189,11 +190,11 @@ def check_compatible(experts: Sequence[LoadedExpert]) -> None:
     base = first.config.base_model
     for other in experts[1:]:
         theirs = other.config.base_model
-        if theirs.get("fingerprint") != base.get("fingerprint"):
+        if theirs.fingerprint != base.fingerprint:
             raise MixingError(
-                f"expert {other.name!r} belongs to base model {theirs.get('name')} "
-                f"(fingerprint {str(theirs.get('fingerprint'))[:12]}), {first.name!r} to {base.get('name')} "
-                f"(fingerprint {str(base.get('fingerprint'))[:12]})",
+                f"expert {other.name!r} belongs to base model {theirs.name} "
+                f"(fingerprint {str(theirs.fingerprint)[:12]}), {first.name!r} to {base.name} "
+                f"(fingerprint {str(base.fingerprint)[:12]})",
                 "only experts of the same base model can be mixed (see `t2 experts list`)",
             )
         missing = sorted(set(first.z) ^ set(other.z))
@@ -231,7 +232,7 @@ def mixture_config(
     *,
     adaptation: str,
     groups: Sequence[str] | None = None,
-    base_model: dict[str, Any] | None = None,
+    base_model: BaseModelRef | None = None,
     task: str | None = None,
     category: str | None = None,
     description: str | None = None,
@@ -266,7 +267,7 @@ def mixture_config(
     first = experts[0].config
     return ExpertConfig(
         name=name,
-        base_model=dict(base_model or first.base_model),
+        base_model=base_model or first.base_model,
         targets=first.targets,
         num_matrices=len(experts[0].z),
         kind="mixture",
@@ -284,12 +285,7 @@ def mixture_config(
 
 def free_name(registry: Registry, stem: str) -> str:
     """``stem``, or ``stem-2``, ``stem-3``... whichever is not an expert yet (for default names)."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    with registry.session(readonly=True) as session:
-        taken = set(session.scalars(select(Expert.name).where(Expert.name.like(f"{stem}%"))))
+    taken = expert_rows.names_starting_with(registry, stem)
     if stem not in taken:
         return stem
     n = 2
@@ -300,13 +296,8 @@ def free_name(registry: Registry, stem: str) -> str:
 
 def check_name_free(registry: Registry, name: str) -> None:
     """Refuse an expert name that is taken, before any work is done."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    with registry.session(readonly=True) as session:
-        if session.scalars(select(Expert.id).where(Expert.name == name)).first() is not None:
-            raise MixingError(f"an expert named {name!r} already exists", "pick another --name or `t2 experts rm` it")
+    if expert_rows.exists(registry, name):
+        raise MixingError(f"an expert named {name!r} already exists", "pick another --name or `t2 experts rm` it")
 
 
 @dataclass(frozen=True)
@@ -361,4 +352,4 @@ def mix_experts(
     register_expert(
         registry, z, config, base_model_id=experts[0].base_model_id, decomposition_id=experts[0].decomposition_id
     )
-    return MixResult(name, method, spec.formula, names, weights, len(z), str(config.base_model.get("name")))
+    return MixResult(name, method, spec.formula, names, weights, len(z), str(config.base_model.name))

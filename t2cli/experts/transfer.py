@@ -192,18 +192,18 @@ def transfer_expert(
     base = loaded.config.base_model
     spec = loaded.config.targets if loaded.config.targets in ("attn", "mlp", "all") else "all"
     adaptable = load_adaptable(registry, model, targets=spec, device=device)
-    if adaptable.identity.fingerprint == base.get("fingerprint"):
+    if adaptable.identity.fingerprint == base.fingerprint:
         raise TransferError(
             f"expert {expert!r} already belongs to {adaptable.identity.ref.name}",
             f"use it directly: t2 eval --expert {expert} (transfer is for another base model)",
         )
-    if not base.get("model_type") or not base.get("num_layers"):
+    if not base.model_type or not base.num_layers:
         raise TransferError(f"expert {expert!r} does not record its base model's architecture and depth")
     target_ranks = {n: f.rank for n, f in adaptable.svf.factors.items()}
     plan = plan_transfer(
         {n: int(v.shape[0]) for n, v in loaded.z.items()},
-        base["model_type"],
-        int(base["num_layers"]),
+        base.model_type,
+        int(base.num_layers),
         target_ranks,
         adaptable.identity.model_type,
         adaptable.identity.num_layers,
@@ -214,7 +214,7 @@ def transfer_expert(
             "transfer needs models whose blocks share roles (q, k, v, o, gate, up, down)",
         )
     z = transfer_z(loaded.z, plan, shuffle_seed=seed if shuffle else None)
-    summary = {**plan.summary(), "source_layers": base["num_layers"], "target_layers": adaptable.identity.num_layers}
+    summary = {**plan.summary(), "source_layers": base.num_layers, "target_layers": adaptable.identity.num_layers}
     config = ExpertConfig(
         name=name,
         base_model=adaptable.base_model_record(),
@@ -223,12 +223,12 @@ def transfer_expert(
         kind="transferred",
         task=loaded.config.task,
         category=loaded.config.category,
-        description=f"{expert} transferred from {base.get('name')}" + (" (shuffled-order control)" if shuffle else ""),
+        description=f"{expert} transferred from {base.name}" + (" (shuffled-order control)" if shuffle else ""),
         parametrization={
             **loaded.config.parametrization,
             "transfer": {
-                "from": base.get("name"),
-                "from_fingerprint": base.get("fingerprint"),
+                "from": base.name,
+                "from_fingerprint": base.fingerprint,
                 "shuffled": shuffle,
                 "shuffle_seed": seed if shuffle else None,
                 "depth_map": "relative, linear",

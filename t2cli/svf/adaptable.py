@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from t2cli.decompose.engine import decompose_model, find_decomposition, load_factors, register_base_model
 from t2cli.models.hashing import HashCache
@@ -17,6 +17,7 @@ from t2cli.models.load import load_model, load_tokenizer
 from t2cli.models.resolve import resolve_model
 from t2cli.runtime.devices import resolve_device
 from t2cli.runtime.distributed import SINGLE, Dist
+from t2cli.svf.expert import BaseModelRef
 from t2cli.svf.model import SVFModel, load_svf_model
 
 if TYPE_CHECKING:
@@ -38,19 +39,19 @@ class Adaptable:
     svf: SVFModel
     device: str
 
-    def base_model_record(self) -> dict[str, Any]:
+    def base_model_record(self) -> BaseModelRef:
         """The identity block stored in expert configs."""
         ref = self.identity.ref
-        return {
-            "name": ref.name,
-            "source": ref.source,
-            "location": ref.location,
-            "revision": ref.revision,
-            "fingerprint": self.identity.fingerprint,
-            "architecture": self.identity.architecture,
-            "model_type": self.identity.model_type,
-            "num_layers": self.identity.num_layers,
-        }
+        return BaseModelRef(
+            name=ref.name,
+            source=ref.source,
+            location=ref.location,
+            revision=ref.revision,
+            fingerprint=self.identity.fingerprint,
+            architecture=self.identity.architecture,
+            model_type=self.identity.model_type,
+            num_layers=self.identity.num_layers,
+        )
 
 
 def load_adaptable(

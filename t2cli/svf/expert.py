@@ -15,18 +15,24 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from registry.queries import experts
+from registry.records import NewExpert, ParentLink
 from t2cli import __version__
 from t2cli.errors import ExpertNotFound, T2Error
+from t2cli.models.resolve import model_argument
 
 if TYPE_CHECKING:
     from registry import Registry
+    from t2cli.models.identity import ModelIdentity
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "expert.safetensors"
@@ -34,12 +40,59 @@ CONFIG_FILE = "expert_config.json"
 CARD_FILE = "README.md"
 
 
+@dataclass(frozen=True)
+class BaseModelRef:
+    """The base model an expert was made for: the ``base_model`` block of ``expert_config.json``.
+
+    ``fingerprint`` (the identity hash of the weights) is what decides whether a loaded model
+    is that base model; the other fields say how to find it again and what shape it has.
+    """
+
+    name: str | None = None  # display name or alias, e.g. "smollm2-135m"
+    fingerprint: str | None = None  # identity hash of the weights (64 hex)
+    source: str | None = None  # "embedded" | "local" | "hub" | "gguf"
+    location: str | None = None  # local path or Hub repo id
+    revision: str | None = None  # Hub commit, when from the Hub
+    architecture: str | None = None  # e.g. "LlamaForCausalLM"
+    model_type: str | None = None  # e.g. "llama"
+    num_layers: int | None = None
+    hub_id: str | None = None  # the base's Hub id, kept by `t2 import` when the local copy is not on the Hub
+
+    # Always written (as null when unknown), as t2 always has; hub_id only when set.
+    _ALWAYS: ClassVar[tuple[str, ...]] = (
+        "name",
+        "source",
+        "location",
+        "revision",
+        "fingerprint",
+        "architecture",
+        "model_type",
+        "num_layers",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``expert_config.json``'s ``base_model``."""
+        data = {key: getattr(self, key) for key in self._ALWAYS}
+        if self.hub_id is not None:
+            data["hub_id"] = self.hub_id
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BaseModelRef:
+        """Read a ``base_model`` block; keys a newer t2 added are dropped with a warning."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown base_model keys in an expert config: {', '.join(unknown)}", stacklevel=3)
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
 @dataclass
 class ExpertConfig:
     """Everything needed to reproduce and trust an expert besides its z vectors."""
 
     name: str
-    base_model: dict[str, Any]  # name, fingerprint, architecture, model_type, num_layers, source, location
+    base_model: BaseModelRef
     targets: str  # the --targets spec the decomposition used
     num_matrices: int
     kind: str = "trained"  # trained | mixture | transferred | imported | merged
@@ -59,6 +112,8 @@ class ExpertConfig:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def __post_init__(self) -> None:
+        if isinstance(self.base_model, Mapping):  # a plain dict, as code written for older t2 passes it
+            self.base_model = BaseModelRef.from_dict(self.base_model)
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise T2Error(f"invalid expert name {self.name!r}", "use letters, digits, '-', '_' and '.'")
         if self.format_version > FORMAT_VERSION:
@@ -68,18 +123,20 @@ class ExpertConfig:
             )
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = asdict(self)
+        data["base_model"] = self.base_model.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ExpertConfig:
-        import warnings
-
         data = json.loads(text)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:  # a newer t2 may add fields: keep going, but say so
             warnings.warn(f"ignoring unknown expert config keys: {', '.join(unknown)}", stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["base_model"] = BaseModelRef.from_dict(values.get("base_model") or {})
+        return cls(**values)
 
 
 def save_z(z: dict[str, torch.Tensor], path: Path, *, name: str) -> None:
@@ -122,18 +179,41 @@ def load_z(path: Path) -> dict[str, torch.Tensor]:
     return {key: tensor.to(torch.float32) for key, tensor in tensors.items()}
 
 
-def base_hub_id(base: dict[str, Any]) -> str | None:
+def base_hub_id(base: BaseModelRef) -> str | None:
     """The Hub id of an expert's base model, when it has one (Hub models and the embedded alias)."""
     from t2cli.models.resolve import ALIASES
 
-    if base.get("hub_id"):
-        return str(base["hub_id"])
-    if base.get("source") == "hub":
-        return base.get("location")
-    alias = ALIASES.get(str(base.get("name", "")).lower())
-    if base.get("source") == "embedded" and alias is not None:
+    if base.hub_id:
+        return str(base.hub_id)
+    if base.source == "hub":
+        return base.location
+    alias = ALIASES.get(str(base.name or "").lower())
+    if base.source == "embedded" and alias is not None:
         return alias.hub_id
     return None
+
+
+def base_model_argument(config: ExpertConfig, model: str | None = None) -> str | None:
+    """What to load for an expert: ``model`` when given, else its base model's alias or location."""
+    return model or model_argument(config.base_model.name, config.base_model.location)
+
+
+class BaseModelMismatch(T2Error):
+    """An expert used with a model whose weights are not those of its base model."""
+
+
+def check_base_model(name: str, base: BaseModelRef, identity: ModelIdentity) -> None:
+    """Refuse to use expert ``name`` (made for ``base``) with the model ``identity`` names, unless the weights match."""
+    if base.fingerprint == identity.fingerprint:
+        return
+    own = model_argument(base.name, base.location)
+    other = model_argument(identity.ref.name, identity.ref.location) or identity.ref.name
+    raise BaseModelMismatch(
+        f"expert {name!r} was made for {base.name}; the model found is {identity.ref.name}, whose weights differ "
+        f"(fingerprint {identity.fingerprint[:12]}, not {str(base.fingerprint)[:12]})",
+        (f"use --model {own}" if own and own != other else f"load {base.name} (the model it was made for) with --model")
+        + f", or `t2 transfer {name} --to {other}` to make a copy for {identity.ref.name}",
+    )
 
 
 def model_card(config: ExpertConfig) -> str:
@@ -152,8 +232,8 @@ def model_card(config: ExpertConfig) -> str:
         lines.append(f"- task:{config.task}")
     lines += ["---", "", f"# {config.name}", ""]
     lines.append(
-        f"A Transformer-Squared SVF expert ({config.kind}) for **{base.get('name')}** "
-        f"({base.get('architecture')}), adapting {config.num_matrices} matrices (targets `{config.targets}`)."
+        f"A Transformer-Squared SVF expert ({config.kind}) for **{base.name}** "
+        f"({base.architecture}), adapting {config.num_matrices} matrices (targets `{config.targets}`)."
     )
     if config.description:
         lines += ["", config.description]
@@ -183,7 +263,7 @@ def model_card(config: ExpertConfig) -> str:
         f't2 ask "..." --strategy expert:{config.name}',
         "```",
         "",
-        f"Base model fingerprint: `{base.get('fingerprint')}`. Format version {config.format_version}, t2 {config.t2_version}.",
+        f"Base model fingerprint: `{base.fingerprint}`. Format version {config.format_version}, t2 {config.t2_version}.",
         "",
     ]
     return "\n".join(lines)
@@ -221,10 +301,6 @@ def register_expert(
     ``link_parents=False`` keeps the lineage in the config only (imported experts: a local expert
     that happens to share a parent's name is not that parent).
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert, ExpertParent
-
     tmp_dir = registry.home / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix="expert-", suffix=".safetensors", dir=tmp_dir)
@@ -234,41 +310,23 @@ def register_expert(
         info = registry.blobs.put_file(Path(tmp_name), move=True)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
-    with registry.session() as session:
-        existing = session.scalars(select(Expert).where(Expert.name == config.name)).first()
-        if existing is not None:
-            if not replace:
-                raise T2Error(f"an expert named {config.name!r} already exists", "pick another --name or remove it")
-            session.delete(existing)
-            session.flush()
-        registry.add_blob(session, info, "expert")
-        expert = Expert(
-            name=config.name,
-            base_model_id=base_model_id,
-            decomposition_id=decomposition_id,
-            kind=config.kind,
-            task=config.task,
-            category=config.category,
-            description=config.description,
-            targets_json=json.dumps({"spec": config.targets, "matrices": sorted(z)}),
-            blob_sha256=info.sha256,
-            config_json=config.to_json(),
-        )
-        session.add(expert)
-        session.flush()
-        for parent in config.parents if link_parents else []:
-            parent_row = session.scalars(select(Expert).where(Expert.name == parent["name"])).first()
-            if parent_row is None:
-                raise ExpertNotFound(f"parent expert {parent['name']!r} is not registered")
-            session.add(
-                ExpertParent(
-                    expert_id=expert.id,
-                    parent_id=parent_row.id,
-                    weight=parent.get("weight"),
-                    relation=parent["relation"],
-                )
-            )
-        return expert.id
+    parents = (
+        tuple(ParentLink(p["name"], p.get("weight"), p["relation"]) for p in config.parents) if link_parents else ()
+    )
+    new = NewExpert(
+        name=config.name,
+        base_model_id=base_model_id,
+        decomposition_id=decomposition_id,
+        kind=config.kind,
+        task=config.task,
+        category=config.category,
+        description=config.description,
+        targets_spec=config.targets,
+        matrices=tuple(sorted(z)),
+        config_json=config.to_json(),
+        parents=parents,
+    )
+    return experts.add(registry, new, info, replace=replace)
 
 
 @dataclass(frozen=True)
@@ -284,18 +342,18 @@ class LoadedExpert:
 
 def load_expert(registry: Registry, name: str) -> LoadedExpert:
     """Read an expert's z vectors (hash-checked) and config from the registry."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    with registry.session(readonly=True) as session:
-        row = session.scalars(select(Expert).where(Expert.name == name)).first()
-        if row is None:
-            known = list(session.scalars(select(Expert.name).order_by(Expert.name).limit(10)))
-            raise ExpertNotFound(
-                f"no expert named {name!r}",
-                f"known experts: {', '.join(known)}" if known else "train one with `t2 train --task math`",
-            )
-        sha, config_json, base_id, dec_id = row.blob_sha256, row.config_json, row.base_model_id, row.decomposition_id
-    registry.blobs.check(sha)
-    return LoadedExpert(name, load_z(registry.blobs.path(sha)), ExpertConfig.from_json(config_json), base_id, dec_id)
+    row = experts.get(registry, name)
+    if row is None:
+        known = experts.names(registry, limit=10)
+        raise ExpertNotFound(
+            f"no expert named {name!r}",
+            f"known experts: {', '.join(known)}" if known else "train one with `t2 train --task math`",
+        )
+    registry.blobs.check(row.blob_sha256)
+    return LoadedExpert(
+        name,
+        load_z(registry.blobs.path(row.blob_sha256)),
+        ExpertConfig.from_json(row.config_json),
+        row.base_model_id,
+        row.decomposition_id,
+    )

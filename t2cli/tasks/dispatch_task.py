@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from registry.queries import experts as expert_rows
 from t2cli.tasks.lookup import get_task, register_task_factory
 from t2cli.tasks.scorers import scorer
 from t2cli.tasks.types import SPLIT_SEED, SPLITS, Score, Task, TaskError, TaskItem
@@ -205,27 +206,21 @@ def category_experts(registry: Registry, base_model_id: int | None) -> list[Cate
     registered wins. A known category (math, code, reasoning) is described as in
     the paper's prompt, any other one by its expert's description.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
     if base_model_id is None:
         return []
     latest: dict[str, CategoryExpert] = {}
-    with registry.session(readonly=True) as session:
-        rows = session.scalars(select(Expert).where(Expert.base_model_id == base_model_id).order_by(Expert.id))
-        for row in rows:
-            category = (row.category or "").strip()
-            if not category or row.kind == "mixture" or category.casefold() in (DISPATCH_TASK, OTHER):
-                continue
-            config = json.loads(row.config_json or "{}")
-            source = (config.get("training") or {}).get("task")
-            description = (
-                CATEGORY_GUIDES.get(category.casefold())
-                or (row.description or "").strip().rstrip(".")
-                or f"questions like those of the task {row.task or row.name}"
-            )
-            latest[category] = CategoryExpert(category, row.name, description, row.task, source)
+    for row in expert_rows.of_base_model(registry, base_model_id):
+        category = (row.category or "").strip()
+        if not category or row.kind == "mixture" or category.casefold() in (DISPATCH_TASK, OTHER):
+            continue
+        config = json.loads(row.config_json or "{}")
+        source = (config.get("training") or {}).get("task")
+        description = (
+            CATEGORY_GUIDES.get(category.casefold())
+            or (row.description or "").strip().rstrip(".")
+            or f"questions like those of the task {row.task or row.name}"
+        )
+        latest[category] = CategoryExpert(category, row.name, description, row.task, source)
     return [latest[c] for c in sorted(latest)]
 
 

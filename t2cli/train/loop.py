@@ -23,15 +23,17 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from registry.queries import experts, runs
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import run_items
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
@@ -137,6 +139,49 @@ class StepMetrics:
 
 
 @dataclass
+class TrainState:
+    """Where a run stands; saved as JSON in every checkpoint (metadata ``state``) and read back to resume."""
+
+    step: int = 0  # the last completed optimizer step (0: only the base weights were validated)
+    best_valid: float = -1.0  # the best validation accuracy so far (the base model's to begin with)
+    best_step: int = 0  # the step of best_valid; its z is the one registered
+    base_valid: float | None = None  # validation accuracy of the base weights (None: not measured yet)
+    history: list[StepMetrics] = field(default_factory=list)  # one entry per completed step
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainState:
+        """Read a checkpoint's state; keys a newer t2 added are dropped with a warning."""
+        data = json.loads(text)
+        _warn_unknown("training state", data, cls)
+        history = []
+        for entry in data.get("history", []):
+            _warn_unknown("step metrics", entry, StepMetrics)
+            history.append(StepMetrics(**{k: v for k, v in entry.items() if k in StepMetrics.__dataclass_fields__}))
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "history"}
+        return cls(**known, history=history)
+
+
+def _warn_unknown(what: str, data: dict[str, Any], cls: type) -> None:
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        warnings.warn(f"ignoring unknown {what} keys in a checkpoint: {', '.join(unknown)}", stacklevel=3)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What ``checkpoint.safetensors`` holds, read back: tensors (z, best z, Adam moments, torch RNG) and metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    state: TrainState
+    adam_steps: dict[str, float]  # matrix name -> AdamW step count
+    schedule: dict[str, Any]  # the LR scheduler's own state_dict
+    python_rng: tuple[Any, ...]  # random.Random.getstate() of the prompt sampler
+
+
+@dataclass
 class TrainResult:
     run_id: str
     expert: str
@@ -203,12 +248,12 @@ def _train(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(config))
     item_rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
-    state: dict[str, Any] = {"step": 0, "best_valid": -1.0, "best_step": 0, "base_valid": None, "history": []}
+    state = TrainState()
     best_z = {name: v.detach().clone() for name, v in z.items()}
     checkpoint = dist.on_main(lambda: _read_checkpoint(run_dir))
     if checkpoint is not None:
         state, best_z = _restore_checkpoint(checkpoint, z, optimizer, schedule, item_rng)
-        emit(f"resumed {run_id} at step {state['step']}", None)
+        emit(f"resumed {run_id} at step {state.step}", None)
     if dist.enabled:
         layout = "FSDP-sharded model" if sharded else "data parallel"
         emit(
@@ -216,7 +261,7 @@ def _train(
             f"{config.prompts_per_step} prompts per step split over them",
             None,
         )
-    history = [StepMetrics(**m) for m in state["history"]]
+    history = state.history
     started = time.perf_counter()
 
     def validate(step: int) -> float:
@@ -243,15 +288,15 @@ def _train(
         return total / len(valid_items)
 
     try:
-        if state["base_valid"] is None:
-            state["base_valid"] = validate(0)  # z = 1: the base model's validation accuracy
-            state["best_valid"] = state["base_valid"]
+        if state.base_valid is None:
+            state.base_valid = validate(0)  # z = 1: the base model's validation accuracy
+            state.best_valid = state.base_valid
             if dist.is_main:
-                _record_values(registry, run_id, 0, {"valid_accuracy": state["base_valid"]})
+                _record_values(registry, run_id, 0, {"valid_accuracy": state.base_valid})
                 _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
-            emit(f"step 0 (base weights): validation accuracy {state['base_valid']:.1%}", None)
+            emit(f"step 0 (base weights): validation accuracy {state.base_valid:.1%}", None)
 
-        for step in range(state["step"] + 1, config.steps + 1):
+        for step in range(state.step + 1, config.steps + 1):
             step_start = time.perf_counter()
             # 1. the step's global batch of prompts (the same on every rank); this rank's contiguous share of it
             items = task.sample_train(config.prompts_per_step, item_rng)
@@ -327,12 +372,11 @@ def _train(
             # 7. validation; the best-on-validation z is what gets registered
             if step % config.eval_every == 0 or step == config.steps:
                 metrics.valid_accuracy = validate(step)
-                if metrics.valid_accuracy > state["best_valid"]:
-                    state["best_valid"], state["best_step"] = metrics.valid_accuracy, step
+                if metrics.valid_accuracy > state.best_valid:
+                    state.best_valid, state.best_step = metrics.valid_accuracy, step
                     best_z = {name: v.detach().clone() for name, v in z.items()}
             history.append(metrics)
-            state["step"] = step
-            state["history"] = [asdict(m) for m in history]
+            state.step = step
 
             # 8. checkpoint every step, metrics to the registry (rank 0)
             if dist.is_main:
@@ -343,7 +387,7 @@ def _train(
         if dist.is_main:
             _set_status(registry, run_id, "interrupted")
         raise TrainingInterrupted(
-            f"training interrupted after step {state['step']} of {config.steps} (checkpointed)",
+            f"training interrupted after step {state.step} of {config.steps} (checkpointed)",
             f"resume with: t2 train --task {config.task} --name {config.name} --resume",
         ) from None
     except BaseException:
@@ -362,9 +406,9 @@ def _train(
         description=f"SVF expert trained with RL on {task.name}",
         parametrization={"stored": "effective_multiplier", "trained": "direct z, init 1.0", "norm_rescaled": False},
         metrics={
-            "valid_accuracy": state["best_valid"],
-            "base_valid_accuracy": state["base_valid"],
-            "best_step": state["best_step"],
+            "valid_accuracy": state.best_valid,
+            "base_valid_accuracy": state.base_valid,
+            "best_step": state.best_step,
             "valid_n": len(valid_items),
         },
         training={**asdict(config), "run_id": run_id},
@@ -382,12 +426,13 @@ def _train(
         _finish_run(registry, run_id, expert_id)
 
     dist.on_main(register)  # the other ranks return once the expert is registered
+    assert state.base_valid is not None  # measured at step 0, before the loop
     return TrainResult(
         run_id=run_id,
         expert=config.name,
-        best_step=state["best_step"],
-        best_valid_accuracy=state["best_valid"],
-        base_valid_accuracy=state["base_valid"],
+        best_step=state.best_step,
+        best_valid_accuracy=state.best_valid,
+        base_valid_accuracy=state.base_valid,
         history=history,
         seconds=time.perf_counter() - started,
     )
@@ -591,67 +636,53 @@ def _start_run(
 
     Rank 0 only (``Dist.on_main``), so a ``RunBusy`` reaches every rank.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert, TrainingRun
-
-    with registry.session() as session:
-        if resume_run is not None:
-            row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == resume_run)).first()
-            if row is None:
-                raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
-            held.enter_context(hold_run_lock(Path(row.checkpoint_dir), row.run_id))  # RunBusy if it is trained now
-            stored = json.loads(row.config_json)
-            if {k: stored.get(k) for k in ("task", "name", "targets")} != {
-                "task": config.task,
-                "name": config.name,
-                "targets": config.targets,
-            }:
-                raise T2Error(
-                    f"run {resume_run} trained {stored.get('name')!r} on {stored.get('task')!r}",
-                    "resume it with the same --task and --name",
-                )
-            row.status = "running"
-            return row.run_id, Path(row.checkpoint_dir)
-        if session.scalars(select(Expert.id).where(Expert.name == config.name)).first() is not None:
+    if resume_run is not None:
+        row = runs.get(registry, resume_run)
+        if row is None:
+            raise T2Error(f"no training run {resume_run!r}", "see `t2 runs list`")
+        run_dir = Path(row.checkpoint_dir or registry.home / "runs" / row.run_id)
+        held.enter_context(hold_run_lock(run_dir, row.run_id))  # RunBusy if it is trained now
+        stored = json.loads(row.config_json)
+        if {k: stored.get(k) for k in ("task", "name", "targets")} != {
+            "task": config.task,
+            "name": config.name,
+            "targets": config.targets,
+        }:
             raise T2Error(
-                f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it"
+                f"run {resume_run} trained {stored.get('name')!r} on {stored.get('task')!r}",
+                "resume it with the same --task and --name",
             )
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_id = f"run-{stamp}-{os.urandom(2).hex()}"
-        run_dir = registry.home / "runs" / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
-        held.enter_context(hold_run_lock(run_dir, run_id))
-        session.add(
-            TrainingRun(
-                run_id=run_id,
-                base_model_id=adaptable.base_model_id,
-                task=config.task,
-                status="running",
-                config_json=json.dumps(asdict(config), sort_keys=True),
-                checkpoint_dir=str(run_dir),
-            )
-        )
-        return run_id, run_dir
+        runs.set_status(registry, row.run_id, "running")
+        return row.run_id, run_dir
+    if experts.exists(registry, config.name):
+        raise T2Error(f"an expert named {config.name!r} already exists", "pick another --name or `t2 experts rm` it")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id = f"run-{stamp}-{os.urandom(2).hex()}"
+    run_dir = registry.home / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    held.enter_context(hold_run_lock(run_dir, run_id))
+    runs.start(
+        registry,
+        run_id=run_id,
+        base_model_id=adaptable.base_model_id,
+        task=config.task,
+        config_json=json.dumps(asdict(config), sort_keys=True),
+        checkpoint_dir=str(run_dir),
+    )
+    return run_id, run_dir
 
 
 def find_resumable_run(registry: Registry, name: str) -> str | None:
     """The latest unfinished run that trains expert ``name``."""
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session(readonly=True) as session:
-        rows = session.scalars(
-            select(TrainingRun).where(TrainingRun.status != "finished").order_by(TrainingRun.id.desc())
-        ).all()
-        for row in rows:
-            if json.loads(row.config_json).get("name") == name:
-                return row.run_id
+    for row in runs.unfinished(registry):
+        if json.loads(row.config_json).get("name") == name:
+            return row.run_id
     return None
 
 
-def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z, optimizer, schedule, item_rng) -> None:
+def _save_checkpoint(
+    run_dir: Path, config: TrainConfig, state: TrainState, z, best_z, optimizer, schedule, item_rng
+) -> None:
     """One safetensors file (tensors + JSON metadata), written to a temp file then renamed."""
     from safetensors.torch import save_file
 
@@ -670,7 +701,7 @@ def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z,
     py_state = item_rng.getstate()
     metadata = {
         "config": json.dumps(asdict(config), sort_keys=True),
-        "state": json.dumps(state, sort_keys=True),
+        "state": state.to_json(),
         "adam_steps": json.dumps(adam_steps),
         "schedule": json.dumps(schedule.state_dict()),
         "python_rng": json.dumps([py_state[0], list(py_state[1]), py_state[2]]),
@@ -680,40 +711,49 @@ def _save_checkpoint(run_dir: Path, config: TrainConfig, state: dict, z, best_z,
     os.replace(tmp, run_dir / CHECKPOINT_FILE)
 
 
-def _read_checkpoint(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """The checkpoint's tensors and metadata, or None when the run has none yet."""
+def _read_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The run's checkpoint, or None when it has none yet."""
     from safetensors import safe_open
 
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         return None
     with safe_open(str(path), framework="pt") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
+    version, internal, gauss = json.loads(metadata["python_rng"])
+    return Checkpoint(
+        tensors=tensors,
+        state=TrainState.from_json(metadata["state"]),
+        adam_steps=json.loads(metadata["adam_steps"]),
+        schedule=json.loads(metadata["schedule"]),
+        python_rng=(version, tuple(internal), gauss),
+    )
 
 
-def _restore_checkpoint(checkpoint, z, optimizer, schedule, item_rng) -> tuple[dict, dict]:
+def _restore_checkpoint(
+    checkpoint: Checkpoint, z, optimizer, schedule, item_rng
+) -> tuple[TrainState, dict[str, torch.Tensor]]:
     """Load a checkpoint into z, the optimizer, the schedule and the RNGs; returns (state, best z)."""
-    tensors, metadata = checkpoint
-    adam_steps = json.loads(metadata["adam_steps"])
+    tensors = checkpoint.tensors
     with torch.no_grad():
         for name, value in z.items():
             value.copy_(tensors[f"z/{name}"])
             if f"adam/exp_avg/{name}" in tensors:
                 optimizer.state[value] = {
-                    "step": torch.tensor(adam_steps[name]),
+                    "step": torch.tensor(checkpoint.adam_steps[name]),
                     "exp_avg": tensors[f"adam/exp_avg/{name}"].to(value.device).clone(),
                     "exp_avg_sq": tensors[f"adam/exp_avg_sq/{name}"].to(value.device).clone(),
                 }
-    schedule.load_state_dict(json.loads(metadata["schedule"]))
+    schedule.load_state_dict(checkpoint.schedule)
     # The scheduler's state does not carry the optimizer's current lr: set it, or the first resumed
     # step would run at the initial lr instead of the decayed one.
     for group, lr in zip(optimizer.param_groups, schedule.get_last_lr()):
         group["lr"] = lr
     torch.set_rng_state(tensors["rng/torch"])
-    version, internal, gauss = json.loads(metadata["python_rng"])
-    item_rng.setstate((version, tuple(internal), gauss))
+    item_rng.setstate(checkpoint.python_rng)
     best_z = {name: tensors[f"best/{name}"].to(z[name].device).clone() for name in z}
-    return json.loads(metadata["state"]), best_z
+    return checkpoint.state, best_z
 
 
 def _record_metrics(registry: Registry, run_id: str, metrics: StepMetrics) -> None:
@@ -722,25 +762,11 @@ def _record_metrics(registry: Registry, run_id: str, metrics: StepMetrics) -> No
 
 
 def _record_values(registry: Registry, run_id: str, step: int, values: dict[str, float]) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import RunMetric, TrainingRun
-
-    with registry.session() as session:
-        run_pk = session.scalars(select(TrainingRun.id).where(TrainingRun.run_id == run_id)).one()
-        for key, value in values.items():
-            session.merge(RunMetric(run_id=run_pk, step=step, name=key, value=float(value)))
+    runs.record_metrics(registry, run_id, step, values)
 
 
 def _set_status(registry: Registry, run_id: str, status: str) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session() as session:
-        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).first()
-        if row is not None:
-            row.status = status
+    runs.set_status(registry, run_id, status)
 
 
 def _registered_by_run(registry: Registry, name: str, run_id: str) -> bool:
@@ -749,20 +775,9 @@ def _registered_by_run(registry: Registry, name: str, run_id: str) -> bool:
     True after a kill between registering the expert and marking the run finished: the resumed
     run re-registers the same z (same checkpoint) in place of it instead of refusing the name.
     """
-    from sqlalchemy import select
-
-    from registry.schema import Expert
-
-    with registry.session(readonly=True) as session:
-        config_json = session.scalars(select(Expert.config_json).where(Expert.name == name)).first()
-    return config_json is not None and json.loads(config_json).get("training", {}).get("run_id") == run_id
+    record = experts.get(registry, name)
+    return record is not None and json.loads(record.config_json).get("training", {}).get("run_id") == run_id
 
 
 def _finish_run(registry: Registry, run_id: str, expert_id: int) -> None:
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session() as session:
-        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).one()
-        row.status, row.expert_id, row.finished_at = "finished", expert_id, datetime.now(timezone.utc)
+    runs.finish(registry, run_id, expert_id)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from registry.queries import runs
+from registry.records import RunRecord
 from t2cli.errors import T2Error
 from t2cli.train.run_lock import run_in_progress
 
@@ -30,47 +32,35 @@ class RunInfo:
 
 def list_runs(registry: Registry) -> list[RunInfo]:
     """Every training run, newest first (without per-step metrics)."""
-    from sqlalchemy import select
-
-    from registry.schema import TrainingRun
-
-    with registry.session(readonly=True) as session:
-        ids = list(session.scalars(select(TrainingRun.run_id).order_by(TrainingRun.id.desc())))
-    return [get_run(registry, run_id, with_metrics=False) for run_id in ids]
+    return [_info(record, {}) for record in runs.all_runs(registry)]
 
 
 def get_run(registry: Registry, run_id: str, *, with_metrics: bool = True) -> RunInfo:
     """One run with its per-step metrics."""
-    from sqlalchemy import select
-
-    from registry.schema import Expert, RunMetric, TrainingRun
-
-    with registry.session(readonly=True) as session:
-        row = session.scalars(select(TrainingRun).where(TrainingRun.run_id == run_id)).first()
-        if row is None:
-            recent = list(session.scalars(select(TrainingRun.run_id).order_by(TrainingRun.id.desc()).limit(5)))
-            raise T2Error(
-                f"no training run {run_id!r}",
-                f"recent runs: {', '.join(recent)}" if recent else "train one with `t2 train`",
-            )
-        expert = session.get(Expert, row.expert_id).name if row.expert_id else None
-        metrics: dict[str, dict[int, float]] = {}
-        if with_metrics:
-            for metric in session.scalars(select(RunMetric).where(RunMetric.run_id == row.id).order_by(RunMetric.step)):
-                metrics.setdefault(metric.name, {})[metric.step] = metric.value
-        status = row.status
-        if status == "running" and not run_in_progress(row.checkpoint_dir):
-            status = "interrupted"  # its process died without saying so (kill -9, power loss)
-        return RunInfo(
-            run_id=row.run_id,
-            task=row.task,
-            status=status,
-            expert=expert,
-            started_at=str(row.started_at),
-            finished_at=str(row.finished_at) if row.finished_at else None,
-            config=json.loads(row.config_json),
-            metrics=metrics,
+    record = runs.get(registry, run_id)
+    if record is None:
+        recent = runs.recent_ids(registry, 5)
+        raise T2Error(
+            f"no training run {run_id!r}",
+            f"recent runs: {', '.join(recent)}" if recent else "train one with `t2 train`",
         )
+    return _info(record, runs.metrics(registry, run_id) if with_metrics else {})
+
+
+def _info(record: RunRecord, metrics: dict[str, dict[int, float]]) -> RunInfo:
+    status = record.status
+    if status == "running" and not run_in_progress(record.checkpoint_dir):
+        status = "interrupted"  # its process died without saying so (kill -9, power loss)
+    return RunInfo(
+        run_id=record.run_id,
+        task=record.task,
+        status=status,
+        expert=record.expert_name,
+        started_at=str(record.started_at),
+        finished_at=str(record.finished_at) if record.finished_at else None,
+        config=json.loads(record.config_json),
+        metrics=metrics,
+    )
 
 
 def plot_learning_curve(run: RunInfo, path: Path, *, base_valid: float | None = None) -> Path:

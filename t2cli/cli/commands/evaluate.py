@@ -64,7 +64,7 @@ def eval_cmd(
     from t2cli.eval.accuracy import evaluate
     from t2cli.home import open_registry
     from t2cli.svf.adaptable import load_adaptable
-    from t2cli.svf.expert import load_expert
+    from t2cli.svf.expert import base_model_argument, check_base_model, load_expert
     from t2cli.tasks import get_task, needs_registry
 
     if sum((base, expert is not None, strategy is not None)) != 1:
@@ -77,11 +77,11 @@ def eval_cmd(
         loaded = load_expert(registry, expert) if expert else None
         targets = loaded.config.targets if loaded else "all"
         if loaded is not None:
-            model = _expert_model(loaded, model)
+            model = base_model_argument(loaded.config, model)
         err.print(f"loading {model or 'the embedded model'}...")
         adaptable = load_adaptable(registry, model, targets=targets, device=device)
         if loaded is not None:
-            _check_same_base(loaded, adaptable)
+            check_base_model(loaded.name, loaded.config.base_model, adaptable.identity)
         if task_obj is None:
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         items = task_obj.split(split)
@@ -174,27 +174,6 @@ def _eval_strategy(
         f"accuracy {result.accuracy:.1%} ({result.correct}/{result.n}), 95% CI [{result.ci_low:.1%}, {result.ci_high:.1%}]; "
         f"pass 1 {result.dispatch_seconds:.0f} s, total {result.seconds:.0f} s"
     )
-
-
-def _expert_model(loaded, model: str | None) -> str | None:
-    """The model an expert belongs to: an alias when it has one, else its location."""
-    from t2cli.models.resolve import ALIASES
-
-    base = loaded.config.base_model
-    own = base["name"] if base.get("name") in ALIASES else base.get("location")
-    return model or own
-
-
-def _check_same_base(loaded, adaptable) -> None:
-    from t2cli.errors import T2Error
-
-    want = loaded.config.base_model.get("fingerprint")
-    if want != adaptable.identity.fingerprint:
-        raise T2Error(
-            f"expert {loaded.name!r} was trained on {loaded.config.base_model.get('name')}; "
-            f"the loaded model is {adaptable.identity.ref.name}",
-            f"use `t2 transfer {loaded.name} --to {adaptable.identity.ref.name}`",
-        )
 
 
 def register(app: typer.Typer) -> None:

@@ -36,7 +36,7 @@ def list_cmd(as_json: JsonOpt = False) -> None:
     for column in ("name", "kind", "base model", "task", "parents", "best accuracy"):
         table.add_column(column)
     for e in experts:
-        best = max((ev["accuracy"] for ev in e.evaluations), default=None)
+        best = max((ev.accuracy for ev in e.evaluations), default=None)
         table.add_row(
             e.name,
             e.kind,
@@ -76,15 +76,15 @@ def show_cmd(name: ExpertArg, as_json: JsonOpt = False) -> None:
         for column in ("task", "split", "n", "accuracy", "95% CI", "base accuracy", "base 95% CI"):
             table.add_column(column)
         for ev in e.evaluations:
-            base = ev.get("base")
+            base = ev.base
             table.add_row(
-                ev["task"],
-                ev["split"],
-                str(ev["n"]),
-                f"{ev['accuracy']:.1%}",
-                f"[{ev['ci_low']:.1%}, {ev['ci_high']:.1%}]",
-                f"{base['accuracy']:.1%}" if base else "-",
-                f"[{base['ci_low']:.1%}, {base['ci_high']:.1%}]" if base else "(run t2 eval --base)",
+                ev.task,
+                ev.split,
+                str(ev.n),
+                f"{ev.accuracy:.1%}",
+                f"[{ev.ci_low:.1%}, {ev.ci_high:.1%}]",
+                f"{base.accuracy:.1%}" if base else "-",
+                f"[{base.ci_low:.1%}, {base.ci_high:.1%}]" if base else "(run t2 eval --base)",
             )
         out.print(table)
 
