@@ -86,8 +86,6 @@ class CEMConfig:
 
 # The settings of the paper / reference code (REFERENCE.md §3), for GPUs.
 PAPER_CEM = CEMConfig(population=32, elite_ratio=0.2, generations=50, init_std=0.5, lower=0.0, upper=1.0)
-# t2's defaults: a CPU-sized search (8 x 5 = 40 evaluations instead of 1600).
-CPU_CEM = CEMConfig()
 
 
 @dataclass(frozen=True)
