@@ -53,11 +53,6 @@ def compose_weight(base: torch.Tensor, factors: Factors, z: torch.Tensor) -> tor
     return (base.to(torch.float32) + compose_delta(factors, z)).to(base.dtype)
 
 
-def identity_z(factors: Mapping[str, Factors]) -> ZVectors:
-    """z = 1 for every matrix: the expert that changes nothing."""
-    return {name: torch.ones_like(f.S) for name, f in factors.items()}
-
-
 class SVFModel:
     """A causal LM plus the SVD factors of its target matrices, ready to be adapted."""
 
@@ -193,10 +188,6 @@ class SVFModel:
 
         params = {f"{name}.weight": weight for name, weight in weights.items()}
         return functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
-
-    def forward_adapted(self, z: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
-        """Model forward with W'(z) in place of the target weights, differentiable in z."""
-        return self.forward_with(self.differentiable_weights(z), **inputs)
 
 
 def load_svf_model(
