@@ -1,4 +1,4 @@
-"""Two-pass adaptive inference (REFERENCE.md §3): the engine behind ``t2 ask``.
+"""Two-pass adaptive inference (docs/method.md §3): the engine behind ``t2 ask``.
 
 Pass 1 runs the strategy (``t2cli.ask.strategies``) and yields a ``Dispatch``: base
 weights, one expert, or a mixture z' = sum_k alpha_k z_k. The switch applies that

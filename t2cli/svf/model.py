@@ -1,7 +1,7 @@
 """Singular Value Fine-tuning: adapt a loaded model with one multiplier vector z per matrix.
 
 W' = U diag(S * z) Vh, computed as W' = W + U diag(S * (z - 1)) Vh with the delta in
-float32, so z = 1 gives W back exactly whatever the model's dtype (REFERENCE.md §1).
+float32, so z = 1 gives W back exactly whatever the model's dtype (docs/method.md §1).
 
 ``SVFModel`` keeps the factors in memory on the model's device and the base weight
 tensors untouched: applying an expert rebinds each target parameter to a composed
