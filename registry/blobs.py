@@ -59,24 +59,6 @@ class BlobStore:
             _drop(src)
         return info
 
-    def put_bytes(self, data: bytes) -> BlobInfo:
-        """Store ``data``; see ``put_file``."""
-        info = BlobInfo(hashlib.sha256(data).hexdigest(), len(data))
-        if self._keep_existing(info.sha256):
-            return info
-        tmp = self._new_temp()
-        try:
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            self._install(tmp, info.sha256)
-        except OSError as exc:
-            raise store_unavailable("write to the blob store", self.root, exc) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        return info
-
     def _copy_in(self, src: Path) -> BlobInfo:
         # One pass: hash while copying into a temp file, then rename it to its name.
         try:

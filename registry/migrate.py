@@ -54,14 +54,6 @@ def known_revisions() -> list[str]:
     return [script.revision for script in reversed(list(script_directory().walk_revisions()))]
 
 
-def head_revision() -> str:
-    """The newest revision this version of t2 ships."""
-    head = script_directory().get_current_head()
-    if head is None:
-        raise RegistryError(f"no migrations found in {MIGRATIONS_DIR}", "reinstall t2")
-    return head
-
-
 @contextmanager
 def exclusive_lock(lock_path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_path`` (created if needed) for the block.

@@ -11,6 +11,7 @@ import pytest
 
 from registry import BlobCorrupt, BlobInfo, BlobMissing, BlobStore, RegistryError, StoreUnavailable
 from registry import blobs as blobs_module
+from tests.blob_data import put_data
 
 
 @pytest.fixture
@@ -22,9 +23,9 @@ def _all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-def test_put_bytes_round_trip(store: BlobStore) -> None:
+def test_put_round_trip(store: BlobStore) -> None:
     data = b"singular values" * 1000
-    info = store.put_bytes(data)
+    info = put_data(store, data)
     assert info == BlobInfo(hashlib.sha256(data).hexdigest(), len(data))
     path = store.path(info.sha256)
     assert path == store.root / "sha256" / info.sha256[:2] / info.sha256
@@ -57,7 +58,7 @@ def test_put_file_move_takes_the_source(store: BlobStore, tmp_path: Path) -> Non
 def test_same_content_gives_same_sha_and_one_file(store: BlobStore, tmp_path: Path) -> None:
     src = tmp_path / "a.bin"
     src.write_bytes(b"same")
-    first = store.put_bytes(b"same")
+    first = put_data(store, b"same")
     second = store.put_file(src)
     third = store.put_file(src, move=True)
     assert first == second == third
@@ -67,7 +68,7 @@ def test_same_content_gives_same_sha_and_one_file(store: BlobStore, tmp_path: Pa
 
 
 def test_iter_shas_skips_stray_files(store: BlobStore) -> None:
-    info = store.put_bytes(b"x")
+    info = put_data(store, b"x")
     (store.root / "sha256" / info.sha256[:2] / "notes.txt").write_text("not a blob")
     (store.root / "sha256" / "zz").mkdir()
     (store.root / "sha256" / "zz" / ("0" * 64)).write_bytes(b"in the wrong directory")
@@ -83,7 +84,7 @@ def test_full_disk_leaves_no_partial_file(store: BlobStore, tmp_path: Path, monk
     monkeypatch.setattr(blobs_module.os, "replace", full)
     src = tmp_path / "big.bin"
     src.write_bytes(b"payload")
-    for put in (lambda: store.put_file(src), lambda: store.put_bytes(b"other"), lambda: store.put_file(src, move=True)):
+    for put in (lambda: store.put_file(src), lambda: store.put_file(src, move=True)):
         with pytest.raises(StoreUnavailable) as caught:
             put()
         assert "No space left on device" in caught.value.message
@@ -99,7 +100,7 @@ def test_unreadable_source_is_a_registry_error(store: BlobStore, tmp_path: Path)
 
 
 def test_check_detects_corruption(store: BlobStore) -> None:
-    info = store.put_bytes(b"original content")
+    info = put_data(store, b"original content")
     path = store.path(info.sha256)
     path.chmod(0o644)
     with open(path, "r+b") as handle:
@@ -125,7 +126,7 @@ def test_malformed_sha_is_refused(store: BlobStore) -> None:
 
 
 def test_remove_is_idempotent(store: BlobStore) -> None:
-    info = store.put_bytes(b"gone soon")
+    info = put_data(store, b"gone soon")
     store.remove(info.sha256)
     store.remove(info.sha256)
     assert not store.exists(info.sha256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,9 +90,31 @@ def test_reevaluated_best_takes_a_population_slot() -> None:
     assert torch.equal(seen[4], seen[int(torch.stack(seen[:4]).sum(1).argmin())])  # generation 2 slot 0 = best of 1
 
 
-def test_paper_defaults_are_recorded() -> None:
-    assert (PAPER_CEM.population, PAPER_CEM.elite_ratio, PAPER_CEM.init_std, PAPER_CEM.num_elite) == (32, 0.2, 0.5, 6)
-    assert (PAPER_CEM.lower, PAPER_CEM.upper) == (0.0, 1.0)
+@pytest.mark.parametrize(
+    ("config", "n_elite"),
+    [
+        (replace(PAPER_CEM, generations=1, min_std=0.0), 6),  # the paper's 32 x 0.2
+        (CEMConfig(population=8, elite_ratio=0.1, generations=1, min_std=0.0), 2),  # never fewer than two
+    ],
+)
+def test_the_gaussian_is_refitted_to_the_best_candidates(config: CEMConfig, n_elite: int) -> None:
+    """After a generation the sampling std is the spread of the ``n_elite`` best candidates, no more, no fewer."""
+    target = torch.tensor([0.9, 0.1, 0.4], dtype=torch.float64)
+
+    def score(alpha: torch.Tensor) -> float:
+        return -float(((alpha - target) ** 2).sum())
+
+    seen: list[torch.Tensor] = []
+    result = cem_search(lambda alpha: seen.append(alpha) or score(alpha), 3, config)
+    ranked = sorted(seen, key=score, reverse=True)
+
+    def spread(k: int) -> float:
+        return float(torch.stack(ranked[:k]).std(dim=0, unbiased=False).mean())
+
+    assert len(seen) == config.population
+    assert result.history[0].spread == pytest.approx(spread(n_elite), rel=1e-9)
+    assert abs(spread(n_elite) - spread(n_elite - 1)) > 1e-3 and abs(spread(n_elite) - spread(n_elite + 1)) > 1e-3
+    assert torch.equal(result.best_alpha, ranked[0])
 
 
 @pytest.mark.parametrize(

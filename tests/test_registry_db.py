@@ -27,6 +27,7 @@ from registry import (
     StoreUnavailable,
 )
 from registry.db import translate_error
+from tests.blob_data import put_data
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def _base_model(session: Session, fingerprint: str = "f" * 64) -> BaseModel:
 
 
 def _expert(reg: Registry, session: Session, base: BaseModel, name: str, content: bytes | None = None) -> Expert:
-    blob = reg.add_blob(session, reg.blobs.put_bytes(content or name.encode()), "expert")
+    blob = reg.add_blob(session, put_data(reg.blobs, content or name.encode()), "expert")
     expert = Expert(name=name, base_model=base, kind="trained", targets_json="[]", blob_sha256=blob.sha256)
     session.add(expert)
     session.flush()
@@ -136,7 +137,7 @@ def test_deleting_an_expert_removes_its_tags_and_parent_links(reg: Registry) -> 
 def test_deleting_a_decomposition_cascades_to_matrices_and_detaches_experts(reg: Registry) -> None:
     with reg.session() as session:
         base = _base_model(session)
-        svd = reg.add_blob(session, reg.blobs.put_bytes(b"usv"), "svd")
+        svd = reg.add_blob(session, put_data(reg.blobs, b"usv"), "svd")
         decomposition = Decomposition(
             base_model=base, targets_spec="mlp", targets_key="k" * 64, dtype="float32", method="torch.linalg.svd"
         )
@@ -174,7 +175,7 @@ def test_a_session_that_raises_rolls_back(reg: Registry) -> None:
 
 
 def test_add_blob_inserts_once_and_needs_the_file(reg: Registry) -> None:
-    info = reg.blobs.put_bytes(b"weights")
+    info = put_data(reg.blobs, b"weights")
     with reg.session() as session:
         first = reg.add_blob(session, info, "svd")
     with reg.session() as session:
@@ -192,9 +193,9 @@ def test_verify_reports_missing_corrupt_orphan_and_unreferenced(reg: Registry) -
         missing = _expert(reg, session, base, "gone").blob_sha256
         corrupt = _expert(reg, session, base, "bitrot").blob_sha256
         intact = _expert(reg, session, base, "fine").blob_sha256
-        unreferenced = reg.add_blob(session, reg.blobs.put_bytes(b"left over"), "svd").sha256
-        lost_unused = reg.add_blob(session, reg.blobs.put_bytes(b"lost, unused"), "svd").sha256
-    orphan = reg.blobs.put_bytes(b"never registered").sha256
+        unreferenced = reg.add_blob(session, put_data(reg.blobs, b"left over"), "svd").sha256
+        lost_unused = reg.add_blob(session, put_data(reg.blobs, b"lost, unused"), "svd").sha256
+    orphan = put_data(reg.blobs, b"never registered").sha256
     reg.blobs.remove(missing)
     reg.blobs.remove(lost_unused)  # nothing refers to it: wasted row, not lost data
     path = reg.blobs.path(corrupt)
@@ -214,11 +215,11 @@ def test_verify_reports_missing_corrupt_orphan_and_unreferenced(reg: Registry) -
 def test_gc_removes_orphans_and_unreferenced_but_never_a_referenced_blob(reg: Registry) -> None:
     with reg.session() as session:
         kept = _expert(reg, session, _base_model(session), "math").blob_sha256
-        unreferenced = reg.add_blob(session, reg.blobs.put_bytes(b"left over"), "svd").sha256
-        fileless = reg.add_blob(session, reg.blobs.put_bytes(b"row whose file is gone"), "svd").sha256
+        unreferenced = reg.add_blob(session, put_data(reg.blobs, b"left over"), "svd").sha256
+        fileless = reg.add_blob(session, put_data(reg.blobs, b"row whose file is gone"), "svd").sha256
     reg.blobs.remove(fileless)
-    orphan = reg.blobs.put_bytes(b"never registered").sha256
-    fresh_orphan = reg.blobs.put_bytes(b"being written by another process").sha256
+    orphan = put_data(reg.blobs, b"never registered").sha256
+    fresh_orphan = put_data(reg.blobs, b"being written by another process").sha256
     for sha in (kept, unreferenced, orphan):
         _age(reg, sha)
     expected = sorted([unreferenced, fileless, orphan])

@@ -125,7 +125,8 @@ def test_the_sharded_model_gives_the_replicated_logits_and_z_gradients(one_rank_
     with svf.bound(mine):
         net(input_ids=ids).logits.float().pow(2).mean().backward()
     theirs = {n: v.clone().requires_grad_(True) for n, v in z.items()}
-    plain.svf.forward_adapted(theirs, input_ids=ids).logits.float().pow(2).mean().backward()
+    logits = plain.svf.forward_with(plain.svf.differentiable_weights(theirs), input_ids=ids).logits
+    logits.float().pow(2).mean().backward()
     scale = max(float(v.grad.abs().max()) for v in theirs.values())
     assert scale > 0
     assert max(float((mine[n].grad - theirs[n].grad).abs().max()) for n in z) < 1e-5 * scale
@@ -382,7 +383,7 @@ def test_padding_adds_forwards_but_changes_no_completion_and_no_gradient(
         z = svf.trainable_z()
         calls["forward"] = 0
         loss, kl = policy_gradient(
-            lambda **kw: svf.forward_adapted(z, **kw),
+            lambda **kw: svf.forward_with(svf.differentiable_weights(z), **kw),
             model,
             tokenizer.pad_token_id,
             plain,

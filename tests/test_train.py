@@ -91,6 +91,66 @@ def test_interrupted_run_resumes_to_the_same_z(tiny_llama: Path, sums_task, tmp_
         assert torch.allclose(clean_z[name], resumed_z[name], atol=1e-6), name
 
 
+def test_training_raises_a_learnable_reward_above_the_start(tmp_path: Path) -> None:
+    """REINFORCE moves z towards rewarded completions: a reward any model can earn rises after a few steps.
+
+    The reward: +1 when the one-token completion is a lowercase letter. What is measured is exact, not
+    sampled: the probability the model gives a lowercase first token, over the training prompts, with
+    the base weights and with the registered expert. With the policy gradient's sign flipped, training
+    drives that probability down, validation never beats step 0, and the registered z stays 1.
+    """
+    from t2cli.tasks import get_task
+    from tests.tiny_models import build_tiny_model
+
+    model_dir = build_tiny_model("llama", tmp_path / "llama", seed=0, initializer_range=0.5)
+    words = ["cat", "dog", "sun", "map", "pen", "box", "cup", "hat", "key", "jar", "fox", "bee", "owl"]
+    path = tmp_path / "lower.jsonl"
+    splits = ["train"] * 8 + ["valid"] * 4 + ["test"]
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"say {word}", "answer": "[a-z]", "kind": "regex", "split": split}) + "\n"
+            for word, split in zip(words, splits)
+        )
+    )
+    task = get_task(str(path))
+    config = TrainConfig(
+        task="lower",
+        name="lower",
+        steps=6,
+        prompts_per_step=8,
+        samples_per_prompt=4,
+        eval_every=6,
+        valid_size=4,
+        max_new_tokens=1,
+        micro_batch=32,
+        gen_batch=32,
+        lr=0.05,
+        device="cpu",
+        seed=0,
+    )
+
+    def p_lowercase(adaptable, z) -> float:
+        tokenizer = adaptable.tokenizer
+        lowercase = torch.tensor(tokenizer.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyz")))
+        probabilities = []
+        with torch.no_grad(), adaptable.svf.adapted(z):
+            for prompt in task.prompts(tokenizer, task.split("train")):
+                inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+                logits = adaptable.model(**inputs).logits[0, -1].float()
+                probabilities.append(float(logits.softmax(-1)[lowercase].sum()))
+        return sum(probabilities) / len(probabilities)
+
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(model_dir), device="cpu")
+        before = p_lowercase(adaptable, None)
+        result = train(registry, adaptable, task, config)
+        after = p_lowercase(adaptable, load_expert(registry, "lower").z)
+    # Measured at seed 0: 0.23 -> 0.96, rollout reward -0.38 -> 1.0 (flipped sign: 0.23 -> 0.23, reward -> -1.0).
+    assert after > before + 0.3, (before, after)
+    assert result.history[-1].reward > result.history[0].reward + 0.5
+    assert result.best_step > 0 and result.best_valid_accuracy > result.base_valid_accuracy
+
+
 def test_eval_stores_accuracy_with_interval(tiny_llama: Path, sums_task) -> None:
     with open_registry() as registry:
         adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")

@@ -38,12 +38,18 @@ def _config(arch: str):
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gemma", "gemma3")
 
 
-def build_tiny_model(arch: str, folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random model of ``arch`` (safetensors + config) into ``folder``."""
+def build_tiny_model(arch: str, folder: Path, seed: int = 0, *, initializer_range: float | None = None) -> Path:
+    """Save a tiny random model of ``arch`` (safetensors + config) into ``folder``.
+
+    ``initializer_range``: the std of the random weights (default: the architecture's, 0.02); a large
+    one (0.5) gives logits far from uniform, which z can move within a few training steps.
+    """
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config = _config(arch)
+    if initializer_range is not None:
+        config.initializer_range = initializer_range
     config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2  # the tiny tokenizer's ids
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2

@@ -8,7 +8,7 @@ breaks accuracy ties by likelihood). ``adapt`` is the engine behind ``t2 adapt``
 fitness = greedy accuracy on a handful of labelled items with the mixed z applied,
 ties broken by the mean per-token log-likelihood of the gold answers; the best
 mixture is registered at the end (a crash mid-search writes nothing) and the base
-weights are restored after every evaluation. See docs/mixing.md (REFERENCE.md §3).
+weights are restored after every evaluation. See docs/mixing.md and docs/method.md §4.
 """
 
 from __future__ import annotations
@@ -86,10 +86,8 @@ class CEMConfig:
         return min(self.population, max(2, round(self.population * self.elite_ratio)))
 
 
-# The settings of the paper / reference code (REFERENCE.md §3), for GPUs.
+# The settings of the paper / the authors' code (docs/method.md §4, docs/mixing.md), for GPUs.
 PAPER_CEM = CEMConfig(population=32, elite_ratio=0.2, generations=50, init_std=0.5, lower=0.0, upper=1.0)
-# t2's defaults: a CPU-sized search (8 x 5 = 40 evaluations instead of 1600).
-CPU_CEM = CEMConfig()
 
 
 @dataclass(frozen=True)

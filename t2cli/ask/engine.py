@@ -1,4 +1,4 @@
-"""Two-pass adaptive inference (REFERENCE.md §3): the engine behind ``t2 ask``.
+"""Two-pass adaptive inference (docs/method.md §3): the engine behind ``t2 ask``.
 
 Pass 1 runs the strategy (``t2cli.ask.strategies``) and yields a ``Dispatch``: base
 weights, one expert, or a mixture z' = sum_k alpha_k z_k. The switch applies that
@@ -187,24 +187,16 @@ class _CallbackStreamer(BaseStreamer):
             self.on_text(piece)
 
 
-def _end_ids(model, tokenizer) -> set[int]:
-    ends = model.generation_config.eos_token_id
-    ids = set(ends if isinstance(ends, list) else [ends] if ends is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
 @torch.no_grad()
 def stream_generate(
     adaptable: Adaptable, prompt: str, *, max_new_tokens: int, temperature: float, on_text: TextCallback | None
 ) -> tuple[str, int]:
     """Answer one prompt (chat template applied) with the weights currently applied; returns (text, tokens)."""
-    from t2cli.runtime.generation import prepare_tokenizer, render_prompt
+    from t2cli.runtime.generation import end_token_ids, prepare_tokenizer, render_prompt
 
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
     model = adaptable.model
-    end_ids = _end_ids(model, tokenizer)
+    end_ids = end_token_ids(model, tokenizer)
     device = next(model.parameters()).device
     enc = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False).to(device)
     streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None

@@ -1,4 +1,4 @@
-"""Pass 1 of two-pass inference: strategies that decide which z answers a prompt (REFERENCE.md §3).
+"""Pass 1 of two-pass inference: strategies that decide which z answers a prompt (docs/method.md §3).
 
 A strategy is registered by name with ``@strategy("name")``. It is a factory: it
 gets a ``DispatchContext`` (the registry, the base model, the options) and an

@@ -1,4 +1,4 @@
-"""Move an expert to another base model (REFERENCE.md §4).
+"""Move an expert to another base model (docs/method.md §5).
 
 z vectors are ordered by singular value, so an expert made for one model can be
 applied to another whose blocks hold the same roles (q, k, v, o, gate, up, down):

@@ -52,7 +52,8 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def _end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The token ids that end a completion: the generation config's eos id(s) and the tokenizer's."""
     ends = model.generation_config.eos_token_id
     ids = set(ends if isinstance(ends, list) else [ends] if ends is not None else [])
     if tokenizer.eos_token_id is not None:
@@ -154,7 +155,7 @@ def generate(
 
     prepare_tokenizer(tokenizer)
     device = next(model.parameters()).device
-    end_ids = _end_ids(model, tokenizer)
+    end_ids = end_token_ids(model, tokenizer)
     expanded = [p for p in prompts for _ in range(per_prompt)]
     prompt_ids: list[list[int]] = []
     completion_ids: list[list[int]] = []

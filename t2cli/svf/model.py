@@ -1,7 +1,7 @@
 """Singular Value Fine-tuning: adapt a loaded model with one multiplier vector z per matrix.
 
 W' = U diag(S * z) Vh, computed as W' = W + U diag(S * (z - 1)) Vh with the delta in
-float32, so z = 1 gives W back exactly whatever the model's dtype (REFERENCE.md §1).
+float32, so z = 1 gives W back exactly whatever the model's dtype (docs/method.md §1).
 
 ``SVFModel`` keeps the factors in memory on the model's device and the base weight
 tensors untouched: applying an expert rebinds each target parameter to a composed
@@ -51,11 +51,6 @@ def compose_delta(factors: Factors, z: torch.Tensor) -> torch.Tensor:
 def compose_weight(base: torch.Tensor, factors: Factors, z: torch.Tensor) -> torch.Tensor:
     """W' = W + delta, summed in float32 and cast back to W's dtype."""
     return (base.to(torch.float32) + compose_delta(factors, z)).to(base.dtype)
-
-
-def identity_z(factors: Mapping[str, Factors]) -> ZVectors:
-    """z = 1 for every matrix: the expert that changes nothing."""
-    return {name: torch.ones_like(f.S) for name, f in factors.items()}
 
 
 class SVFModel:
@@ -193,10 +188,6 @@ class SVFModel:
 
         params = {f"{name}.weight": weight for name, weight in weights.items()}
         return functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
-
-    def forward_adapted(self, z: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
-        """Model forward with W'(z) in place of the target weights, differentiable in z."""
-        return self.forward_with(self.differentiable_weights(z), **inputs)
 
 
 def load_svf_model(

@@ -1,4 +1,4 @@
-"""The ``dispatch`` task: which expert category does a prompt belong to? (REFERENCE.md §3)
+"""The ``dispatch`` task: which expert category does a prompt belong to? (docs/method.md §3)
 
 Pass 1 of ``t2 ask --strategy prompt|classifier`` asks the model to classify the
 prompt; this module holds the pieces that pass 1 and the classifier's training

@@ -4,7 +4,7 @@ Read top to bottom: one config, one loop with numbered steps, evaluation outside
 the loop, a checkpoint after every step (z, best z, optimizer moments, step, RNG
 state and config in one safetensors file, no pickle), and the run's metrics in the
 registry. Only z is trainable; rollouts use the adapted weights without gradients,
-the loss re-scores them through W'(z) (REFERENCE.md §2).
+the loss re-scores them through W'(z) (docs/method.md §2).
 
 Under ``torchrun`` / ``accelerate launch`` (``dist``, see t2cli/runtime/distributed.py) the
 same loop runs on every rank: all ranks draw the same global batch of prompts, each

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from t2cli.cli.app import app
+from tests.blob_data import put_data
 from tests.expert_factory import make_expert
 
 runner = CliRunner()
@@ -98,7 +99,7 @@ def test_gc_removes_orphans_and_never_a_referenced_blob(with_expert, t2_home: Pa
 
     sha, _blob = with_expert
     with Registry.open(t2_home) as registry:
-        orphan = registry.blobs.put_bytes(b"nobody refers to me").sha256
+        orphan = put_data(registry.blobs, b"nobody refers to me").sha256
         referenced = set(registry.blobs.iter_shas()) - {orphan}
         # gc's grace period protects a fresh blob whose rows may not be committed yet
         assert registry.gc() == []
