@@ -158,8 +158,9 @@ BAD_INPUTS = [
     ),
     (
         "bad dtype",
-        lambda d, t: ["decompose", str(d["llama"]), "--dtype", "float16"],
-        "--dtype 'float16' is not supported",
+        lambda d, t: ["decompose", str(d["llama"]), "--svd-dtype", "float16"],
+        "--svd-dtype 'float16' is not supported",
+        2,
     ),
     ("bad device", lambda d, t: ["decompose", str(d["llama"]), "--device", "tpu"], "unknown device 'tpu'", 2),
     ("cuda absent", lambda d, t: ["decompose", str(d["llama"]), "--device", "cuda"], "no CUDA device", 2),

@@ -33,7 +33,7 @@ from t2cli.ask.strategies import (
     parse_strategy,
     run_dispatch,
 )
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -61,11 +61,11 @@ class AskSettings:
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)  # an unknown strategy fails here, before anything is opened
         if self.pass1 not in PASS1_MODES:
-            raise AskError(f"unknown --pass1 {self.pass1!r}", f"use one of: {', '.join(PASS1_MODES)}")
+            raise UsageError(f"unknown --pass1 {self.pass1!r}", f"use one of: {', '.join(PASS1_MODES)}")
         if self.max_new_tokens < 1:
-            raise AskError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+            raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if not self.temperature >= 0:
-            raise AskError(f"--temperature must be >= 0 (got {self.temperature})", "use 0 for greedy decoding")
+            raise UsageError(f"--temperature must be >= 0 (got {self.temperature})", "use 0 for greedy decoding")
 
 
 @dataclass

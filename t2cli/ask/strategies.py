@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
     DISPATCH_MAX_NEW_TOKENS,
@@ -138,10 +138,10 @@ def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
     info = _STRATEGIES.get(name.strip().lower())
     valid = ", ".join(strategy_names())
     if info is None:
-        raise DispatchError(f"unknown strategy {spec!r}", f"use one of: {valid}")
+        raise UsageError(f"unknown strategy {spec!r}", f"use one of: {valid}")
     arg = arg.strip() or None
     if info.takes_arg and arg is None:
-        raise DispatchError(f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}")
+        raise UsageError(f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}")
     if not info.takes_arg and sep:
         raise DispatchError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
     return info, arg

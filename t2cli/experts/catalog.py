@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from t2cli.errors import ExpertNotFound, T2Error
+from t2cli.errors import T2Error
+from t2cli.svf.names import expert_not_found
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -132,11 +133,7 @@ def get_expert(registry: Registry, name: str) -> ExpertInfo:
     with registry.session() as session:
         expert = session.scalars(select(Expert).where(Expert.name == name)).first()
         if expert is None:
-            known = list(session.scalars(select(Expert.name).order_by(Expert.name).limit(10)))
-            raise ExpertNotFound(
-                f"no expert named {name!r}",
-                f"known experts: {', '.join(known)}" if known else "none registered yet: train one with `t2 train`",
-            )
+            raise expert_not_found(name, list(session.scalars(select(Expert.name).order_by(Expert.name))))
         base = session.get(BaseModel, expert.base_model_id)
         parents = [
             (session.get(Expert, link.parent_id).name, link.weight, link.relation)

@@ -76,7 +76,7 @@ def get_mixing_method(name: str) -> MixingMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise MixingError(f"unknown mixing method {name!r}", f"use one of: {', '.join(sorted(_METHODS))}") from None
+        raise UsageError(f"unknown mixing method {name!r}", f"use one of: {', '.join(sorted(_METHODS))}") from None
 
 
 @mixing_method("linear", formula="z' = sum_k a_k z_k")
@@ -165,15 +165,15 @@ def check_weights(method: str, weights: Sequence[float], experts: Sequence[str])
         )
     for expert, weight in zip(experts, weights):
         if not math.isfinite(weight):
-            raise MixingError(f"the weight of {expert!r} is {weight}", "weights must be finite numbers")
+            raise UsageError(f"the weight of {expert!r} is {weight}", "weights must be finite numbers")
         if weight < 0 and not spec.allows_negative:
             allowing = [m.name for m in mixing_methods() if m.allows_negative]
-            raise MixingError(
+            raise UsageError(
                 f"the weight of {expert!r} is {weight:g}; method {method!r} needs weights >= 0",
                 f"use --method {allowing[0]} to subtract an expert" if allowing else "use weights >= 0",
             )
     if all(weight == 0 for weight in weights):
-        raise MixingError("every mixing weight is 0", "give at least one expert a non-zero weight")
+        raise UsageError("every mixing weight is 0", "give at least one expert a non-zero weight")
     return spec
 
 

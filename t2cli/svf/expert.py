@@ -24,6 +24,7 @@ import torch
 
 from t2cli import __version__
 from t2cli.errors import ExpertNotFound, T2Error
+from t2cli.svf.names import check_expert_name, expert_not_found
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -225,6 +226,7 @@ def register_expert(
 
     from registry.schema import Expert, ExpertParent
 
+    check_expert_name(config.name)  # the one rule, whichever command registers it
     tmp_dir = registry.home / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix="expert-", suffix=".safetensors", dir=tmp_dir)
@@ -291,11 +293,7 @@ def load_expert(registry: Registry, name: str) -> LoadedExpert:
     with registry.session(readonly=True) as session:
         row = session.scalars(select(Expert).where(Expert.name == name)).first()
         if row is None:
-            known = list(session.scalars(select(Expert.name).order_by(Expert.name).limit(10)))
-            raise ExpertNotFound(
-                f"no expert named {name!r}",
-                f"known experts: {', '.join(known)}" if known else "train one with `t2 train --task math`",
-            )
+            raise expert_not_found(name, list(session.scalars(select(Expert.name).order_by(Expert.name))))
         sha, config_json, base_id, dec_id = row.blob_sha256, row.config_json, row.base_model_id, row.decomposition_id
     registry.blobs.check(sha)
     return LoadedExpert(name, load_z(registry.blobs.path(sha)), ExpertConfig.from_json(config_json), base_id, dec_id)

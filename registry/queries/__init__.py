@@ -1,0 +1,1 @@
+"""Named queries of the registry, each returning typed dataclasses (one module per subject)."""
