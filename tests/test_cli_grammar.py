@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from t2cli.cli.app import app
 from t2cli.cli.options import complete_experts, complete_models, complete_tasks
+from tests.test_cli import COMMANDS
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,40 +50,6 @@ def one_error(result) -> tuple[str, str]:
     assert 1 <= len(lines) <= 2 and lines[0].startswith("error: "), result.stderr
     assert len(lines) == 1 or lines[1].startswith("hint: "), result.stderr
     return lines[0], lines[1] if len(lines) == 2 else ""
-
-
-def walk_commands():
-    """Every command and sub-command of `t2`, as argument lists, found by walking the click tree."""
-    found = []
-
-    def walk(command, path):
-        subcommands = getattr(command, "commands", None)
-        if subcommands is None:
-            found.append(path)
-            return
-        if path:
-            found.append(path)
-        for name, sub in subcommands.items():
-            walk(sub, [*path, name])
-
-    walk(typer.main.get_command(app), [])
-    return found
-
-
-COMMANDS = walk_commands()
-
-
-def test_the_walk_finds_every_group_and_leaf() -> None:
-    names = {" ".join(c) for c in COMMANDS}
-    assert {"train", "tasks", "experts tag", "runs rm", "db gc", "models show", "pull"} <= names
-    assert len(names) == 29  # 16 commands + 4 groups + 9 group commands: a new one must be walked too
-
-
-@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
-def test_every_command_has_help_with_an_example(command: list[str]) -> None:
-    result = t2(*command, "--help")
-    assert result.exit_code == 0, result.output
-    assert "Example" in result.output
 
 
 # --------------------------------------------------------------------------- one grammar
