@@ -147,3 +147,20 @@ def test_db_gc_removes_orphan_run_folders_and_dry_run_removes_nothing(trained, t
         result = json.loads(t2("db", "gc", "--json").stdout)
     assert result["run_folders"] == [str(orphan)] and result["dry_run"] is False
     assert not orphan.exists() and starting.is_dir() and (t2_home / "runs" / run_id).is_dir()
+
+
+def test_eval_and_runs_show_json_are_one_object(trained, tiny_llama: Path, sums_file: Path) -> None:
+    result = t2(
+        "eval", "--task", str(sums_file), "--expert", "sums-v1", "--limit", "2", "--max-new-tokens", "2", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.strip().splitlines()
+    data = json.loads(line)
+    assert {"task", "split", "expert", "n", "correct", "accuracy", "ci_low", "ci_high", "seconds"} <= set(data)
+    assert data["n"] == 2 and data["expert"] == "sums-v1"
+    run_id = json.loads(trained.stdout.strip().splitlines()[-1])["run_id"]
+    (shown,) = t2("runs", "show", run_id, "--json").stdout.strip().splitlines()
+    run = json.loads(shown)
+    assert {"run_id", "task", "status", "expert", "config", "metrics"} <= set(run) and run["status"] == "finished"
+    listed = json.loads(t2("runs", "list", "--json").stdout)["runs"]
+    assert [r["run_id"] for r in listed] == [run_id]

@@ -58,6 +58,10 @@ class DispatchError(T2Error):
     """A strategy that cannot run: unknown name, missing expert, classifier or mixture."""
 
 
+class StrategyUsageError(DispatchError, UsageError):
+    """A --strategy value that names no strategy or misses its argument (exit code 2)."""
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """What pass 1 decided.
@@ -138,12 +142,14 @@ def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
     info = _STRATEGIES.get(name.strip().lower())
     valid = ", ".join(strategy_names())
     if info is None:
-        raise UsageError(f"unknown strategy {spec!r}", f"use one of: {valid}")
+        raise StrategyUsageError(f"unknown strategy {spec!r}", f"use one of: {valid}")
     arg = arg.strip() or None
     if info.takes_arg and arg is None:
-        raise UsageError(f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}")
+        raise StrategyUsageError(
+            f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}"
+        )
     if not info.takes_arg and sep:
-        raise DispatchError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
+        raise StrategyUsageError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
     return info, arg
 
 

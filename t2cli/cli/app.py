@@ -38,7 +38,7 @@ def report_error(message: str, hint: str | None) -> None:
 class CommandGroup(TyperGroup):
     """A command group whose unknown sub-command is a one-line usage error with a "did you mean"."""
 
-    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # ctx: the click Context Typer vendors
         from t2cli.errors import UsageError
         from t2cli.svf.names import did_you_mean
 
@@ -52,12 +52,21 @@ class CommandGroup(TyperGroup):
 class T2Group(CommandGroup):
     """Root group: ``main`` and ``invoke`` map every known error to one line and an exit code."""
 
-    def main(self, args: Sequence[str] | None = None, *a: Any, standalone_mode: bool = True, **kw: Any) -> Any:
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kw: Any,
+    ) -> Any:
         """Parse errors (a ``typer.TyperException`` with ``exit_code`` 2) print as one ``error:`` line, not a panel."""
         if not standalone_mode:
-            return super().main(args, *a, standalone_mode=False, **kw)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
         try:
-            code = super().main(args, *a, standalone_mode=False, **kw)  # an Exit comes back as its code
+            code = super().main(
+                args, prog_name, complete_var, standalone_mode=False, **kw
+            )  # an Exit comes back as its code
         except typer.Abort:
             report_error("aborted", None)
             sys.exit(1)

@@ -39,6 +39,10 @@ class MixingError(T2Error):
     """Experts that cannot be mixed, or mixing weights that make no sense."""
 
 
+class MixingValueError(MixingError, UsageError):
+    """A mixing method or weights outside what is allowed: a value the user typed (exit code 2)."""
+
+
 @dataclass(frozen=True)
 class MixingMethod:
     """A registered mixing method."""
@@ -76,7 +80,9 @@ def get_mixing_method(name: str) -> MixingMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise UsageError(f"unknown mixing method {name!r}", f"use one of: {', '.join(sorted(_METHODS))}") from None
+        raise MixingValueError(
+            f"unknown mixing method {name!r}", f"use one of: {', '.join(sorted(_METHODS))}"
+        ) from None
 
 
 @mixing_method("linear", formula="z' = sum_k a_k z_k")
@@ -165,15 +171,15 @@ def check_weights(method: str, weights: Sequence[float], experts: Sequence[str])
         )
     for expert, weight in zip(experts, weights):
         if not math.isfinite(weight):
-            raise UsageError(f"the weight of {expert!r} is {weight}", "weights must be finite numbers")
+            raise MixingValueError(f"the weight of {expert!r} is {weight}", "weights must be finite numbers")
         if weight < 0 and not spec.allows_negative:
             allowing = [m.name for m in mixing_methods() if m.allows_negative]
-            raise UsageError(
+            raise MixingValueError(
                 f"the weight of {expert!r} is {weight:g}; method {method!r} needs weights >= 0",
                 f"use --method {allowing[0]} to subtract an expert" if allowing else "use weights >= 0",
             )
     if all(weight == 0 for weight in weights):
-        raise UsageError("every mixing weight is 0", "give at least one expert a non-zero weight")
+        raise MixingValueError("every mixing weight is 0", "give at least one expert a non-zero weight")
     return spec
 
 
@@ -299,11 +305,13 @@ def free_name(registry: Registry, stem: str) -> str:
 
 
 def check_name_free(registry: Registry, name: str) -> None:
-    """Refuse an expert name that is taken, before any work is done."""
+    """Refuse an expert name that breaks the name rule or is taken, before any work is done."""
     from sqlalchemy import select
 
     from registry.schema import Expert
+    from t2cli.svf.names import check_expert_name
 
+    check_expert_name(name)
     with registry.session(readonly=True) as session:
         if session.scalars(select(Expert.id).where(Expert.name == name)).first() is not None:
             raise MixingError(f"an expert named {name!r} already exists", "pick another --name or `t2 experts rm` it")

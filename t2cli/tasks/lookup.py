@@ -91,9 +91,8 @@ def get_task(name_or_path: str, *, registry: Registry | None = None, base_model_
     close = get_close_matches(key, task_names(), n=1)
     raise UnknownTask(
         f"unknown task '{name_or_path}'",
-        hint=f"did you mean {close[0]!r}?"
-        if close
-        else f"use one of: {', '.join(task_names())}, or a path to a .jsonl task file (see `t2 tasks`)",
+        hint=(f"did you mean {close[0]!r}? " if close else "")
+        + f"use one of: {', '.join(task_names())}, or a path to a .jsonl task file (see `t2 tasks`)",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -23,7 +25,7 @@ def tasks_cmd(as_json: JsonOpt = False) -> None:
     """
     from t2cli.tasks import list_tasks
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for task in list_tasks():
         sizes = task.split_sizes()
         rows.append(
