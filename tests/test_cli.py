@@ -164,11 +164,17 @@ BAD_INPUTS = [
     ("missing gguf", lambda d, t: ["decompose", str(t / "absent.gguf")], "does not exist"),
     ("garbage gguf", lambda d, t: ["decompose", str(_write(t / "bad.gguf", b"nope" * 64))], "GGUF"),
     ("truncated safetensors", lambda d, t: ["decompose", str(_truncated_copy(d["llama"], t))], "truncated or corrupt"),
-    ("no matching targets", lambda d, t: ["decompose", str(d["llama"]), "--targets", "lm_head"], "matches no matrix"),
+    (
+        "no matching targets",
+        lambda d, t: ["decompose", str(d["llama"]), "--targets", "lm_head"],
+        "matches no matrix",
+        2,
+    ),
     (
         "invalid regex",
         lambda d, t: ["decompose", str(d["llama"]), "--targets", "layers.("],
         "not a valid regular expression",
+        2,
     ),
     (
         "bad dtype",

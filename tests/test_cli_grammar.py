@@ -107,6 +107,8 @@ PARSE_ERRORS = [
     (["train"], "missing option '--task'", "train --help"),
     (["train", "--task", "addition", "--steps", "many"], "invalid value for '--steps'", "train --help"),
     (["eval", "--task", "addition", "--batch-size", "0"], "invalid value for '--batch-size'", "eval --help"),
+    (["eval", "--task", "addition", "--base", "--limit", "0"], "invalid value for '--limit'", "eval --help"),
+    (["train", "--task", "addition", "--max-new-tokens", "0"], "invalid value for '--max-new-tokens'", "train --help"),
 ]
 
 

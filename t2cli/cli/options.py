@@ -86,6 +86,15 @@ BatchSizeOpt = Annotated[
         help="Sequences per generate() call (per process): bounds memory, not results.",
     ),
 ]
+MaxNewTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens",
+        min=1,
+        help="Generation budget per answer, in tokens (default: the task's, see `t2 tasks`).",
+        show_default=False,
+    ),
+]
 DtypeOpt = Annotated[
     str,
     typer.Option(

@@ -116,6 +116,8 @@ class TrainConfig:
             raise UsageError(f"unknown --shard {self.shard!r}", f"use one of {', '.join(SHARDINGS)}")
         if self.rollout not in ROLLOUTS:
             raise UsageError(f"unknown --rollout {self.rollout!r}", f"use one of {', '.join(ROLLOUTS)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if not 0 < self.vllm_memory <= 1:
             raise UsageError(f"--vllm-memory must be a fraction in (0, 1] (got {self.vllm_memory})")
 

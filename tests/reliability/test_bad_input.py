@@ -167,13 +167,13 @@ BAD_INPUTS = [
     (
         "invalid --targets regex",
         lambda m, t: ["decompose", m["llama"], "--targets", "layers.("],
-        1,
+        2,
         "not a valid regular expression",
     ),
     (
         "--targets matches nothing",
         lambda m, t: ["decompose", m["llama"], "--targets", "lm_head"],
-        1,
+        2,
         "matches no matrix",
     ),
     # prompts

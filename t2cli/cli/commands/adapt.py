@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from t2cli.cli.console import err, out, print_json, progress_bar
-from t2cli.cli.options import BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, name_option
+from t2cli.cli.options import BatchSizeOpt, DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, name_option
 
 
 def _fmt(score) -> str:
@@ -71,9 +71,7 @@ def adapt_cmd(
         ),
     ] = False,
     method: Annotated[str, typer.Option(help="Mixing method: linear or task-arithmetic.")] = "linear",
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Generation budget per shot (default: the task's).", show_default=False)
-    ] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     batch_size: BatchSizeOpt = 16,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from t2cli.cli.console import err, out, print_json, progress_bar
-from t2cli.cli.options import BatchSizeOpt, DeviceOpt, ExpertOpt, JsonOpt, ModelOpt, TaskOpt
+from t2cli.cli.options import BatchSizeOpt, DeviceOpt, ExpertOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, TaskOpt
 
 
 def eval_cmd(
@@ -35,11 +35,9 @@ def eval_cmd(
     ] = "generate",
     model: ModelOpt = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N items of the split.")] = None,
     batch_size: BatchSizeOpt = 32,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Generation budget per answer (default: the task's).")
-    ] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
