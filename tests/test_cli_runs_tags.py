@@ -31,7 +31,7 @@ def sums_file(tmp_path: Path) -> Path:
     return path
 
 
-def _train(tiny_llama: Path, sums_file: Path, name: str, *extra: str):
+def _train(tiny_llama: Path, sums_file: Path, name: str, *extra: str, budget: int = 3):
     return t2(
         "train",
         "--task",
@@ -51,7 +51,7 @@ def _train(tiny_llama: Path, sums_file: Path, name: str, *extra: str):
         "--valid-size",
         "2",
         "--max-new-tokens",
-        "3",
+        str(budget),
         "--batch-size",
         "4",
         "--micro-batch",
@@ -79,13 +79,24 @@ def test_train_json_is_one_line_per_step_then_the_result(trained) -> None:
     assert events[-1]["expert"] == "sums-v1"
 
 
-def test_train_warns_once_when_most_rollouts_hit_the_budget(trained) -> None:
-    # A random tiny model never stops within 3 tokens: every rollout runs to the budget.
-    events = [json.loads(line) for line in trained.stdout.strip().splitlines()]
-    assert events[0]["at_budget"] == 1.0
-    warnings = [line for line in trained.stderr.splitlines() if "ran to the 3-token budget" in line]
-    assert len(warnings) == 1 and warnings[0].startswith("warning: step 1: 4 of 4 rollouts")
-    assert "--max-new-tokens" in warnings[0]
+def test_train_warns_once_when_most_rollouts_hit_a_long_budget(
+    trained, tiny_llama: Path, sums_file: Path, monkeypatch
+) -> None:
+    # A random tiny model rarely stops within 3 tokens: every rollout runs to the budget.
+    steps = [json.loads(line) for line in trained.stdout.strip().splitlines()][:-1]
+    assert [s["at_budget"] for s in steps] == [1.0, 1.0]
+    assert "budget" not in trained.stderr  # 3 tokens is a short budget: cut answers cost little
+
+    import t2cli.train.loop
+
+    monkeypatch.setattr(t2cli.train.loop, "LONG_BUDGET", 2)  # now 3 tokens counts as long
+    result = _train(tiny_llama, sums_file, "sums-long", "--json")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "budget" in line]
+    assert warnings == [  # once, at the first step, not at every step
+        "warning: step 1: 4 of 4 rollouts ran to the 3-token budget (slow steps); "
+        "pass --max-new-tokens N or set max_new_tokens in the task file"
+    ]
 
 
 def test_experts_tag_adds_and_removes(trained) -> None:

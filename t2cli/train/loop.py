@@ -122,6 +122,9 @@ class TrainConfig:
             raise UsageError(f"--vllm-memory must be a fraction in (0, 1] (got {self.vllm_memory})")
 
 
+LONG_BUDGET = 64  # tokens: above it, rollouts cut at the budget make steps slow (train warns)
+
+
 @dataclass
 class StepMetrics:
     """What one step measured (also the registry's run_metrics rows)."""
@@ -329,7 +332,8 @@ def _train(
                 kl=kl_sum / new_tokens if new_tokens else 0.0,
                 at_budget=n_cut / total,
             )
-            if metrics.at_budget > 0.5 and not state.get("budget_warned"):  # once per run: the cause is the same
+            # Most rollouts cut at a long budget: the step's time goes to answers that never end. Once per run.
+            if metrics.at_budget > 0.5 and max_new > LONG_BUDGET and not state.get("budget_warned"):
                 state["budget_warned"] = True
                 emit(
                     f"warning: step {step}: {n_cut:.0f} of {total} rollouts ran to the {max_new}-token budget "
