@@ -17,6 +17,7 @@ __all__ = [
     "StorageError",
     "T2Error",
     "TargetError",
+    "TargetValueError",
     "UsageError",
     "first_line",
 ]
@@ -38,6 +39,10 @@ class ModelLoadError(T2Error):
 
 class TargetError(T2Error):
     """A target selection that matches nothing or is not a valid pattern."""
+
+
+class TargetValueError(TargetError, UsageError):
+    """A --targets value that is not a valid pattern or matches no matrix of the model (exit code 2)."""
 
 
 class DecompositionError(T2Error):

@@ -363,11 +363,11 @@ def test_adapt_cli_end_to_end(tiny_llama: Path, two_experts, digits_file: Path) 
     ("args", "exit_code", "phrase"),
     [
         ([], 2, "give --task TASK or --fewshot FILE.jsonl"),
-        (["--task", "nope-task"], 1, "unknown task 'nope-task'"),
+        (["--task", "nope-task"], 2, "unknown task 'nope-task'"),
         (["--task", "gsm8k", "--experts", "alpha-x"], 2, "at least two experts"),
         (["--task", "gsm8k", "--experts", "alpha-x,ghost"], 1, "no expert named 'ghost'"),
         (["--task", "gsm8k", "--population", "1"], 2, "--population must be at least 2"),
-        (["--task", "gsm8k", "--experts", "alpha-x,beta-x", "--method", "slerp"], 1, "unknown mixing method"),
+        (["--task", "gsm8k", "--experts", "alpha-x,beta-x", "--method", "slerp"], 2, "unknown mixing method"),
         (["--task", "gsm8k", "--experts", "alpha-x,beta-x", "--name", "beta-x"], 1, "already exists"),
     ],
 )

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from t2cli import __version__
@@ -50,24 +51,37 @@ def test_a_reader_that_closes_the_pipe_is_not_reported_as_a_bug(monkeypatch) -> 
     assert "bug" not in result.output and "error" not in result.output
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["decompose"],
-        ["models", "list"],
-        ["models", "show"],
-        ["experts", "list"],
-        ["experts", "show"],
-        ["experts", "rm"],
-        ["db", "status"],
-        ["db", "verify"],
-        ["db", "path"],
-        ["db", "gc"],
-    ],
-)
+def walk_commands():
+    """Every command and sub-command of `t2`, as argument lists, found by walking the click tree."""
+    found = []
+
+    def walk(command, path):
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            found.append(path)
+            return
+        if path:
+            found.append(path)
+        for name, sub in subcommands.items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+COMMANDS = walk_commands()
+
+
+def test_the_walk_finds_every_group_and_leaf() -> None:
+    names = {" ".join(c) for c in COMMANDS}
+    assert {"train", "tasks", "experts tag", "runs rm", "db gc", "models show", "pull"} <= names
+    assert len(names) == 29  # 12 commands + 4 groups + their 13 commands
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = t2(*command, "--help")
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.output
     assert "Example" in result.output
 
 
@@ -150,16 +164,23 @@ BAD_INPUTS = [
     ("missing gguf", lambda d, t: ["decompose", str(t / "absent.gguf")], "does not exist"),
     ("garbage gguf", lambda d, t: ["decompose", str(_write(t / "bad.gguf", b"nope" * 64))], "GGUF"),
     ("truncated safetensors", lambda d, t: ["decompose", str(_truncated_copy(d["llama"], t))], "truncated or corrupt"),
-    ("no matching targets", lambda d, t: ["decompose", str(d["llama"]), "--targets", "lm_head"], "matches no matrix"),
+    (
+        "no matching targets",
+        lambda d, t: ["decompose", str(d["llama"]), "--targets", "lm_head"],
+        "matches no matrix",
+        2,
+    ),
     (
         "invalid regex",
         lambda d, t: ["decompose", str(d["llama"]), "--targets", "layers.("],
         "not a valid regular expression",
+        2,
     ),
     (
         "bad dtype",
-        lambda d, t: ["decompose", str(d["llama"]), "--dtype", "float16"],
-        "--dtype 'float16' is not supported",
+        lambda d, t: ["decompose", str(d["llama"]), "--svd-dtype", "float16"],
+        "--svd-dtype 'float16' is not supported",
+        2,
     ),
     ("bad device", lambda d, t: ["decompose", str(d["llama"]), "--device", "tpu"], "unknown device 'tpu'", 2),
     ("cuda absent", lambda d, t: ["decompose", str(d["llama"]), "--device", "cuda"], "no CUDA device", 2),

@@ -133,11 +133,11 @@ def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "data parallel: 2 processes (gloo)" in done.stderr
-    result2 = json.loads(done.stdout)  # rank 0's report only: the other rank prints nothing
+    result2 = json.loads(done.stdout.splitlines()[-1])  # rank 0's JSON lines only; the last is the result
 
     single = CliRunner().invoke(app, args + ["--json"])
     assert single.exit_code == 0, single.output
-    assert_same_training(result2, json.loads(single.stdout), home2, t2_home)
+    assert_same_training(result2, json.loads(single.stdout.splitlines()[-1]), home2, t2_home)
 
     from registry import Registry
     from t2cli.train.runs import get_run

@@ -726,5 +726,5 @@ def test_the_cli_refuses_vllm_rollouts_on_the_cpu_before_loading_anything(tmp_pa
     assert result.exit_code == 1
     assert "--rollout vllm needs a CUDA GPU; the training device is cpu" in result.output
     bad = CliRunner().invoke(app, ["train", "--task", "addition", "--vllm-memory", "1.5"])
-    assert bad.exit_code == 1 and "--vllm-memory must be a fraction in (0, 1]" in bad.output
+    assert bad.exit_code == 2 and "--vllm-memory must be a fraction in (0, 1]" in bad.output
     assert not (tmp_path / "t2home" / "runs").exists()  # refused before any run was started

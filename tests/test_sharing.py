@@ -287,7 +287,7 @@ def test_import_refuses_bad_folders_and_registers_nothing(case, exported: Path, 
 
 def test_import_refuses_a_bad_name_option(exported: Path) -> None:
     result = t2("import", exported, "--name", "../../x")
-    assert result.exit_code == 1 and "invalid expert name '../../x'" in _one_error(result)
+    assert result.exit_code == 2 and "invalid expert name '../../x'" in _one_error(result)  # a usage error
 
 
 def test_float16_vectors_are_accepted(exported: Path, expert) -> None:

@@ -79,4 +79,4 @@ def test_eval_strategy_cli_stores_the_routing_and_refuses_two_modes(tiny_llama: 
     both = runner.invoke(app, ["eval", "--task", task, "--strategy", "none", "--base"])
     assert both.exit_code == 2 and "exactly one of" in both.output
     unknown = runner.invoke(app, ["eval", "--task", task, "--strategy", "magic", "--model", str(tiny_llama)])
-    assert unknown.exit_code == 1 and "unknown strategy 'magic'" in unknown.output
+    assert unknown.exit_code == 2 and "unknown strategy 'magic'" in unknown.output

@@ -179,3 +179,36 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     assert "does not exist" in _error(tmp_path / "nope.jsonl").message
     assert "is not a file" in _error(tmp_path).message
+
+
+@pytest.mark.parametrize(
+    "kinds, budget",
+    [
+        (["number"], 128),
+        (["choice"], 128),
+        (["exact", "regex"], 64),
+        (["number", "math"], 512),  # the largest of the items' budgets
+        (["python_tests"], 512),
+    ],
+)
+def test_the_generation_budget_fits_the_answer_kinds(tmp_path: Path, kinds: list[str], budget: int) -> None:
+    from t2cli.tasks.custom import DEFAULT_BUDGETS
+
+    lines = [line for line in GOOD if line["kind"] in kinds]
+    task = get_task(str(write(tmp_path / f"{'-'.join(kinds)}.jsonl", lines)))
+    assert task.max_new_tokens == budget == max(DEFAULT_BUDGETS[k] for k in kinds)
+
+
+def test_a_budget_in_the_file_overrides_the_kind_default(tmp_path: Path) -> None:
+    numbers = [line for line in GOOD if line["kind"] == "number"]
+    short = [{**numbers[0], "max_new_tokens": 24}, *[{**line, "max_new_tokens": 8} for line in numbers[1:]]]
+    assert get_task(str(write(tmp_path / "short.jsonl", short))).max_new_tokens == 24
+    mixed = [{**numbers[0], "max_new_tokens": 24}, *numbers[1:]]  # the other lines keep number's 128
+    assert get_task(str(write(tmp_path / "mixed.jsonl", mixed))).max_new_tokens == 128
+
+
+@pytest.mark.parametrize("bad", [0, -5, 40_000, "64", 1.5, True])
+def test_a_bad_budget_names_the_line(tmp_path: Path, bad) -> None:
+    path = write(tmp_path / "bad.jsonl", [GOOD[0], {**GOOD[1], "max_new_tokens": bad}])
+    error = _error(path)
+    assert "line 2: 'max_new_tokens' must be a whole number from 1 to 32768" in error.message

@@ -35,7 +35,7 @@ from t2cli.ask.strategies import (
     parse_strategy,
     run_dispatch,
 )
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -47,6 +47,10 @@ TextCallback = Callable[[str], None]
 
 class AskError(T2Error):
     """A prompt or an input file that cannot be answered."""
+
+
+class AskSettingError(AskError, UsageError):
+    """An ask setting outside what it accepts (--pass1, --max-new-tokens, --temperature): exit code 2."""
 
 
 @dataclass
@@ -63,11 +67,11 @@ class AskSettings:
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)  # an unknown strategy fails here, before anything is opened
         if self.pass1 not in PASS1_MODES:
-            raise AskError(f"unknown --pass1 {self.pass1!r}", f"use one of: {', '.join(PASS1_MODES)}")
+            raise AskSettingError(f"unknown --pass1 {self.pass1!r}", f"use one of: {', '.join(PASS1_MODES)}")
         if self.max_new_tokens < 1:
-            raise AskError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+            raise AskSettingError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if not self.temperature >= 0:
-            raise AskError(f"--temperature must be >= 0 (got {self.temperature})", "use 0 for greedy decoding")
+            raise AskSettingError(f"--temperature must be >= 0 (got {self.temperature})", "use 0 for greedy decoding")
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 
 from registry.queries import experts as expert_rows
 from registry.records import ExpertRecord
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 from t2cli.experts.catalog import find_expert
 from t2cli.models.resolve import model_argument
 from t2cli.svf.expert import ExpertConfig
@@ -61,6 +61,10 @@ MIN_QUESTION_TOKENS = 32  # pass 1 never cuts the question shorter than this
 
 class DispatchError(T2Error):
     """A strategy that cannot run: unknown name, missing expert, classifier or mixture."""
+
+
+class StrategyUsageError(DispatchError, UsageError):
+    """A --strategy value that names no strategy or misses its argument (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -143,12 +147,14 @@ def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
     info = _STRATEGIES.get(name.strip().lower())
     valid = ", ".join(strategy_names())
     if info is None:
-        raise DispatchError(f"unknown strategy {spec!r}", f"use one of: {valid}")
+        raise StrategyUsageError(f"unknown strategy {spec!r}", f"use one of: {valid}")
     arg = arg.strip() or None
     if info.takes_arg and arg is None:
-        raise DispatchError(f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}")
+        raise StrategyUsageError(
+            f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}"
+        )
     if not info.takes_arg and sep:
-        raise DispatchError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
+        raise StrategyUsageError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
     return info, arg
 
 

@@ -1,14 +1,17 @@
 """The ``t2`` command: a root app that wires the command groups and owns the error boundary.
 
-Every engine error reaches the user as ``error: <what and why>`` plus
-``hint: <what to do>``, exit code 1 (2 for usage errors, 130 for Ctrl-C). A reader
-of stdout that went away (``t2 ... | head``) is no error: Click exits 1 quietly. Set
-``T2_DEBUG=1`` to get the traceback instead.
+Every error reaches the user as ``error: <what and why>`` plus ``hint: <what to do>``:
+engine errors, and the parser's own (unknown option, missing argument, bad choice,
+mistyped command). Exit codes: 2 for usage and value errors, 1 for runtime failures,
+130 for Ctrl-C. A reader of stdout that went away (``t2 ... | head``) is no error:
+Click exits 1 quietly. Set ``T2_DEBUG=1`` to get the traceback instead.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -32,8 +35,51 @@ def report_error(message: str, hint: str | None) -> None:
         err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False)
 
 
-class T2Group(TyperGroup):
-    """Root group whose ``invoke`` maps every known error to one line and an exit code."""
+class CommandGroup(TyperGroup):
+    """A command group whose unknown sub-command is a one-line usage error with a "did you mean"."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # ctx: the click Context Typer vendors
+        from t2cli.errors import UsageError
+        from t2cli.svf.names import did_you_mean
+
+        name = args[0] if args else ""
+        if args and self.get_command(ctx, name) is None and not ctx.resilient_parsing and not name.startswith("-"):
+            hint = did_you_mean(name, self.list_commands(ctx)) or f"see `{ctx.command_path} --help`"
+            raise UsageError(f"no command {name!r} in `{ctx.command_path}`", hint)
+        return super().resolve_command(ctx, args)
+
+
+class T2Group(CommandGroup):
+    """Root group: ``main`` and ``invoke`` map every known error to one line and an exit code."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kw: Any,
+    ) -> Any:
+        """Parse errors (a ``typer.TyperException`` with ``exit_code`` 2) print as one ``error:`` line, not a panel."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
+        try:
+            code = super().main(
+                args, prog_name, complete_var, standalone_mode=False, **kw
+            )  # an Exit comes back as its code
+        except typer.Abort:
+            report_error("aborted", None)
+            sys.exit(1)
+        except typer.TyperException as exc:
+            if _debug():
+                raise
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ != "NoArgsIsHelpError":  # `t2` alone: the help is already printed
+                message, suggestion = _sentence(exc.format_message())
+                where = f"`{ctx.command_path} --help`" if ctx is not None else "`t2 --help`"
+                report_error(message, suggestion or f"see {where}")
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -63,6 +109,15 @@ class T2Group(TyperGroup):
             ctx.exit(1)
 
 
+def _sentence(text: str) -> tuple[str, str | None]:
+    """Click's "No such option: --foo Did you mean --food?" as ("no such option: --foo", "did you mean --food?")."""
+    line = " ".join(text.split())
+    line, _, suggestion = line.partition(" Did you mean ")
+    line = line.rstrip(".")
+    line = line[:1].lower() + line[1:] if line[:2] != line[:2].upper() else line
+    return line, f"did you mean {suggestion}" if suggestion else None
+
+
 app = typer.Typer(
     name="t2",
     cls=T2Group,
@@ -72,7 +127,6 @@ app = typer.Typer(
     't2 ask "What is 38 + 47?" --strategy prompt   ·   t2 experts list   ·   T2_DEBUG=1 t2 ... for tracebacks',
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -104,6 +158,7 @@ def _register_commands() -> None:
         models,
         runs,
         share,
+        tasks,
         train,
         transfer,
     )
@@ -116,10 +171,11 @@ def _register_commands() -> None:
     adapt.register(app)
     transfer.register(app)
     share.register(app)
-    app.add_typer(models.app, name="models")
-    app.add_typer(experts.app, name="experts")
-    app.add_typer(runs.app, name="runs")
-    app.add_typer(db.app, name="db")
+    tasks.register(app)
+    app.add_typer(models.app, name="models", cls=CommandGroup)
+    app.add_typer(experts.app, name="experts", cls=CommandGroup)
+    app.add_typer(runs.app, name="runs", cls=CommandGroup)
+    app.add_typer(db.app, name="db", cls=CommandGroup)
 
 
 _register_commands()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Results go to stdout; errors, warnings and progress to stderr so `--json` output stays clean.
 out = Console(highlight=False, soft_wrap=True)
@@ -16,3 +21,23 @@ def human_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def progress_bar(*columns: Any, quiet: bool = False, transient: bool = False) -> Progress:
+    """The one place that decides whether a progress bar is drawn: on stderr, and only when stderr is a terminal.
+
+    ``quiet``: off anyway (``--json``, or not the rank that reports). Logs and pipes get no bar frames;
+    commands that run long print one plain line per step instead.
+    """
+    from rich.progress import Progress
+
+    return Progress(*columns, console=err, disable=quiet or not err.is_terminal, transient=transient)
+
+
+def print_json(value: Any) -> None:
+    """``--json`` output: one JSON object on one line of stdout (a stream prints one such line per event)."""
+    import json
+
+    import typer
+
+    typer.echo(json.dumps(value, default=str, ensure_ascii=False))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from registry.queries import base_models, decompositions
 from registry.records import BaseModelRecord, DecompositionRecord, MatrixRecord, NewBaseModel
 from t2cli.decompose.malloc import fix_mmap_threshold
-from t2cli.errors import DecompositionError, T2Error
+from t2cli.errors import DecompositionError, T2Error, UsageError
 from t2cli.models.hashing import HashCache
 from t2cli.models.identity import ModelIdentity, model_identity
 from t2cli.models.load import load_model
@@ -103,11 +103,11 @@ def decompose_model(
     instead of loading it a second time.
     """
     if dtype not in COMPUTE_DTYPES:
-        raise DecompositionError(f"--dtype {dtype!r} is not supported", f"use one of {', '.join(COMPUTE_DTYPES)}")
+        raise UsageError(f"--svd-dtype {dtype!r} is not supported", f"use one of {', '.join(COMPUTE_DTYPES)}")
     from t2cli.decompose.svd import SVD_METHODS, matrices_at_once
 
     if method not in SVD_METHODS:
-        raise DecompositionError(f"unknown SVD method {method!r}", f"use one of {', '.join(SVD_METHODS)}")
+        raise UsageError(f"unknown SVD method {method!r}", f"use one of {', '.join(SVD_METHODS)}")
     device = resolve_device(device)
     started = time.perf_counter()
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from registry.queries import base_models, decompositions, experts
 from registry.queries import evaluations as evaluation_rows
 from registry.records import EvaluationRecord, ExpertRecord
-from t2cli.errors import ExpertNotFound
+from t2cli.svf.names import expert_not_found
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -136,11 +136,7 @@ def find_expert(registry: Registry, name: str) -> ExpertRecord:
     """The registry record of expert ``name``; ``ExpertNotFound`` listing known names otherwise."""
     record = experts.get(registry, name)
     if record is None:
-        known = experts.names(registry, limit=10)
-        raise ExpertNotFound(
-            f"no expert named {name!r}",
-            f"known experts: {', '.join(known)}" if known else "none registered yet: train one with `t2 train`",
-        )
+        raise expert_not_found(name, experts.names(registry))
     return record
 
 

@@ -36,6 +36,7 @@ import torch
 
 from registry.queries import base_models, decompositions, experts
 from t2cli.errors import T2Error
+from t2cli.svf import names
 from t2cli.svf.expert import (
     CARD_FILE,
     CONFIG_FILE,
@@ -64,7 +65,6 @@ MAX_MATRICES = 8_192  # 126 layers x 7 matrices is 882
 MAX_HEADER_BYTES = 2 << 20
 MAX_TEXT_BYTES = 1 << 20  # expert_config.json and README.md
 FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MATRIX_NAME = re.compile(r"^[A-Za-z0-9_.]{1,256}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
@@ -256,13 +256,11 @@ def parse_config(path: Path) -> tuple[ExpertConfig, list[str]]:
 
 
 def check_expert_name(name: str) -> str:
-    """Expert names are plain: letters, digits, '.', '_', '-', starting with a letter or digit."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ExpertRefused(
-            f"invalid expert name {str(name)[:80]!r}",
-            "use letters, digits, '.', '_' and '-' (no '/', no leading '.'), at most 128 characters; or pass --name",
-        )
-    return name
+    """The name in an expert folder's config follows the one rule (``t2cli.svf.names``); the folder is refused if not."""
+    try:
+        return names.check_expert_name(name)
+    except names.InvalidExpertName as exc:
+        raise ExpertRefused(exc.message, f"{names.NAME_RULE}; or pass --name") from None
 
 
 # --------------------------------------------------------------------------- expert.safetensors
@@ -506,7 +504,7 @@ def import_expert(
     from t2cli.svf.expert import register_expert
 
     read = read_expert_folder(folder, links_into=links_into)
-    new_name = check_expert_name(name) if name else read.config.name
+    new_name = names.check_expert_name(name) if name else read.config.name
     if experts.exists(registry, new_name):
         raise T2Error(f"an expert named {new_name!r} already exists", "import it under another --name")
     base = match_base_model(registry, read.config, model)

@@ -27,6 +27,7 @@ import torch
 
 from registry.queries import experts as expert_rows
 from t2cli.errors import T2Error, UsageError
+from t2cli.svf.names import check_expert_name
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -38,6 +39,10 @@ MixFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (K, r) stacked z
 
 class MixingError(T2Error):
     """Experts that cannot be mixed, or mixing weights that make no sense."""
+
+
+class MixingValueError(MixingError, UsageError):
+    """A mixing method or weights outside what is allowed: a value the user typed (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,9 @@ def get_mixing_method(name: str) -> MixingMethod:
     try:
         return _METHODS[name]
     except KeyError:
-        raise MixingError(f"unknown mixing method {name!r}", f"use one of: {', '.join(sorted(_METHODS))}") from None
+        raise MixingValueError(
+            f"unknown mixing method {name!r}", f"use one of: {', '.join(sorted(_METHODS))}"
+        ) from None
 
 
 @mixing_method("linear", formula="z' = sum_k a_k z_k")
@@ -166,15 +173,15 @@ def check_weights(method: str, weights: Sequence[float], experts: Sequence[str])
         )
     for expert, weight in zip(experts, weights):
         if not math.isfinite(weight):
-            raise MixingError(f"the weight of {expert!r} is {weight}", "weights must be finite numbers")
+            raise MixingValueError(f"the weight of {expert!r} is {weight}", "weights must be finite numbers")
         if weight < 0 and not spec.allows_negative:
             allowing = [m.name for m in mixing_methods() if m.allows_negative]
-            raise MixingError(
+            raise MixingValueError(
                 f"the weight of {expert!r} is {weight:g}; method {method!r} needs weights >= 0",
                 f"use --method {allowing[0]} to subtract an expert" if allowing else "use weights >= 0",
             )
     if all(weight == 0 for weight in weights):
-        raise MixingError("every mixing weight is 0", "give at least one expert a non-zero weight")
+        raise MixingValueError("every mixing weight is 0", "give at least one expert a non-zero weight")
     return spec
 
 
@@ -295,7 +302,8 @@ def free_name(registry: Registry, stem: str) -> str:
 
 
 def check_name_free(registry: Registry, name: str) -> None:
-    """Refuse an expert name that is taken, before any work is done."""
+    """Refuse an expert name that breaks the name rule or is taken, before any work is done."""
+    check_expert_name(name)
     if expert_rows.exists(registry, name):
         raise MixingError(f"an expert named {name!r} already exists", "pick another --name or `t2 experts rm` it")
 

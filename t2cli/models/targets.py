@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from t2cli.errors import TargetError
+from t2cli.errors import TargetError, TargetValueError
 
 TARGET_GROUPS = ("attn", "mlp", "all")
 DEFAULT_TARGETS = "all"
@@ -87,14 +87,14 @@ def select_targets(model_type: str, num_layers: int, spec: str = DEFAULT_TARGETS
         try:
             pattern = re.compile(spec)
         except re.error as exc:
-            raise TargetError(
+            raise TargetValueError(
                 f"--targets {spec!r} is not a valid regular expression ({exc})",
                 "use attn, mlp, all, or a regex such as 'layers\\.1[0-9]\\.mlp'",
             ) from None
         chosen = [m for m in candidates if pattern.search(m.name)]
     if not chosen:
         example = candidates[0].name if candidates else "model.layers.0.mlp.up_proj"
-        raise TargetError(
+        raise TargetValueError(
             f"--targets {spec!r} matches no matrix of this {model_type} model",
             f"use attn, mlp, all, or a regex over names like {example!r}",
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -218,7 +218,7 @@ def rank_device(device: str, local_rank: int, world_size: int) -> str:
 def resolve_dtype(dtype: str, device: str) -> str | None:
     """The base weights' dtype for ``--dtype``: ``auto`` is bfloat16 on CUDA, the checkpoint's own on CPU (None)."""
     if dtype not in DTYPES:
-        raise T2Error(f"unknown --dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
+        raise UsageError(f"unknown --dtype {dtype!r}", f"use one of {', '.join(DTYPES)}")
     if dtype != "auto":
         return dtype
     if device.startswith("cuda"):

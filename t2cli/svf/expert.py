@@ -27,8 +27,9 @@ import torch
 from registry.queries import experts
 from registry.records import NewExpert, ParentLink
 from t2cli import __version__
-from t2cli.errors import ExpertNotFound, T2Error
+from t2cli.errors import T2Error
 from t2cli.models.resolve import model_argument
+from t2cli.svf.names import check_expert_name, expert_not_found
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -301,6 +302,7 @@ def register_expert(
     ``link_parents=False`` keeps the lineage in the config only (imported experts: a local expert
     that happens to share a parent's name is not that parent).
     """
+    check_expert_name(config.name)  # the one rule, whichever command registers it
     tmp_dir = registry.home / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix="expert-", suffix=".safetensors", dir=tmp_dir)
@@ -344,11 +346,7 @@ def load_expert(registry: Registry, name: str) -> LoadedExpert:
     """Read an expert's z vectors (hash-checked) and config from the registry."""
     row = experts.get(registry, name)
     if row is None:
-        known = experts.names(registry, limit=10)
-        raise ExpertNotFound(
-            f"no expert named {name!r}",
-            f"known experts: {', '.join(known)}" if known else "train one with `t2 train --task math`",
-        )
+        raise expert_not_found(name, experts.names(registry))
     registry.blobs.check(row.blob_sha256)
     return LoadedExpert(
         name,

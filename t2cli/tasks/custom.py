@@ -8,8 +8,10 @@ One JSON object per line:
 
 Required: ``prompt``, ``answer``, ``kind`` (a scorer: number, choice, exact,
 regex, math, python_tests). Optional: ``id``, ``split`` (train/valid/test: all
-lines or none), ``choices`` (choice), ``tests`` and ``setup`` (python_tests).
-Other fields are ignored. Without splits, items are split 60/20/20 with a fixed
+lines or none), ``choices`` (choice), ``tests`` and ``setup`` (python_tests),
+``max_new_tokens`` (this item's generation budget). Other fields are ignored.
+The task's generation budget is the largest budget of its items: an item's
+``max_new_tokens``, else its kind's default (``DEFAULT_BUDGETS``). Without splits, items are split 60/20/20 with a fixed
 seed (at least one test item). Blank lines are skipped; a line may be at most
 1 MB. The task's name is the file's stem.
 """
@@ -25,6 +27,11 @@ from t2cli.tasks.types import SPLITS, Task, TaskError, TaskItem, seeded_split
 
 MAX_LINE_BYTES = 1_000_000
 _REQUIRED = ("prompt", "answer", "kind")
+MAX_BUDGET = 32_768
+# Tokens generated per answer unless the file says otherwise: room for a short working and the
+# answer, not the 512 of a chain-of-thought benchmark (a wrong rollout runs to the budget).
+DEFAULT_BUDGETS = {"number": 128, "choice": 128, "exact": 64, "regex": 64, "math": 512, "python_tests": 512}
+FALLBACK_BUDGET = 256  # a kind registered later without a default
 
 
 class JsonlTask(Task):
@@ -32,8 +39,9 @@ class JsonlTask(Task):
 
     category = "custom"
 
-    def __init__(self, path: Path, splits: dict[str, list[TaskItem]]) -> None:
+    def __init__(self, path: Path, splits: dict[str, list[TaskItem]], max_new_tokens: int = FALLBACK_BUDGET) -> None:
         super().__init__()
+        self.max_new_tokens = max_new_tokens
         self.name = path.stem
         self.description = f"custom task from {path}"
         self.source = str(path)
@@ -77,7 +85,7 @@ def load_task_file(path: Path) -> JsonlTask:
             records, {"test": n_test, "valid": n_valid}, f"custom:{path.stem}", key=lambda r: r[1]["id"]
         )
     splits = {split: [_make_item(path.stem, split, fields) for _, fields in part] for split, part in parts.items()}
-    return JsonlTask(path, splits)
+    return JsonlTask(path, splits, max(fields["budget"] for _, fields in records))
 
 
 def _read_objects(path: Path):
@@ -162,7 +170,18 @@ def _item_fields(path: Path, line_no: int, obj: object) -> dict:
     item_id = obj.get("id", f"line{line_no}")
     if not isinstance(item_id, (str, int)) or isinstance(item_id, bool) or str(item_id).strip() == "":
         raise TaskError(f"{where}: 'id' must be a non-empty string")
-    return {"prompt": prompt, "answer": answer, "kind": kind, "meta": meta, "split": split, "id": str(item_id)}
+    budget = obj.get("max_new_tokens", DEFAULT_BUDGETS.get(kind, FALLBACK_BUDGET))
+    if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= MAX_BUDGET:
+        raise TaskError(f"{where}: 'max_new_tokens' must be a whole number from 1 to {MAX_BUDGET}, got {budget!r}")
+    return {
+        "prompt": prompt,
+        "answer": answer,
+        "kind": kind,
+        "meta": meta,
+        "split": split,
+        "id": str(item_id),
+        "budget": budget,
+    }
 
 
 def _choice_fields(where: str, obj: dict, answer: str) -> dict:

@@ -11,11 +11,12 @@ out (they have no fixed splits to list).
 from __future__ import annotations
 
 from collections.abc import Callable
+from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2cli.tasks.custom import load_task_file
-from t2cli.tasks.types import Task, TaskError
+from t2cli.tasks.types import Task, TaskError, UnknownTask
 
 _TASKS: dict[str, type[Task]] = {}
 _ALIASES: dict[str, str] = {}
@@ -87,9 +88,11 @@ def get_task(name_or_path: str, *, registry: Registry | None = None, base_model_
     path = Path(name_or_path).expanduser()
     if path.suffix.lower() == ".jsonl" or path.exists():
         return load_task_file(path)
-    raise TaskError(
+    close = get_close_matches(key, task_names(), n=1)
+    raise UnknownTask(
         f"unknown task '{name_or_path}'",
-        hint=f"use one of: {', '.join(task_names())}, or a path to a .jsonl task file",
+        hint=(f"did you mean {close[0]!r}? " if close else "")
+        + f"use one of: {', '.join(task_names())}, or a path to a .jsonl task file (see `t2 tasks`)",
     )
 
 

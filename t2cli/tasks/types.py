@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 
 SPLITS = ("train", "valid", "test")
 # One seed for every seeded split; changing it changes which items are held out, so never do.
@@ -26,6 +26,10 @@ R = TypeVar("R")
 
 class TaskError(T2Error):
     """A task name, task file or task data that cannot be used."""
+
+
+class UnknownTask(TaskError, UsageError):
+    """A task name or split that does not exist (a value the user typed: exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class Task(ABC):
     def split(self, split: str) -> list[TaskItem]:
         """The items of one split ("train", "valid" or "test"); the same list on every call."""
         if split not in SPLITS:
-            raise TaskError(f"unknown split '{split}' for task '{self.name}'", hint=f"use one of {', '.join(SPLITS)}")
+            raise UnknownTask(f"unknown split '{split}' for task '{self.name}'", hint=f"use one of {', '.join(SPLITS)}")
         if self._splits is None:
             self._splits = self._build_splits()
         return list(self._splits[split])

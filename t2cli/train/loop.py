@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from registry.queries import experts, runs
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 from t2cli.eval.accuracy import run_items
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.runtime.generation import completion_logprobs, generate, sample_key
@@ -103,23 +103,28 @@ class TrainConfig:
         )
         for name in positive:
             if getattr(self, name) < 1:
-                raise T2Error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise T2Error(f"--lr must be a positive number (got {self.lr})")
+            raise UsageError(f"--lr must be a positive number (got {self.lr})")
         if self.temperature < 0 or self.kl_coef < 0 or self.clip_norm <= 0:
-            raise T2Error("--temperature and --kl-coef must be >= 0, --clip-norm > 0")
+            raise UsageError("--temperature and --kl-coef must be >= 0, --clip-norm > 0")
         if self.advantage not in ADVANTAGES:
-            raise T2Error(f"unknown --advantage {self.advantage!r}", f"use one of {', '.join(ADVANTAGES)}")
+            raise UsageError(f"unknown --advantage {self.advantage!r}", f"use one of {', '.join(ADVANTAGES)}")
         if self.advantage != "raw" and self.samples_per_prompt < 2:
-            raise T2Error("a group baseline needs --samples-per-prompt >= 2", "or use --advantage raw")
+            raise UsageError("a group baseline needs --samples-per-prompt >= 2", "or use --advantage raw")
         if self.dtype not in DTYPES:
-            raise T2Error(f"unknown --dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
+            raise UsageError(f"unknown --dtype {self.dtype!r}", f"use one of {', '.join(DTYPES)}")
         if self.shard not in SHARDINGS:
-            raise T2Error(f"unknown --shard {self.shard!r}", f"use one of {', '.join(SHARDINGS)}")
+            raise UsageError(f"unknown --shard {self.shard!r}", f"use one of {', '.join(SHARDINGS)}")
         if self.rollout not in ROLLOUTS:
-            raise T2Error(f"unknown --rollout {self.rollout!r}", f"use one of {', '.join(ROLLOUTS)}")
+            raise UsageError(f"unknown --rollout {self.rollout!r}", f"use one of {', '.join(ROLLOUTS)}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if not 0 < self.vllm_memory <= 1:
-            raise T2Error(f"--vllm-memory must be a fraction in (0, 1] (got {self.vllm_memory})")
+            raise UsageError(f"--vllm-memory must be a fraction in (0, 1] (got {self.vllm_memory})")
+
+
+LONG_BUDGET = 64  # tokens: above it, rollouts cut at the budget make steps slow (train warns)
 
 
 @dataclass
@@ -136,6 +141,7 @@ class StepMetrics:
     seconds: float
     kl: float = 0.0
     valid_accuracy: float | None = None
+    at_budget: float = 0.0  # fraction of rollouts cut at the generation budget (max_new_tokens)
 
 
 @dataclass
@@ -355,8 +361,9 @@ def _train(
             optimizer.step()
             schedule.step()
 
-            reward_sum, n_correct, loss, kl_sum, new_tokens = dist.sum(
-                [float(rewards.sum()), sum(correct), loss_total, kl_mean * gens.new_tokens, gens.new_tokens]
+            cut = sum(len(ids) >= max_new for ids in gens.completion_ids)
+            reward_sum, n_correct, loss, kl_sum, new_tokens, n_cut = dist.sum(
+                [float(rewards.sum()), sum(correct), loss_total, kl_mean * gens.new_tokens, gens.new_tokens, cut]
             )
             metrics = StepMetrics(
                 step=step,
@@ -368,7 +375,16 @@ def _train(
                 tokens_per_s=new_tokens / max(dist.max(gen_seconds), 1e-9),
                 seconds=time.perf_counter() - step_start,
                 kl=kl_sum / new_tokens if new_tokens else 0.0,
+                at_budget=n_cut / total,
             )
+            # Most rollouts cut at a long budget: the step's time goes to answers that never end. Once per run.
+            if metrics.at_budget > 0.5 and max_new > LONG_BUDGET and not state.get("budget_warned"):
+                state["budget_warned"] = True
+                emit(
+                    f"warning: step {step}: {n_cut:.0f} of {total} rollouts ran to the {max_new}-token budget "
+                    "(slow steps); pass --max-new-tokens N or set max_new_tokens in the task file",
+                    None,
+                )
             # 7. validation; the best-on-validation z is what gets registered
             if step % config.eval_every == 0 or step == config.steps:
                 metrics.valid_accuracy = validate(step)

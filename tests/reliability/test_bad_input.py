@@ -66,13 +66,13 @@ BAD_INPUTS = [
     ("unknown expert (show)", lambda m, t: ["experts", "show", "nope"], 1, "no expert named 'nope'"),
     ("unknown expert (rm)", lambda m, t: ["experts", "rm", "nope", "--yes"], 1, "nope"),
     ("unknown expert (export)", lambda m, t: ["export", "nope", str(t / "out")], 1, "nope"),
-    ("unknown task", lambda m, t: ["eval", "--task", "no-such-task", "--base", M, m["llama"]], 1, "no-such-task"),
-    ("unknown strategy", lambda m, t: ["ask", "hi", M, m["llama"], "--strategy", "telepathy"], 1, "telepathy"),
-    ("unknown mixing method", lambda m, t: ["mix", "a", "b", "--method", "median"], 1, "median"),
+    ("unknown task", lambda m, t: ["eval", "--task", "no-such-task", "--base", M, m["llama"]], 2, "no-such-task"),
+    ("unknown strategy", lambda m, t: ["ask", "hi", M, m["llama"], "--strategy", "telepathy"], 2, "telepathy"),
+    ("unknown mixing method", lambda m, t: ["mix", "a", "b", "--method", "median"], 2, "median"),
     (
         "unknown split",
         lambda m, t: ["eval", "--task", _task(t, OK_LINE), "--base", M, m["llama"], "--split", "dev"],
-        1,
+        2,
         "dev",
     ),
     (
@@ -146,9 +146,9 @@ BAD_INPUTS = [
         "not valid UTF-8",
     ),
     # mixing weights
-    ("mix: NaN weight", lambda m, t: ["mix", "a", "b", "--weights", "nan,0.5"], 1, "nan"),
-    ("mix: inf weight", lambda m, t: ["mix", "a", "b", "--weights", "inf,0.5"], 1, "inf"),
-    ("mix: negative weight", lambda m, t: ["mix", "a", "b", "--weights", "-0.5,1.5"], 1, "-0.5"),
+    ("mix: NaN weight", lambda m, t: ["mix", "a", "b", "--weights", "nan,0.5"], 2, "nan"),
+    ("mix: inf weight", lambda m, t: ["mix", "a", "b", "--weights", "inf,0.5"], 2, "inf"),
+    ("mix: negative weight", lambda m, t: ["mix", "a", "b", "--weights", "-0.5,1.5"], 2, "-0.5"),
     ("mix: wrong number of weights", lambda m, t: ["mix", "a", "b", "--weights", "0.2,0.3,0.5"], 2, "3 weights"),
     ("mix: weight not a number", lambda m, t: ["mix", "a", "b", "--weights", "half,half"], 2, "'half' is not a number"),
     ("mix: one expert", lambda m, t: ["mix", "a"], 2, "at least two experts"),
@@ -167,13 +167,13 @@ BAD_INPUTS = [
     (
         "invalid --targets regex",
         lambda m, t: ["decompose", m["llama"], "--targets", "layers.("],
-        1,
+        2,
         "not a valid regular expression",
     ),
     (
         "--targets matches nothing",
         lambda m, t: ["decompose", m["llama"], "--targets", "lm_head"],
-        1,
+        2,
         "matches no matrix",
     ),
     # prompts
@@ -199,7 +199,7 @@ BAD_INPUTS = [
     (
         "train: --steps 0",
         lambda m, t: ["train", "--task", _task(t, OK_LINE), "--steps", "0", M, m["llama"]],
-        1,
+        2,
         "steps",
     ),
     ("unknown device", lambda m, t: ["decompose", m["llama"], "--device", "tpu"], 2, "unknown device 'tpu'"),

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from t2cli.cli.console import err, out
-from t2cli.cli.options import DeviceOpt, JsonOpt
+from t2cli.cli.console import err, out, print_json, progress_bar
+from t2cli.cli.options import BatchSizeOpt, DeviceOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, name_option
 
 
 def _fmt(score) -> str:
@@ -53,16 +52,8 @@ def adapt_cmd(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="Base model (default: the experts', else the embedded one).", show_default=False
-        ),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option("--name", "-n", help="Name of the mixture (default: TASK-cem, -2, ...).", show_default=False),
-    ] = None,
+    model: ModelOpt = None,
+    name: Annotated[str | None, name_option("Name of the mixture (default: TASK-cem, -2, ...).")] = None,
     population: Annotated[int, typer.Option(help="Candidates per generation (paper: 32).")] = 8,
     elite_ratio: Annotated[
         float, typer.Option(help="Fraction of candidates the distribution is refitted to (paper: 0.2).")
@@ -80,10 +71,8 @@ def adapt_cmd(
         ),
     ] = False,
     method: Annotated[str, typer.Option(help="Mixing method: linear or task-arithmetic.")] = "linear",
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Generation budget per shot (default: the task's).", show_default=False)
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 16,
+    max_new_tokens: MaxNewTokensOpt = None,
+    batch_size: BatchSizeOpt = 16,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -138,14 +127,13 @@ def adapt_cmd(
                 f"adapting to {plan.label}: {len(plan.items)} shots, experts {', '.join(names)}, "
                 f"{cem.population} x {cem.generations} candidates + {len(names) + 1} baselines"
             )
-        progress = Progress(
+        progress = progress_bar(
             TextColumn("CEM generation {task.fields[generation]}/" + str(cem.generations)),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("best {task.fields[best]}"),
             TimeElapsedColumn(),
-            console=err,
-            disable=as_json,
+            quiet=as_json,
         )
         bar = progress.add_task("cem", total=cem.population, generation=1, best="-")
 
@@ -176,7 +164,7 @@ def adapt_cmd(
                 on_message=None if as_json else progress.console.print,
             )
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     table = Table(title=f"CEM on {len(result.shots)} shots of {result.task} (accuracy, mean gold log-likelihood)")
     for column in ("generation", "best", "mean accuracy", "best so far", "spread"):

@@ -8,17 +8,12 @@ from typing import Annotated
 import typer
 
 from t2cli.cli.console import err
-from t2cli.cli.options import DeviceOpt, JsonOpt
+from t2cli.cli.options import DeviceOpt, JsonOpt, ModelOpt, complete_experts
 
 
 def ask_cmd(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use -f FILE).", show_default=False)] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="Base model (default: the expert's for expert:NAME, else the embedded SmolLM2-135M)."
-        ),
-    ] = None,
+    model: ModelOpt = None,
     strategy: Annotated[
         str, typer.Option("--strategy", "-s", help="Pass 1: none, expert:NAME, prompt, classifier or cem.")
     ] = "prompt",
@@ -26,7 +21,9 @@ def ask_cmd(
     classifier: Annotated[
         str | None,
         typer.Option(
-            "--classifier", help="classifier: the dispatch expert (default: the latest trained with --task dispatch)."
+            "--classifier",
+            help="classifier: the dispatch expert (default: the latest trained with --task dispatch).",
+            autocompletion=complete_experts,
         ),
     ] = None,
     pass1: Annotated[

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 from rich.table import Table
 
-from t2cli.cli.console import err, human_bytes, out
+from t2cli.cli.console import err, human_bytes, out, print_json, progress_bar
 from t2cli.cli.options import JsonOpt
 
-app = typer.Typer(help="The registry database and blob store.", no_args_is_help=True)
+app = typer.Typer(
+    help="The registry database and blob store.",
+    epilog="Examples:  t2 db status  ·  t2 db verify  ·  t2 db gc --dry-run",
+    no_args_is_help=True,
+)
 
 
 @app.command("path")
-def path_cmd() -> None:
+def path_cmd(as_json: JsonOpt = False) -> None:
     """Print the home directory (set T2_HOME to move it).
 
     Example: T2_HOME=/data/t2 t2 db path
     """
     from t2cli.home import t2_home
 
-    out.print(str(t2_home()))
+    if as_json:
+        print_json({"home": str(t2_home())})
+        return
+    out.print(str(t2_home()), markup=False)
 
 
 @app.command("status")
@@ -38,7 +44,7 @@ def status_cmd(as_json: JsonOpt = False) -> None:
     with open_registry() as registry:
         status = registry.status()
     if as_json:
-        out.print_json(json.dumps(asdict(status), default=str))
+        print_json(asdict(status))
         return
     out.print(f"home: {registry.home}")
     out.print(f"database: {status.db_path} ({human_bytes(status.db_bytes)}), schema revision {status.revision}")
@@ -61,12 +67,11 @@ def verify_cmd(as_json: JsonOpt = False) -> None:
 
     with (
         open_registry() as registry,
-        Progress(
+        progress_bar(
             TextColumn("verifying blobs"),
             BarColumn(),
             MofNCompleteColumn(),
-            console=err,
-            disable=as_json or not err.is_terminal,
+            quiet=as_json,
             transient=True,
         ) as progress,
     ):
@@ -74,7 +79,7 @@ def verify_cmd(as_json: JsonOpt = False) -> None:
         report = registry.verify(progress=lambda done, total: progress.update(task, completed=done, total=total))
     problems = len(report.missing) + len(report.corrupt)
     if as_json:
-        out.print_json(json.dumps(asdict(report), default=str))
+        print_json(asdict(report))
     else:
         out.print(
             f"checked {report.checked} blobs: {len(report.missing)} missing, {len(report.corrupt)} corrupt, "
@@ -94,15 +99,28 @@ def verify_cmd(as_json: JsonOpt = False) -> None:
 
 @app.command("gc")
 def gc_cmd(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, and remove nothing.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Remove blobs nothing refers to (never a referenced one).
+    """Remove blobs nothing refers to and run folders no run owns (never a referenced blob or a live run).
+
+    A folder under $T2_HOME/runs/ with no row in the registry (a run removed by hand, or one
+    whose start failed) is an orphan unless a process holds its lock.
 
     Example: t2 db gc --dry-run
     """
     from t2cli.home import open_registry
+    from t2cli.train.run_removal import remove_orphan_run_folders
 
     with open_registry() as registry:
-        removed = registry.gc(dry_run=dry_run)
+        folders = remove_orphan_run_folders(registry, dry_run=dry_run)
+        blobs = registry.gc(dry_run=dry_run)
+    if as_json:
+        print_json({"dry_run": dry_run, "blobs": blobs, "run_folders": [str(f) for f in folders]})
+        return
     verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb} {len(removed)} blobs")
+    for sha in blobs if dry_run else []:
+        out.print(f"{verb} blob {sha}", markup=False)
+    for folder in folders:
+        out.print(f"{verb} run folder {folder}", markup=False)
+    out.print(f"{verb} {len(blobs)} blobs and {len(folders)} run folders", markup=False)

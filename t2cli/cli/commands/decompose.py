@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
@@ -10,15 +9,14 @@ import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
-from t2cli.cli.console import err, human_bytes, out
-from t2cli.cli.options import DeviceOpt, JsonOpt, ModelArg, RevisionOpt
+from t2cli.cli.console import err, human_bytes, out, print_json, progress_bar
+from t2cli.cli.options import DeviceOpt, JsonOpt, ModelArg, RevisionOpt, deprecated_alias
 
 TargetsOpt = Annotated[
     str,
@@ -28,18 +26,22 @@ TargetsOpt = Annotated[
         "like model.layers.3.mlp.down_proj.",
     ),
 ]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="Compute precision of the SVD: float32 or float64.")]
+SvdDtypeOpt = Annotated[str, typer.Option("--svd-dtype", help="Compute precision of the SVD: float32 or float64.")]
+OldDtypeOpt = Annotated[
+    str | None, typer.Option("--dtype", hidden=True, help="Deprecated spelling of --svd-dtype.", show_default=False)
+]
 MethodOpt = Annotated[str, typer.Option("--method", help="SVD method (auto picks the fastest exact one).")]
 
 
 def decompose(
     model: ModelArg = None,
     targets: TargetsOpt = "all",
-    dtype: DtypeOpt = "float32",
+    svd_dtype: SvdDtypeOpt = "float32",
     device: DeviceOpt = "auto",
     method: MethodOpt = "auto",
     revision: RevisionOpt = None,
     as_json: JsonOpt = False,
+    old_dtype: OldDtypeOpt = None,
 ) -> None:
     """Decompose MODEL's target matrices (U, S, Vh per matrix) into the registry, once.
 
@@ -49,19 +51,22 @@ def decompose(
 
       t2 decompose                        # the embedded SmolLM2-135M, attention + MLP
 
-      t2 decompose llama3-8b --targets mlp --device cuda
+      t2 decompose llama3-8b --targets mlp --device cuda --svd-dtype float64
 
       t2 decompose ./model.gguf --targets 'layers\\.(2[0-9])\\.mlp'
     """
     from t2cli.decompose.engine import MAX_REL_ERROR, decompose_model
     from t2cli.home import open_registry
 
+    if old_dtype is not None:
+        deprecated_alias("--dtype", "--svd-dtype")
+        svd_dtype = old_dtype
     with open_registry() as registry, _progress_bar(disable=as_json) as (progress, on_progress):
         summary = decompose_model(
             registry,
             model,
             targets=targets,
-            dtype=dtype,
+            dtype=svd_dtype,
             device=device,
             method=method,
             revision=revision,
@@ -69,7 +74,7 @@ def decompose(
         )
         progress.stop()
     if as_json:
-        out.print_json(json.dumps(asdict(summary)))
+        print_json(asdict(summary))
         return
     if summary.already_complete:
         out.print(f"Already decomposed: nothing to do (decomposition #{summary.decomposition_id}).")
@@ -82,14 +87,14 @@ def decompose(
     verdict = "ok" if summary.max_rel_error < MAX_REL_ERROR else f"[red]above {MAX_REL_ERROR:g}[/]"
     out.print(f"max relative reconstruction error: {summary.max_rel_error:.2e} ({verdict})")
     if summary.max_rel_error >= MAX_REL_ERROR:
-        err.print("warning: some matrices reconstruct poorly; try --dtype float64")
+        err.print("warning: some matrices reconstruct poorly; try --svd-dtype float64")
 
 
 class _progress_bar:
     """A Rich progress bar on stderr fed by the engine's progress callback."""
 
     def __init__(self, disable: bool) -> None:
-        self.progress = Progress(
+        self.progress = progress_bar(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
@@ -98,9 +103,7 @@ class _progress_bar:
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            console=err,
-            # Not a terminal (CI logs, pipes): no bar frames in the output, only the summary.
-            disable=disable or not err.is_terminal,
+            quiet=disable,
             transient=True,
         )
         self.task = self.progress.add_task("loading model", total=None, stored="0 B")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from t2cli.cli.console import err, out
-from t2cli.cli.options import DeviceOpt, JsonOpt, TaskOpt
+from t2cli.cli.console import err, out, print_json, progress_bar
+from t2cli.cli.options import BatchSizeOpt, DeviceOpt, ExpertOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, TaskOpt
 
 
 def eval_cmd(
     task: TaskOpt,
-    expert: Annotated[str | None, typer.Option("--expert", "-e", help="Expert to evaluate.")] = None,
+    expert: ExpertOpt = None,
     base: Annotated[bool, typer.Option("--base", help="Evaluate the base weights.")] = False,
     strategy: Annotated[
         str | None,
@@ -34,15 +33,11 @@ def eval_cmd(
             "--pass1", help="With --strategy prompt/classifier: generate (and parse) or score the categories."
         ),
     ] = "generate",
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Base model (default: the expert's, or the embedded one).")
-    ] = None,
+    model: ModelOpt = None,
     split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
-    limit: Annotated[int | None, typer.Option(help="Evaluate the first N items of the split.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per generate() call.")] = 32,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(help="Generation budget per answer (default: the task's).")
-    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N items of the split.")] = None,
+    batch_size: BatchSizeOpt = 32,
+    max_new_tokens: MaxNewTokensOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -66,7 +61,10 @@ def eval_cmd(
     from t2cli.svf.adaptable import load_adaptable
     from t2cli.svf.expert import base_model_argument, check_base_model, load_expert
     from t2cli.tasks import get_task, needs_registry
+    from t2cli.tasks.types import SPLITS
 
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     if sum((base, expert is not None, strategy is not None)) != 1:
         raise UsageError("give exactly one of --expert NAME, --base or --strategy S", "e.g. t2 eval --task math --base")
     if strategy is not None:
@@ -86,14 +84,13 @@ def eval_cmd(
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         items = task_obj.split(split)
         total = min(limit, len(items)) if limit else len(items)
-        with Progress(
+        with progress_bar(
             TextColumn(f"eval {task_obj.name}/{split}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=err,
-            disable=as_json,
+            quiet=as_json,
         ) as progress:
             bar = progress.add_task("eval", total=total)
             result = evaluate(
@@ -109,7 +106,7 @@ def eval_cmd(
                 max_new_tokens=max_new_tokens,
             )
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     table = Table(title=f"{task_obj.name} ({split})")
     for column in ("weights", "n", "correct", "accuracy", "95% CI", "seconds", "tok/s"):
@@ -137,14 +134,13 @@ def _eval_strategy(
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
     with (
         open_registry() as registry,
-        Progress(
+        progress_bar(
             TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=err,
-            disable=as_json,
+            quiet=as_json,
         ) as progress,
     ):
         bar = progress.add_task("dispatch", total=total)
@@ -162,7 +158,7 @@ def _eval_strategy(
             pass1=pass1,
         )
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     table = Table(title=f"{task_obj.name} ({split}), strategy {strategy}")
     for column in ("routed to", "items"):

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from t2cli.cli.console import out
+from t2cli.cli.console import out, print_json
 from t2cli.cli.options import ExpertArg, JsonOpt
 
-app = typer.Typer(help="Registered SVF experts and their lineage.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered SVF experts and their lineage.",
+    epilog="Examples:  t2 experts list  ·  t2 experts show add-v1  ·  t2 experts tag add-v1 reviewed",
+    no_args_is_help=True,
+)
 
 
 @app.command("list")
@@ -27,7 +30,7 @@ def list_cmd(as_json: JsonOpt = False) -> None:
     with open_registry() as registry:
         experts = list_experts(registry)
     if as_json:
-        out.print_json(json.dumps([asdict(e) for e in experts], default=str))
+        print_json({"experts": [asdict(e) for e in experts]})
         return
     if not experts:
         out.print("No experts registered yet. Train one with `t2 train --task math` (see README).")
@@ -60,7 +63,7 @@ def show_cmd(name: ExpertArg, as_json: JsonOpt = False) -> None:
     with open_registry() as registry:
         e = get_expert(registry, name)
     if as_json:
-        out.print_json(json.dumps(asdict(e), default=str))
+        print_json(asdict(e))
         return
     out.print(f"[bold]{e.name}[/]  kind={e.kind}  base={e.base_model}  task={e.task or '-'}  created={e.created_at}")
     if e.description:
@@ -93,6 +96,7 @@ def show_cmd(name: ExpertArg, as_json: JsonOpt = False) -> None:
 def rm_cmd(
     name: ExpertArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove an expert from the registry (its blob is freed by `t2 db gc`).
 
@@ -106,4 +110,38 @@ def rm_cmd(
         if not yes and not typer.confirm(f"Remove expert {name!r}?", default=False):
             raise typer.Exit(1)
         remove_expert(registry, name)
+    if as_json:
+        print_json({"removed": name})
+        return
     out.print(f"Removed expert {name!r}. Run `t2 db gc` to free its file.")
+
+
+@app.command("tag")
+def tag_cmd(
+    name: ExpertArg,
+    tags: Annotated[list[str], typer.Argument(help="One or more tags (one word each).", show_default=False)],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove these tags instead of adding them.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add tags to an expert (or remove them with --remove); `t2 experts show` lists them.
+
+    Examples:
+
+      t2 experts tag add-v1 reviewed arithmetic
+
+      t2 experts tag add-v1 reviewed --remove
+    """
+    from t2cli.experts.tags import tag_expert
+    from t2cli.home import open_registry
+
+    with open_registry() as registry:
+        result = tag_expert(registry, name, tags, remove=remove)
+    if as_json:
+        print_json(asdict(result))
+        return
+    changed = result.removed if remove else result.added
+    verb = "removed" if remove else "added"
+    out.print(
+        f"{result.expert}: {verb} {', '.join(changed) or 'nothing'}; tags now: {', '.join(result.tags) or '-'}",
+        markup=False,
+    )

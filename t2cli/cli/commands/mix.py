@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
-from t2cli.cli.console import out
-from t2cli.cli.options import JsonOpt
+from t2cli.cli.console import out, print_json
+from t2cli.cli.options import JsonOpt, complete_experts, name_option
 
 
 def parse_weights(text: str | None) -> list[float] | None:
@@ -31,7 +30,12 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 def mix_cmd(
     experts: Annotated[
-        list[str], typer.Argument(help="Two or more expert names (see `t2 experts list`).", show_default=False)
+        list[str],
+        typer.Argument(
+            help="Two or more expert names (see `t2 experts list`).",
+            show_default=False,
+            autocompletion=complete_experts,
+        ),
     ],
     weights: Annotated[
         str | None,
@@ -46,7 +50,7 @@ def mix_cmd(
             help="linear (z' = sum a_k z_k, a_k >= 0) or task-arithmetic (z' = 1 + sum a_k (z_k - 1), a_k may be < 0).",
         ),
     ] = "linear",
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Name of the mixture (default: mix-A-B...).")] = None,
+    name: Annotated[str | None, name_option("Name of the mixture (default: mix-A-B...).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Mix experts of one base model into a new expert (kind "mixture", parents recorded).
@@ -68,7 +72,7 @@ def mix_cmd(
     with open_registry() as registry:
         result = mix_experts(registry, experts, parsed, method=method, name=name)
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     shown = ", ".join(f"{e} x {w:g}" for e, w in zip(result.experts, result.weights))
     out.print(

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from t2cli.cli.console import human_bytes, out
+from t2cli.cli.console import human_bytes, out, print_json
 from t2cli.cli.options import JsonOpt, ModelArg, RevisionOpt
 
-app = typer.Typer(help="Known model aliases and registered base models.", no_args_is_help=True)
+app = typer.Typer(
+    help="Known model aliases and registered base models.",
+    epilog="Examples:  t2 models list  ·  t2 models show smollm2-135m --targets mlp",
+    no_args_is_help=True,
+)
 
 
 def _alias_status(alias) -> str:
@@ -54,7 +57,7 @@ def list_models(as_json: JsonOpt = False) -> None:
         for a in ALIASES.values()
     ]
     if as_json:
-        out.print_json(json.dumps({"aliases": aliases, "registered": [asdict(m) for m in registered]}))
+        print_json({"aliases": aliases, "registered": [asdict(m) for m in registered]})
         return
     table = Table(title="Model aliases")
     for column in ("alias", "model", "status", "notes"):
@@ -93,6 +96,7 @@ def show_model(
     model: ModelArg = None,
     revision: RevisionOpt = None,
     targets: Annotated[str, typer.Option(help="Which matrices to list: attn, mlp, all or a regex.")] = "all",
+    as_json: JsonOpt = False,
 ) -> None:
     """Resolve a model and show its identity and the matrices t2 would adapt.
 
@@ -109,11 +113,28 @@ def show_model(
     ref = resolve_model(model, revision=revision)
     identity = model_identity(ref, HashCache(t2_home() / "cache" / "file-hashes.json"))
     chosen = select_targets(identity.model_type, identity.num_layers, targets)
+    roles = Counter(m.role for m in chosen)
+    if as_json:
+        print_json(
+            {
+                "name": ref.name,
+                "source": ref.source,
+                "location": str(ref.location),
+                "architecture": identity.architecture,
+                "model_type": identity.model_type,
+                "num_layers": identity.num_layers,
+                "hidden_size": identity.hidden_size,
+                "fingerprint": identity.fingerprint,
+                "targets": targets,
+                "matrices": [m.name for m in chosen],
+                "roles": dict(roles),
+            }
+        )
+        return
     out.print(f"[bold]{ref.name}[/]  source={ref.source}  location={ref.location}")
     out.print(
         f"architecture={identity.architecture} model_type={identity.model_type} layers={identity.num_layers} "
         f"hidden={identity.hidden_size}"
     )
     out.print(f"fingerprint={identity.fingerprint}")
-    roles = Counter(m.role for m in chosen)
     out.print(f"targets {targets!r}: {len(chosen)} matrices (" + ", ".join(f"{r} x{n}" for r, n in roles.items()) + ")")

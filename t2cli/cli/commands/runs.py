@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -10,10 +9,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from t2cli.cli.console import err, out
+from t2cli.cli.console import err, out, print_json
 from t2cli.cli.options import JsonOpt
 
-app = typer.Typer(help="Training runs and their learning curves.", no_args_is_help=True)
+app = typer.Typer(
+    help="Training runs and their learning curves.",
+    epilog="Examples:  t2 runs list  ·  t2 runs show RUN --plot curve.png  ·  t2 runs rm RUN",
+    no_args_is_help=True,
+)
+RunArg = Annotated[str, typer.Argument(help="Run id (see `t2 runs list`).", show_default=False)]
 
 
 @app.command("list")
@@ -28,7 +32,7 @@ def list_cmd(as_json: JsonOpt = False) -> None:
     with open_registry() as registry:
         runs = list_runs(registry)
     if as_json:
-        out.print_json(json.dumps([asdict(r) for r in runs]))
+        print_json({"runs": [asdict(r) for r in runs]})
         return
     if not runs:
         out.print("No training runs yet: `t2 train --task addition` starts one.")
@@ -44,7 +48,7 @@ def list_cmd(as_json: JsonOpt = False) -> None:
 
 @app.command("show")
 def show_cmd(
-    run_id: Annotated[str, typer.Argument(help="Run id (see `t2 runs list`).")],
+    run_id: RunArg,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the learning curve to this PNG file.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -58,7 +62,7 @@ def show_cmd(
     with open_registry() as registry:
         run = get_run(registry, run_id)
     if as_json:
-        out.print_json(json.dumps(asdict(run)))
+        print_json(asdict(run))
     else:
         out.print(f"[bold]{run.run_id}[/] task={run.task} status={run.status} expert={run.expert or '-'}")
         table = Table(title="Per-step metrics")
@@ -74,6 +78,37 @@ def show_cmd(
     if plot is not None:
         written = plot_learning_curve(run, plot)
         (err if as_json else out).print(f"learning curve written to {written}")
+
+
+@app.command("rm")
+def rm_cmd(
+    run_id: RunArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a training run: its rows and its checkpoint folder (never the expert it registered).
+
+    A run that a process is training now is refused.
+
+    Example: t2 runs rm run-20261123-101500-ab12 --yes
+    """
+    from t2cli.home import open_registry
+    from t2cli.train.run_removal import remove_run
+
+    with open_registry() as registry:
+        plan = remove_run(registry, run_id, dry_run=True)  # checks it exists and is not being trained
+        if not yes and not typer.confirm(f"Remove run {run_id} and its checkpoints?", default=False):
+            raise typer.Exit(1)
+        removed = remove_run(registry, run_id)
+    if as_json:
+        print_json(asdict(removed))
+        return
+    kept = f"; expert {plan.expert} is kept" if plan.expert else ""
+    out.print(
+        f"removed run {removed.run_id} ({removed.metric_rows} metric rows"
+        f"{', folder ' + removed.folder if removed.folder else ''}){kept}",
+        markup=False,
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from t2cli.cli.console import err, out
-from t2cli.cli.options import DeviceOpt, ExpertArg, JsonOpt
+from t2cli.cli.console import err, out, print_json
+from t2cli.cli.options import DeviceOpt, ExpertArg, JsonOpt, complete_models, name_option
 
-NameOpt = Annotated[
-    str | None, typer.Option("--name", "-n", help="Register under this name (default: the name it was shared under).")
-]
+NameOpt = Annotated[str | None, name_option("Register under this name (default: the name it was shared under).")]
 BaseModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -22,6 +19,7 @@ BaseModelOpt = Annotated[
         "-m",
         help="The expert's base model, when it is not registered here yet "
         "(alias, folder, .gguf or Hub id); its weights must have the expert's fingerprint.",
+        autocompletion=complete_models,
     ),
 ]
 
@@ -37,7 +35,13 @@ def export_cmd(
         int | None, typer.Option("--rank", "-r", help="LoRA rank (default 16).", show_default=False)
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Where the base model is, if not where it was registered.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Where the base model is, if not where it was registered.",
+            autocompletion=complete_models,
+        ),
     ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -90,7 +94,7 @@ def export_cmd(
             summary = {"folder": str(path), "expert": expert, "files": sorted(p.name for p in path.iterdir())}
             text = f"wrote {path} ({', '.join(summary['files'])}); import it elsewhere with `t2 import {path}`"
     if as_json:
-        out.print_json(json.dumps(summary))
+        print_json(summary)
     else:
         out.print(text, markup=False)
 
@@ -155,7 +159,7 @@ def push_cmd(
     with open_registry() as registry:
         result = push_expert(registry, expert, repo_id, private=private, branch=branch, message=message)
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     out.print(
         f"pushed {expert} to {result.repo_id}@{result.branch} in commit {result.commit[:12]}: {result.commit_url}",
@@ -194,7 +198,7 @@ def _print_import(result, as_json: bool) -> None:
     if result.unknown_keys:
         err.print(f"warning: ignored config keys this t2 does not know: {', '.join(result.unknown_keys)}", markup=False)
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     out.print(
         f"imported {result.name} ({result.original_kind} expert '{result.original_name}', "

@@ -7,18 +7,26 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from t2cli.cli.console import err, out
-from t2cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt, TaskOpt
+from t2cli.cli.console import err, out, progress_bar
+from t2cli.cli.options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    TaskOpt,
+    deprecated_alias,
+    name_option,
+)
 
 
 def train_cmd(
     task: TaskOpt,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Base model (default: the embedded SmolLM2-135M).")
-    ] = None,
-    name: Annotated[str | None, typer.Option("--name", "-n", help="Expert name (default: TASK-svf).")] = None,
+    model: ModelOpt = None,
+    name: Annotated[str | None, name_option("Expert name (default: TASK-svf).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 40,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the latest interrupted run of this --name.")
@@ -33,9 +41,9 @@ def train_cmd(
     clip_norm: Annotated[float, typer.Option(help="Gradient clipping norm.")] = 1.0,
     eval_every: Annotated[int, typer.Option(help="Validate every K steps.")] = 4,
     valid_size: Annotated[int, typer.Option(help="Validation items.")] = 100,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget (default: the task's).")] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     micro_batch: Annotated[int, typer.Option(help="Sequences per forward/backward of the loss (bounds memory).")] = 16,
-    gen_batch: Annotated[int, typer.Option(help="Sequences per generate() call (per process).")] = 64,
+    batch_size: BatchSizeOpt = 64,
     seed: Annotated[int, typer.Option(help="Seed for prompt order and sampling.")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -65,6 +73,9 @@ def train_cmd(
         float, typer.Option(help="GPU memory fraction the vLLM engine may take (--rollout vllm).")
     ] = 0.3,
     as_json: JsonOpt = False,
+    old_gen_batch: Annotated[
+        int | None, typer.Option("--gen-batch", hidden=True, help="Deprecated spelling of --batch-size.")
+    ] = None,
 ) -> None:
     """Train an SVF expert (one z vector per matrix) with REINFORCE on TASK's reward.
 
@@ -93,13 +104,17 @@ def train_cmd(
     from t2cli.errors import T2Error
     from t2cli.runtime.distributed import init_distributed, open_registry_ranked, resolve_dtype
     from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.names import check_expert_name
     from t2cli.svf.sharded import check_sharding, load_sharded_adaptable
     from t2cli.tasks import get_task, needs_registry
     from t2cli.train.loop import TrainConfig, find_resumable_run, train
     from t2cli.train.rollout_vllm import check_vllm_backend
 
+    if old_gen_batch is not None:
+        deprecated_alias("--gen-batch", "--batch-size")
+        batch_size = old_gen_batch
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
-    name = name or f"{task_obj.name if task_obj else task.strip().lower()}-svf"
+    name = check_expert_name(name or f"{task_obj.name if task_obj else task.strip().lower()}-svf")
     config = TrainConfig(
         task=task,
         name=name,
@@ -117,7 +132,7 @@ def train_cmd(
         valid_size=valid_size,
         max_new_tokens=max_new_tokens,
         micro_batch=micro_batch,
-        gen_batch=gen_batch,
+        gen_batch=batch_size,
         seed=seed,
         device=device,
         dtype=dtype,
@@ -146,23 +161,24 @@ def train_cmd(
             )
         if task_obj is None:
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
-        progress = Progress(
+        progress = progress_bar(
             TextColumn("training {task.fields[expert]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("reward {task.fields[reward]} · valid {task.fields[valid]} · {task.fields[tps]} tok/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=err,
-            disable=as_json or not dist.is_main,
+            quiet=as_json or not dist.is_main,
         )
         bar = progress.add_task("train", total=config.steps, expert=name, reward="-", valid="-", tps="-")
         valid_seen = {"last": "-"}
 
         def on_event(message, metrics) -> None:
             if metrics is None:
-                progress.console.print(message)
+                err.print(message, markup=False) if as_json else progress.console.print(message, markup=False)
                 return
+            if as_json:  # JSON lines: one object per step, then the result
+                typer.echo(json.dumps({"event": "step", **asdict(metrics)}))
             if metrics.valid_accuracy is not None:
                 valid_seen["last"] = f"{metrics.valid_accuracy:.1%}"
             if not err.is_terminal and not as_json:  # logs and pipes get one line per step instead of a bar
@@ -192,7 +208,7 @@ def train_cmd(
     if not dist.is_main:  # rank 0 reports for the job
         return
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        typer.echo(json.dumps({"event": "result", **asdict(result)}))
         return
     out.print(
         f"expert [bold]{result.expert}[/] registered from {result.run_id}: validation accuracy "

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from t2cli.cli.console import err, out
-from t2cli.cli.options import DeviceOpt, ExpertArg, JsonOpt
+from t2cli.cli.console import err, out, print_json
+from t2cli.cli.options import DeviceOpt, ExpertArg, JsonOpt, complete_models, name_option
 
 
 def transfer_cmd(
     expert: ExpertArg,
     to: Annotated[
-        str, typer.Option("--to", help="Target base model: alias, folder, .gguf file or Hub id.", show_default=False)
+        str,
+        typer.Option(
+            "--to",
+            help="Target base model: alias, folder, .gguf file or Hub id.",
+            show_default=False,
+            autocompletion=complete_models,
+        ),
     ],
-    name: Annotated[
-        str | None, typer.Option("--name", "-n", help="Name of the new expert (default: EXPERT-to-MODEL).")
-    ] = None,
+    name: Annotated[str | None, name_option("Name of the new expert (default: EXPERT-to-MODEL).")] = None,
     shuffle: Annotated[
         bool, typer.Option("--shuffle", help="Control: permute every transferred z (singular order destroyed).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the --shuffle permutation.")] = 0,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer EXPERT to another base model (kind "transferred", parent recorded).
@@ -50,7 +53,7 @@ def transfer_cmd(
         err.print(f"loading {to} (decomposing it first if needed)...")
         result = transfer_expert(registry, expert, to, name=name, shuffle=shuffle, seed=seed, device=device)
     if as_json:
-        out.print_json(json.dumps(asdict(result)))
+        print_json(asdict(result))
         return
     s = result.summary
     table = Table(
