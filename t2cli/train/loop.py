@@ -302,6 +302,7 @@ def _train(
                 _save_checkpoint(run_dir, config, state, z, best_z, optimizer, schedule, item_rng)
             emit(f"step 0 (base weights): validation accuracy {state.base_valid:.1%}", None)
 
+        budget_warned = False
         for step in range(state.step + 1, config.steps + 1):
             step_start = time.perf_counter()
             # 1. the step's global batch of prompts (the same on every rank); this rank's contiguous share of it
@@ -377,9 +378,9 @@ def _train(
                 kl=kl_sum / new_tokens if new_tokens else 0.0,
                 at_budget=n_cut / total,
             )
-            # Most rollouts cut at a long budget: the step's time goes to answers that never end. Once per run.
-            if metrics.at_budget > 0.5 and max_new > LONG_BUDGET and not state.get("budget_warned"):
-                state["budget_warned"] = True
+            # Most rollouts cut at a long budget: the step's time goes to answers that never end. Once per process.
+            if metrics.at_budget > 0.5 and max_new > LONG_BUDGET and not budget_warned:
+                budget_warned = True
                 emit(
                     f"warning: step {step}: {n_cut:.0f} of {total} rollouts ran to the {max_new}-token budget "
                     "(slow steps); pass --max-new-tokens N or set max_new_tokens in the task file",
