@@ -38,6 +38,10 @@ class ExpertNotFound(T2Error):
     """An expert name that is not in the registry (``t2cli.errors`` re-exports it)."""
 
 
+class RouterNotFound(T2Error):
+    """A router name that is not in the registry."""
+
+
 class NameTaken(RegistryError):
     """A name that another row already holds (an expert's name is unique)."""
 

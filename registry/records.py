@@ -185,3 +185,28 @@ class RunRecord:
     checkpoint_dir: str | None
     started_at: datetime
     finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RouterRecord:
+    """A registered router (``routers``) with its base model's name and location."""
+
+    id: int
+    name: str
+    base_model_id: int
+    base_model_name: str
+    base_model_location: str
+    blob_sha256: str  # its router.safetensors
+    valid_accuracy: float | None
+    config_json: str  # its router_config.json: features, classes, the experts it routes to, lineage
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewRouter:
+    """A router to register (``routers.add``); its weights file is already in the blob store."""
+
+    name: str
+    base_model_id: int
+    valid_accuracy: float | None
+    config_json: str

@@ -202,6 +202,25 @@ class Expert(Base):
     )
 
 
+class Router(Base):
+    """A learned pass-1 router: a classifier over the base model's hidden states (``t2 router train``)."""
+
+    __tablename__ = "routers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="RESTRICT"), index=True)
+    blob_sha256: Mapped[str] = mapped_column(
+        ForeignKey("blobs.sha256", ondelete="RESTRICT"), index=True, comment="its router.safetensors"
+    )
+    valid_accuracy: Mapped[float | None] = mapped_column(Float, comment="accuracy on its validation prompts")
+    config_json: Mapped[str] = _config_json()
+    created_at: Mapped[datetime] = _created_at()
+
+    base_model: Mapped[BaseModel] = relationship()
+    blob: Mapped[Blob] = relationship()
+
+
 class ExpertParent(Base):
     """An expert made from another one (mixed, transferred, fine-tuned)."""
 

@@ -32,6 +32,7 @@ from t2cli.ask.strategies import (
     Dispatch,
     DispatchContext,
     build_dispatcher,
+    mixture_key,
     parse_strategy,
     run_dispatch,
 )
@@ -57,12 +58,15 @@ class AskSettingError(AskError, UsageError):
 class AskSettings:
     """How ``t2 ask`` answers: the strategy and the generation settings of pass 2."""
 
-    strategy: str = "prompt"  # none | expert:NAME | prompt | classifier | cem
+    strategy: str = "prompt"  # none | expert:NAME | prompt | classifier | cem | router | router-soft
     task: str | None = None  # cem: the task whose mixture to use
     classifier: str | None = None  # classifier: the dispatch expert (default: the latest trained on `dispatch`)
     pass1: str = "generate"  # prompt/classifier: generate the answer and parse it, or score the categories
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS  # pass-2 generation budget
     temperature: float = 0.0  # pass-2 sampling temperature; 0 = greedy
+    router: str | None = None  # router/router-soft: the router (default: the latest of the base model)
+    router_temperature: float = 1.0  # router-soft: temperature of the class probabilities
+    top_k: int | None = None  # router-soft: mix only the k likeliest classes
 
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)  # an unknown strategy fails here, before anything is opened
@@ -72,6 +76,10 @@ class AskSettings:
             raise AskSettingError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
         if not self.temperature >= 0:
             raise AskSettingError(f"--temperature must be >= 0 (got {self.temperature})", "use 0 for greedy decoding")
+        if not self.router_temperature > 0:
+            raise AskSettingError(f"--router-temperature must be > 0 (got {self.router_temperature})", "e.g. 1.0")
+        if self.top_k is not None and self.top_k < 1:
+            raise AskSettingError(f"--top-k must be at least 1 (got {self.top_k})", "e.g. --top-k 2")
 
 
 @dataclass
@@ -220,24 +228,6 @@ def stream_generate(
     return tokenizer.decode(generated[:cut], skip_special_tokens=True), cut
 
 
-# --------------------------------------------------------------------------- mixing
-
-
-def _mix_linear(zs: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """z' = sum_k alpha_k z_k per matrix (``t2cli.experts.mixing``); an expert that does not adapt a matrix counts as z = 1 there."""
-    from t2cli.experts.mixing import mix
-
-    lengths = {m: v.shape[0] for z in zs.values() for m, v in z.items()}
-    names = list(weights)
-    full = [{m: zs[name].get(m, torch.ones(n)) for m, n in lengths.items()} for name in names]
-    return mix(full, [weights[name] for name in names], "linear")
-
-
-def _mixture_key(weights: Mapping[str, float]) -> str:
-    """The composed-weight cache key of a mixture (the same weights give the same key)."""
-    return "mix[" + ",".join(f"{name}={alpha:.9g}" for name, alpha in sorted(weights.items())) + "]"
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -250,6 +240,7 @@ class _Prepared:
     tokenizer: Any
     context_limit: int | None
     base_model_id: int | None
+    num_layers: int | None = None
 
 
 class Asker:
@@ -273,7 +264,7 @@ class Asker:
         self.registry, self.settings, self.model, self.device = registry, settings, model, device
         self._adaptable = adaptable
         self._z: dict[str, dict[str, torch.Tensor]] = {}
-        self.prepared = _prepare(registry, model, adaptable)
+        self.prepared = prepare_model(registry, model, adaptable)
         ctx = DispatchContext(
             registry=registry,
             base_model_id=self.prepared.base_model_id,
@@ -285,6 +276,9 @@ class Asker:
             classifier=settings.classifier,
             complete=complete,
             pass1=settings.pass1,
+            router=settings.router,
+            router_temperature=settings.router_temperature,
+            top_k=settings.top_k,
         )
         self._dispatcher = build_dispatcher(ctx, settings.strategy)
 
@@ -315,7 +309,7 @@ class Asker:
             adaptable = load_adaptable(
                 self.registry,
                 self.model,
-                targets=_targets_for(self.registry, self.prepared.base_model_id),
+                targets=targets_for(self.registry, self.prepared.base_model_id),
                 device=self.device,
             )
             if adaptable.identity.fingerprint != self.prepared.fingerprint:
@@ -364,25 +358,28 @@ class Asker:
         return run_dispatch(self._dispatcher, prompt)
 
     def apply_decision(self, decision: Dispatch) -> bool:
-        """Apply the chosen z (cached by key); returns whether its composed weights were cached already."""
+        """Apply the chosen z; returns whether nothing had to be composed (its weights were cached).
+
+        One expert (or a stored mixture) is composed once and cached under its name. A
+        mixture of several experts made per prompt (``router-soft``) is summed from the
+        experts' cached composed weights (``SVFModel.apply_mixture``), never composed anew.
+        """
         svf = self.load().svf
         weights = decision.weights
-        if decision.stored is not None:
-            key, names = decision.stored, [decision.stored]
-        elif not weights:
+        if decision.stored is not None or (len(weights) == 1 and next(iter(weights.values())) == 1.0):
+            key = decision.stored or next(iter(weights))
+            if svf.is_cached(key):
+                svf.apply({}, key=key)  # the cache holds W' for this key: nothing is loaded or composed
+                return True
+            svf.apply(self._expert_z(key), key=key)
+            return False
+        if not weights:
             svf.restore()
             return True
-        elif len(weights) == 1 and next(iter(weights.values())) == 1.0:
-            key, names = next(iter(weights)), list(weights)
-        else:
-            key, names = _mixture_key(weights), list(weights)
-        if svf.is_cached(key):
-            svf.apply({}, key=key)  # the cache holds W' for this key: nothing is loaded or composed
-            return True
-        zs = {name: self._expert_z(name) for name in names}
-        z = zs[key] if key in zs else _mix_linear(zs, weights)
-        svf.apply(z, key=key)
-        return False
+        cached = all(svf.is_cached(name) for name in weights)
+        parts = {name: (alpha, {} if svf.is_cached(name) else self._expert_z(name)) for name, alpha in weights.items()}
+        svf.apply_mixture(parts, label=mixture_key(weights))
+        return cached
 
     def _expert_z(self, name: str) -> dict[str, torch.Tensor]:
         if name not in self._z:
@@ -392,7 +389,7 @@ class Asker:
         return self._z[name]
 
 
-def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None) -> _Prepared:
+def prepare_model(registry: Registry, model: str | None, adaptable: Adaptable | None) -> _Prepared:
     """Identity, tokenizer and context window of the model, without loading or registering it."""
     if adaptable is not None:
         text_config = adaptable.model.config.get_text_config()
@@ -402,6 +399,7 @@ def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None)
             adaptable.tokenizer,
             getattr(text_config, "max_position_embeddings", None),
             adaptable.base_model_id,
+            adaptable.identity.num_layers,
         )
     from t2cli.models.hashing import HashCache
     from t2cli.models.identity import model_identity
@@ -418,6 +416,7 @@ def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None)
         load_tokenizer(ref),
         int(limit) if limit else None,
         _base_model_id(registry, identity.fingerprint),
+        identity.num_layers,
     )
 
 
@@ -426,7 +425,7 @@ def _base_model_id(registry: Registry, fingerprint: str) -> int | None:
     return None if base is None else base.id
 
 
-def _targets_for(registry: Registry, base_model_id: int | None) -> str:
+def targets_for(registry: Registry, base_model_id: int | None) -> str:
     """The decomposition to load: the experts' targets spec when they all share one, else all matrices."""
     if base_model_id is None:
         return "all"

@@ -14,6 +14,8 @@ mixture weights expert -> alpha, the reason). Pass 2 (``t2cli.ask.engine``) appl
 | ``prompt`` | the base model classifies the prompt into the experts' categories or ``other`` |
 | ``classifier`` | the same question, answered with the dispatch expert applied |
 | ``cem`` | the latest CEM mixture registered for ``--task`` (made by ``t2 adapt``) |
+| ``router`` | the learned router reads the base model's hidden states of the prompt: its likeliest class |
+| ``router-soft`` | the same router's class probabilities as mixing weights (``other`` = base weights) |
 
 The model is only loaded when a dispatcher first needs it (``ctx.adaptable()``),
 so every look-up error comes before anything is loaded or decomposed.
@@ -35,6 +37,9 @@ from registry.records import ExpertRecord
 from t2cli.errors import T2Error, UsageError
 from t2cli.experts.catalog import find_expert
 from t2cli.models.resolve import model_argument
+from t2cli.router.features import prompt_features
+from t2cli.router.model import Router, soft_weights
+from t2cli.router.store import find_router, load_router, stale_reason
 from t2cli.svf.expert import ExpertConfig
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
@@ -107,6 +112,9 @@ class DispatchContext:
     complete: Completer | None = None  # None: ``greedy_answer``
     pass1: str = "generate"  # how prompt/classifier read the category: "generate" or "score" (PASS1_MODES)
     prefix_cache: PrefixCache = field(default_factory=dict)  # --pass1 score: the instructions' KV, per weights
+    router: str | None = None  # router/router-soft: the router's name (default: the latest of the base model)
+    router_temperature: float = 1.0  # router-soft: softmax temperature of the class probabilities
+    top_k: int | None = None  # router-soft: mix only the k likeliest classes
 
 
 @dataclass(frozen=True)
@@ -451,3 +459,92 @@ def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     return lambda prompt: Dispatch(
         name, weights or {name: 1.0}, f"CEM mixture {name} for task {ctx.task}: {mix}", stored=name
     )
+
+
+# --------------------------------------------------------------------------- the learned router
+
+
+def _router_for(ctx: DispatchContext) -> Router:
+    """The router pass 1 uses, checked: registered, valid, for this base model, not stale."""
+    record = find_router(ctx.registry, ctx.router, ctx.base_model_id, ctx.model_name)
+    if record.base_model_id != ctx.base_model_id:
+        raise DispatchError(
+            f"router {record.name!r} belongs to base model {record.base_model_name}; the loaded model is "
+            f"{ctx.model_name}",
+            f"ask with --model {model_argument(record.base_model_name, record.base_model_location)}",
+        )
+    router = load_router(ctx.registry, record)
+    stale = stale_reason(ctx.registry, router, record.base_model_id)
+    if stale is not None:
+        experts = ",".join(e.expert for e in category_experts(ctx.registry, ctx.base_model_id))
+        raise DispatchError(
+            f"router {record.name!r} is stale: {stale} since it was trained",
+            f"retrain it with `t2 router train --name {record.name} --replace` (experts now: {experts or 'none'})",
+        )
+    return router
+
+
+def _router_probabilities(ctx: DispatchContext, router: Router, prompt: str) -> list[float]:
+    adaptable = ctx.adaptable()
+    recipe = router.config.features
+    with adaptable.svf.adapted(None):  # the router was fitted on the base model's states
+        features = prompt_features(
+            adaptable.model, adaptable.tokenizer, [prompt], layers=recipe.layers, pooling=recipe.pooling
+        )
+    return router.probabilities(features, temperature=ctx.router_temperature)[0].tolist()
+
+
+def _scores_text(router: Router, probabilities: Sequence[float]) -> str:
+    ranked = sorted(zip(router.config.classes, probabilities), key=lambda pair: -pair[1])
+    return ", ".join(f"{category} {p:.2f}" for category, p in ranked)
+
+
+@strategy("router", help="The learned router (`t2 router train`) reads the prompt's hidden states: its likeliest class.")
+def _router(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    router = _router_for(ctx)
+    name = router.config.name
+
+    def run(prompt: str) -> Dispatch:
+        probabilities = _router_probabilities(ctx, router, prompt)
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        category = router.config.classes[best]
+        expert = router.config.expert_of(category)
+        scores = _scores_text(router, probabilities)
+        if expert is None:
+            return Dispatch(BASE, {}, f"router {name} ({scores}): {category}: base weights", category=category)
+        return Dispatch(expert, {expert: 1.0}, f"router {name} ({scores}): {category}: expert {expert}", category=category)
+
+    return run
+
+
+@strategy(
+    "router-soft",
+    help="The learned router's class probabilities as mixing weights (--router-temperature, --top-k; other = base).",
+)
+def _router_soft(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    router = _router_for(ctx)
+    name = router.config.name
+
+    def run(prompt: str) -> Dispatch:
+        probabilities = _router_probabilities(ctx, router, prompt)
+        weights = soft_weights(router, probabilities, top_k=ctx.top_k)
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        scores = _scores_text(router, probabilities)
+        base_share = 1.0 - sum(weights.values())
+        if not weights:
+            choice, what = BASE, "base weights"
+        elif len(weights) == 1 and base_share < 1e-9:
+            choice = next(iter(weights))
+            what = f"expert {choice}"
+        else:
+            choice = mixture_key(weights)
+            what = " + ".join(f"{w:.2f} {n}" for n, w in weights.items())
+            what += f" + {base_share:.2f} base" if base_share > 1e-9 else ""
+        return Dispatch(choice, weights, f"router {name} ({scores}): {what}", category=router.config.classes[best])
+
+    return run
+
+
+def mixture_key(weights: Mapping[str, float]) -> str:
+    """The name of a per-prompt mixture (and its composed-weight cache key): the same weights give the same key."""
+    return "mix[" + ",".join(f"{name}={alpha:.9g}" for name, alpha in sorted(weights.items())) + "]"

@@ -156,6 +156,7 @@ def _register_commands() -> None:
         experts,
         mix,
         models,
+        router,
         runs,
         share,
         tasks,
@@ -175,6 +176,7 @@ def _register_commands() -> None:
     app.add_typer(models.app, name="models", cls=CommandGroup)
     app.add_typer(experts.app, name="experts", cls=CommandGroup)
     app.add_typer(runs.app, name="runs", cls=CommandGroup)
+    app.add_typer(router.app, name="router", cls=CommandGroup)
     app.add_typer(db.app, name="db", cls=CommandGroup)
 
 

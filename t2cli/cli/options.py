@@ -130,3 +130,16 @@ def deprecated_alias(old: str, new: str) -> None:
     from t2cli.cli.console import err
 
     err.print(f"warning: {old} is deprecated, use {new}", markup=False)
+
+
+RouterOpt = Annotated[
+    str | None,
+    typer.Option("--router", help="router/router-soft: the router to use (default: the latest of the base model)."),
+]
+RouterTemperatureOpt = Annotated[
+    float,
+    typer.Option("--router-temperature", help="router-soft: temperature of the class probabilities (> 0)."),
+]
+TopKOpt = Annotated[
+    int | None, typer.Option("--top-k", help="router-soft: mix only the k likeliest classes (>= 1).", show_default=False)
+]

@@ -130,6 +130,39 @@ class SVFModel:
         self._bind(weights, key or "<unnamed>")
 
     @torch.no_grad()
+    def apply_mixture(self, parts: Mapping[str, tuple[float, Mapping[str, torch.Tensor]]], *, label: str) -> None:
+        """Adapt the model to z' = sum_k alpha_k z_k + (1 - sum_k alpha_k) * 1 without an SVD product.
+
+        ``parts`` maps each expert's cache key to (alpha, its z); z may be empty when the key is
+        cached. W'(z) = W + U diag(S (z - 1)) Vh is affine in z, so
+        W'(z') = (1 - sum_k alpha_k) W + sum_k alpha_k W'_k, from the experts' composed W'_k
+        (cached under their keys, composed first if needed): K + 1 scaled additions per
+        matrix instead of a rank-r product, which makes a new mixture per prompt cheap.
+        """
+        composed: dict[str, Mapping[str, torch.Tensor]] = {}
+        for key, (_, z) in parts.items():
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                composed[key] = self._cache[key]
+            else:
+                composed[key] = self.composed(z)
+                if self._cache_size > 0:
+                    self._cache[key] = dict(composed[key])
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        base_share = 1.0 - sum(alpha for alpha, _ in parts.values())
+        weights = {}
+        for name in sorted(set().union(*(w.keys() for w in composed.values()))):
+            base = self._base[name]
+            mixed = base.to(torch.float32) * base_share
+            for key, (alpha, _) in parts.items():
+                mixed.add_(composed[key].get(name, base).to(torch.float32), alpha=alpha)
+            if not torch.isfinite(mixed).all():
+                raise SVFError(f"adapting {name} gives non-finite weights", "the experts' z values are too large")
+            weights[name] = mixed.to(base.dtype)
+        self._bind(weights, label)
+
+    @torch.no_grad()
     def apply_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Adapt the model with already composed W' tensors (checked finite, then bound in place)."""
         for name, weight in weights.items():

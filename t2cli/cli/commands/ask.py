@@ -8,14 +8,25 @@ from typing import Annotated
 import typer
 
 from t2cli.cli.console import err
-from t2cli.cli.options import DeviceOpt, JsonOpt, ModelOpt, complete_experts
+from t2cli.cli.options import (
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    RouterOpt,
+    RouterTemperatureOpt,
+    TopKOpt,
+    complete_experts,
+)
 
 
 def ask_cmd(
     prompt: Annotated[str | None, typer.Argument(help="The prompt (or use -f FILE).", show_default=False)] = None,
     model: ModelOpt = None,
     strategy: Annotated[
-        str, typer.Option("--strategy", "-s", help="Pass 1: none, expert:NAME, prompt, classifier or cem.")
+        str,
+        typer.Option(
+            "--strategy", "-s", help="Pass 1: none, expert:NAME, prompt, classifier, cem, router or router-soft."
+        ),
     ] = "prompt",
     task: Annotated[str | None, typer.Option("--task", "-t", help="cem: the task whose CEM mixture to use.")] = None,
     classifier: Annotated[
@@ -50,6 +61,9 @@ def ask_cmd(
             help='Answer every prompt of FILE (JSON lines with "prompt", or one prompt per line); - reads stdin.',
         ),
     ] = None,
+    router: RouterOpt = None,
+    router_temperature: RouterTemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -70,6 +84,10 @@ def ask_cmd(
 
       t2 ask "What is 17 * 23?" --pass1 score -v          # pass 1 scores the categories instead
 
+      t2 ask "What is 38 + 47?" --strategy router -v       # the learned router reads the hidden states
+
+      t2 ask "Why is the sky blue?" --strategy router-soft --top-k 2 --json
+
       t2 ask -f questions.jsonl --strategy cem --task arc-challenge --json > answers.jsonl
 
       cat prompts.txt | t2 ask -f - --strategy none
@@ -88,6 +106,9 @@ def ask_cmd(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         pass1=pass1,
+        router=router,
+        router_temperature=router_temperature,
+        top_k=top_k,
     )
     if file is not None:
         prompts = read_prompts(_read_input(file), "stdin" if file == "-" else file)

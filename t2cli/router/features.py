@@ -1,0 +1,113 @@
+"""Prompt features for the router: the base model's hidden states of the prompt, from one prefill.
+
+The prompt is fed as plain text (no chat template: the template's fixed system text
+would dominate a mean over tokens and says nothing about the prompt). Forward hooks on
+the chosen decoder layers collect their outputs, and the forward stops right after the
+deepest chosen layer, so pass 1 costs a prefill of ``max(layers) + 1`` layers, not of
+the whole model. Each layer's states are pooled over the prompt's tokens (mean over the
+attention mask, or the last token) and the pooled vectors of the layers are concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from t2cli.router.defaults import POOLINGS
+
+MAX_PROMPT_TOKENS = 512  # the start of a prompt tells its kind; a longer one is cut here
+
+
+class _Stop(Exception):
+    """Raised by the hook of the deepest layer needed: the rest of the forward is not run."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a causal LM (``model.model.layers`` for Llama, Qwen, Gemma...)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
+    return layers
+
+
+@contextmanager
+def _collect(layers: nn.ModuleList, wanted: Sequence[int], sink: dict[int, torch.Tensor]) -> Iterator[None]:
+    deepest = max(wanted)
+
+    def hook_for(index: int):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            states = output[0] if isinstance(output, tuple) else output
+            sink[index] = states
+            if index == deepest:
+                raise _Stop
+
+        return hook
+
+    handles = [layers[i].register_forward_hook(hook_for(i)) for i in sorted(set(wanted))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pool(states: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "mean":
+        weights = mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    last = mask.sum(1) - 1  # right padding: the last real token of each row
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
+@torch.no_grad()
+def prompt_features(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    layers: Sequence[int],
+    pooling: str = "mean",
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """[len(prompts), len(layers) * hidden] float32 features, with the weights currently applied.
+
+    Negative layer indices count from the end, as in Python. Rows do not depend on
+    the batch they were computed in beyond float rounding (right padding, masked pooling).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    blocks = decoder_layers(model)
+    outside = [i for i in layers if not -len(blocks) <= i < len(blocks)]
+    if outside:
+        raise ValueError(f"layer {outside[0]} is outside the model's {len(blocks)} decoder layers")
+    wanted = [i % len(blocks) for i in layers]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows: list[torch.Tensor] = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [
+            tokenizer(text, add_special_tokens=True)["input_ids"][:MAX_PROMPT_TOKENS]
+            for text in prompts[start : start + batch_size]
+        ]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        sink: dict[int, torch.Tensor] = {}
+        with _collect(blocks, wanted, sink):
+            try:
+                model(input_ids=input_ids, attention_mask=mask, use_cache=False)
+            except _Stop:
+                pass
+        rows.append(torch.cat([_pool(sink[i].float(), mask, pooling) for i in wanted], dim=-1).cpu())
+        if on_batch is not None:
+            on_batch(len(encoded))
+    return torch.cat(rows) if rows else torch.zeros((0, 0))
