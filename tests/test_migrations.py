@@ -26,6 +26,7 @@ EXPECTED_TABLES = {
     "training_runs",
     "run_metrics",
     "evaluations",
+    "routers",
 }
 
 

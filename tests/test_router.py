@@ -161,7 +161,7 @@ def test_adding_removing_or_retraining_an_expert_makes_the_router_stale(env) -> 
 
 
 def test_router_strategies_answer_with_the_expert_or_the_mixture_they_chose(env) -> None:
-    registry, adaptable, zs, _ = env
+    registry, adaptable, _zs, _ = env
     _trained(registry, adaptable)
     hard = Asker(registry, AskSettings(strategy="router", max_new_tokens=2), adaptable=adaptable)
     decision = hard.dispatch("What is 1 plus 11?")
@@ -179,7 +179,7 @@ def test_router_strategies_answer_with_the_expert_or_the_mixture_they_chose(env)
 
 
 def test_router_errors_are_one_line_and_exit_1(env, tiny_llama: Path) -> None:
-    registry, adaptable, _, _ = env
+    _registry, _adaptable, _, _ = env
     model = ["--model", str(tiny_llama), "--device", "cpu", "--max-new-tokens", "2"]
     no_router = runner.invoke(app, ["ask", "hi", "--strategy", "router", *model])
     assert no_router.exit_code == 1 and "no router is registered" in _error_line(no_router)

@@ -46,6 +46,9 @@ def evaluate_strategy(
     max_new_tokens: int | None = None,
     classifier: str | None = None,
     pass1: str = "generate",
+    router: str | None = None,
+    router_temperature: float = 1.0,
+    top_k: int | None = None,
     device: str = "auto",
     on_item: Callable[[int], None] | None = None,
     record: bool = True,
@@ -59,7 +62,16 @@ def evaluate_strategy(
     budget = max_new_tokens or task.max_new_tokens
     asker = Asker(
         registry,
-        AskSettings(strategy=strategy, task=task.name, classifier=classifier, max_new_tokens=budget, pass1=pass1),
+        AskSettings(
+            strategy=strategy,
+            task=task.name,
+            classifier=classifier,
+            max_new_tokens=budget,
+            pass1=pass1,
+            router=router,
+            router_temperature=router_temperature,
+            top_k=top_k,
+        ),
         model=model,
         device=device,
     )
@@ -72,7 +84,7 @@ def evaluate_strategy(
             on_item(1)
     dispatch_seconds = time.perf_counter() - started
 
-    groups: dict[str, list[int]] = {}
+    groups: dict[str, list[int]] = {}  # a per-prompt mixture's choice is its key: equal mixtures share a batch
     for index, decision in enumerate(decisions):
         groups.setdefault(decision.choice, []).append(index)
     texts: list[str] = [""] * len(items)
@@ -107,12 +119,32 @@ def evaluate_strategy(
         dispatch_seconds=dispatch_seconds,
     )
     if record:
-        _record(registry, adaptable.base_model_id, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
+        router_settings = (
+            {"name": router, "temperature": router_temperature, "top_k": top_k}
+            if strategy.startswith("router")
+            else None
+        )
+        _record(
+            registry,
+            adaptable.base_model_id,
+            result,
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=budget,
+            router_settings=router_settings,
+        )
     return result
 
 
 def _record(
-    registry: Registry, base_model_id: int, result: StrategyEvalResult, *, limit, batch_size, max_new_tokens
+    registry: Registry,
+    base_model_id: int,
+    result: StrategyEvalResult,
+    *,
+    limit,
+    batch_size,
+    max_new_tokens,
+    router_settings: dict | None = None,
 ) -> None:
     evaluations.add(
         registry,
@@ -130,6 +162,7 @@ def _record(
             config={
                 "strategy": result.strategy,
                 "pass1": result.pass1,
+                "router": router_settings,
                 "routing": result.routing,
                 "limit": limit,
                 "batch_size": batch_size,

@@ -499,7 +499,9 @@ def _scores_text(router: Router, probabilities: Sequence[float]) -> str:
     return ", ".join(f"{category} {p:.2f}" for category, p in ranked)
 
 
-@strategy("router", help="The learned router (`t2 router train`) reads the prompt's hidden states: its likeliest class.")
+@strategy(
+    "router", help="The learned router (`t2 router train`) reads the prompt's hidden states: its likeliest class."
+)
 def _router(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     router = _router_for(ctx)
     name = router.config.name
@@ -512,7 +514,9 @@ def _router(ctx: DispatchContext, arg: str | None) -> Dispatcher:
         scores = _scores_text(router, probabilities)
         if expert is None:
             return Dispatch(BASE, {}, f"router {name} ({scores}): {category}: base weights", category=category)
-        return Dispatch(expert, {expert: 1.0}, f"router {name} ({scores}): {category}: expert {expert}", category=category)
+        return Dispatch(
+            expert, {expert: 1.0}, f"router {name} ({scores}): {category}: expert {expert}", category=category
+        )
 
     return run
 

@@ -141,5 +141,6 @@ RouterTemperatureOpt = Annotated[
     typer.Option("--router-temperature", help="router-soft: temperature of the class probabilities (> 0)."),
 ]
 TopKOpt = Annotated[
-    int | None, typer.Option("--top-k", help="router-soft: mix only the k likeliest classes (>= 1).", show_default=False)
+    int | None,
+    typer.Option("--top-k", help="router-soft: mix only the k likeliest classes (>= 1).", show_default=False),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 POOLINGS = ("mean", "last")
 DEFAULT_POOLING = "mean"
-DEFAULT_DEPTH = 0.5  # the layer read by default, as a fraction of the model's depth (bench/router_layers.py)
+DEFAULT_DEPTH = 1.0  # the layer read by default, as a fraction of the depth: 1.0 is the last (bench/router_layers.py)
 
 
 def default_layers(num_layers: int) -> tuple[int, ...]:

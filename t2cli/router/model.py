@@ -104,7 +104,9 @@ class RouterConfig:
         except RouterError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise RouterError(f"{where} is not a valid router config: {exc}", "rebuild it with `t2 router train`") from None
+            raise RouterError(
+                f"{where} is not a valid router config: {exc}", "rebuild it with `t2 router train`"
+            ) from None
 
 
 @dataclass

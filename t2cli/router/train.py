@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from registry import Registry
     from t2cli.svf.adaptable import Adaptable
 
+
 def default_recipe(num_layers: int, pooling: str = DEFAULT_POOLING) -> FeatureRecipe:
     """The feature recipe ``t2 router train`` uses unless told (``t2cli.router.defaults``)."""
     return FeatureRecipe(layers=default_layers(num_layers), pooling=pooling)
@@ -90,8 +91,12 @@ def train_router(
     started = time.perf_counter()
     with adaptable.svf.adapted(None):  # the base weights read the prompt, as in pass 1
         model, tokenizer = adaptable.model, adaptable.tokenizer
-        train_x = prompt_features(model, tokenizer, train.prompts, layers=recipe.layers, pooling=recipe.pooling, on_batch=tick)
-        valid_x = prompt_features(model, tokenizer, valid.prompts, layers=recipe.layers, pooling=recipe.pooling, on_batch=tick)
+        train_x = prompt_features(
+            model, tokenizer, train.prompts, layers=recipe.layers, pooling=recipe.pooling, on_batch=tick
+        )
+        valid_x = prompt_features(
+            model, tokenizer, valid.prompts, layers=recipe.layers, pooling=recipe.pooling, on_batch=tick
+        )
     feature_seconds = time.perf_counter() - started
     started = time.perf_counter()
     fitted = fit_classifier(train_x, train.labels, valid_x, valid.labels, classes)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from t2cli.cli.console import err, out, print_json, progress_bar
-from t2cli.cli.options import BatchSizeOpt, DeviceOpt, ExpertOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, TaskOpt
+from t2cli.cli.options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    ExpertOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    RouterOpt,
+    RouterTemperatureOpt,
+    TaskOpt,
+    TopKOpt,
+)
 
 
 def eval_cmd(
@@ -22,8 +33,8 @@ def eval_cmd(
         typer.Option(
             "--strategy",
             "-s",
-            help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, "
-            "cem, none or expert:NAME (pass 1 per item, pass 2 batched per decision).",
+            help="Evaluate a two-pass strategy as `t2 ask` runs it: prompt, classifier, cem, router, "
+            "router-soft, none or expert:NAME (pass 1 per item, pass 2 batched per decision).",
             show_default=False,
         ),
     ] = None,
@@ -38,6 +49,9 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N items of the split.")] = None,
     batch_size: BatchSizeOpt = 32,
     max_new_tokens: MaxNewTokensOpt = None,
+    router: RouterOpt = None,
+    router_temperature: RouterTemperatureOpt = 1.0,
+    top_k: TopKOpt = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -54,6 +68,8 @@ def eval_cmd(
       t2 eval --task arc-challenge --strategy prompt --limit 100
 
       t2 eval --task arc-challenge --strategy classifier --pass1 score --limit 100
+
+      t2 eval --task arc-challenge --strategy router-soft --top-k 2 --limit 100
     """
     from t2cli.errors import UsageError
     from t2cli.eval.accuracy import evaluate
@@ -68,7 +84,8 @@ def eval_cmd(
     if sum((base, expert is not None, strategy is not None)) != 1:
         raise UsageError("give exactly one of --expert NAME, --base or --strategy S", "e.g. t2 eval --task math --base")
     if strategy is not None:
-        _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1)
+        routing = {"router": router, "router_temperature": router_temperature, "top_k": top_k}
+        _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1, routing)
         return
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
     with open_registry() as registry:
@@ -124,7 +141,17 @@ def eval_cmd(
 
 
 def _eval_strategy(
-    task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1: str
+    task: str,
+    strategy: str,
+    model,
+    split,
+    limit,
+    batch_size,
+    max_new_tokens,
+    device,
+    as_json,
+    pass1: str,
+    routing: dict[str, Any],
 ) -> None:
     from t2cli.ask.evaluation import evaluate_strategy
     from t2cli.home import open_registry
@@ -156,6 +183,7 @@ def _eval_strategy(
             device=device,
             on_item=lambda k: progress.advance(bar, k),
             pass1=pass1,
+            **routing,
         )
     if as_json:
         print_json(asdict(result))

@@ -31,7 +31,9 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
     try:
         layers = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
-        raise UsageError(f"--layers must be comma-separated layer numbers (got {value!r})", "e.g. --layers 15") from None
+        raise UsageError(
+            f"--layers must be comma-separated layer numbers (got {value!r})", "e.g. --layers 15"
+        ) from None
     if not layers:
         raise UsageError("--layers names no layer", "e.g. --layers 15 or --layers 10,20")
     return layers
@@ -108,7 +110,9 @@ def train_cmd(
         bad = [i for i in recipe.layers if not -depth <= i < depth]
         if bad:
             raise UsageError(f"--layers {bad[0]} is outside the model's {depth} layers", f"use 0..{depth - 1}")
-        adaptable = load_adaptable(registry, model, targets=targets_for(registry, prepared.base_model_id), device=device)
+        adaptable = load_adaptable(
+            registry, model, targets=targets_for(registry, prepared.base_model_id), device=device
+        )
         with progress_bar(quiet=as_json, transient=True) as bar:
             task_id = bar.add_task("router features", total=None)
 
