@@ -13,6 +13,9 @@ with B applied. Best of ``--repeat`` rounds:
 * **t2, cached**: the switch when B's composed weights are in ``SVFModel``'s cache (rebinding
   each target parameter, no arithmetic);
 * **t2, restore**: back to the base weights from B;
+* **a new mixture per prompt** (``router-soft``): z' = 0.6 A + 0.3 B + 0.1 * 1, composed anew
+  from z' (a rank-r product per matrix) against t2's ``SVFModel.apply_mixture``, which sums
+  A's and B's cached composed weights (W' is affine in z);
 * greedy generation of exactly ``--tokens`` new tokens for one prompt, base and with B (in
   alternating rounds), for scale.
 
@@ -113,6 +116,11 @@ def main() -> None:
     recompose = _best(lambda: svf.apply(z_b, key=b), args.repeat, setup=at_a_b_uncached)
     cached = _best(lambda: svf.apply(z_b, key=b), args.repeat * 20, setup=at_a_both_cached)
     restore = _best(svf.restore, args.repeat * 20, setup=at_b)
+    z_mix = {name: 0.6 * z_a[name] + 0.3 * z_b[name] + 0.1 for name in z_a}
+    mix_recompose = _best(lambda: svf.apply(z_mix), args.repeat, setup=at_a_both_cached)
+    mix_cached = _best(
+        lambda: svf.apply_mixture({a: (0.6, {}), b: (0.3, {})}, label="mix"), args.repeat * 4, setup=at_a_both_cached
+    )
     # Base and adapted generation in alternating rounds, so that a busy machine slows both alike.
     gen_times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.repeat):
@@ -138,6 +146,8 @@ def main() -> None:
         ("baseline: switch A -> B, recompose every W'", recompose, True),
         ("t2: switch A -> B, B cached", cached, True),
         ("t2: restore base weights from B", restore, True),
+        ("baseline: a new mixture 0.6 A + 0.3 B + 0.1 base, composed from z'", mix_recompose, True),
+        ("t2: the same mixture summed from A's and B's cached W'", mix_cached, True),
         (f"generate {args.tokens} tokens (base)", gen, False),
         (f"generate {args.tokens} tokens (B applied)", gen_adapted, False),
     ]

@@ -18,7 +18,7 @@ from torch import nn
 
 from t2cli.router.defaults import POOLINGS
 
-MAX_PROMPT_TOKENS = 512  # the start of a prompt tells its kind; a longer one is cut here
+MAX_PROMPT_TOKENS = 256  # the start of a prompt tells its kind; a longer one is cut here
 
 
 class _Stop(Exception):
@@ -88,18 +88,18 @@ def prompt_features(
     wanted = [i % len(blocks) for i in layers]
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows: list[torch.Tensor] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [
-            tokenizer(text, add_special_tokens=True)["input_ids"][:MAX_PROMPT_TOKENS]
-            for text in prompts[start : start + batch_size]
-        ]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            mask[row, : len(ids)] = 1
+    encoded = [tokenizer(text, add_special_tokens=True)["input_ids"][:MAX_PROMPT_TOKENS] for text in prompts]
+    # Batches of similar lengths pad little: sort by length, compute, then put the rows back in order.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    rows: dict[int, torch.Tensor] = {}
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, : len(encoded[i])] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         sink: dict[int, torch.Tensor] = {}
         with _collect(blocks, wanted, sink):
@@ -107,7 +107,8 @@ def prompt_features(
                 model(input_ids=input_ids, attention_mask=mask, use_cache=False)
             except _Stop:
                 pass
-        rows.append(torch.cat([_pool(sink[i].float(), mask, pooling) for i in wanted], dim=-1).cpu())
+        pooled = torch.cat([_pool(sink[i].float(), mask, pooling) for i in wanted], dim=-1).cpu()
+        rows.update(zip(batch, pooled))
         if on_batch is not None:
-            on_batch(len(encoded))
-    return torch.cat(rows) if rows else torch.zeros((0, 0))
+            on_batch(len(batch))
+    return torch.stack([rows[i] for i in range(len(prompts))]) if rows else torch.zeros((0, 0))
