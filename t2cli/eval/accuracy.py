@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from registry import Registry
     from t2cli.runtime.distributed import Dist
     from t2cli.svf.adaptable import Adaptable
+    from t2cli.svf.model import SVFLike
     from t2cli.tasks import Task, TaskItem
 
 
@@ -64,7 +65,7 @@ def make_result(
     seconds: float,
     tokens: int,
     *,
-    result_type: type[R] = EvalResult,
+    result_type: type[R],
     per_item: Sequence[dict] | None = None,
     **extra: Any,
 ) -> R:
@@ -93,7 +94,7 @@ def make_result(
 
 @torch.no_grad()
 def run_items(
-    adaptable: Adaptable,
+    adaptable: Adaptable[SVFLike],
     task: Task,
     items: Sequence[TaskItem],
     z: Mapping[str, torch.Tensor] | None,
@@ -154,7 +155,7 @@ def evaluate(
     correct, texts, seconds, tokens = run_items(
         adaptable, task, items, z, key=expert, batch_size=batch_size, on_batch=on_batch, max_new_tokens=budget
     )
-    result = make_result(task.name, split, expert, items, correct, texts, seconds, tokens)
+    result = make_result(task.name, split, expert, items, correct, texts, seconds, tokens, result_type=EvalResult)
     if record:
         _record(registry, adaptable, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
     return result

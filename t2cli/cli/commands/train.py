@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,6 +21,11 @@ from t2cli.cli.options import (
     deprecated_alias,
     name_option,
 )
+
+if TYPE_CHECKING:
+    from t2cli.svf.adaptable import Adaptable
+    from t2cli.svf.model import SVFModel
+    from t2cli.svf.sharded import ShardedSVF
 
 
 def train_cmd(
@@ -153,6 +158,7 @@ def train_cmd(
         if dist.is_main:
             err.print(f"loading {model or 'the embedded model'} and its decomposition...")
         base_dtype = resolve_dtype(dtype, dist.device)
+        adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF]
         if shard == "fsdp":
             adaptable = load_sharded_adaptable(registry, model, targets=targets, dtype=base_dtype, dist=dist)
         else:
