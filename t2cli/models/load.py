@@ -10,6 +10,8 @@ from t2cli.errors import ModelLoadError, first_line
 from t2cli.models.resolve import ModelRef
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -31,7 +33,7 @@ def load_model(
         model = _load_dequantised(ref, dequantised_cache, kwargs)
     else:
         model = _from_pretrained(ref, ref.path, {**kwargs, "gguf_file": ref.gguf_file} if ref.is_gguf else kwargs)
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps .to in functools.wraps, whose stub loses the method's self
 
 
 def _from_pretrained(ref: ModelRef, path: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
@@ -128,9 +130,11 @@ class _quiet_transformers:
         self._stderr = contextlib.redirect_stderr(io.StringIO())
         self._stderr.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         from transformers.utils import logging as hf_logging
 
-        self._stderr.__exit__(*exc)
+        self._stderr.__exit__(exc_type, exc, traceback)
         hf_logging.set_verbosity(self._verbosity)
         hf_logging.enable_progress_bar()

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from t2cli.errors import T2Error, UsageError
 
@@ -150,7 +150,7 @@ class Dist:
                 raise
             self.broadcast_object(("ok", result if share else None))
             return result
-        status, payload = self.broadcast_object(None)
+        status, payload = cast("tuple[str, Any]", self.broadcast_object(None))  # rank 0's reply, sent above
         if status == "error":
             raise DistributedError(*payload)
         return payload

@@ -185,10 +185,10 @@ def _landlock(libc, workdir: str, read_roots: tuple[str, ...]) -> int:
 
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-# Per architecture: syscalls refused outright (fork, vfork, execve, execveat), clone, clone3.
+# Per architecture: (syscalls refused outright: fork, vfork, execve, execveat), clone, clone3.
 _SYSCALLS = {
-    "x86_64": {"deny": (57, 58, 59, 322), "clone": 56, "clone3": 435},
-    "aarch64": {"deny": (221, 281), "clone": 220, "clone3": 435},
+    "x86_64": ((57, 58, 59, 322), 56, 435),
+    "aarch64": ((221, 281), 220, 435),
 }
 
 
@@ -199,11 +199,10 @@ def _seccomp(libc) -> bool:
     arch = os.uname().machine
     if arch not in _SYSCALLS:
         return False
-    table = _SYSCALLS[arch]
+    deny, clone, clone3 = _SYSCALLS[arch]
     ld_abs, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
     eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
-    deny = table["deny"]
     n = len(deny)
     # Classic BPF; jump offsets count from the next instruction. Layout:
     #  0 load arch; 1 wrong arch -> kill; 2 load syscall nr; 3 x32 ABI -> EPERM;
@@ -215,11 +214,11 @@ def _seccomp(libc) -> bool:
         (jeq, 0, 10 + n, _AUDIT_ARCH[arch]),
         (ld_abs, 0, 0, 0),
         (jge, 6 + n, 0, 0x40000000),
-        (jeq, 6 + n, 0, table["clone3"]),
+        (jeq, 6 + n, 0, clone3),
     ]
     prog += [(jeq, 4 + n - i, 0, nr) for i, nr in enumerate(deny)]
     prog += [
-        (jeq, 1, 0, table["clone"]),
+        (jeq, 1, 0, clone),
         (ret, 0, 0, allow),
         (ld_abs, 0, 0, 16),  # seccomp_data.args[0], low 32 bits (little endian)
         (jset, 0, 1, _CLONE_THREAD),

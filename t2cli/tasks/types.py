@@ -128,8 +128,11 @@ class Task(ABC):
 
         return [render_prompt(tokenizer, item.prompt, self.system_prompt) for item in items]
 
-    def reference_completion(self, item: TaskItem) -> str:
-        """The gold answer written the way the prompt asks for it (for tests and few-shot examples)."""
+    def reference_completion(self, item: TaskItem) -> str | None:
+        """The gold answer written the way the prompt asks for it (for tests and few-shot examples).
+
+        None where the kind cannot write one (regex).
+        """
         from t2cli.tasks.scorers import reference_completion
 
         return reference_completion(item.kind, item.answer, **item.meta)

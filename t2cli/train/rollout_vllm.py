@@ -262,7 +262,7 @@ class VLLMRollout:
                 temperature=temperature,
                 top_p=1.0,
                 max_tokens=max_new_tokens,
-                seed=int(sample_keys[i]) if seeded else None,
+                seed=int(sample_keys[i]) if seeded and sample_keys is not None else None,
                 stop_token_ids=sorted(self.end_ids),
                 detokenize=False,  # no vLLM tokenizer (skip_tokenizer_init); texts come from t2's
             )
