@@ -166,7 +166,7 @@ def cem_search(
                 on_candidate(generation, index)
         candidates = list(zip(samples, scores))
         generation_best = max(scores, key=_sort_key)
-        if best_alpha is not None and not config.reevaluate_best:
+        if best_alpha is not None and best_score is not None and not config.reevaluate_best:
             candidates.append((best_alpha, best_score))
         # Stable sort: among equal fitness the earlier candidate wins (the previous best is last).
         ranked = sorted(candidates, key=lambda c: _sort_key(c[1]), reverse=True)
@@ -328,21 +328,21 @@ def resolve_shots(task: str | None, fewshot: str | None, shots: int | None, seed
     from t2cli.tasks import get_task, task_names
     from t2cli.tasks.custom import load_task_file
 
-    if task is None and fewshot is None:
-        raise UsageError("give --task TASK or --fewshot FILE.jsonl", "e.g. t2 adapt --task arc-challenge")
     if fewshot is None:
+        if task is None:
+            raise UsageError("give --task TASK or --fewshot FILE.jsonl", "e.g. t2 adapt --task arc-challenge")
         named = get_task(task)
         split = "train" if named.split("train") else "valid"
         return ShotPlan(named, named.name, select_shots(named, shots, seed), f"task {named.name} ({split} split)", task)
     file_task = load_task_file(Path(fewshot).expanduser())
-    known = task is not None and task.strip().lower() in task_names()
+    known = task if task is not None and task.strip().lower() in task_names() else None
     label = canonical_task_name(task) if task is not None else file_task.name
     return ShotPlan(
-        get_task(task) if known else file_task,
+        get_task(known) if known is not None else file_task,
         label,
         select_shots(file_task, shots, seed, whole_file=True),
         f"file {fewshot}",
-        task if known else fewshot,
+        known if known is not None else fewshot,
     )
 
 
@@ -476,6 +476,8 @@ def adapt(
 
     alpha = result.best_alpha.reshape(shape)
     z = {name: vector.detach().to("cpu", torch.float32) for name, vector in mixed(result.best_alpha).items()}
+    if not isinstance(result.best_fitness, tuple):  # score() returns a FewShotScore
+        raise TypeError(f"CEM fitness {result.best_fitness!r} is not an (accuracy, log-likelihood) pair")
     fitness = FewShotScore(*result.best_fitness)
     shot_ids = [item.id for item in items]
     alphas_shown = ", ".join(

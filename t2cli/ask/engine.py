@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -38,6 +38,8 @@ from t2cli.ask.strategies import (
 from t2cli.errors import T2Error, UsageError
 
 if TYPE_CHECKING:
+    from transformers import GenerationMixin
+
     from registry import Registry
     from t2cli.svf.adaptable import Adaptable
 
@@ -123,9 +125,9 @@ def read_prompts(data: bytes, source: str) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line_no = data[: exc.start].count(b"\n") + 1
         raise AskError(
-            f"{source} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line})",
+            f"{source} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line_no})",
             "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`)",
         ) from None
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -205,7 +207,8 @@ def stream_generate(
     enc = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False).to(device)
     streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None
     sampling = temperature > 0
-    out = model.generate(
+    # A causal LM: PreTrainedModel itself declares no generate().
+    out = cast("GenerationMixin", model).generate(
         **enc,
         max_new_tokens=max_new_tokens,
         do_sample=sampling,
@@ -217,7 +220,10 @@ def stream_generate(
     )
     generated = out[0, enc["input_ids"].shape[1] :].tolist()
     cut = next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
-    return tokenizer.decode(generated[:cut], skip_special_tokens=True), cut
+    text = tokenizer.decode(generated[:cut], skip_special_tokens=True)
+    if not isinstance(text, str):  # one sequence decodes to one text (transformers annotates both modes at once)
+        raise TypeError(f"decoding the answer gave {type(text).__name__}, not text")
+    return text, cut
 
 
 # --------------------------------------------------------------------------- mixing

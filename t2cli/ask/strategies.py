@@ -148,14 +148,14 @@ def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
     valid = ", ".join(strategy_names())
     if info is None:
         raise StrategyUsageError(f"unknown strategy {spec!r}", f"use one of: {valid}")
-    arg = arg.strip() or None
-    if info.takes_arg and arg is None:
+    value = arg.strip() or None
+    if info.takes_arg and value is None:
         raise StrategyUsageError(
             f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}"
         )
     if not info.takes_arg and sep:
         raise StrategyUsageError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
-    return info, arg
+    return info, value
 
 
 def build_dispatcher(ctx: DispatchContext, spec: str) -> Dispatcher:
@@ -326,7 +326,10 @@ def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, s
     keep = max(len(ids) - overflow, MIN_QUESTION_TOKENS)
     if keep >= len(ids):
         return question, None
-    return ctx.tokenizer.decode(ids[:keep], skip_special_tokens=True), keep
+    kept = ctx.tokenizer.decode(ids[:keep], skip_special_tokens=True)
+    if not isinstance(kept, str):  # one sequence decodes to one text (transformers annotates both modes at once)
+        raise TypeError(f"decoding the question gave {type(kept).__name__}, not text")
+    return kept, keep
 
 
 def _quote(text: str, limit: int = 80) -> str:
@@ -341,6 +344,7 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
     names = [*categories, OTHER]
     message = classification_prompt(question, categories)
     cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
+    found: str | None
     if ctx.pass1 == "score":
         scores = score_categories(ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache)
         found = max(names, key=lambda name: scores[name])  # ties: the first listed

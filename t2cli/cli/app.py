@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -20,6 +20,11 @@ from typer.core import TyperGroup
 from t2cli import __version__
 from t2cli.cli.console import err
 from t2cli.errors import T2Error
+
+if TYPE_CHECKING:
+    # What TyperGroup.invoke receives: the vendored click's Context, which typer.Context subclasses
+    # (Typer exports only the subclass). A name for the type checker only.
+    from typer._click import Context as ClickContext
 
 
 def _debug() -> bool:
@@ -81,7 +86,7 @@ class T2Group(CommandGroup):
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors

@@ -152,6 +152,8 @@ def transfer_z(
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     for mapping in plan.mappings:
         mixed = sum(weight * z[name].to(torch.float32) for name, weight in mapping.sources)
+        if not isinstance(mixed, torch.Tensor):  # sum() of nothing is 0; plan_transfer gives every mapping a source
+            raise TransferError(f"no source matrices for {mapping.target}")
         vector = resample_spectrum(mixed, mapping.target_rank)
         if generator is not None:
             vector = vector[torch.randperm(vector.shape[0], generator=generator)]

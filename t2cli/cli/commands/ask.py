@@ -91,7 +91,7 @@ def ask_cmd(
     )
     if file is not None:
         prompts = read_prompts(_read_input(file), "stdin" if file == "-" else file)
-    else:
+    elif prompt is not None:  # one of the two, checked above
         check_prompt_text(prompt)
         prompts = [prompt]
     batch = file is not None

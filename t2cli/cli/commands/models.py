@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 from rich.table import Table
@@ -16,6 +16,14 @@ app = typer.Typer(
     epilog="Examples:  t2 models list  ·  t2 models show smollm2-135m --targets mlp",
     no_args_is_help=True,
 )
+
+
+class _AliasRow(TypedDict):
+    alias: str
+    hub_id: str
+    description: str
+    status: str
+    default: bool
 
 
 def _alias_status(alias) -> str:
@@ -46,7 +54,7 @@ def list_models(as_json: JsonOpt = False) -> None:
 
     with open_registry() as registry:
         registered = list_base_models(registry)
-    aliases = [
+    aliases: list[_AliasRow] = [
         {
             "alias": a.name,
             "hub_id": a.hub_id,

@@ -81,13 +81,13 @@ def export_cmd(
                 f"matrices ({result.dtype}); load it with AutoModelForCausalLM.from_pretrained"
             )
         elif lora:
-            result = export_lora(registry, expert, folder, rank=16 if rank is None else rank, model=model)
-            summary = asdict(result)
+            adapter = export_lora(registry, expert, folder, rank=16 if rank is None else rank, model=model)
+            summary = asdict(adapter)
             text = (
-                f"wrote {result.folder}: LoRA r={result.rank} over {result.num_matrices} matrices, "
-                f"base {result.base_model_name_or_path}\n"
-                f"relative error ||delta - delta_r|| / ||delta|| per matrix: min {result.min_error:.4f}, "
-                f"median {result.median_error:.4f}, max {result.max_error:.4f}; overall {result.overall_error:.4f}"
+                f"wrote {adapter.folder}: LoRA r={adapter.rank} over {adapter.num_matrices} matrices, "
+                f"base {adapter.base_model_name_or_path}\n"
+                f"relative error ||delta - delta_r|| / ||delta|| per matrix: min {adapter.min_error:.4f}, "
+                f"median {adapter.median_error:.4f}, max {adapter.max_error:.4f}; overall {adapter.overall_error:.4f}"
             )
         else:
             path = export_expert(registry, expert, folder)
