@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, TypedDict
 
 import typer
@@ -48,7 +47,7 @@ def list_models(as_json: JsonOpt = False) -> None:
 
     Example: t2 models list --json
     """
-    from t2cli.experts.catalog import list_base_models
+    from t2cli.experts.catalog import for_json, list_base_models
     from t2cli.home import open_registry
     from t2cli.models.resolve import ALIASES, DEFAULT_MODEL
 
@@ -65,7 +64,7 @@ def list_models(as_json: JsonOpt = False) -> None:
         for a in ALIASES.values()
     ]
     if as_json:
-        print_json({"aliases": aliases, "registered": [asdict(m) for m in registered]})
+        print_json({"aliases": aliases, "registered": [for_json(m) for m in registered]})
         return
     table = Table(title="Model aliases")
     for column in ("alias", "model", "status", "notes"):
