@@ -6,7 +6,14 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from t2cli.cli.console import err, out, print_json, progress_bar
@@ -84,14 +91,7 @@ def eval_cmd(
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         items = task_obj.split(split)
         total = min(limit, len(items)) if limit else len(items)
-        with progress_bar(
-            TextColumn(f"eval {task_obj.name}/{split}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            quiet=as_json,
-        ) as progress:
+        with _item_progress(f"eval {task_obj.name}/{split}", quiet=as_json) as progress:
             bar = progress.add_task("eval", total=total)
             result = evaluate(
                 registry,
@@ -123,6 +123,13 @@ def eval_cmd(
     out.print(table)
 
 
+def _item_progress(label: str, *, quiet: bool) -> Progress:
+    """The bar of an evaluation: ``label``, items done of all, time taken and left."""
+    return progress_bar(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), quiet=quiet
+    )
+
+
 def _eval_strategy(
     task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1: str
 ) -> None:
@@ -134,14 +141,7 @@ def _eval_strategy(
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
     with (
         open_registry() as registry,
-        progress_bar(
-            TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            quiet=as_json,
-        ) as progress,
+        _item_progress(f"pass 1 ({strategy}) {task_obj.name}/{split}", quiet=as_json) as progress,
     ):
         bar = progress.add_task("dispatch", total=total)
         result = evaluate_strategy(
