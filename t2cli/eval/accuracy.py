@@ -12,7 +12,7 @@ import torch
 
 from registry.queries import evaluations
 from registry.queries import experts as expert_rows
-from registry.records import NewEvaluation
+from registry.records import NewEvaluation, from_attributes
 from t2cli.errors import T2Error
 from t2cli.runtime.generation import generate
 
@@ -171,19 +171,20 @@ def _record(
     max_new_tokens: int,
 ) -> None:
     expert = None if result.expert is None else expert_rows.get(registry, result.expert)
+    record_evaluation(
+        registry,
+        result,
+        base_model_id=adaptable.base_model_id,
+        expert_id=None if expert is None else expert.id,
+        config={"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens},
+    )
+
+
+def record_evaluation(
+    registry: Registry, result: EvalResult, *, base_model_id: int, expert_id: int | None, config: dict[str, Any]
+) -> None:
+    """Store ``result`` as an evaluation of an expert (``expert_id`` None: the base weights) run with ``config``."""
     evaluations.add(
         registry,
-        NewEvaluation(
-            base_model_id=adaptable.base_model_id,
-            expert_id=None if expert is None else expert.id,
-            task=result.task,
-            split=result.split,
-            n=result.n,
-            correct=result.correct,
-            accuracy=result.accuracy,
-            ci_low=result.ci_low,
-            ci_high=result.ci_high,
-            seconds=result.seconds,
-            config={"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens},
-        ),
+        from_attributes(NewEvaluation, result, base_model_id=base_model_id, expert_id=expert_id, config=config),
     )
