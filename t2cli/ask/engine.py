@@ -198,7 +198,13 @@ def stream_generate(
     adaptable: Adaptable, prompt: str, *, max_new_tokens: int, temperature: float, on_text: TextCallback | None
 ) -> tuple[str, int]:
     """Answer one prompt (chat template applied) with the weights currently applied; returns (text, tokens)."""
-    from t2cli.runtime.generation import end_token_ids, prepare_tokenizer, render_prompt
+    from t2cli.runtime.generation import (
+        completion_length,
+        decoding,
+        end_token_ids,
+        prepare_tokenizer,
+        render_prompt,
+    )
 
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
     model = adaptable.model
@@ -206,20 +212,12 @@ def stream_generate(
     device = next(model.parameters()).device
     enc = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False).to(device)
     streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None
-    sampling = temperature > 0
     # A causal LM: PreTrainedModel itself declares no generate().
     out = cast("GenerationMixin", model).generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=None,
-        top_k=None,
-        pad_token_id=tokenizer.pad_token_id,
-        streamer=streamer,
+        **enc, **decoding(tokenizer, temperature), max_new_tokens=max_new_tokens, streamer=streamer
     )
     generated = out[0, enc["input_ids"].shape[1] :].tolist()
-    cut = next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
+    cut = completion_length(generated, end_ids)
     text = tokenizer.decode(generated[:cut], skip_special_tokens=True)
     if not isinstance(text, str):  # one sequence decodes to one text (transformers annotates both modes at once)
         raise TypeError(f"decoding the answer gave {type(text).__name__}, not text")

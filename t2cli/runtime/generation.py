@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
@@ -62,6 +62,23 @@ def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+def completion_length(generated: Sequence[int], end_ids: set[int]) -> int:
+    """How many of the ``generated`` tokens are the completion: up to and including the first end token."""
+    return next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
+
+
+def decoding(tokenizer: PreTrainedTokenizerBase, temperature: float) -> dict[str, Any]:
+    """``model.generate``'s decoding arguments: sampling at ``temperature`` > 0 (no top-p, no top-k), greedy at 0."""
+    sampling = temperature > 0
+    return {
+        "do_sample": sampling,
+        "temperature": temperature if sampling else None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def sample_key(*parts: int) -> int:
@@ -187,20 +204,16 @@ def generate(
         # A causal LM (or a wrapper of one, like a PEFT model): PreTrainedModel itself declares no generate().
         out = cast("GenerationMixin", model).generate(
             **enc,
+            **decoding(tokenizer, temperature if sampling else 0.0),
             stopping_criteria=stopping,
             max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
             logits_processor=processors,
             synced_gpus=synced,
         )
         for row, mask in zip(range(min(len(chunk), real - start)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())
             generated = out[row, width:].tolist()
-            cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
+            cut = completion_length(generated, end_ids)
             if text_stop is not None:  # where TextStop ended this row (the rest is the batch's padding)
                 cut = min(cut, text_stop.stopped_at.get(row, cut))
             completion_ids.append(generated[:cut])
