@@ -14,7 +14,7 @@ Usage::
     python scripts/count_local_imports.py t2cli registry            # count per file, and the total
     python scripts/count_local_imports.py --list t2cli registry     # every local import, with its reason
     python scripts/count_local_imports.py --reasons t2cli registry  # count per reason category
-    python scripts/count_local_imports.py --check t2cli registry    # exit 1 if one has no reason
+    python scripts/count_local_imports.py --check t2cli registry    # print those without a reason; exit 1 if any
 """
 
 from __future__ import annotations
@@ -98,10 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.reasons:
         for category, n in Counter(imp.category for imp in found).most_common():
             print(f"{n:4d} {category}")
-    else:
+    elif not args.check:  # --check alone prints only what fails
         for path, n in sorted(Counter(str(imp.path) for imp in found).items(), key=lambda item: (-item[1], item[0])):
             print(f"{n:4d} {path}")
-    print(f"total {len(found)}")
+    if args.list or args.reasons or not args.check:
+        print(f"total {len(found)}")
 
     if args.check:
         missing = [imp for imp in found if imp.reason is None]
