@@ -10,4 +10,5 @@ ruff check t2cli registry tests bench scripts
 ruff format --check --quiet t2cli registry tests bench scripts
 lint-imports --no-cache >/dev/null || lint-imports --no-cache
 mypy
+python scripts/count_local_imports.py --check t2cli registry  # each import inside a function says why
 exec python -m pytest -q "$@"

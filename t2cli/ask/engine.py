@@ -36,6 +36,14 @@ from t2cli.ask.strategies import (
     run_dispatch,
 )
 from t2cli.errors import T2Error, UsageError
+from t2cli.experts.mixing import mix
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.load import load_tokenizer
+from t2cli.models.resolve import resolve_model
+from t2cli.runtime.generation import completion_length, decoding, end_token_ids, prepare_tokenizer, render_prompt
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import load_expert
 
 if TYPE_CHECKING:
     from transformers import GenerationMixin
@@ -198,14 +206,6 @@ def stream_generate(
     adaptable: Adaptable, prompt: str, *, max_new_tokens: int, temperature: float, on_text: TextCallback | None
 ) -> tuple[str, int]:
     """Answer one prompt (chat template applied) with the weights currently applied; returns (text, tokens)."""
-    from t2cli.runtime.generation import (
-        completion_length,
-        decoding,
-        end_token_ids,
-        prepare_tokenizer,
-        render_prompt,
-    )
-
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
     model = adaptable.model
     end_ids = end_token_ids(model, tokenizer)
@@ -229,8 +229,6 @@ def stream_generate(
 
 def _mix_linear(zs: Mapping[str, Mapping[str, torch.Tensor]], weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
     """z' = sum_k alpha_k z_k per matrix (``t2cli.experts.mixing``); an expert that does not adapt a matrix counts as z = 1 there."""
-    from t2cli.experts.mixing import mix
-
     lengths = {m: v.shape[0] for z in zs.values() for m, v in z.items()}
     names = list(weights)
     full = [{m: zs[name].get(m, torch.ones(n)) for m, n in lengths.items()} for name in names]
@@ -296,8 +294,6 @@ class Asker:
 
     def check_prompt(self, prompt: str, where: str = "the prompt") -> int:
         """Refuse an empty prompt or one that does not fit the context window; returns its token count."""
-        from t2cli.runtime.generation import render_prompt
-
         check_prompt_text(prompt, where)
         tokenizer = self.prepared.tokenizer
         n = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
@@ -314,8 +310,6 @@ class Asker:
     def load(self) -> Adaptable:
         """The loaded model (loaded, and decomposed if needed, on the first call)."""
         if self._adaptable is None:
-            from t2cli.svf.adaptable import load_adaptable
-
             adaptable = load_adaptable(
                 self.registry,
                 self.model,
@@ -390,8 +384,6 @@ class Asker:
 
     def _expert_z(self, name: str) -> dict[str, torch.Tensor]:
         if name not in self._z:
-            from t2cli.svf.expert import load_expert
-
             self._z[name] = load_expert(self.registry, name).z
         return self._z[name]
 
@@ -407,11 +399,6 @@ def _prepare(registry: Registry, model: str | None, adaptable: Adaptable | None)
             getattr(text_config, "max_position_embeddings", None),
             adaptable.base_model_id,
         )
-    from t2cli.models.hashing import HashCache
-    from t2cli.models.identity import model_identity
-    from t2cli.models.load import load_tokenizer
-    from t2cli.models.resolve import resolve_model
-
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     config = identity.config

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from t2cli.ask.engine import Asker, AskSettings
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import EvalResult, make_result, record_evaluation
 from t2cli.runtime.generation import generate
@@ -49,8 +50,6 @@ def evaluate_strategy(
     record: bool = True,
 ) -> StrategyEvalResult:
     """Dispatch each item with ``strategy``, answer each group of items batched, score, and store the result."""
-    from t2cli.ask.engine import Asker, AskSettings
-
     items = task.split(split)[:limit] if limit else task.split(split)
     if not items:
         raise T2Error(f"task {task.name} has no {split} items", "pick another --split")

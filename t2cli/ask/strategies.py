@@ -21,6 +21,7 @@ so every look-up error comes before anything is loaded or decomposed.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import time
@@ -32,10 +33,12 @@ import torch
 
 from registry.queries import experts as expert_rows
 from registry.records import ExpertRecord
+from t2cli.adapt.cem import latest_cem_mixture
 from t2cli.errors import T2Error, UsageError
 from t2cli.experts.catalog import find_expert
 from t2cli.models.resolve import model_argument
-from t2cli.svf.expert import ExpertConfig
+from t2cli.runtime.generation import generate, render_prompt
+from t2cli.svf.expert import ExpertConfig, load_expert
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
     DISPATCH_MAX_NEW_TOKENS,
@@ -196,8 +199,6 @@ def _latest_expert(registry: Registry, base_model_id: int | None, *, task: str) 
 
 def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None) -> str | None:
     """The latest CEM mixture registered for ``task`` (its name or alias) on this base model."""
-    from t2cli.adapt.cem import latest_cem_mixture
-
     return None if base_model_id is None else latest_cem_mixture(registry, task, base_model_id)
 
 
@@ -211,8 +212,6 @@ def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[st
     ``parse_category`` reads nothing after it, so the answer means the same and pass 1
     does not pay for the words a small model adds after its box.
     """
-    from t2cli.runtime.generation import generate, render_prompt
-
     text = render_prompt(adaptable.tokenizer, message)
     stop = (lambda so_far: boxed_category(so_far, categories) is not None) if categories else None
     gens = generate(
@@ -244,8 +243,6 @@ def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, 
     question and the template's tail differ. The split is used only when tokenizing the
     prefix alone gives exactly the first tokens of the whole text (else nothing is cached).
     """
-    import copy
-
     cut = text.rfind(_QUESTION_MARK)
     if cache is None or cut < 0:
         return None, 0
@@ -277,8 +274,6 @@ def score_categories(
     instructions are prefilled once per set of weights and only the question is prefilled
     per prompt. Every name gets a score: nothing to parse, and no fallback is needed.
     """
-    from t2cli.runtime.generation import render_prompt
-
     model, tokenizer = adaptable.model, adaptable.tokenizer
     device = next(model.parameters()).device
     text = render_prompt(tokenizer, message) + ANSWER_PREFIX
@@ -313,8 +308,6 @@ def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, s
     The category is usually clear from the start of a prompt; the cut never goes
     below ``MIN_QUESTION_TOKENS``.
     """
-    from t2cli.runtime.generation import render_prompt
-
     if ctx.context_limit is None:
         return question, None
     budget = ctx.context_limit - DISPATCH_MAX_NEW_TOKENS
@@ -422,8 +415,6 @@ def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     z: dict[str, torch.Tensor] = {}
 
     def run(prompt: str) -> Dispatch:
-        from t2cli.svf.expert import load_expert
-
         if not z:
             z.update(load_expert(ctx.registry, name).z)
         svf = ctx.adaptable().svf

@@ -21,12 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from t2cli.errors import T2Error
+from t2cli.experts.mixing import check_name_free
 from t2cli.models.targets import TargetMatrix, candidate_matrices
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -184,10 +188,6 @@ def transfer_expert(
     device: str = "cpu",
 ) -> TransferResult:
     """Map ``expert`` onto ``model`` (decomposing it if needed) and register the result (kind transferred)."""
-    from t2cli.experts.mixing import check_name_free
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
-
     loaded = load_expert(registry, expert)
     name = name or f"{expert}-to-{_short(model)}" + ("-shuffled" if shuffle else "")
     check_name_free(registry, name)
@@ -255,7 +255,5 @@ def transfer_expert(
 
 def _short(model: str) -> str:
     """A name-safe short form of a model argument (alias, folder or file)."""
-    from pathlib import Path
-
     stem = Path(model).name.removesuffix(".gguf") or "model"
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem)[:40]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from t2cli.errors import ModelLoadError, first_line
 from t2cli.models.resolve import ModelRef
@@ -24,8 +30,6 @@ def load_model(
     (safetensors). The first load fills it; later loads read it instead of dequantising
     again (seconds instead of ~25 s for the embedded model). Bit-identical either way.
     """
-    import torch
-
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
@@ -37,7 +41,7 @@ def load_model(
 
 
 def _from_pretrained(ref: ModelRef, path: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
     try:
         with _quiet_transformers():
@@ -51,9 +55,6 @@ def _from_pretrained(ref: ModelRef, path: Path, kwargs: dict[str, Any]) -> PreTr
 
 def _load_dequantised(ref: ModelRef, folder: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
     """Load a GGUF model through its dequantised copy in ``folder``, writing the copy on first use."""
-    import shutil
-    import tempfile
-
     if (folder / "config.json").is_file():
         try:
             return _from_pretrained(ref, folder, kwargs)
@@ -101,7 +102,7 @@ def drop_gguf_record(model: PreTrainedModel) -> None:
 
 def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     """Load the model's tokenizer (with its chat template)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if ref.is_gguf:
@@ -117,10 +118,7 @@ class _quiet_transformers:
     """Silence transformers' own progress bars and info logs (t2 draws its own)."""
 
     def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
         self._verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
@@ -133,7 +131,7 @@ class _quiet_transformers:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
         self._stderr.__exit__(exc_type, exc, traceback)
         hf_logging.set_verbosity(self._verbosity)

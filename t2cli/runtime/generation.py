@@ -171,7 +171,7 @@ def generate(
     pads with dummy ones, whose completions are dropped) and each call steps until every
     rank is done (``synced_gpus``).
     """
-    from transformers import LogitsProcessorList, StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList  # noqa: PLC0415 - heavy: transformers (~2 s), only when generating
 
     prepare_tokenizer(tokenizer)
     device = next(model.parameters()).device

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from t2cli.errors import T2Error
 
@@ -203,8 +204,6 @@ class SVFModel:
 
     def forward_with(self, weights: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
         """Model forward with the given W' tensors (keyed by matrix name) in place of the target weights."""
-        from torch.func import functional_call
-
         params = {f"{name}.weight": weight for name, weight in weights.items()}
         return functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
 

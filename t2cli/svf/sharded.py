@@ -33,11 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as td
+from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.nn import functional as F
 
+from t2cli.decompose.engine import decompose_model, factor_blobs, find_decomposition, register_base_model
 from t2cli.errors import T2Error
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.load import load_tokenizer
+from t2cli.models.resolve import resolve_model
+from t2cli.models.weights import SafetensorsWeights
 from t2cli.runtime.distributed import Dist, DistributedError
+from t2cli.svf.adaptable import Adaptable, weights_folder
 from t2cli.svf.model import SVFError, ZVectors
 
 if TYPE_CHECKING:
@@ -47,7 +57,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from registry import Registry
-    from t2cli.svf.adaptable import Adaptable
 
 SHARDINGS = ("none", "fsdp")
 
@@ -236,8 +245,6 @@ class ShardedSVF:
 
 
 def _all_true(flag: bool, mesh: DeviceMesh) -> bool:
-    import torch.distributed as td
-
     value = torch.tensor([0.0 if flag else 1.0], device=mesh.device_type)
     td.all_reduce(value, group=mesh.get_group())
     return float(value[0]) == 0.0
@@ -267,18 +274,14 @@ def load_sharded_adaptable(
     rows of each tensor from the safetensors files and factor blobs, one tensor at a time:
     no process ever holds the whole model.
     """
-    from t2cli.svf.adaptable import Adaptable
-
     prepared = dist.main_first(lambda: _prepare(registry, model, targets, dist))
     ref, identity, base_id, decomposition_id, folder, blobs = prepared
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     config = AutoConfig.from_pretrained(folder)
     net, layers, mesh, units = _build_sharded(folder, config, _model_dtype(config, dtype), list(blobs), dist)
     _load_weights(net, folder, mesh)
     _load_factors(registry, blobs, layers, mesh)
-    from t2cli.models.load import load_tokenizer
-
     svf = ShardedSVF(net, layers, mesh, units)
     return Adaptable(
         identity=identity,
@@ -294,13 +297,6 @@ def load_sharded_adaptable(
 
 def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) -> tuple[Any, ...]:
     """Resolve the model, decompose it (rank 0) or find its decomposition (others); its weights folder and target names."""
-    from t2cli.decompose.engine import decompose_model, factor_blobs, find_decomposition, register_base_model
-    from t2cli.models.hashing import HashCache
-    from t2cli.models.identity import model_identity
-    from t2cli.models.resolve import resolve_model
-    from t2cli.models.weights import SafetensorsWeights
-    from t2cli.svf.adaptable import weights_folder
-
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     # GGUF weights are read through t2's dequantised safetensors copy: rank 0, first in, writes it; the
@@ -333,10 +329,9 @@ def _build_sharded(
     folder: Path, config: Any, dtype: torch.dtype, target_names: Sequence[str], dist: Dist
 ) -> tuple[PreTrainedModel, dict[str, SVFLinear], DeviceMesh, list[FSDPModule]]:
     """The model on the meta device, targets swapped for ``SVFLinear``, FSDP2 units applied, this rank's memory allocated."""
-    from accelerate import init_empty_weights
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from transformers import AutoModelForCausalLM
+    from accelerate import init_empty_weights  # noqa: PLC0415 - heavy: accelerate, only for --shard fsdp
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     with init_empty_weights(include_buffers=False):  # buffers (rotary frequencies) are computed, not stored
         net = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -376,7 +371,7 @@ def _swap_linear(net: nn.Module, name: str) -> SVFLinear:
 
 
 def _generation_config(folder: Path, net: nn.Module):
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     try:
         return GenerationConfig.from_pretrained(folder)
@@ -387,9 +382,7 @@ def _generation_config(folder: Path, net: nn.Module):
 @torch.no_grad()
 def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
     """Each parameter's local shard from the safetensors files (one full tensor in host memory at a time)."""
-    from torch.distributed.tensor import distribute_tensor
-
-    from t2cli.models.weights import SafetensorsWeights
+    from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
 
     source = SafetensorsWeights(folder)
     for name, parameter in net.named_parameters():  # tied weights (lm_head = embed_tokens) appear once
@@ -408,7 +401,7 @@ def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
 
 def _sharded(tensor: torch.Tensor, name: str) -> DTensor:
     """``tensor`` as the DTensor FSDP made of it; a clear error if FSDP left it whole."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415 - heavy: FSDP/DTensor, only for --shard fsdp
 
     if not isinstance(tensor, DTensor):
         raise DistributedError(f"FSDP did not shard {name}", "train it without --shard")
@@ -421,7 +414,7 @@ def _own_shard(full: torch.Tensor, mesh: DeviceMesh) -> DTensor:
     ``distribute_tensor`` returns a view into ``full`` when the rows are contiguous, which
     would keep every rank holding every full matrix: the shard is copied out instead.
     """
-    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
 
     view = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None)
     return DTensor.from_local(
@@ -433,8 +426,7 @@ def _load_factors(
     registry: Registry, blobs: Mapping[str, str], layers: Mapping[str, SVFLinear], mesh: DeviceMesh
 ) -> None:
     """Each target's W rows (copied from the loaded weights) and its U, S, Vh shards (one blob at a time)."""
-    from safetensors.torch import load_file
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
 
     for name, layer in layers.items():
         tensors = load_file(str(registry.blobs.path(blobs[name])))

@@ -52,8 +52,8 @@ def _child_main(argv: list[str]) -> None:
     ``argv``: workdir, memory bytes, CPU seconds, file bytes, max processes,
     audit hook (0/1), status file descriptor.
     """
-    import ctypes
-    import resource
+    import ctypes  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
+    import resource  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     workdir = argv[0]
     memory, cpu_s, file_bytes, max_procs, use_hook, status_fd = (int(a) for a in argv[1:7])
@@ -138,7 +138,7 @@ def _read_roots() -> tuple[str, ...]:
 
 def _landlock(libc, workdir: str, read_roots: tuple[str, ...]) -> int:
     """Apply a Landlock ruleset to this process; return its ABI version, or 0 where Landlock is unavailable."""
-    import ctypes
+    import ctypes  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     syscall = libc.syscall
     syscall.restype = ctypes.c_long
@@ -194,7 +194,7 @@ _SYSCALLS = {
 
 def _seccomp(libc) -> bool:
     """Install a seccomp filter refusing new processes and exec (threads stay allowed); False if impossible."""
-    import ctypes
+    import ctypes  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     arch = os.uname().machine
     if arch not in _SYSCALLS:
@@ -246,7 +246,7 @@ def _install_audit_hook(workdir: str, read_roots: tuple[str, ...]) -> None:
     It can still be bypassed by code that reaches the kernel without raising
     audit events (e.g. ``_posixsubprocess``); the kernel layers are the enforcement.
     """
-    import posix
+    import posix  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     readable = tuple(read_roots) + (workdir,) + _READ_FILES

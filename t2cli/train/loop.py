@@ -32,15 +32,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from registry.queries import experts, runs
 from t2cli.errors import T2Error, UsageError
 from t2cli.eval.accuracy import run_items
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.runtime.generation import completion_logprobs, generate, sample_key
+from t2cli.svf.adaptable import weights_folder
 from t2cli.svf.expert import ExpertConfig, register_expert
 from t2cli.svf.model import SVFModel
 from t2cli.svf.sharded import SHARDINGS, ShardedSVF
+from t2cli.train.rollout_vllm import VLLMRollout
 from t2cli.train.run_lock import hold_run_lock
 
 if TYPE_CHECKING:
@@ -513,9 +517,6 @@ def _roll_out(
 
 def _vllm_backend(registry: Registry, adaptable: Adaptable[SVFLike], config: TrainConfig, dist: Dist):  # -> VLLMRollout
     """The colocated vLLM engine of ``--rollout vllm``, loading the base weights from their safetensors files."""
-    from t2cli.svf.adaptable import weights_folder
-    from t2cli.train.rollout_vllm import VLLMRollout
-
     folder = dist.main_first(lambda: weights_folder(registry, adaptable.identity))  # rank 0 dequantises a GGUF once
     dtype = str(next(adaptable.model.parameters()).dtype).removeprefix("torch.")
     return VLLMRollout(
@@ -714,8 +715,6 @@ def _save_checkpoint(
     run_dir: Path, config: TrainConfig, state: TrainState, z, best_z, optimizer, schedule, item_rng
 ) -> None:
     """One safetensors file (tensors + JSON metadata), written to a temp file then renamed."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     for name, value in z.items():
         tensors[f"z/{name}"] = value.detach().cpu().contiguous()
@@ -743,8 +742,6 @@ def _save_checkpoint(
 
 def _read_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The run's checkpoint, or None when it has none yet."""
-    from safetensors import safe_open
-
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         return None

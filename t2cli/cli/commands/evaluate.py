@@ -18,6 +18,7 @@ from rich.table import Table
 
 from t2cli.cli.console import err, out, print_json, progress_bar
 from t2cli.cli.options import BatchSizeOpt, DeviceOpt, ExpertOpt, JsonOpt, MaxNewTokensOpt, ModelOpt, TaskOpt
+from t2cli.errors import UsageError
 
 
 def eval_cmd(
@@ -62,13 +63,12 @@ def eval_cmd(
 
       t2 eval --task arc-challenge --strategy classifier --pass1 score --limit 100
     """
-    from t2cli.errors import UsageError
-    from t2cli.eval.accuracy import evaluate
-    from t2cli.home import open_registry
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.svf.expert import base_model_argument, check_base_model, load_expert
-    from t2cli.tasks import get_task, needs_registry
-    from t2cli.tasks.types import SPLITS
+    from t2cli.eval.accuracy import evaluate  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.svf.expert import base_model_argument, check_base_model, load_expert  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.tasks import get_task, needs_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.tasks.types import SPLITS  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
@@ -133,9 +133,9 @@ def _item_progress(label: str, *, quiet: bool) -> Progress:
 def _eval_strategy(
     task: str, strategy: str, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1: str
 ) -> None:
-    from t2cli.ask.evaluation import evaluate_strategy
-    from t2cli.home import open_registry
-    from t2cli.tasks import get_task
+    from t2cli.ask.evaluation import evaluate_strategy  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.tasks import get_task  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     task_obj = get_task(task)
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
