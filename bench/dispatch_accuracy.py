@@ -56,7 +56,11 @@ def main() -> None:
             name: {item.id: item.prompt for split in ("test",) for item in get_task(name).split(split)}
             for name in {item.meta["source_task"] for item in items}
         }
-        sets = {"dispatch test": [(sources[item.meta["source_task"]][item.id.split("/", 3)[3]], item.answer) for item in items]}
+        sets = {
+            "dispatch test": [
+                (sources[item.meta["source_task"]][item.id.split("/", 3)[3]], item.answer) for item in items
+            ]
+        }
         offered = {e.category for e in category_experts(registry, adaptable.base_model_id)}
         if args.handwritten:
             rows = [json.loads(line) for line in Path(args.handwritten).read_text().splitlines() if line.strip()]

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=200)
@@ -55,15 +56,22 @@ def main() -> None:
         }
         for j, layer in enumerate(layers):
             cut = slice(j * width, (j + 1) * width)
-            fitted = fit_classifier(features["train"][:, cut], train.labels, features["valid"][:, cut], valid.labels, classes)
+            fitted = fit_classifier(
+                features["train"][:, cut], train.labels, features["valid"][:, cut], valid.labels, classes
+            )
             x = (features["hand"][:, cut] - fitted.mean) / fitted.scale
             predicted = (x @ fitted.coef.T + fitted.intercept).argmax(-1).tolist()
             right = sum(classes[p] == label for p, (_, label) in zip(predicted, hand))
             low, high = wilson_interval(right, len(hand))
             table.add_row(
-                pooling, str(layer), f"{fitted.valid_accuracy:.1%}", f"{right / len(hand):.1%}", f"[{low:.1%}, {high:.1%}]"
+                pooling,
+                str(layer),
+                f"{fitted.valid_accuracy:.1%}",
+                f"{right / len(hand):.1%}",
+                f"[{low:.1%}, {high:.1%}]",
             )
     Console(width=120).print(table)
+
 
 if __name__ == "__main__":
     main()

@@ -3,20 +3,47 @@
 The engine reads these attributes; it never sees a SQLAlchemy row or a dict keyed by
 column names. Settings stored as JSON text (``config_json``) come back as that text:
 what they mean belongs to the engine (``t2cli.svf.expert.ExpertConfig`` for an expert).
+Where a kind of row is also written from a dataclass (``NewBaseModel``, ``NewEvaluation``),
+its record is that dataclass with the row's id first (``Row``), so each field is declared once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
+
+
+def from_attributes(cls: type[R], source: object, **values: Any) -> R:
+    """A ``cls`` (a dataclass) with ``values``, its other fields read from ``source``'s attributes of the same names.
+
+    ``source`` is a SQLAlchemy row or another record (a subclass's extra fields go in ``values``).
+    """
+    names = (f.name for f in fields(cls))
+    return cls(**{name: values[name] if name in values else getattr(source, name) for name in names})
+
+
+def values_of(record: DataclassInstance, *, without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A record's fields by name, not copied (unlike ``asdict``), less those in ``without``: a row's columns."""
+    return {f.name: getattr(record, f.name) for f in fields(record) if f.name not in without}
 
 
 @dataclass(frozen=True)
-class BaseModelRecord:
-    """A registered base model (``base_models``)."""
+class Row:
+    """The id a row got when it was added: the first field of a record whose fields a ``New...`` declares."""
 
     id: int
+
+
+@dataclass(frozen=True)
+class NewBaseModel:
+    """A base model to register (``base_models.get_or_add``)."""
+
     name: str
     source: str  # "embedded" | "local" | "hub" | "gguf"
     location: str  # local path or Hub repo id
@@ -30,19 +57,8 @@ class BaseModelRecord:
 
 
 @dataclass(frozen=True)
-class NewBaseModel:
-    """A base model to register (``base_models.get_or_add``): a ``BaseModelRecord`` without an id."""
-
-    name: str
-    source: str
-    location: str
-    revision: str | None
-    fingerprint: str
-    architecture: str
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    config: dict[str, Any] = field(default_factory=dict)
+class BaseModelRecord(NewBaseModel, Row):
+    """A registered base model (``base_models``): its ``id``, then the fields of ``NewBaseModel``."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +151,9 @@ class NewExpert:
 
 
 @dataclass(frozen=True)
-class EvaluationRecord:
-    """One accuracy measurement (``evaluations``); ``expert_id`` None: the base weights."""
+class NewEvaluation:
+    """An evaluation to record (``evaluations.add``); ``expert_id`` None: the base weights."""
 
-    id: int
     base_model_id: int
     expert_id: int | None
     task: str
@@ -150,24 +165,13 @@ class EvaluationRecord:
     ci_high: float
     config: dict[str, Any]  # the settings it ran with (limit, max_new_tokens, strategy...)
     seconds: float | None
-    created_at: datetime
 
 
 @dataclass(frozen=True)
-class NewEvaluation:
-    """An evaluation to record (``evaluations.add``)."""
+class EvaluationRecord(NewEvaluation, Row):
+    """One accuracy measurement (``evaluations``): its ``id``, the fields of ``NewEvaluation``, when it was made."""
 
-    base_model_id: int
-    expert_id: int | None
-    task: str
-    split: str
-    n: int
-    correct: int
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    config: dict[str, Any]
-    seconds: float | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)

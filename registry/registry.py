@@ -100,7 +100,7 @@ class Registry:
                     "open it once for writing first (rank 0 does this in a distributed run)",
                 )
             if current != SCHEMA_HEAD:
-                from registry import migrate  # imports Alembic: only when there is work to do
+                from registry import migrate  # noqa: PLC0415 - heavy: Alembic (~0.2 s), only when migrating
 
                 migrate.upgrade(db_path, home / ".migrate.lock")
         except BaseException:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from platformdirs import user_data_dir
 
+from registry import Registry
+
 HOME_ENV = "T2_HOME"
 
 
@@ -23,6 +25,4 @@ def open_registry(*, read_only: bool = False):  # -> registry.Registry (imported
 
     ``read_only``: a handle that refuses write sessions (see ``Registry.open``).
     """
-    from registry import Registry
-
     return Registry.open(t2_home(), read_only=read_only)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from t2cli.svf.expert import ExpertConfig, register_expert
+from tests.expert_factory import make_expert
 
 
 def write_task(path: Path, prefix: str, n: int = 12) -> Path:
@@ -36,25 +36,21 @@ def add_expert(
     parents: list[dict] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Register an expert with a random z (1 + scale * noise) on the loaded model; returns its z."""
-    generator = torch.Generator().manual_seed(seed)
-    z = {key: 1 + scale * torch.randn(f.S.shape, generator=generator) for key, f in adaptable.svf.factors.items()}
-    config = ExpertConfig(
-        name=name,
-        base_model=adaptable.base_model_record(),
-        targets=adaptable.targets,
-        num_matrices=len(z),
+    return make_expert(
+        registry,
+        adaptable,
+        name,
+        seed=seed,
+        scale=scale,
+        parents=parents,
         kind=kind,
         task=Path(task).stem if task and task.endswith(".jsonl") else task,
         category=category,
         description=f"test expert {name}",
         parametrization=parametrization or {"stored": "effective_multiplier"},
-        parents=parents or [],
+        metrics={},
         training={"task": task} if task else {},
     )
-    register_expert(
-        registry, z, config, base_model_id=adaptable.base_model_id, decomposition_id=adaptable.decomposition_id
-    )
-    return z
 
 
 @contextmanager

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # huggingface_hub reads these once, at import: set them before anything imports it.
 # Tests never reach the network; the Hub client is exercised offline on a local cache layout.
@@ -11,6 +13,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
+
+if TYPE_CHECKING:
+    from registry import Registry
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +25,15 @@ def t2_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("T2_HOME", str(home))
     monkeypatch.delenv("T2_DEBUG", raising=False)
     return home
+
+
+@pytest.fixture
+def reg(t2_home: Path) -> Iterator[Registry]:
+    """The registry of this test's T2_HOME, open for the test."""
+    from registry import Registry
+
+    with Registry.open(t2_home) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="session")

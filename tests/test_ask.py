@@ -289,10 +289,10 @@ def test_ask_batch_from_a_file_and_from_stdin(env, tiny_llama: Path, tmp_path: P
 
 
 def test_ask_restores_base_weights_after_ctrl_c_mid_answer(env, tiny_llama: Path, monkeypatch) -> None:
-    import t2cli.svf.adaptable
+    import t2cli.ask.engine
 
     loaded = []
-    real_load = t2cli.svf.adaptable.load_adaptable
+    real_load = t2cli.ask.engine.load_adaptable
 
     def capture(*args, **kwargs):
         adaptable = real_load(*args, **kwargs)
@@ -308,7 +308,7 @@ def test_ask_restores_base_weights_after_ctrl_c_mid_answer(env, tiny_llama: Path
             raise KeyboardInterrupt
         return real_put(self, value)
 
-    monkeypatch.setattr(t2cli.svf.adaptable, "load_adaptable", capture)
+    monkeypatch.setattr(t2cli.ask.engine, "load_adaptable", capture)
     monkeypatch.setattr(ask_module._CallbackStreamer, "put", interrupt_on_third_put)
     result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--strategy", "expert:m", *SHORT)
     assert result.exit_code == 130

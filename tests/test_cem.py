@@ -264,7 +264,7 @@ def test_a_crash_mid_search_registers_nothing_and_restores_weights(
 def test_fitness_failure_inside_generation_restores_weights(
     tiny_llama: Path, two_experts, digits_file: Path, monkeypatch
 ) -> None:
-    from t2cli.runtime import generation
+    import t2cli.adapt.cem as cem  # cem calls generate through its own binding
     from t2cli.tasks import get_task
 
     task = get_task(str(digits_file))
@@ -277,7 +277,7 @@ def test_fitness_failure_inside_generation_restores_weights(
             assert adaptable.svf.active is not None  # it is called with the mixture applied
             raise RuntimeError("out of memory")
 
-        monkeypatch.setattr(generation, "generate", broken)
+        monkeypatch.setattr(cem, "generate", broken)
         config = AdaptConfig(name="broken", task="digits", baselines=False, cem=CEMConfig(population=2, generations=1))
         with pytest.raises(RuntimeError):
             adapt(registry, adaptable, task, task.split("train"), experts, config)

@@ -216,9 +216,9 @@ def test_unwritable_home_is_a_clear_error(tiny_llama: Path, tmp_path: Path, monk
 
 
 def test_ctrl_c_mid_decompose_then_resume(tiny_llama: Path, monkeypatch) -> None:
-    import t2cli.decompose.svd as svd
+    import t2cli.decompose.engine as engine  # the engine calls svd_batch through its own binding
 
-    real = svd.svd_batch
+    real = engine.svd_batch
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -227,12 +227,12 @@ def test_ctrl_c_mid_decompose_then_resume(tiny_llama: Path, monkeypatch) -> None
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(svd, "svd_batch", flaky)
+    monkeypatch.setattr(engine, "svd_batch", flaky)
     result = t2("decompose", str(tiny_llama))
     assert result.exit_code == 130
     text = _single_error_line(result)
     assert "interrupted after" in text and "run the same command again" in text
-    monkeypatch.setattr(svd, "svd_batch", real)
+    monkeypatch.setattr(engine, "svd_batch", real)
     resumed = t2("decompose", str(tiny_llama), "--json")
     summary = json.loads(resumed.stdout)
     assert resumed.exit_code == 0 and 0 < summary["computed"] < summary["num_matrices"]

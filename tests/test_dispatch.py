@@ -65,16 +65,15 @@ def test_pass_one_stops_generating_at_the_first_box_that_names_a_category(monkey
     """What follows that box cannot change ``parse_category``'s answer, so pass 1 does not generate it."""
     from types import SimpleNamespace
 
-    from t2cli.runtime import generation
-
     seen = {}
 
     def fake_generate(model, tokenizer, prompts, *, max_new_tokens, stop_when=None, **kwargs):
         seen["stop"] = stop_when
         return SimpleNamespace(texts=["Classification: \\boxed{math}"])
 
-    monkeypatch.setattr(generation, "generate", fake_generate)
-    monkeypatch.setattr(generation, "render_prompt", lambda tokenizer, message: message)
+    # the strategies call generation through their own bindings
+    monkeypatch.setattr(dispatch, "generate", fake_generate)
+    monkeypatch.setattr(dispatch, "render_prompt", lambda tokenizer, message: message)
     adaptable = SimpleNamespace(model=None, tokenizer=None)
     assert dispatch.greedy_answer(adaptable, "classify this", categories=CATEGORIES) == "Classification: \\boxed{math}"
     stop = seen["stop"]

@@ -1,21 +1,15 @@
 """Data-parallel training on CPU (gloo): 2 processes train the z of 1, only rank 0 writes, resume crosses world sizes.
 
 The two multi-process tests start real process groups on localhost: one runs the
-`t2 train` command under `torchrun --standalone` (a free port is picked by torchrun),
-the other spawns two workers with torch.multiprocessing on a free port. Both have
-hard timeouts, so a hang fails the test instead of the CI job.
+`t2 train` command under `torchrun --standalone`, the other spawns two workers with
+torch.multiprocessing (tests/distributed_support.py). Both have hard timeouts, so a
+hang fails the test instead of the CI job.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
-import random
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,92 +17,13 @@ import torch
 
 from t2cli.home import open_registry
 from t2cli.runtime.distributed import Dist, DistributedError, rank_device
-
-ROOT = Path(__file__).resolve().parent.parent
-# Float32 sums in another order (micro-batches of other shapes, the all-reduce) move z by ~1e-6
-# after three Adam steps that move it by ~1e-1; a diverged rollout would move it by ~lr = 5e-2.
-Z_TOLERANCE = 1e-4
-LAUNCH_TIMEOUT_S = 240
-
-
-def _write_task(path: Path, kind: str) -> Path:
-    """30 items (20 train, 5 valid, 5 test): sums scored as numbers, or 'any vowel' by regex.
-
-    A random tiny model never adds correctly; the regex task gives it mixed rewards,
-    so the group baseline has something to work with when sampling.
-    """
-    rng = random.Random(0)
-    lines = []
-    for i in range(30):
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        split = "train" if i < 20 else "valid" if i < 25 else "test"
-        if kind == "sums":
-            item = {"prompt": f"{a}+{b}=?", "answer": str(a + b), "kind": "number", "split": split}
-        else:
-            item = {"prompt": f"say {a}{b}", "answer": "(?i).*[aeiou].*", "kind": "regex", "split": split}
-        lines.append(json.dumps(item))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _args(task: Path, model: Path, name: str, **overrides) -> list[str]:
-    settings = {
-        "steps": 3,
-        "prompts-per-step": 4,
-        "samples-per-prompt": 2,
-        "eval-every": 2,
-        "valid-size": 5,
-        "max-new-tokens": 4,
-        "lr": 0.05,
-        "seed": 3,
-        "device": "cpu",
-    }
-    settings.update(overrides)
-    args = ["train", "--task", str(task), "--model", str(model), "--name", name]
-    for key, value in settings.items():
-        args += [f"--{key}", str(value)]
-    return args
-
-
-def _checkpoint(home: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    (path,) = (home / "runs").glob("*/checkpoint.safetensors")
-    return load_file(str(path))
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> float:
-    keys = [k for k in a if k.startswith(prefix)]
-    assert keys and set(keys) == {k for k in b if k.startswith(prefix)}
-    return max(float((a[k] - b[k]).abs().max()) for k in keys)
-
-
-def assert_same_training(result2: dict, result1: dict, home2: Path, home1: Path) -> None:
-    """Two `t2 train --json` results (and the checkpoints in their homes) describe the same training."""
-    two, one = _checkpoint(home2), _checkpoint(home1)
-    moved = max(float((v - 1).abs().max()) for k, v in one.items() if k.startswith("z/"))
-    assert moved > 1e-2  # z really trained
-    assert _max_diff(two, one, "z/") < Z_TOLERANCE
-    assert _max_diff(two, one, "adam/exp_avg/") < Z_TOLERANCE
-    assert [m["reward"] for m in result2["history"]] == [m["reward"] for m in result1["history"]]
-    assert [m["valid_accuracy"] for m in result2["history"]] == [m["valid_accuracy"] for m in result1["history"]]
-    for m2, m1 in zip(result2["history"], result1["history"]):
-        assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4, abs=1e-6)
-        assert m2["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-4)
-        # KL is a difference of nearly equal log-probabilities: float32 cancellation leaves ~1e-8
-        assert m2["kl"] == pytest.approx(m1["kl"], rel=1e-4, abs=1e-7)
-
-
-def _env(home: Path) -> dict[str, str]:
-    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {
-        **os.environ,
-        "PYTHONPATH": python_path,
-        "T2_HOME": str(home),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+from tests.distributed_support import (
+    assert_resumes_in_one_process,
+    assert_same_training,
+    torchrun,
+    train_args,
+    write_task,
+)
 
 
 def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
@@ -118,20 +33,11 @@ def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
 
     from t2cli.cli.app import app
 
-    task = _write_task(tmp_path / "sums.jsonl", "sums")
+    task = write_task(tmp_path / "sums.jsonl", "sums")
     # Greedy rollouts with the raw +/-1 reward: every sample has a gradient, nothing is random.
-    args = _args(task, tiny_llama, "sums-dist", temperature=0.0, advantage="raw")
+    args = train_args(task, tiny_llama, "sums-dist", temperature=0.0, advantage="raw")
     home2 = tmp_path / "home-2proc"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "t2cli"]
-    done = subprocess.run(
-        launch + args + ["--json"],
-        capture_output=True,
-        text=True,
-        env=_env(home2),
-        cwd=tmp_path,
-        timeout=LAUNCH_TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = torchrun(args, home2, tmp_path)
     assert "data parallel: 2 processes (gloo)" in done.stderr
     result2 = json.loads(done.stdout.splitlines()[-1])  # rank 0's JSON lines only; the last is the result
 
@@ -154,109 +60,10 @@ def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
 # --------------------------------------------------------------------------- spawned workers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _spawned_worker(rank: int, world: int, port: int, home: str, task_path: str, model: str, config: dict) -> None:
-    """One rank of a 2-process run (FSDP-sharded if ``config["shard"]`` says so), interrupted after step 2 on every rank."""
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "T2_HOME": home,
-        }
-    )
-    torch.set_num_threads(1)
-    from t2cli.runtime.distributed import init_distributed, open_registry_ranked
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.tasks import get_task
-    from t2cli.train.loop import TrainConfig, TrainingInterrupted, train
-
-    def stop_after_step_2(message, metrics) -> None:
-        if metrics is not None and metrics.step == 2:
-            raise KeyboardInterrupt
-
-    with init_distributed("cpu") as dist, open_registry_ranked(dist) as registry:
-        if config.get("shard") == "fsdp":
-            from t2cli.svf.sharded import load_sharded_adaptable
-
-            adaptable = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=dist)
-        else:
-            adaptable = load_adaptable(registry, model, device=dist.device, dist=dist)
-        try:
-            task = get_task(task_path)
-            train(registry, adaptable, task, TrainConfig(**config), on_event=stop_after_step_2, dist=dist)
-        except TrainingInterrupted:
-            return
-    raise AssertionError("the run was not interrupted")
-
-
-def _spawn(world: int, *args) -> None:
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(
-        _spawned_worker, args=(world, _free_port(), *args), nprocs=world, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {world}-process run did not finish in {LAUNCH_TIMEOUT_S} s")
-
-
 def test_a_two_process_checkpoint_resumes_in_one_process_with_sampled_rollouts(
     tiny_llama: Path, tmp_path: Path, t2_home: Path
 ) -> None:
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.tasks import get_task
-    from t2cli.train.loop import TrainConfig, find_resumable_run, train
-
-    task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
-    # Sampled rollouts (temperature 1, group baseline), 5 prompts split 2 + 3: keyed sampling must
-    # make each prompt's group independent of the split.
-    config = dict(
-        task=str(task_path),
-        name="resumed",
-        steps=3,
-        prompts_per_step=5,
-        samples_per_prompt=3,
-        eval_every=1,
-        valid_size=5,
-        max_new_tokens=4,
-        micro_batch=4,
-        gen_batch=4,
-        lr=0.05,
-        temperature=1.0,
-        device="cpu",
-        seed=5,
-    )
-    _spawn(2, str(t2_home), str(task_path), str(tiny_llama), config)
-
-    task = get_task(str(task_path))
-    with open_registry() as registry:
-        assert registry.status().rows["experts"] == 0
-        run_id = find_resumable_run(registry, "resumed")
-        assert run_id is not None
-        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
-        resumed = train(registry, adaptable, task, TrainConfig(**config), resume_run=run_id)
-        clean = train(registry, adaptable, task, TrainConfig(**{**config, "name": "clean"}))
-        rows = registry.status().rows
-    assert resumed.run_id == run_id and rows["training_runs"] == 2 and rows["experts"] == 2
-    assert [m.reward for m in resumed.history] == [m.reward for m in clean.history]
-    assert any(-1 < m.reward < 1 for m in clean.history)  # mixed rewards: the group baseline has a signal
-    checkpoints = {path.parent.name: path for path in (t2_home / "runs").glob("*/checkpoint.safetensors")}
-    from safetensors.torch import load_file
-
-    resumed_z, clean_z = load_file(str(checkpoints[run_id])), load_file(str(checkpoints[clean.run_id]))
-    assert max(float((v - 1).abs().max()) for k, v in clean_z.items() if k.startswith("z/")) > 1e-3
-    assert _max_diff(resumed_z, clean_z, "z/") < Z_TOLERANCE
+    assert_resumes_in_one_process(tiny_llama, tmp_path, t2_home)
 
 
 # --------------------------------------------------------------------------- no processes
@@ -349,7 +156,7 @@ def test_bfloat16_base_weights_keep_float32_factors_deltas_and_z(tiny_llama: Pat
         moved.float().sum().backward()
         assert z[name].grad.dtype == torch.float32 and torch.isfinite(z[name].grad).all()
 
-        task = get_task(str(_write_task(tmp_path / "sums.jsonl", "sums")))
+        task = get_task(str(write_task(tmp_path / "sums.jsonl", "sums")))
         config = TrainConfig(
             task="sums",
             name="bf16",

@@ -18,6 +18,7 @@ from t2cli.experts import mixing
 from t2cli.experts.mixing import MixingError, check_weights, get_mixing_method, mix, mixing_method, role_groups
 from t2cli.home import open_registry
 from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
+from tests.registry_support import add_base_model
 
 runner = CliRunner()
 MATRICES = {"model.layers.0.mlp.up_proj": 3, "model.layers.0.self_attn.q_proj": 4}
@@ -124,26 +125,6 @@ def test_negative_weights_are_allowed_where_the_method_allows_them() -> None:
 # --------------------------------------------------------------------------- the CLI
 
 
-def _base_model(registry, fingerprint: str, name: str) -> int:
-    from registry.schema import BaseModel
-
-    with registry.session() as session:
-        row = BaseModel(
-            name=name,
-            source="local",
-            location=f"/models/{name}",
-            revision=None,
-            fingerprint=fingerprint,
-            architecture="LlamaForCausalLM",
-            model_type="llama",
-            num_layers=1,
-            hidden_size=4,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
-
-
 def _expert(
     registry,
     name: str,
@@ -173,8 +154,8 @@ def _expert(
 def experts():
     """Experts a, b, c of base model one; d of another base model; e of model one with other matrices."""
     with open_registry() as registry:
-        one = _base_model(registry, "1" * 64, "one")
-        two = _base_model(registry, "2" * 64, "two")
+        one = add_base_model(registry, "1" * 64, "one").id
+        two = add_base_model(registry, "2" * 64, "two").id
         zs = {
             "a": _expert(registry, "a", one, "1" * 64, seed=1, task="gsm8k"),
             "b": _expert(registry, "b", one, "1" * 64, seed=2, task="gsm8k"),

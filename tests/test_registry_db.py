@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,26 +26,13 @@ from registry import (
     StoreUnavailable,
 )
 from registry.db import translate_error
+from registry.records import values_of
 from tests.blob_data import put_data
-
-
-@pytest.fixture
-def reg(t2_home: Path) -> Iterator[Registry]:
-    with Registry.open(t2_home) as opened:
-        yield opened
+from tests.registry_support import new_base_model
 
 
 def _base_model(session: Session, fingerprint: str = "f" * 64) -> BaseModel:
-    model = BaseModel(
-        name="tiny-llama",
-        source="local",
-        location="/models/tiny",
-        fingerprint=fingerprint,
-        architecture="LlamaForCausalLM",
-        model_type="llama",
-        num_layers=2,
-        hidden_size=8,
-    )
+    model = BaseModel(**values_of(new_base_model(fingerprint), without=("config",)))
     session.add(model)
     session.flush()
     return model

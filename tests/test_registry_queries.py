@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,38 +14,15 @@ from registry.errors import ExpertNotFound, NameTaken
 from registry.queries import base_models, decompositions, evaluations, experts, runs
 from registry.records import (
     BaseModelRecord,
+    DecompositionRecord,
     ExpertRecord,
     MatrixRecord,
-    NewBaseModel,
     NewEvaluation,
     NewExpert,
     ParentLink,
 )
 from t2cli.tasks.dispatch_task import category_experts
-
-
-@pytest.fixture
-def reg(t2_home: Path) -> Iterator[Registry]:
-    with Registry.open(t2_home) as opened:
-        yield opened
-
-
-def _base(reg: Registry, fingerprint: str = "f" * 64, name: str = "tiny-llama") -> BaseModelRecord:
-    return base_models.get_or_add(
-        reg,
-        NewBaseModel(
-            name=name,
-            source="local",
-            location=f"/models/{name}",
-            revision=None,
-            fingerprint=fingerprint,
-            architecture="LlamaForCausalLM",
-            model_type="llama",
-            num_layers=2,
-            hidden_size=8,
-            config={"model_type": "llama", "num_hidden_layers": 2},
-        ),
-    )
+from tests.registry_support import add_base_model
 
 
 def _blob(reg: Registry, tmp_path: Path, content: bytes) -> BlobInfo:
@@ -84,24 +60,24 @@ def _add(
 
 
 def test_base_model_is_added_once_per_fingerprint_and_reads_back(reg: Registry) -> None:
-    first = _base(reg)
-    again = _base(reg, name="another-name")  # same weights: the registered row, not a second one
+    first = add_base_model(reg)
+    again = add_base_model(reg, name="another-name")  # same weights: the registered row, not a second one
     assert again == first
     assert first.name == "tiny-llama" and first.config == {"model_type": "llama", "num_hidden_layers": 2}
     assert base_models.by_fingerprint(reg, "f" * 64) == first
     assert base_models.by_id(reg, first.id) == first
     assert base_models.by_fingerprint(reg, "0" * 64) is None
-    other = _base(reg, "e" * 64, "other")
+    other = add_base_model(reg, "e" * 64, "other")
     assert [b.id for b in base_models.all_base_models(reg)] == [first.id, other.id]
 
 
 def test_records_are_frozen(reg: Registry) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        _base(reg).name = "x"  # type: ignore[misc]
+        add_base_model(reg).name = "x"  # type: ignore[misc]
 
 
 def test_expert_round_trip(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     expert_id = _add(reg, tmp_path, base, "math-v1", category="math")
     record = experts.get(reg, "math-v1")
     assert isinstance(record, ExpertRecord)
@@ -117,7 +93,7 @@ def test_expert_round_trip(reg: Registry, tmp_path: Path) -> None:
 
 
 def test_adding_a_taken_name_is_refused_unless_replacing(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     _add(reg, tmp_path, base, "a", task="math")
     with pytest.raises(NameTaken, match="an expert named 'a' already exists"):
         _add(reg, tmp_path, base, "a", task="code")
@@ -127,7 +103,7 @@ def test_adding_a_taken_name_is_refused_unless_replacing(reg: Registry, tmp_path
 
 
 def test_parents_are_linked_and_a_missing_parent_is_refused(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     a, b = _add(reg, tmp_path, base, "a"), _add(reg, tmp_path, base, "b")
     mix = _add(
         reg,
@@ -148,7 +124,7 @@ def test_parents_are_linked_and_a_missing_parent_is_refused(reg: Registry, tmp_p
 
 
 def test_remove_refuses_a_parent_then_removes_in_order(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     _add(reg, tmp_path, base, "a")
     _add(reg, tmp_path, base, "mix", kind="mixture", parents=(ParentLink("a", 1.0, "mixed"),))
     with pytest.raises(RegistryError, match="expert 'a' is a parent of mix"):
@@ -162,7 +138,7 @@ def test_remove_refuses_a_parent_then_removes_in_order(reg: Registry, tmp_path: 
 
 
 def test_latest_for_task_is_the_newest_non_mixture_of_that_base(reg: Registry, tmp_path: Path) -> None:
-    base, other = _base(reg), _base(reg, "e" * 64, "other")
+    base, other = add_base_model(reg), add_base_model(reg, "e" * 64, "other")
     _add(reg, tmp_path, base, "math-old")
     _add(reg, tmp_path, base, "math-new")
     _add(reg, tmp_path, base, "math-mix", kind="mixture")  # newer, but a mixture
@@ -175,7 +151,7 @@ def test_latest_for_task_is_the_newest_non_mixture_of_that_base(reg: Registry, t
 
 
 def test_experts_by_base_model_and_fingerprint_oldest_first(reg: Registry, tmp_path: Path) -> None:
-    base, other = _base(reg), _base(reg, "e" * 64, "other")
+    base, other = add_base_model(reg), add_base_model(reg, "e" * 64, "other")
     for name, owner in (("x", base), ("y", other), ("z", base)):
         _add(reg, tmp_path, owner, name)
     assert [e.name for e in experts.of_base_model(reg, base.id)] == ["x", "z"]
@@ -186,7 +162,7 @@ def test_experts_by_base_model_and_fingerprint_oldest_first(reg: Registry, tmp_p
 
 
 def test_category_experts_skip_mixtures_other_and_dispatch_latest_wins(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     _add(reg, tmp_path, base, "math-old", category="math")
     _add(reg, tmp_path, base, "math-new", category="math")
     _add(reg, tmp_path, base, "code-v1", task="code", category="code")
@@ -200,29 +176,22 @@ def test_category_experts_skip_mixtures_other_and_dispatch_latest_wins(reg: Regi
 
 
 def test_decomposition_matrices_round_trip(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
-    dec = decompositions.get_or_add(
-        reg,
-        base_model_id=base.id,
-        targets_spec="mlp",
-        targets_key="k" * 64,
-        dtype="float32",
-        method="m",
-        num_matrices=2,
-    )
-    assert (dec.status, dec.stored_matrices, dec.num_matrices) == ("partial", 0, 2)
-    assert (
-        decompositions.get_or_add(
+    base = add_base_model(reg)
+
+    def get_or_add(spec: str, key: str, num_matrices: int) -> DecompositionRecord:
+        return decompositions.get_or_add(
             reg,
             base_model_id=base.id,
-            targets_spec="mlp",
-            targets_key="k" * 64,
+            targets_spec=spec,
+            targets_key=key,
             dtype="float32",
             method="m",
-            num_matrices=2,
+            num_matrices=num_matrices,
         )
-        == dec
-    )
+
+    dec = get_or_add("mlp", "k" * 64, 2)
+    assert (dec.status, dec.stored_matrices, dec.num_matrices) == ("partial", 0, 2)
+    assert get_or_add("mlp", "k" * 64, 2) == dec
     blobs = [_blob(reg, tmp_path, b"one"), _blob(reg, tmp_path, b"three")]
     rows = [
         MatrixRecord("model.layers.0.mlp.up_proj", 0, "mlp.up", 4, 3, 3, blobs[0].sha256, 1e-7, 0.5),
@@ -238,15 +207,7 @@ def test_decomposition_matrices_round_trip(reg: Registry, tmp_path: Path) -> Non
     done = decompositions.find_complete(reg, base.fingerprint, "k" * 64)
     assert done is not None and done.id == dec.id and done.status == "complete" and done.seconds == 2.5
     assert done.stored_matrices == 2 and done.size_bytes == 8
-    other = decompositions.get_or_add(
-        reg,
-        base_model_id=base.id,
-        targets_spec="all",
-        targets_key="a" * 64,
-        dtype="float32",
-        method="m",
-        num_matrices=4,
-    )
+    other = get_or_add("all", "a" * 64, 4)
     reusable = decompositions.reusable_matrices(
         reg, base_model_id=base.id, dtype="float32", other_than=other.id, names={"model.layers.0.mlp.up_proj", "x"}
     )
@@ -263,7 +224,7 @@ def test_decomposition_matrices_round_trip(reg: Registry, tmp_path: Path) -> Non
 
 
 def test_evaluations_of_expert_and_of_base_weights(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     expert_id = _add(reg, tmp_path, base, "math-v1")
 
     def evaluate(expert: int | None, n: int, accuracy: float) -> int:
@@ -281,7 +242,7 @@ def test_evaluations_of_expert_and_of_base_weights(reg: Registry, tmp_path: Path
 
 
 def test_run_lifecycle(reg: Registry, tmp_path: Path) -> None:
-    base = _base(reg)
+    base = add_base_model(reg)
     runs.start(
         reg, run_id="run-1", base_model_id=base.id, task="math", config_json='{"name": "m"}', checkpoint_dir="/x"
     )

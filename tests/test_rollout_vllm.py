@@ -665,9 +665,9 @@ def test_training_with_vllm_rollouts_pushes_w_prime_of_the_current_z_every_step(
     from t2cli.svf.adaptable import load_adaptable
     from t2cli.tasks import get_task
     from t2cli.train.loop import TrainConfig, train
-    from tests.test_distributed import _write_task
+    from tests.distributed_support import write_task
 
-    task = get_task(str(_write_task(tmp_path / "vowels.jsonl", "vowels")))
+    task = get_task(str(write_task(tmp_path / "vowels.jsonl", "vowels")))
     # Canned completions: a vowel (correct) for even seeds, a digit otherwise, so groups get mixed rewards.
     fake_vllm.respond = lambda ids, params: [14 if (params.seed or 0) % 2 == 0 else 5, EOS]
     config = TrainConfig(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +20,12 @@ import torch
 
 from t2cli.home import open_registry
 from t2cli.runtime.distributed import Dist
-from tests.test_distributed import (
-    LAUNCH_TIMEOUT_S,
-    Z_TOLERANCE,
-    _args,
-    _env,
-    _free_port,
-    _max_diff,
-    _spawn,
-    _write_task,
+from tests.distributed_support import (
+    assert_resumes_in_one_process,
     assert_same_training,
+    torchrun,
+    train_args,
+    write_task,
 )
 
 
@@ -52,7 +47,7 @@ def one_rank_group(request: pytest.FixtureRequest) -> Iterator[Dist]:
     dist = Dist(rank=0, world_size=1, device="cpu" if request.param == "cpu" else "cuda:0")
     if request.param == "cuda":
         torch.cuda.set_device(0)
-    td.init_process_group(dist.backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    td.init_process_group(dist.backend, store=td.HashStore(), rank=0, world_size=1)  # one rank: no port to bind
     try:
         yield dist
     finally:
@@ -187,15 +182,6 @@ def test_z_one_composes_w_bit_for_bit_and_non_finite_weights_are_refused(
 # --------------------------------------------------------------------------- two ranks
 
 
-def _torchrun(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "t2cli"]
-    done = subprocess.run(
-        launch + args + ["--json"], capture_output=True, text=True, env=_env(home), cwd=cwd, timeout=LAUNCH_TIMEOUT_S
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
 def _compare_runs(two: subprocess.CompletedProcess, one_home: Path, two_home: Path, single_output: str) -> dict:
     result2, result1 = json.loads(two.stdout.splitlines()[-1]), json.loads(single_output.splitlines()[-1])
     assert_same_training(result2, result1, two_home, one_home)
@@ -209,17 +195,17 @@ def test_two_fsdp_ranks_with_sampled_rollouts_train_the_z_of_one_process(
 
     from t2cli.cli.app import app
 
-    task = _write_task(tmp_path / "vowels.jsonl", "vowels")
+    task = write_task(tmp_path / "vowels.jsonl", "vowels")
     # 5 prompts split 2 + 3 and sampled rollouts of uneven lengths: the ranks pad their generate
     # calls and loss micro-batches so that every FSDP collective is met.
-    args = _args(
+    args = train_args(
         task,
         tiny_llama,
         "fsdp",
         **{"prompts-per-step": 5, "temperature": 1.0, "max-new-tokens": 6, "micro-batch": 3, "gen-batch": 4},
     )
     two_home = tmp_path / "home-fsdp"
-    two = _torchrun(args + ["--shard", "fsdp"], two_home, tmp_path)
+    two = torchrun(args + ["--shard", "fsdp"], two_home, tmp_path)
     assert "FSDP-sharded model: 2 processes (gloo)" in two.stderr
     single = CliRunner().invoke(app, args + ["--json"])
     assert single.exit_code == 0, single.output
@@ -240,9 +226,9 @@ def test_two_fsdp_ranks_with_a_kl_penalty_biases_and_gathered_rollouts_train_the
 
     from t2cli.cli.app import app
 
-    task = _write_task(tmp_path / "sums.jsonl", "sums")
+    task = write_task(tmp_path / "sums.jsonl", "sums")
     # Qwen2 has q/k/v biases; the KL reference forward gathers W per matrix on every rank.
-    args = _args(
+    args = train_args(
         task,
         tiny_model_dirs["qwen2"],
         "fsdp-kl",
@@ -250,7 +236,7 @@ def test_two_fsdp_ranks_with_a_kl_penalty_biases_and_gathered_rollouts_train_the
     )
     two_home = tmp_path / "home-fsdp"
     # --fsdp-gather-rollouts: rollouts and validation on the model gathered once per block
-    two = _torchrun(args + ["--shard", "fsdp", "--fsdp-gather-rollouts"], two_home, tmp_path)
+    two = torchrun(args + ["--shard", "fsdp", "--fsdp-gather-rollouts"], two_home, tmp_path)
     single = CliRunner().invoke(app, args + ["--json"])
     assert single.exit_code == 0, single.output
     result = _compare_runs(two, t2_home, two_home, single.stdout)
@@ -258,43 +244,7 @@ def test_two_fsdp_ranks_with_a_kl_penalty_biases_and_gathered_rollouts_train_the
 
 
 def test_an_fsdp_checkpoint_resumes_in_one_unsharded_process(tiny_llama: Path, tmp_path: Path, t2_home: Path) -> None:
-    from safetensors.torch import load_file
-
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.tasks import get_task
-    from t2cli.train.loop import TrainConfig, find_resumable_run, train
-
-    task_path = _write_task(tmp_path / "vowels.jsonl", "vowels")
-    config = dict(
-        task=str(task_path),
-        name="resumed",
-        steps=3,
-        prompts_per_step=5,
-        samples_per_prompt=3,
-        eval_every=1,
-        valid_size=5,
-        max_new_tokens=4,
-        micro_batch=4,
-        gen_batch=4,
-        lr=0.05,
-        temperature=1.0,
-        device="cpu",
-        seed=5,
-    )
-    _spawn(2, str(t2_home), str(task_path), str(tiny_llama), {**config, "shard": "fsdp"})
-
-    task = get_task(str(task_path))
-    with open_registry() as registry:
-        run_id = find_resumable_run(registry, "resumed")
-        assert run_id is not None
-        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")
-        resumed = train(registry, adaptable, task, TrainConfig(**config), resume_run=run_id)
-        clean = train(registry, adaptable, task, TrainConfig(**{**config, "name": "clean"}))
-    assert [m.reward for m in resumed.history] == [m.reward for m in clean.history]
-    checkpoints = {path.parent.name: path for path in (t2_home / "runs").glob("*/checkpoint.safetensors")}
-    resumed_z, clean_z = load_file(str(checkpoints[run_id])), load_file(str(checkpoints[clean.run_id]))
-    assert max(float((v - 1).abs().max()) for k, v in clean_z.items() if k.startswith("z/")) > 1e-3
-    assert _max_diff(resumed_z, clean_z, "z/") < Z_TOLERANCE
+    assert_resumes_in_one_process(tiny_llama, tmp_path, t2_home, shard="fsdp")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -305,12 +255,12 @@ def test_fsdp_in_one_process_and_unknown_shardings_are_refused(tiny_llama: Path,
 
     from t2cli.cli.app import app
 
-    task = _write_task(tmp_path / "sums.jsonl", "sums")
-    alone = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "fsdp"])
+    task = write_task(tmp_path / "sums.jsonl", "sums")
+    alone = CliRunner().invoke(app, train_args(task, tiny_llama, "x") + ["--shard", "fsdp"])
     assert alone.exit_code == 1
     assert "--shard fsdp splits the model over several processes" in alone.output
     assert "torchrun" in alone.output
-    unknown = CliRunner().invoke(app, _args(task, tiny_llama, "x") + ["--shard", "zero3"])
+    unknown = CliRunner().invoke(app, train_args(task, tiny_llama, "x") + ["--shard", "zero3"])
     assert unknown.exit_code == 2 and "unknown --shard 'zero3'" in unknown.output
     assert not (Path(os.environ["T2_HOME"]) / "runs").exists() or not any(
         (Path(os.environ["T2_HOME"]) / "runs").iterdir()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from registry.records import BaseModelRecord, NewBaseModel
+from registry.records import BaseModelRecord, NewBaseModel, from_attributes, values_of
 from registry.schema import BaseModel, Expert
 
 if TYPE_CHECKING:
@@ -15,19 +15,7 @@ if TYPE_CHECKING:
 
 
 def _record(row: BaseModel) -> BaseModelRecord:
-    return BaseModelRecord(
-        id=row.id,
-        name=row.name,
-        source=row.source,
-        location=row.location,
-        revision=row.revision,
-        fingerprint=row.fingerprint,
-        architecture=row.architecture,
-        model_type=row.model_type,
-        num_layers=row.num_layers,
-        hidden_size=row.hidden_size,
-        config=json.loads(row.config_json or "{}"),
-    )
+    return from_attributes(BaseModelRecord, row, config=json.loads(row.config_json or "{}"))
 
 
 def get_or_add(registry: Registry, model: NewBaseModel) -> BaseModelRecord:
@@ -36,16 +24,7 @@ def get_or_add(registry: Registry, model: NewBaseModel) -> BaseModelRecord:
         row = session.scalars(select(BaseModel).where(BaseModel.fingerprint == model.fingerprint)).first()
         if row is None:
             row = BaseModel(
-                name=model.name,
-                source=model.source,
-                location=model.location,
-                revision=model.revision,
-                fingerprint=model.fingerprint,
-                architecture=model.architecture,
-                model_type=model.model_type,
-                num_layers=model.num_layers,
-                hidden_size=model.hidden_size,
-                config_json=json.dumps(model.config, sort_keys=True),
+                **values_of(model, without=("config",)), config_json=json.dumps(model.config, sort_keys=True)
             )
             session.add(row)
             session.flush()

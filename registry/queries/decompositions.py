@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
-from registry.records import DecompositionRecord, MatrixRecord, MatrixSummary
+from registry.records import DecompositionRecord, MatrixRecord, MatrixSummary, from_attributes
 from registry.schema import BaseModel, Blob, Decomposition, DecompositionMatrix
 
 if TYPE_CHECKING:
@@ -21,20 +21,7 @@ def _record(session: Session, row: Decomposition) -> DecompositionRecord:
     stored = session.scalar(
         select(func.count(DecompositionMatrix.id)).where(DecompositionMatrix.decomposition_id == row.id)
     )
-    return DecompositionRecord(
-        id=row.id,
-        base_model_id=row.base_model_id,
-        targets_spec=row.targets_spec,
-        targets_key=row.targets_key,
-        dtype=row.dtype,
-        method=row.method,
-        status=row.status,
-        num_matrices=row.num_matrices,
-        stored_matrices=int(stored or 0),
-        size_bytes=row.size_bytes or 0,
-        max_rel_error=row.max_rel_error,
-        seconds=row.seconds,
-    )
+    return from_attributes(DecompositionRecord, row, stored_matrices=int(stored or 0), size_bytes=row.size_bytes or 0)
 
 
 def get_or_add(

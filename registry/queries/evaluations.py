@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from registry.records import EvaluationRecord, NewEvaluation
+from registry.records import EvaluationRecord, NewEvaluation, from_attributes, values_of
 from registry.schema import Evaluation
 
 if TYPE_CHECKING:
@@ -15,39 +15,13 @@ if TYPE_CHECKING:
 
 
 def _record(row: Evaluation) -> EvaluationRecord:
-    return EvaluationRecord(
-        id=row.id,
-        base_model_id=row.base_model_id,
-        expert_id=row.expert_id,
-        task=row.task,
-        split=row.split,
-        n=row.n,
-        correct=row.correct,
-        accuracy=row.accuracy,
-        ci_low=row.ci_low,
-        ci_high=row.ci_high,
-        config=json.loads(row.config_json or "{}"),
-        seconds=row.seconds,
-        created_at=row.created_at,
-    )
+    return from_attributes(EvaluationRecord, row, config=json.loads(row.config_json or "{}"))
 
 
 def add(registry: Registry, evaluation: NewEvaluation) -> int:
     """Record one evaluation; returns its id."""
     with registry.session() as session:
-        row = Evaluation(
-            base_model_id=evaluation.base_model_id,
-            expert_id=evaluation.expert_id,
-            task=evaluation.task,
-            split=evaluation.split,
-            n=evaluation.n,
-            correct=evaluation.correct,
-            accuracy=evaluation.accuracy,
-            ci_low=evaluation.ci_low,
-            ci_high=evaluation.ci_high,
-            seconds=evaluation.seconds,
-            config_json=json.dumps(evaluation.config),
-        )
+        row = Evaluation(**values_of(evaluation, without=("config",)), config_json=json.dumps(evaluation.config))
         session.add(row)
         session.flush()
         return row.id

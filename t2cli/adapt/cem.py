@@ -36,7 +36,13 @@ from t2cli.experts.mixing import (
     role_groups,
     stack_experts,
 )
-from t2cli.svf.expert import base_model_argument, check_base_model
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.resolve import resolve_model
+from t2cli.runtime.generation import completion_logprobs, generate, prepare_tokenizer
+from t2cli.svf.expert import base_model_argument, check_base_model, load_expert, register_expert
+from t2cli.tasks import get_task, task_names
+from t2cli.tasks.custom import load_task_file
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -166,7 +172,7 @@ def cem_search(
                 on_candidate(generation, index)
         candidates = list(zip(samples, scores))
         generation_best = max(scores, key=_sort_key)
-        if best_alpha is not None and not config.reevaluate_best:
+        if best_alpha is not None and best_score is not None and not config.reevaluate_best:
             candidates.append((best_alpha, best_score))
         # Stable sort: among equal fitness the earlier candidate wins (the previous best is last).
         ranked = sorted(candidates, key=lambda c: _sort_key(c[1]), reverse=True)
@@ -227,8 +233,6 @@ def fewshot_fitness(
     Generation and scoring of the gold answers run under one ``svf.adapted`` block:
     z is composed once, and the base weights are back when this returns or raises.
     """
-    from t2cli.runtime.generation import completion_logprobs, generate, prepare_tokenizer
-
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
     prompts = task.prompts(tokenizer, items)
     golds = gold_texts(task, items)
@@ -284,11 +288,6 @@ def resolve_experts(
     Named experts bring their own base model when ``model`` is None. The experts are
     checked for mixability here, before any model is loaded.
     """
-    from t2cli.models.hashing import HashCache
-    from t2cli.models.identity import model_identity
-    from t2cli.models.resolve import resolve_model
-    from t2cli.svf.expert import load_expert
-
     if names is not None:
         names = [n.strip() for n in names if n.strip()]
         if not names:
@@ -325,24 +324,23 @@ def resolve_shots(task: str | None, fewshot: str | None, shots: int | None, seed
     With both, the file gives the items and T only names the task the mixture is for
     (a known task's system prompt is used; an unknown name is a new label).
     """
-    from t2cli.tasks import get_task, task_names
-    from t2cli.tasks.custom import load_task_file
-
     if task is None and fewshot is None:
         raise UsageError("give --task TASK or --fewshot FILE.jsonl", "e.g. t2 adapt --task arc-challenge")
     if fewshot is None:
+        if task is None:
+            raise UsageError("give --task TASK or --fewshot FILE.jsonl", "e.g. t2 adapt --task arc-challenge")
         named = get_task(task)
         split = "train" if named.split("train") else "valid"
         return ShotPlan(named, named.name, select_shots(named, shots, seed), f"task {named.name} ({split} split)", task)
     file_task = load_task_file(Path(fewshot).expanduser())
-    known = task is not None and task.strip().lower() in task_names()
+    known = task if task is not None and task.strip().lower() in task_names() else None
     label = canonical_task_name(task) if task is not None else file_task.name
     return ShotPlan(
-        get_task(task) if known else file_task,
+        get_task(known) if known is not None else file_task,
         label,
         select_shots(file_task, shots, seed, whole_file=True),
         f"file {fewshot}",
-        task if known else fewshot,
+        known if known is not None else fewshot,
     )
 
 
@@ -425,8 +423,6 @@ def adapt(
     Nothing is written before the search has finished; the model's base weights are
     restored after every fitness evaluation and when this returns or raises.
     """
-    from t2cli.svf.expert import register_expert
-
     say = on_message or (lambda message: None)
     started = time.perf_counter()
     if not items:
@@ -476,6 +472,8 @@ def adapt(
 
     alpha = result.best_alpha.reshape(shape)
     z = {name: vector.detach().to("cpu", torch.float32) for name, vector in mixed(result.best_alpha).items()}
+    if not isinstance(result.best_fitness, tuple):  # score() returns a FewShotScore
+        raise TypeError(f"CEM fitness {result.best_fitness!r} is not an (accuracy, log-likelihood) pair")
     fitness = FewShotScore(*result.best_fitness)
     shot_ids = [item.id for item in items]
     alphas_shown = ", ".join(
@@ -556,8 +554,6 @@ def _stats_json(stats: GenerationStats) -> dict[str, Any]:
 
 def canonical_task_name(task: str) -> str:
     """The name a mixture is registered under: a task's canonical name (aliases resolved) or a file's stem."""
-    from t2cli.tasks import get_task, task_names
-
     if task.strip().lower() in task_names():
         return get_task(task).name
     if task.lower().endswith(".jsonl"):

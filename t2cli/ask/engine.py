@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -37,8 +37,17 @@ from t2cli.ask.strategies import (
     run_dispatch,
 )
 from t2cli.errors import T2Error, UsageError
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.load import load_tokenizer
+from t2cli.models.resolve import resolve_model
+from t2cli.runtime.generation import completion_length, decoding, end_token_ids, prepare_tokenizer, render_prompt
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import load_expert
 
 if TYPE_CHECKING:
+    from transformers import GenerationMixin
+
     from registry import Registry
     from t2cli.svf.adaptable import Adaptable
 
@@ -131,9 +140,9 @@ def read_prompts(data: bytes, source: str) -> list[str]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line_no = data[: exc.start].count(b"\n") + 1
         raise AskError(
-            f"{source} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line})",
+            f"{source} is not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line_no})",
             "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`)",
         ) from None
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -204,28 +213,22 @@ def stream_generate(
     adaptable: Adaptable, prompt: str, *, max_new_tokens: int, temperature: float, on_text: TextCallback | None
 ) -> tuple[str, int]:
     """Answer one prompt (chat template applied) with the weights currently applied; returns (text, tokens)."""
-    from t2cli.runtime.generation import end_token_ids, prepare_tokenizer, render_prompt
-
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
     model = adaptable.model
     end_ids = end_token_ids(model, tokenizer)
     device = next(model.parameters()).device
     enc = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False).to(device)
     streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None
-    sampling = temperature > 0
-    out = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=None,
-        top_k=None,
-        pad_token_id=tokenizer.pad_token_id,
-        streamer=streamer,
+    # A causal LM: PreTrainedModel itself declares no generate().
+    out = cast("GenerationMixin", model).generate(
+        **enc, **decoding(tokenizer, temperature), max_new_tokens=max_new_tokens, streamer=streamer
     )
     generated = out[0, enc["input_ids"].shape[1] :].tolist()
-    cut = next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
-    return tokenizer.decode(generated[:cut], skip_special_tokens=True), cut
+    cut = completion_length(generated, end_ids)
+    text = tokenizer.decode(generated[:cut], skip_special_tokens=True)
+    if not isinstance(text, str):  # one sequence decodes to one text (transformers annotates both modes at once)
+        raise TypeError(f"decoding the answer gave {type(text).__name__}, not text")
+    return text, cut
 
 
 # --------------------------------------------------------------------------- the engine
@@ -286,8 +289,6 @@ class Asker:
 
     def check_prompt(self, prompt: str, where: str = "the prompt") -> int:
         """Refuse an empty prompt or one that does not fit the context window; returns its token count."""
-        from t2cli.runtime.generation import render_prompt
-
         check_prompt_text(prompt, where)
         tokenizer = self.prepared.tokenizer
         n = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
@@ -304,8 +305,6 @@ class Asker:
     def load(self) -> Adaptable:
         """The loaded model (loaded, and decomposed if needed, on the first call)."""
         if self._adaptable is None:
-            from t2cli.svf.adaptable import load_adaptable
-
             adaptable = load_adaptable(
                 self.registry,
                 self.model,
@@ -383,8 +382,6 @@ class Asker:
 
     def _expert_z(self, name: str) -> dict[str, torch.Tensor]:
         if name not in self._z:
-            from t2cli.svf.expert import load_expert
-
             self._z[name] = load_expert(self.registry, name).z
         return self._z[name]
 
@@ -401,11 +398,6 @@ def prepare_model(registry: Registry, model: str | None, adaptable: Adaptable | 
             adaptable.base_model_id,
             adaptable.identity.num_layers,
         )
-    from t2cli.models.hashing import HashCache
-    from t2cli.models.identity import model_identity
-    from t2cli.models.load import load_tokenizer
-    from t2cli.models.resolve import resolve_model
-
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     config = identity.config

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from registry.queries import evaluations
-from registry.records import NewEvaluation
+from t2cli.ask.engine import Asker, AskSettings
 from t2cli.errors import T2Error
-from t2cli.eval.accuracy import EvalResult, make_result
+from t2cli.eval.accuracy import EvalResult, make_result, record_evaluation
 from t2cli.runtime.generation import generate
 
 if TYPE_CHECKING:
@@ -54,8 +53,6 @@ def evaluate_strategy(
     record: bool = True,
 ) -> StrategyEvalResult:
     """Dispatch each item with ``strategy``, answer each group of items batched, score, and store the result."""
-    from t2cli.ask.engine import Asker, AskSettings
-
     items = task.split(split)[:limit] if limit else task.split(split)
     if not items:
         raise T2Error(f"task {task.name} has no {split} items", "pick another --split")
@@ -146,29 +143,20 @@ def _record(
     max_new_tokens,
     router_settings: dict | None = None,
 ) -> None:
-    evaluations.add(
+    record_evaluation(
         registry,
-        NewEvaluation(
-            base_model_id=base_model_id,
-            expert_id=None,
-            task=result.task,
-            split=result.split,
-            n=result.n,
-            correct=result.correct,
-            accuracy=result.accuracy,
-            ci_low=result.ci_low,
-            ci_high=result.ci_high,
-            seconds=result.seconds,
-            config={
-                "strategy": result.strategy,
-                "pass1": result.pass1,
-                "router": router_settings,
-                "routing": result.routing,
-                "limit": limit,
-                "batch_size": batch_size,
-                "decoding": "greedy",
-                "max_new_tokens": max_new_tokens,
-                "dispatch_seconds": result.dispatch_seconds,
-            },
-        ),
+        result,
+        base_model_id=base_model_id,
+        expert_id=None,
+        config={
+            "strategy": result.strategy,
+            "pass1": result.pass1,
+            "router": router_settings,
+            "routing": result.routing,
+            "limit": limit,
+            "batch_size": batch_size,
+            "decoding": "greedy",
+            "max_new_tokens": max_new_tokens,
+            "dispatch_seconds": result.dispatch_seconds,
+        },
     )

@@ -23,6 +23,7 @@ so every look-up error comes before anything is loaded or decomposed.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import time
@@ -34,13 +35,15 @@ import torch
 
 from registry.queries import experts as expert_rows
 from registry.records import ExpertRecord
+from t2cli.adapt.cem import latest_cem_mixture
 from t2cli.errors import T2Error, UsageError
 from t2cli.experts.catalog import find_expert
 from t2cli.models.resolve import model_argument
 from t2cli.router.features import prompt_features
 from t2cli.router.model import Router, soft_weights
 from t2cli.router.store import find_router, load_router, stale_reason
-from t2cli.svf.expert import ExpertConfig
+from t2cli.runtime.generation import generate, render_prompt
+from t2cli.svf.expert import ExpertConfig, load_expert
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
     DISPATCH_MAX_NEW_TOKENS,
@@ -156,14 +159,14 @@ def parse_strategy(spec: str) -> tuple[StrategyInfo, str | None]:
     valid = ", ".join(strategy_names())
     if info is None:
         raise StrategyUsageError(f"unknown strategy {spec!r}", f"use one of: {valid}")
-    arg = arg.strip() or None
-    if info.takes_arg and arg is None:
+    value = arg.strip() or None
+    if info.takes_arg and value is None:
         raise StrategyUsageError(
             f"strategy {info.name!r} needs a name: --strategy {info.usage}", f"use one of: {valid}"
         )
     if not info.takes_arg and sep:
         raise StrategyUsageError(f"strategy {info.name!r} takes no argument (got {spec!r})", f"use one of: {valid}")
-    return info, arg
+    return info, value
 
 
 def build_dispatcher(ctx: DispatchContext, spec: str) -> Dispatcher:
@@ -204,8 +207,6 @@ def _latest_expert(registry: Registry, base_model_id: int | None, *, task: str) 
 
 def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None) -> str | None:
     """The latest CEM mixture registered for ``task`` (its name or alias) on this base model."""
-    from t2cli.adapt.cem import latest_cem_mixture
-
     return None if base_model_id is None else latest_cem_mixture(registry, task, base_model_id)
 
 
@@ -219,8 +220,6 @@ def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[st
     ``parse_category`` reads nothing after it, so the answer means the same and pass 1
     does not pay for the words a small model adds after its box.
     """
-    from t2cli.runtime.generation import generate, render_prompt
-
     text = render_prompt(adaptable.tokenizer, message)
     stop = (lambda so_far: boxed_category(so_far, categories) is not None) if categories else None
     gens = generate(
@@ -252,8 +251,6 @@ def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, 
     question and the template's tail differ. The split is used only when tokenizing the
     prefix alone gives exactly the first tokens of the whole text (else nothing is cached).
     """
-    import copy
-
     cut = text.rfind(_QUESTION_MARK)
     if cache is None or cut < 0:
         return None, 0
@@ -285,8 +282,6 @@ def score_categories(
     instructions are prefilled once per set of weights and only the question is prefilled
     per prompt. Every name gets a score: nothing to parse, and no fallback is needed.
     """
-    from t2cli.runtime.generation import render_prompt
-
     model, tokenizer = adaptable.model, adaptable.tokenizer
     device = next(model.parameters()).device
     text = render_prompt(tokenizer, message) + ANSWER_PREFIX
@@ -321,8 +316,6 @@ def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, s
     The category is usually clear from the start of a prompt; the cut never goes
     below ``MIN_QUESTION_TOKENS``.
     """
-    from t2cli.runtime.generation import render_prompt
-
     if ctx.context_limit is None:
         return question, None
     budget = ctx.context_limit - DISPATCH_MAX_NEW_TOKENS
@@ -334,7 +327,10 @@ def fit_question(ctx: DispatchContext, question: str, categories: Mapping[str, s
     keep = max(len(ids) - overflow, MIN_QUESTION_TOKENS)
     if keep >= len(ids):
         return question, None
-    return ctx.tokenizer.decode(ids[:keep], skip_special_tokens=True), keep
+    kept = ctx.tokenizer.decode(ids[:keep], skip_special_tokens=True)
+    if not isinstance(kept, str):  # one sequence decodes to one text (transformers annotates both modes at once)
+        raise TypeError(f"decoding the question gave {type(kept).__name__}, not text")
+    return kept, keep
 
 
 def _quote(text: str, limit: int = 80) -> str:
@@ -349,6 +345,7 @@ def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], 
     names = [*categories, OTHER]
     message = classification_prompt(question, categories)
     cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
+    found: str | None
     if ctx.pass1 == "score":
         scores = score_categories(ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache)
         found = max(names, key=lambda name: scores[name])  # ties: the first listed
@@ -426,8 +423,6 @@ def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     z: dict[str, torch.Tensor] = {}
 
     def run(prompt: str) -> Dispatch:
-        from t2cli.svf.expert import load_expert
-
         if not z:
             z.update(load_expert(ctx.registry, name).z)
         svf = ctx.adaptable().svf

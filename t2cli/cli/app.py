@@ -12,14 +12,36 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from t2cli import __version__
+from t2cli.cli.commands import (
+    adapt,
+    ask,
+    db,
+    decompose,
+    evaluate,
+    experts,
+    mix,
+    models,
+    router,
+    runs,
+    share,
+    tasks,
+    train,
+    transfer,
+)
 from t2cli.cli.console import err
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
+
+if TYPE_CHECKING:
+    # What TyperGroup.invoke receives: the vendored click's Context, which typer.Context subclasses
+    # (Typer exports only the subclass). A name for the type checker only.
+    from typer._click import Context as ClickContext
 
 
 def _debug() -> bool:
@@ -28,8 +50,6 @@ def _debug() -> bool:
 
 def report_error(message: str, hint: str | None) -> None:
     """Print one error line (and a hint line) on stderr; the texts are shown verbatim (no Rich markup)."""
-    from rich.markup import escape
-
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     if hint:
         err.print(f"[dim]hint:[/] {escape(hint)}", markup=True, highlight=False)
@@ -39,8 +59,7 @@ class CommandGroup(TyperGroup):
     """A command group whose unknown sub-command is a one-line usage error with a "did you mean"."""
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # ctx: the click Context Typer vendors
-        from t2cli.errors import UsageError
-        from t2cli.svf.names import did_you_mean
+        from t2cli.svf.names import did_you_mean  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
 
         name = args[0] if args else ""
         if args and self.get_command(ctx, name) is None and not ctx.resilient_parsing and not name.startswith("-"):
@@ -81,7 +100,7 @@ class T2Group(CommandGroup):
             sys.exit(exc.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own exits and usage errors
@@ -147,23 +166,6 @@ def _root(
 
 
 def _register_commands() -> None:
-    from t2cli.cli.commands import (
-        adapt,
-        ask,
-        db,
-        decompose,
-        evaluate,
-        experts,
-        mix,
-        models,
-        router,
-        runs,
-        share,
-        tasks,
-        train,
-        transfer,
-    )
-
     decompose.register(app)
     train.register(app)
     evaluate.register(app)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+from typing import Any
 
+import typer
 from rich.console import Console
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
+from rich.progress import Progress
 
 # Results go to stdout; errors, warnings and progress to stderr so `--json` output stays clean.
 out = Console(highlight=False, soft_wrap=True)
@@ -29,15 +29,9 @@ def progress_bar(*columns: Any, quiet: bool = False, transient: bool = False) ->
     ``quiet``: off anyway (``--json``, or not the rank that reports). Logs and pipes get no bar frames;
     commands that run long print one plain line per step instead.
     """
-    from rich.progress import Progress
-
     return Progress(*columns, console=err, disable=quiet or not err.is_terminal, transient=transient)
 
 
 def print_json(value: Any) -> None:
     """``--json`` output: one JSON object on one line of stdout (a stream prints one such line per event)."""
-    import json
-
-    import typer
-
     typer.echo(json.dumps(value, default=str, ensure_ascii=False))

@@ -15,12 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
+from t2cli.cli.console import err
+
 
 def complete_experts(incomplete: str) -> list[str]:
     """Registered expert names that start with ``incomplete`` (none when the registry cannot be read)."""
     try:
-        from t2cli.experts.catalog import list_experts
-        from t2cli.home import open_registry
+        from t2cli.experts.catalog import list_experts  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+        from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
         with open_registry() as registry:
             return [e.name for e in list_experts(registry) if e.name.startswith(incomplete)]
@@ -30,14 +32,14 @@ def complete_experts(incomplete: str) -> list[str]:
 
 def complete_tasks(incomplete: str) -> list[str]:
     """Task names and aliases that start with ``incomplete``."""
-    from t2cli.tasks import task_names
+    from t2cli.tasks import task_names  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     return [n for n in task_names() if n.startswith(incomplete.lower())]
 
 
 def complete_models(incomplete: str) -> list[str]:
     """Model aliases that start with ``incomplete`` (paths are the shell's to complete)."""
-    from t2cli.models.resolve import ALIASES
+    from t2cli.models.resolve import ALIASES  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     return [n for n in ALIASES if n.startswith(incomplete)]
 
@@ -46,7 +48,7 @@ def _check_name(value: str | None) -> str | None:
     """Parse-time check of ``--name``: the expert name rule, before anything is loaded or trained."""
     if value is None:
         return None
-    from t2cli.svf.names import check_expert_name
+    from t2cli.svf.names import check_expert_name  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
 
     return check_expert_name(value)
 
@@ -127,8 +129,6 @@ TaskOpt = Annotated[
 
 def deprecated_alias(old: str, new: str) -> None:
     """One warning line on stderr for an old option spelling that still works."""
-    from t2cli.cli.console import err
-
     err.print(f"warning: {old} is deprecated, use {new}", markup=False)
 
 

@@ -16,9 +16,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from registry.queries import base_models, decompositions
 from registry.records import BaseModelRecord, DecompositionRecord, MatrixRecord, NewBaseModel
 from t2cli.decompose.malloc import fix_mmap_threshold
+from t2cli.decompose.svd import SVD_METHODS, matrices_at_once, svd_batch
 from t2cli.errors import DecompositionError, T2Error, UsageError
 from t2cli.models.hashing import HashCache
 from t2cli.models.identity import ModelIdentity, model_identity
@@ -29,8 +33,6 @@ from t2cli.models.weights import ModuleWeights, SafetensorsWeights, WeightSource
 from t2cli.runtime.devices import resolve_device
 
 if TYPE_CHECKING:
-    import torch
-
     from registry import Registry
 
 COMPUTE_DTYPES = ("float32", "float64")
@@ -104,8 +106,6 @@ def decompose_model(
     """
     if dtype not in COMPUTE_DTYPES:
         raise UsageError(f"--svd-dtype {dtype!r} is not supported", f"use one of {', '.join(COMPUTE_DTYPES)}")
-    from t2cli.decompose.svd import SVD_METHODS, matrices_at_once
-
     if method not in SVD_METHODS:
         raise UsageError(f"unknown SVD method {method!r}", f"use one of {', '.join(SVD_METHODS)}")
     device = resolve_device(device)
@@ -351,10 +351,6 @@ def _decompose_group(
 
     The weights and factors are freed on return, before the next group is read.
     """
-    import torch
-
-    from t2cli.decompose.svd import svd_batch
-
     started = time.perf_counter()
     weights = [source.get(m.weight_name).to(device) for m in group]
     try:
@@ -390,8 +386,6 @@ def _decompose_group(
 
 def _store_factors(registry: Registry, matrix: TargetMatrix, result, dtype: str):  # -> registry.BlobInfo
     """Write U, S, Vh to a temp safetensors file and move it into the blob store."""
-    from safetensors.torch import save_file
-
     tensors = {
         "U": result.U.detach().to("cpu", copy=False).contiguous(),
         "S": result.S.detach().to("cpu", copy=False).contiguous(),
@@ -419,8 +413,6 @@ def load_factors(
     registry: Registry, decomposition_id: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """All (U, S, Vh) of a decomposition, keyed by matrix name (reads each blob once)."""
-    from safetensors.torch import load_file
-
     factors = {}
     for name, sha in factor_blobs(registry, decomposition_id).items():
         tensors = load_file(str(registry.blobs.path(sha)))

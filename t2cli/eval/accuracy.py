@@ -12,7 +12,7 @@ import torch
 
 from registry.queries import evaluations
 from registry.queries import experts as expert_rows
-from registry.records import NewEvaluation
+from registry.records import NewEvaluation, from_attributes
 from t2cli.errors import T2Error
 from t2cli.runtime.generation import generate
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from registry import Registry
     from t2cli.runtime.distributed import Dist
     from t2cli.svf.adaptable import Adaptable
+    from t2cli.svf.model import SVFLike
     from t2cli.tasks import Task, TaskItem
 
 
@@ -64,7 +65,7 @@ def make_result(
     seconds: float,
     tokens: int,
     *,
-    result_type: type[R] = EvalResult,
+    result_type: type[R],
     per_item: Sequence[dict] | None = None,
     **extra: Any,
 ) -> R:
@@ -93,7 +94,7 @@ def make_result(
 
 @torch.no_grad()
 def run_items(
-    adaptable: Adaptable,
+    adaptable: Adaptable[SVFLike],
     task: Task,
     items: Sequence[TaskItem],
     z: Mapping[str, torch.Tensor] | None,
@@ -154,7 +155,7 @@ def evaluate(
     correct, texts, seconds, tokens = run_items(
         adaptable, task, items, z, key=expert, batch_size=batch_size, on_batch=on_batch, max_new_tokens=budget
     )
-    result = make_result(task.name, split, expert, items, correct, texts, seconds, tokens)
+    result = make_result(task.name, split, expert, items, correct, texts, seconds, tokens, result_type=EvalResult)
     if record:
         _record(registry, adaptable, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
     return result
@@ -170,19 +171,20 @@ def _record(
     max_new_tokens: int,
 ) -> None:
     expert = None if result.expert is None else expert_rows.get(registry, result.expert)
+    record_evaluation(
+        registry,
+        result,
+        base_model_id=adaptable.base_model_id,
+        expert_id=None if expert is None else expert.id,
+        config={"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens},
+    )
+
+
+def record_evaluation(
+    registry: Registry, result: EvalResult, *, base_model_id: int, expert_id: int | None, config: dict[str, Any]
+) -> None:
+    """Store ``result`` as an evaluation of an expert (``expert_id`` None: the base weights) run with ``config``."""
     evaluations.add(
         registry,
-        NewEvaluation(
-            base_model_id=adaptable.base_model_id,
-            expert_id=None if expert is None else expert.id,
-            task=result.task,
-            split=result.split,
-            n=result.n,
-            correct=result.correct,
-            accuracy=result.accuracy,
-            ci_low=result.ci_low,
-            ci_high=result.ci_high,
-            seconds=result.seconds,
-            config={"limit": limit, "batch_size": batch_size, "decoding": "greedy", "max_new_tokens": max_new_tokens},
-        ),
+        from_attributes(NewEvaluation, result, base_model_id=base_model_id, expert_id=expert_id, config=config),
     )

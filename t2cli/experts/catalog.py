@@ -6,12 +6,13 @@ Plain functions over a ``Registry`` that return dataclasses; the CLI renders the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from registry.queries import base_models, decompositions, experts
 from registry.queries import evaluations as evaluation_rows
-from registry.records import EvaluationRecord, ExpertRecord
+from registry.records import BaseModelRecord, DecompositionRecord, EvaluationRecord, ExpertRecord, from_attributes
 from t2cli.svf.names import expert_not_found
 
 if TYPE_CHECKING:
@@ -19,32 +20,10 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class DecompositionInfo:
-    id: int
-    targets_spec: str
-    dtype: str
-    method: str
-    status: str
-    num_matrices: int
-    stored_matrices: int
-    size_bytes: int
-    max_rel_error: float | None
-    seconds: float | None
+class BaseModelInfo(BaseModelRecord):
+    """A registered base model with its decompositions and how many experts it has."""
 
-
-@dataclass(frozen=True)
-class BaseModelInfo:
-    id: int
-    name: str
-    source: str
-    location: str
-    revision: str | None
-    fingerprint: str
-    architecture: str
-    model_type: str
-    num_layers: int
-    hidden_size: int
-    decompositions: list[DecompositionInfo] = field(default_factory=list)
+    decompositions: list[DecompositionRecord] = field(default_factory=list)
     num_experts: int = 0
 
 
@@ -60,18 +39,10 @@ class BaseComparison:
 
 
 @dataclass(frozen=True)
-class EvaluationInfo:
+class EvaluationInfo(EvaluationRecord):
     """One evaluation of an expert, with the base weights' comparable one (None: not measured)."""
 
-    task: str
-    split: str
-    n: int
-    correct: int
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    created_at: str
-    base: BaseComparison | None
+    base: BaseComparison | None = None
 
 
 @dataclass(frozen=True)
@@ -91,37 +62,38 @@ class ExpertInfo:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+# What --json leaves out of these values: ids and keys of the registry's own, a base model's config.json
+# (`t2 models show` prints what matters of it), an evaluation's settings and time.
+_NOT_IN_JSON: dict[type, frozenset[str]] = {
+    BaseModelInfo: frozenset({"config"}),
+    DecompositionRecord: frozenset({"base_model_id", "targets_key"}),
+    EvaluationInfo: frozenset({"id", "base_model_id", "expert_id", "config", "seconds"}),
+}
+
+
+def for_json(value: Any) -> Any:
+    """``asdict`` of a catalog value (a base model, an expert) for ``--json``, less the fields of ``_NOT_IN_JSON``."""
+    if is_dataclass(value) and not isinstance(value, type):
+        hidden = _NOT_IN_JSON.get(type(value), frozenset())
+        return {f.name: for_json(getattr(value, f.name)) for f in fields(value) if f.name not in hidden}
+    if isinstance(value, list | tuple):
+        return [for_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: for_json(item) for key, item in value.items()}
+    if isinstance(value, datetime):
+        return str(value)
+    return value
+
+
 def list_base_models(registry: Registry) -> list[BaseModelInfo]:
     """Every registered base model with its decompositions and expert count."""
     counts = base_models.expert_counts(registry)
     return [
-        BaseModelInfo(
-            base.id,
-            base.name,
-            base.source,
-            base.location,
-            base.revision,
-            base.fingerprint,
-            base.architecture,
-            base.model_type,
-            base.num_layers,
-            base.hidden_size,
-            [
-                DecompositionInfo(
-                    dec.id,
-                    dec.targets_spec,
-                    dec.dtype,
-                    dec.method,
-                    dec.status,
-                    dec.num_matrices,
-                    dec.stored_matrices,
-                    dec.size_bytes,
-                    dec.max_rel_error,
-                    dec.seconds,
-                )
-                for dec in decompositions.of_base_model(registry, base.id)
-            ],
-            counts.get(base.id, 0),
+        from_attributes(
+            BaseModelInfo,
+            base,
+            decompositions=decompositions.of_base_model(registry, base.id),
+            num_experts=counts.get(base.id, 0),
         )
         for base in base_models.all_base_models(registry)
     ]
@@ -147,17 +119,7 @@ def get_expert(registry: Registry, name: str) -> ExpertInfo:
 
 def _info(registry: Registry, expert: ExpertRecord) -> ExpertInfo:
     evaluations = [
-        EvaluationInfo(
-            task=ev.task,
-            split=ev.split,
-            n=ev.n,
-            correct=ev.correct,
-            accuracy=ev.accuracy,
-            ci_low=ev.ci_low,
-            ci_high=ev.ci_high,
-            created_at=str(ev.created_at),
-            base=_base_evaluation(registry, expert.base_model_id, ev),
-        )
+        from_attributes(EvaluationInfo, ev, base=_base_evaluation(registry, expert.base_model_id, ev))
         for ev in evaluation_rows.of_expert(registry, expert.id)
     ]
     return ExpertInfo(

@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save_file
 
+from t2cli.decompose.engine import decompose_model, load_factors
 from t2cli.errors import T2Error, UsageError
+from t2cli.experts.importing import covering_decomposition, identify_model
+from t2cli.models.load import _quiet_transformers, drop_gguf_record
+from t2cli.svf.adaptable import load_adaptable
 from t2cli.svf.expert import (
     LoadedExpert,
     base_hub_id,
@@ -67,8 +72,6 @@ def _new_folder(folder: Path, prefix: str) -> Iterator[Path]:
 
 def check_same_base(registry: Registry, loaded: LoadedExpert, model: str | None) -> None:
     """Refuse, before loading anything, to use an expert with a model other than the one it was made for."""
-    from t2cli.experts.importing import identify_model
-
     check_base_model(loaded.name, loaded.config.base_model, identify_model(registry, model))
 
 
@@ -109,9 +112,6 @@ def export_merged(
 
     ``adaptable``: the expert's base model already loaded (tests, or a caller exporting several).
     """
-    from t2cli.models.load import _quiet_transformers, drop_gguf_record
-    from t2cli.svf.adaptable import load_adaptable
-
     loaded = load_expert(registry, name)
     with _new_folder(Path(folder), ".merged-") as tmp:
         if adaptable is None:
@@ -221,11 +221,9 @@ def export_lora(
     ``factors``: the base's factors when the caller already has them.
     """
     try:
-        from peft import LoraConfig
+        from peft import LoraConfig  # noqa: PLC0415 - optional: peft is the [lora] extra
     except ImportError:
         raise T2Error("LoRA export needs the peft package", "pip install 't2cli[lora]' (or pip install peft)") from None
-    from safetensors.torch import save_file
-
     if rank < 1:
         raise UsageError(f"--rank {rank} is not positive", "use a rank of 1 or more, e.g. --rank 16")
     loaded = load_expert(registry, name)
@@ -282,9 +280,6 @@ def export_lora(
 
 def expert_factors(registry: Registry, loaded: LoadedExpert, model: str | None = None) -> dict[str, Factors]:
     """The SVD factors of the matrices an expert adapts: from its decomposition, else decomposed now."""
-    from t2cli.decompose.engine import decompose_model, load_factors
-    from t2cli.experts.importing import covering_decomposition
-
     decomposition_id = covering_decomposition(registry, loaded.base_model_id, set(loaded.z), loaded.config.targets)
     if decomposition_id is None:
         spec = base_model_argument(loaded.config, model)

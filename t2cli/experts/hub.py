@@ -21,6 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from t2cli.errors import T2Error
 from t2cli.experts.importing import EXPERT_FILES, ImportResult, import_expert
@@ -149,15 +157,6 @@ def _redacted(text: str) -> str:
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None, *, writing: bool) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into one-line ``HubError``s (never echoing the token)."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     try:
         yield
     except GatedRepoError:

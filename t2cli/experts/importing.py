@@ -33,9 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file
 
 from registry.queries import base_models, decompositions, experts
+from t2cli.decompose.engine import register_base_model
 from t2cli.errors import T2Error
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.resolve import ALIASES, resolve_model
+from t2cli.models.targets import candidate_matrices
 from t2cli.svf import names
 from t2cli.svf.expert import (
     CARD_FILE,
@@ -46,6 +52,7 @@ from t2cli.svf.expert import (
     ExpertConfig,
     base_hub_id,
     check_base_model,
+    register_expert,
 )
 
 if TYPE_CHECKING:
@@ -343,8 +350,6 @@ def _check_header(path: Path) -> dict[str, Any]:
 
 
 def _load_vectors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # safetensors raises its own SafetensorError for damaged files
@@ -401,8 +406,6 @@ def match_base_model(registry: Registry, config: ExpertConfig, model: str | None
 
 def _local_candidate(base: BaseModelRef) -> str | None:
     """The expert's recorded base model, when it is on this machine without downloading anything."""
-    from t2cli.models.resolve import ALIASES
-
     alias = ALIASES.get(str(base.name or "").lower())
     if base.source == "embedded" and alias is not None and alias.embedded:
         return alias.name
@@ -414,10 +417,6 @@ def _local_candidate(base: BaseModelRef) -> str | None:
 
 def identify_model(registry: Registry, model: str | None) -> ModelIdentity:
     """Resolve a model and fingerprint its weights (file hashes are cached), without loading it."""
-    from t2cli.models.hashing import HashCache
-    from t2cli.models.identity import model_identity
-    from t2cli.models.resolve import resolve_model
-
     return model_identity(resolve_model(model), HashCache(registry.home / "cache" / "file-hashes.json"))
 
 
@@ -426,9 +425,7 @@ def matrix_ranks(model_config: dict[str, Any]) -> dict[str, int]:
 
     Built on PyTorch's meta device from the config alone: no weights are read or allocated.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from t2cli.models.targets import candidate_matrices
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when checking shapes
 
     data = dict(model_config)
     model_type = data.pop("model_type")
@@ -500,9 +497,6 @@ def import_expert(
     what it was (``origin.kind``), and ``base_model`` points at the local copy of the base
     (same fingerprint). Parents are not linked to local experts of the same name.
     """
-    from t2cli.decompose.engine import register_base_model
-    from t2cli.svf.expert import register_expert
-
     read = read_expert_folder(folder, links_into=links_into)
     new_name = names.check_expert_name(name) if name else read.config.name
     if experts.exists(registry, new_name):

@@ -27,11 +27,13 @@ import torch
 
 from registry.queries import experts as expert_rows
 from t2cli.errors import T2Error, UsageError
+from t2cli.models.targets import candidate_matrices
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 from t2cli.svf.names import check_expert_name
 
 if TYPE_CHECKING:
     from registry import Registry
-    from t2cli.svf.expert import BaseModelRef, ExpertConfig, LoadedExpert
+    from t2cli.svf.expert import BaseModelRef, LoadedExpert
 
 ZVectors = dict[str, torch.Tensor]
 MixFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (K, r) stacked z, (K,) alpha -> (r,) z'
@@ -148,8 +150,6 @@ def role_groups(matrix_names: Sequence[str], model_type: str, num_layers: int) -
     Returns (group names in layout order, matrix name -> group index). Roles come from
     the architecture's layout in ``t2cli.models.targets``, never from substrings of names.
     """
-    from t2cli.models.targets import candidate_matrices
-
     role_of = {m.name: m.role for m in candidate_matrices(model_type, num_layers)}
     unknown = [name for name in matrix_names if name not in role_of]
     if unknown:
@@ -253,8 +253,6 @@ def mixture_config(
     alphas (a list of K weights, or G lists of K weights for per-role mixing). A
     parent's ``weight`` is its alpha, or its mean alpha over the groups.
     """
-    from t2cli.svf.expert import ExpertConfig
-
     spec = get_mixing_method(method)
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
     per_expert = alpha if alpha.ndim == 1 else alpha.mean(dim=0)
@@ -333,8 +331,6 @@ def mix_experts(
 
     ``weights`` default to 1/K each. Everything is checked before anything is written.
     """
-    from t2cli.svf.expert import load_expert, register_expert
-
     names = list(names)
     get_mixing_method(method)
     if len(names) < 2:

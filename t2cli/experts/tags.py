@@ -6,7 +6,9 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from registry.queries.tags import change_expert_tags, expert_names
 from t2cli.errors import UsageError
+from t2cli.svf.names import expert_not_found
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -27,9 +29,6 @@ def check_tag(tag: str) -> str:
 
 def tag_expert(registry: Registry, name: str, tags: Sequence[str], *, remove: bool = False) -> ExpertTags:
     """Add ``tags`` to expert ``name`` (or remove them); its tags afterwards. ``ExpertNotFound`` for an unknown name."""
-    from registry.queries.tags import change_expert_tags, expert_names
-    from t2cli.svf.names import expert_not_found
-
     if not tags:
         raise UsageError("name at least one tag", f"e.g. t2 experts tag {name} reviewed")
     checked = [check_tag(t) for t in tags]

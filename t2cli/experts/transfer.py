@@ -21,12 +21,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from t2cli.errors import T2Error
+from t2cli.experts.mixing import check_name_free
 from t2cli.models.targets import TargetMatrix, candidate_matrices
+from t2cli.svf.adaptable import load_adaptable
+from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -152,6 +156,8 @@ def transfer_z(
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     for mapping in plan.mappings:
         mixed = sum(weight * z[name].to(torch.float32) for name, weight in mapping.sources)
+        if not isinstance(mixed, torch.Tensor):  # sum() of nothing is 0; plan_transfer gives every mapping a source
+            raise TransferError(f"no source matrices for {mapping.target}")
         vector = resample_spectrum(mixed, mapping.target_rank)
         if generator is not None:
             vector = vector[torch.randperm(vector.shape[0], generator=generator)]
@@ -182,10 +188,6 @@ def transfer_expert(
     device: str = "cpu",
 ) -> TransferResult:
     """Map ``expert`` onto ``model`` (decomposing it if needed) and register the result (kind transferred)."""
-    from t2cli.experts.mixing import check_name_free
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.svf.expert import ExpertConfig, load_expert, register_expert
-
     loaded = load_expert(registry, expert)
     name = name or f"{expert}-to-{_short(model)}" + ("-shuffled" if shuffle else "")
     check_name_free(registry, name)
@@ -253,7 +255,5 @@ def transfer_expert(
 
 def _short(model: str) -> str:
     """A name-safe short form of a model argument (alias, folder or file)."""
-    from pathlib import Path
-
     stem = Path(model).name.removesuffix(".gguf") or "model"
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in stem)[:40]

@@ -35,7 +35,7 @@ class ModelIdentity:
 
 def read_config(ref: ModelRef) -> PretrainedConfig:
     """The model's transformers config (from config.json or the GGUF metadata)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only when reading a config
 
     try:
         if ref.is_gguf:

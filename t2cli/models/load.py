@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from t2cli.errors import ModelLoadError, first_line
 from t2cli.models.resolve import ModelRef
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -22,8 +30,6 @@ def load_model(
     (safetensors). The first load fills it; later loads read it instead of dequantising
     again (seconds instead of ~25 s for the embedded model). Bit-identical either way.
     """
-    import torch
-
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if dtype:
         kwargs["dtype"] = getattr(torch, dtype)
@@ -31,11 +37,11 @@ def load_model(
         model = _load_dequantised(ref, dequantised_cache, kwargs)
     else:
         model = _from_pretrained(ref, ref.path, {**kwargs, "gguf_file": ref.gguf_file} if ref.is_gguf else kwargs)
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers wraps .to in functools.wraps, whose stub loses the method's self
 
 
 def _from_pretrained(ref: ModelRef, path: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
     try:
         with _quiet_transformers():
@@ -49,9 +55,6 @@ def _from_pretrained(ref: ModelRef, path: Path, kwargs: dict[str, Any]) -> PreTr
 
 def _load_dequantised(ref: ModelRef, folder: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
     """Load a GGUF model through its dequantised copy in ``folder``, writing the copy on first use."""
-    import shutil
-    import tempfile
-
     if (folder / "config.json").is_file():
         try:
             return _from_pretrained(ref, folder, kwargs)
@@ -99,7 +102,7 @@ def drop_gguf_record(model: PreTrainedModel) -> None:
 
 def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     """Load the model's tokenizer (with its chat template)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if ref.is_gguf:
@@ -115,10 +118,7 @@ class _quiet_transformers:
     """Silence transformers' own progress bars and info logs (t2 draws its own)."""
 
     def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
         self._verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
@@ -128,9 +128,11 @@ class _quiet_transformers:
         self._stderr = contextlib.redirect_stderr(io.StringIO())
         self._stderr.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        from transformers.utils import logging as hf_logging
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
-        self._stderr.__exit__(*exc)
+        self._stderr.__exit__(exc_type, exc, traceback)
         hf_logging.set_verbosity(self._verbosity)
         hf_logging.enable_progress_bar()

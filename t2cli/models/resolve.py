@@ -148,8 +148,8 @@ def _resolve_path(path: Path) -> ModelRef:
 
 def _resolve_hub(repo_id: str, revision: str | None, *, display_name: str) -> ModelRef:
     """Find (or download) a Hub model in the standard HF cache."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 - heavy: huggingface_hub (~0.3 s), only when downloading
+    from huggingface_hub.errors import (  # noqa: PLC0415 - heavy: huggingface_hub (~0.3 s), only when downloading
         GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,

@@ -8,6 +8,7 @@ embeddings, norms and the LM head can never be picked up by accident.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -103,7 +104,5 @@ def select_targets(model_type: str, num_layers: int, spec: str = DEFAULT_TARGETS
 
 def targets_key(names: list[str], dtype: str) -> str:
     """A stable key for a set of matrices decomposed at a given precision."""
-    import hashlib
-
     payload = "\n".join(sorted(names)) + f"\n@{dtype}"
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from safetensors import safe_open
+
 from t2cli.errors import ModelLoadError, TargetError
 
 if TYPE_CHECKING:
@@ -49,8 +51,6 @@ class SafetensorsWeights:
     """Weights read lazily from the safetensors files of a Hugging Face folder."""
 
     def __init__(self, folder: Path) -> None:
-        from safetensors import safe_open
-
         self.folder = folder
         self._where: dict[str, Path] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
@@ -87,8 +87,6 @@ class SafetensorsWeights:
         return self._shapes[name]
 
     def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
         try:
             with safe_open(str(self._where[name]), framework="pt") as handle:
                 return handle.get_tensor(name)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from t2cli.router.other import other_prompts
 from t2cli.tasks.dispatch_task import OTHER, CategoryExpert
 from t2cli.tasks.lookup import get_task
 from t2cli.tasks.types import SPLIT_SEED, TaskError
@@ -43,8 +44,6 @@ def question_only(prompt: str) -> str:
 
 def router_prompts(experts: Sequence[CategoryExpert], split: str, *, per_class: int | None = None) -> LabelledPrompts:
     """Balanced labelled prompts of ``split`` ("train" or "valid") for ``experts`` plus ``other``."""
-    from t2cli.router.other import other_prompts
-
     per_class = per_class or PER_CLASS[split]
     prompts: list[str] = []
     labels: list[str] = []

@@ -27,7 +27,8 @@ class _Stop(Exception):
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The transformer blocks of a causal LM (``model.model.layers`` for Llama, Qwen, Gemma...)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", model)
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
@@ -41,6 +42,8 @@ def _collect(layers: nn.ModuleList, wanted: Sequence[int], sink: dict[int, torch
     def hook_for(index: int):
         def hook(module: nn.Module, args: object, output: object) -> None:
             states = output[0] if isinstance(output, tuple) else output
+            if not isinstance(states, torch.Tensor):
+                raise TypeError(f"decoder layer {index} returned {type(states).__name__}, not hidden states")
             sink[index] = states
             if index == deepest:
                 raise _Stop

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from t2cli.errors import UsageError
 
 DEVICES_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
@@ -12,8 +14,6 @@ def resolve_device(device: str) -> str:
 
     A device that does not exist here is a value error (``UsageError``, exit code 2).
     """
-    import torch  # not at import time: the CLI's --help must not pay for torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -23,13 +23,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import torch
+import torch.distributed as td
 
 from t2cli.errors import T2Error, UsageError
+from t2cli.home import open_registry
+from t2cli.runtime.devices import resolve_device
 
 if TYPE_CHECKING:
-    import torch
-
     from registry import Registry
 
 T = TypeVar("T")
@@ -75,8 +78,6 @@ class Dist:
         """Sum (or max) ``tensor`` over ranks in place, through this rank's device; returns it."""
         if not self.enabled:
             return tensor
-        import torch.distributed as td
-
         reduce_op = {"sum": td.ReduceOp.SUM, "max": td.ReduceOp.MAX}[op]
         on_device = tensor.to(self.device)
         td.all_reduce(on_device, op=reduce_op)
@@ -86,21 +87,15 @@ class Dist:
 
     def sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of a few numbers over ranks (float64)."""
-        import torch
-
         return self.all_reduce(torch.tensor(list(values), dtype=torch.float64)).tolist()
 
     def max(self, value: float) -> float:
-        import torch
-
         return float(self.all_reduce(torch.tensor([value], dtype=torch.float64), op="max")[0])
 
     def broadcast_object(self, obj: T) -> T:
         """Rank 0's ``obj`` on every rank (picklable values only)."""
         if not self.enabled:
             return obj
-        import torch.distributed as td
-
         box = [obj]
         td.broadcast_object_list(box, src=0, device=None if self.backend == "gloo" else _torch_device(self.device))
         return box[0]
@@ -114,8 +109,6 @@ class Dist:
         """
         if not self.enabled:
             return
-        import torch
-
         flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
         parts = [flags] + [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params]
         flat = self.all_reduce(torch.cat([t.to(self.device) for t in parts]))
@@ -150,7 +143,7 @@ class Dist:
                 raise
             self.broadcast_object(("ok", result if share else None))
             return result
-        status, payload = self.broadcast_object(None)
+        status, payload = cast("tuple[str, Any]", self.broadcast_object(None))  # rank 0's reply, sent above
         if status == "error":
             raise DistributedError(*payload)
         return payload
@@ -170,8 +163,6 @@ def _describe(exc: BaseException) -> tuple[str, str | None]:
 
 
 def _torch_device(device: str):
-    import torch
-
     return torch.device(device)
 
 
@@ -193,10 +184,6 @@ def launched_world() -> tuple[int, int, int]:
 
 def rank_device(device: str, local_rank: int, world_size: int) -> str:
     """This rank's device for ``--device``: under a launcher, ``auto``/``cuda`` mean ``cuda:LOCAL_RANK``."""
-    import torch
-
-    from t2cli.runtime.devices import resolve_device
-
     if world_size == 1:
         return resolve_device(device)
     if device.startswith("cuda:"):
@@ -222,8 +209,6 @@ def resolve_dtype(dtype: str, device: str) -> str | None:
     if dtype != "auto":
         return dtype
     if device.startswith("cuda"):
-        import torch
-
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return None
 
@@ -239,9 +224,6 @@ def init_distributed(device: str = "auto") -> Iterator[Dist]:
     if world == 1:
         yield Dist(device=resolved)
         return
-    import torch
-    import torch.distributed as td
-
     dist = Dist(rank=rank, world_size=world, local_rank=local, device=resolved)
     owned = not td.is_initialized()
     if owned:
@@ -257,6 +239,4 @@ def init_distributed(device: str = "auto") -> Iterator[Dist]:
 
 def open_registry_ranked(dist: Dist) -> Registry:
     """The registry for this rank: rank 0 opens (and migrates) it first; the others open it read-only."""
-    from t2cli.home import open_registry
-
     return dist.main_first(lambda: open_registry(read_only=not dist.is_main))

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
     from t2cli.runtime.distributed import Dist
 
@@ -39,7 +39,10 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, user: str, system: str | N
     """The chat-formatted prompt text ending where the assistant's answer starts."""
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
+            raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
+        return text
     # Base models without a template (e.g. Gemma-3 base): plain text, still deterministic.
     return (f"{system}\n\n" if system else "") + f"{user}\n"
 
@@ -59,6 +62,23 @@ def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+def completion_length(generated: Sequence[int], end_ids: set[int]) -> int:
+    """How many of the ``generated`` tokens are the completion: up to and including the first end token."""
+    return next((i + 1 for i, token in enumerate(generated) if token in end_ids), len(generated))
+
+
+def decoding(tokenizer: PreTrainedTokenizerBase, temperature: float) -> dict[str, Any]:
+    """``model.generate``'s decoding arguments: sampling at ``temperature`` > 0 (no top-p, no top-k), greedy at 0."""
+    sampling = temperature > 0
+    return {
+        "do_sample": sampling,
+        "temperature": temperature if sampling else None,
+        "top_p": None,
+        "top_k": None,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
 
 def sample_key(*parts: int) -> int:
@@ -151,7 +171,7 @@ def generate(
     pads with dummy ones, whose completions are dropped) and each call steps until every
     rank is done (``synced_gpus``).
     """
-    from transformers import LogitsProcessorList, StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList  # noqa: PLC0415 - heavy: transformers (~2 s), only when generating
 
     prepare_tokenizer(tokenizer)
     device = next(model.parameters()).device
@@ -164,7 +184,7 @@ def generate(
         raise ValueError(f"{len(sample_keys)} sample keys for {len(expanded)} completions")
     real = len(expanded)
     synced = sync is not None and sync.enabled
-    if synced:
+    if sync is not None and synced:
         padding = int(sync.max(real)) - real
         expanded += [expanded[-1] if expanded else render_prompt(tokenizer, "")] * padding
         sample_keys = None if sample_keys is None else list(sample_keys) + [0] * padding
@@ -174,27 +194,26 @@ def generate(
         chunk = expanded[start : start + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         processors = LogitsProcessorList(
-            [KeyedSampler(sample_keys[start : start + batch_size], temperature)] if keyed else []
+            [KeyedSampler(sample_keys[start : start + batch_size], temperature)]
+            if keyed and sample_keys is not None
+            else []
         )
         width = enc["input_ids"].shape[1]
         text_stop = TextStop(tokenizer, width, stop_when) if stop_when else None
         stopping = StoppingCriteriaList([text_stop] if text_stop else [])
-        out = model.generate(
+        # A causal LM (or a wrapper of one, like a PEFT model): PreTrainedModel itself declares no generate().
+        out = cast("GenerationMixin", model).generate(
             **enc,
+            **decoding(tokenizer, temperature if sampling else 0.0),
             stopping_criteria=stopping,
             max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
             logits_processor=processors,
             synced_gpus=synced,
         )
         for row, mask in zip(range(min(len(chunk), real - start)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())
             generated = out[row, width:].tolist()
-            cut = next((i + 1 for i, t in enumerate(generated) if t in end_ids), len(generated))
+            cut = completion_length(generated, end_ids)
             if text_stop is not None:  # where TextStop ended this row (the rest is the batch's padding)
                 cut = min(cut, text_stop.stopped_at.get(row, cut))
             completion_ids.append(generated[:cut])
@@ -205,8 +224,15 @@ def generate(
     return Generations(prompt_ids, completion_ids, texts, per_prompt, new_tokens)
 
 
+class _Logits(Protocol):
+    """What a forward returns: a model output with ``.logits`` [B, L, V]."""
+
+    @property
+    def logits(self) -> torch.Tensor: ...
+
+
 def completion_logprobs(
-    forward: Callable[..., object],
+    forward: Callable[..., _Logits],
     prompt_ids: Sequence[Sequence[int]],
     completion_ids: Sequence[Sequence[int]],
     *,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic
+
+from typing_extensions import TypeVar
 
 from t2cli.decompose.engine import decompose_model, find_decomposition, load_factors, register_base_model
 from t2cli.models.hashing import HashCache
@@ -18,16 +20,20 @@ from t2cli.models.resolve import resolve_model
 from t2cli.runtime.devices import resolve_device
 from t2cli.runtime.distributed import SINGLE, Dist
 from t2cli.svf.expert import BaseModelRef
-from t2cli.svf.model import SVFModel, load_svf_model
+from t2cli.svf.model import SVFLike, SVFModel, load_svf_model
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from registry import Registry
 
+# The SVF layout: ``SVFModel`` (the default, what ``load_adaptable`` returns) or ``ShardedSVF``
+# (``load_sharded_adaptable``); ``Adaptable[SVFLike]`` is either. Nothing reassigns ``svf``.
+SVF = TypeVar("SVF", bound=SVFLike, covariant=True, default=SVFModel)
+
 
 @dataclass
-class Adaptable:
+class Adaptable(Generic[SVF]):
     """A loaded model ready for SVF, with its registry identity."""
 
     identity: ModelIdentity
@@ -36,7 +42,7 @@ class Adaptable:
     targets: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    svf: SVFModel
+    svf: SVF
     device: str
 
     def base_model_record(self) -> BaseModelRef:
@@ -88,7 +94,7 @@ def _load(
         base_id, decomposition_id = register_base_model(registry, identity).id, summary.decomposition_id
     else:
         base_id, decomposition_id = find_decomposition(registry, identity, targets)
-    loaded = loaded.to(device)
+    loaded = loaded.to(device)  # type: ignore[arg-type]  # transformers wraps .to in functools.wraps, whose stub loses the method's self
     svf = load_svf_model(loaded, load_factors(registry, decomposition_id))
     return Adaptable(
         identity=identity,

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from registry.queries import experts
 from registry.records import NewExpert, ParentLink
 from t2cli import __version__
 from t2cli.errors import T2Error
-from t2cli.models.resolve import model_argument
+from t2cli.models.resolve import ALIASES, model_argument
 from t2cli.svf.names import check_expert_name, expert_not_found
 
 if TYPE_CHECKING:
@@ -142,8 +143,6 @@ class ExpertConfig:
 
 def save_z(z: dict[str, torch.Tensor], path: Path, *, name: str) -> None:
     """Write z vectors as float32 safetensors (sorted keys, so identical z give identical bytes)."""
-    from safetensors.torch import save_file
-
     tensors = {key: z[key].detach().to("cpu", torch.float32).contiguous() for key in sorted(z)}
     save_file(tensors, str(path), metadata={"format": f"t2-expert/{FORMAT_VERSION}", "name": name})
     _canonical_header(path)
@@ -165,8 +164,6 @@ def _canonical_header(path: Path) -> None:
 
 def load_z(path: Path) -> dict[str, torch.Tensor]:
     """Read z vectors; refuses anything but 1-D float tensors."""
-    from safetensors.torch import load_file
-
     try:
         tensors = load_file(str(path))
     except Exception as exc:
@@ -182,8 +179,6 @@ def load_z(path: Path) -> dict[str, torch.Tensor]:
 
 def base_hub_id(base: BaseModelRef) -> str | None:
     """The Hub id of an expert's base model, when it has one (Hub models and the embedded alias)."""
-    from t2cli.models.resolve import ALIASES
-
     if base.hub_id:
         return str(base.hub_id)
     if base.source == "hub":

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from t2cli.errors import T2Error
 
@@ -27,6 +29,24 @@ ZVectors = dict[str, torch.Tensor]  # matrix name ("model.layers.3.mlp.down_proj
 
 class SVFError(T2Error):
     """An expert that does not fit the model, or weights that came out non-finite."""
+
+
+class SVFLike(Protocol):
+    """What both layouts of an adaptable model offer: ``SVFModel`` (replicated) and ``ShardedSVF`` (FSDP).
+
+    Code that works with either (validation, ``Adaptable[SVFLike]``) uses only this;
+    the rest of each class's API belongs to its layout.
+    """
+
+    model: nn.Module
+
+    def trainable_z(self) -> ZVectors: ...
+
+    def restore(self) -> None: ...
+
+    def adapted(
+        self, z: Mapping[str, torch.Tensor] | None, *, key: str | None = None
+    ) -> AbstractContextManager[None]: ...
 
 
 @dataclass(frozen=True)
@@ -217,8 +237,6 @@ class SVFModel:
 
     def forward_with(self, weights: Mapping[str, torch.Tensor], **inputs: torch.Tensor):
         """Model forward with the given W' tensors (keyed by matrix name) in place of the target weights."""
-        from torch.func import functional_call
-
         params = {f"{name}.weight": weight for name, weight in weights.items()}
         return functional_call(self.model, params, args=(), kwargs=inputs, strict=False)
 

@@ -33,19 +33,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as td
+from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.nn import functional as F
 
+from t2cli.decompose.engine import decompose_model, factor_blobs, find_decomposition, register_base_model
 from t2cli.errors import T2Error
+from t2cli.models.hashing import HashCache
+from t2cli.models.identity import model_identity
+from t2cli.models.load import load_tokenizer
+from t2cli.models.resolve import resolve_model
+from t2cli.models.weights import SafetensorsWeights
 from t2cli.runtime.distributed import Dist, DistributedError
+from t2cli.svf.adaptable import Adaptable, weights_folder
 from t2cli.svf.model import SVFError, ZVectors
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
+    from transformers import PreTrainedModel
 
     from registry import Registry
-    from t2cli.svf.adaptable import Adaptable
 
 SHARDINGS = ("none", "fsdp")
 
@@ -71,13 +82,13 @@ class _SVFLinearGrad(torch.autograd.Function):
     """y = x W'^T with dL/dz from x and dL/dy (no dL/dW'); dL/dx as nn.Linear."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, z, layer):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, z, layer):
         ctx.layer = layer
         ctx.save_for_backward(x, weight)  # weight: FSDP's unsharded parameter, gathered again for backward
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad @ weight if ctx.needs_input_grad[0] else None
         grad_z = ctx.layer.z_gradient(x, grad) if ctx.needs_input_grad[3] else None
@@ -101,17 +112,23 @@ class SVFLinear(nn.Module):
         self.z: torch.Tensor | None = None  # bound for the loss phase only
         self.use_base = False  # the KL reference forward reads W, not W'
 
+    def loaded_shards(self) -> MatrixShards:
+        """The SVF state ``load_sharded_adaptable`` sets; a clear error if it is used before."""
+        if self.shards is None:
+            raise SVFError("this SVFLinear has no SVF state yet", "build it with load_sharded_adaptable")
+        return self.shards
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_base:
             # Reference forward (no grad): this matrix's W gathered for the moment.
-            return F.linear(x, self.shards.W.full_tensor(), self.bias)
+            return F.linear(x, self.loaded_shards().W.full_tensor(), self.bias)
         if self.z is None or not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
         return _SVFLinearGrad.apply(x, self.weight, self.bias, self.z, self)
 
     def z_gradient(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """dL/dz = S * sum over tokens of (g U) * (x Vh^T), in float32."""
-        shards = self.shards
+        shards = self.loaded_shards()
         U, Vh = shards.U.full_tensor(), shards.Vh.full_tensor()
         projected_in = x.reshape(-1, self.in_features).float() @ Vh.T  # (tokens, r)
         projected_out = grad.reshape(-1, self.out_features).float() @ U  # (tokens, r)
@@ -128,7 +145,7 @@ class ShardedSVF:
     """An FSDP-sharded causal LM whose target matrices are ``SVFLinear``; the counterpart of ``SVFModel``."""
 
     def __init__(
-        self, model: nn.Module, layers: Mapping[str, SVFLinear], mesh: DeviceMesh, units: Sequence[nn.Module] = ()
+        self, model: nn.Module, layers: Mapping[str, SVFLinear], mesh: DeviceMesh, units: Sequence[FSDPModule] = ()
     ) -> None:
         self.model = model
         self.layers = dict(layers)
@@ -139,11 +156,11 @@ class ShardedSVF:
 
     @property
     def ranks(self) -> dict[str, int]:
-        return {name: layer.shards.rank for name, layer in self.layers.items()}
+        return {name: layer.loaded_shards().rank for name, layer in self.layers.items()}
 
     def trainable_z(self) -> ZVectors:
         """z = 1 for every matrix, float32, on this rank's device, requiring gradients (replicated)."""
-        device = next(iter(self.layers.values())).shards.S.to_local().device
+        device = next(iter(self.layers.values())).loaded_shards().S.to_local().device
         return {name: torch.ones(r, device=device, requires_grad=True) for name, r in self.ranks.items()}
 
     @torch.no_grad()
@@ -153,8 +170,8 @@ class ShardedSVF:
             raise RuntimeError("refresh() inside gathered(): compose first, then gather")
         finite: list[torch.Tensor] = []  # one flag per matrix, read once (no host sync per matrix)
         for name, layer in self.layers.items():
-            local = layer.weight.to_local()
-            shards = layer.shards
+            local = _sharded(layer.weight, name).to_local()
+            shards = layer.loaded_shards()
             base = shards.W.to_local()
             if z is None or name not in z:
                 local.copy_(base)
@@ -228,8 +245,6 @@ class ShardedSVF:
 
 
 def _all_true(flag: bool, mesh: DeviceMesh) -> bool:
-    import torch.distributed as td
-
     value = torch.tensor([0.0 if flag else 1.0], device=mesh.device_type)
     td.all_reduce(value, group=mesh.get_group())
     return float(value[0]) == 0.0
@@ -251,7 +266,7 @@ def check_sharding(shard: str, dist: Dist) -> None:
 
 def load_sharded_adaptable(
     registry: Registry, model: str | None, *, targets: str, dtype: str | None, dist: Dist
-) -> Adaptable:
+) -> Adaptable[ShardedSVF]:
     """Load ``model`` sharded over the job's ranks with FSDP2, its targets as ``SVFLinear``.
 
     Rank 0 decomposes first if needed (as ``load_adaptable`` does); then every rank builds
@@ -259,18 +274,14 @@ def load_sharded_adaptable(
     rows of each tensor from the safetensors files and factor blobs, one tensor at a time:
     no process ever holds the whole model.
     """
-    from t2cli.svf.adaptable import Adaptable
-
     prepared = dist.main_first(lambda: _prepare(registry, model, targets, dist))
     ref, identity, base_id, decomposition_id, folder, blobs = prepared
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     config = AutoConfig.from_pretrained(folder)
     net, layers, mesh, units = _build_sharded(folder, config, _model_dtype(config, dtype), list(blobs), dist)
     _load_weights(net, folder, mesh)
     _load_factors(registry, blobs, layers, mesh)
-    from t2cli.models.load import load_tokenizer
-
     svf = ShardedSVF(net, layers, mesh, units)
     return Adaptable(
         identity=identity,
@@ -280,19 +291,12 @@ def load_sharded_adaptable(
         model=net,
         tokenizer=load_tokenizer(ref),
         svf=svf,
-        device=dist.device,  # type: ignore[arg-type]
+        device=dist.device,
     )
 
 
 def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) -> tuple[Any, ...]:
     """Resolve the model, decompose it (rank 0) or find its decomposition (others); its weights folder and target names."""
-    from t2cli.decompose.engine import decompose_model, factor_blobs, find_decomposition, register_base_model
-    from t2cli.models.hashing import HashCache
-    from t2cli.models.identity import model_identity
-    from t2cli.models.resolve import resolve_model
-    from t2cli.models.weights import SafetensorsWeights
-    from t2cli.svf.adaptable import weights_folder
-
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
     # GGUF weights are read through t2's dequantised safetensors copy: rank 0, first in, writes it; the
@@ -323,12 +327,11 @@ def _model_dtype(config: Any, dtype: str | None) -> torch.dtype:
 
 def _build_sharded(
     folder: Path, config: Any, dtype: torch.dtype, target_names: Sequence[str], dist: Dist
-) -> tuple[nn.Module, dict[str, SVFLinear], DeviceMesh, list[nn.Module]]:
+) -> tuple[PreTrainedModel, dict[str, SVFLinear], DeviceMesh, list[FSDPModule]]:
     """The model on the meta device, targets swapped for ``SVFLinear``, FSDP2 units applied, this rank's memory allocated."""
-    from accelerate import init_empty_weights
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from transformers import AutoModelForCausalLM
+    from accelerate import init_empty_weights  # noqa: PLC0415 - heavy: accelerate, only for --shard fsdp
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     with init_empty_weights(include_buffers=False):  # buffers (rotary frequencies) are computed, not stored
         net = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -340,13 +343,12 @@ def _build_sharded(
     mesh = init_device_mesh(torch.device(dist.device).type, (dist.world_size,))
     # One FSDP unit per decoder layer (the classes transformers never splits across devices), then the root.
     unit_classes = set(getattr(net, "_no_split_modules", None) or [])
-    units = [m for m in net.modules() if type(m).__name__ in unit_classes]
-    if not units:
+    decoder_layers = [m for m in net.modules() if type(m).__name__ in unit_classes]
+    if not decoder_layers:
         raise T2Error(
             f"cannot find the decoder layers of this {config.model_type} model for FSDP", "train it without --shard"
         )
-    for unit in units:
-        fully_shard(unit, mesh=mesh)
+    units = [fully_shard(layer, mesh=mesh) for layer in decoder_layers]  # the same modules, now FSDP units
     fully_shard(net, mesh=mesh)
 
     buffers = {name: buf for name, buf in net.named_buffers()}
@@ -369,7 +371,7 @@ def _swap_linear(net: nn.Module, name: str) -> SVFLinear:
 
 
 def _generation_config(folder: Path, net: nn.Module):
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     try:
         return GenerationConfig.from_pretrained(folder)
@@ -380,12 +382,11 @@ def _generation_config(folder: Path, net: nn.Module):
 @torch.no_grad()
 def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
     """Each parameter's local shard from the safetensors files (one full tensor in host memory at a time)."""
-    from torch.distributed.tensor import distribute_tensor
-
-    from t2cli.models.weights import SafetensorsWeights
+    from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
 
     source = SafetensorsWeights(folder)
-    for name, param in net.named_parameters():  # tied weights (lm_head = embed_tokens) appear once
+    for name, parameter in net.named_parameters():  # tied weights (lm_head = embed_tokens) appear once
+        param = _sharded(parameter, name)
         if not source.has(name):
             raise T2Error(
                 f"the weights in {folder} have no tensor {name!r}",
@@ -398,13 +399,22 @@ def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
         param.to_local().copy_(shard.to_local())
 
 
+def _sharded(tensor: torch.Tensor, name: str) -> DTensor:
+    """``tensor`` as the DTensor FSDP made of it; a clear error if FSDP left it whole."""
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415 - heavy: FSDP/DTensor, only for --shard fsdp
+
+    if not isinstance(tensor, DTensor):
+        raise DistributedError(f"FSDP did not shard {name}", "train it without --shard")
+    return tensor
+
+
 def _own_shard(full: torch.Tensor, mesh: DeviceMesh) -> DTensor:
     """This rank's rows of ``full`` as a Shard(0) DTensor that owns its memory.
 
     ``distribute_tensor`` returns a view into ``full`` when the rows are contiguous, which
     would keep every rank holding every full matrix: the shard is copied out instead.
     """
-    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
 
     view = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None)
     return DTensor.from_local(
@@ -416,12 +426,11 @@ def _load_factors(
     registry: Registry, blobs: Mapping[str, str], layers: Mapping[str, SVFLinear], mesh: DeviceMesh
 ) -> None:
     """Each target's W rows (copied from the loaded weights) and its U, S, Vh shards (one blob at a time)."""
-    from safetensors.torch import load_file
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
 
     for name, layer in layers.items():
         tensors = load_file(str(registry.blobs.path(blobs[name])))
-        weight = layer.weight  # sharded DTensor, loaded with W
+        weight = _sharded(layer.weight, name)  # loaded with W
         base = DTensor.from_local(
             weight.to_local().clone(),
             mesh,

@@ -63,7 +63,7 @@ def load_task_file(path: Path) -> JsonlTask:
             f"task file {path} has no items",
             hint='write one JSON object per line, e.g. {"prompt": "What is 2 + 2?", "answer": "4", "kind": "number"}',
         )
-    ids = {}
+    ids: dict[str, int] = {}  # item id -> the line that used it first
     for line_no, fields in records:
         if fields["id"] in ids:
             raise TaskError(f"{path} line {line_no}: id '{fields['id']}' was already used on line {ids[fields['id']]}")

@@ -52,8 +52,8 @@ def _child_main(argv: list[str]) -> None:
     ``argv``: workdir, memory bytes, CPU seconds, file bytes, max processes,
     audit hook (0/1), status file descriptor.
     """
-    import ctypes
-    import resource
+    import ctypes  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
+    import resource  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     workdir = argv[0]
     memory, cpu_s, file_bytes, max_procs, use_hook, status_fd = (int(a) for a in argv[1:7])
@@ -138,7 +138,7 @@ def _read_roots() -> tuple[str, ...]:
 
 def _landlock(libc, workdir: str, read_roots: tuple[str, ...]) -> int:
     """Apply a Landlock ruleset to this process; return its ABI version, or 0 where Landlock is unavailable."""
-    import ctypes
+    import ctypes  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     syscall = libc.syscall
     syscall.restype = ctypes.c_long
@@ -185,25 +185,24 @@ def _landlock(libc, workdir: str, read_roots: tuple[str, ...]) -> int:
 
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-# Per architecture: syscalls refused outright (fork, vfork, execve, execveat), clone, clone3.
+# Per architecture: (syscalls refused outright: fork, vfork, execve, execveat), clone, clone3.
 _SYSCALLS = {
-    "x86_64": {"deny": (57, 58, 59, 322), "clone": 56, "clone3": 435},
-    "aarch64": {"deny": (221, 281), "clone": 220, "clone3": 435},
+    "x86_64": ((57, 58, 59, 322), 56, 435),
+    "aarch64": ((221, 281), 220, 435),
 }
 
 
 def _seccomp(libc) -> bool:
     """Install a seccomp filter refusing new processes and exec (threads stay allowed); False if impossible."""
-    import ctypes
+    import ctypes  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     arch = os.uname().machine
     if arch not in _SYSCALLS:
         return False
-    table = _SYSCALLS[arch]
+    deny, clone, clone3 = _SYSCALLS[arch]
     ld_abs, jeq, jset, jge, ret = 0x20, 0x15, 0x45, 0x35, 0x06
     allow, kill = 0x7FFF0000, 0x80000000
     eperm, enosys = 0x00050000 | 1, 0x00050000 | 38
-    deny = table["deny"]
     n = len(deny)
     # Classic BPF; jump offsets count from the next instruction. Layout:
     #  0 load arch; 1 wrong arch -> kill; 2 load syscall nr; 3 x32 ABI -> EPERM;
@@ -215,11 +214,11 @@ def _seccomp(libc) -> bool:
         (jeq, 0, 10 + n, _AUDIT_ARCH[arch]),
         (ld_abs, 0, 0, 0),
         (jge, 6 + n, 0, 0x40000000),
-        (jeq, 6 + n, 0, table["clone3"]),
+        (jeq, 6 + n, 0, clone3),
     ]
     prog += [(jeq, 4 + n - i, 0, nr) for i, nr in enumerate(deny)]
     prog += [
-        (jeq, 1, 0, table["clone"]),
+        (jeq, 1, 0, clone),
         (ret, 0, 0, allow),
         (ld_abs, 0, 0, 16),  # seccomp_data.args[0], low 32 bits (little endian)
         (jset, 0, 1, _CLONE_THREAD),
@@ -247,7 +246,7 @@ def _install_audit_hook(workdir: str, read_roots: tuple[str, ...]) -> None:
     It can still be bypassed by code that reaches the kernel without raising
     audit events (e.g. ``_posixsubprocess``); the kernel layers are the enforcement.
     """
-    import posix
+    import posix  # noqa: PLC0415 - sandbox child: starts with os, signal, sys only
 
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     readable = tuple(read_roots) + (workdir,) + _READ_FILES

@@ -104,7 +104,7 @@ class Task(ABC):
 
     def score(self, item: TaskItem, completion: str) -> Score:
         """Score one completion of ``item`` with the scorer its ``kind`` names."""
-        from t2cli.tasks.scorers import get_scorer  # scoring imports Score from this module
+        from t2cli.tasks.scorers import get_scorer  # noqa: PLC0415 - cycle: scorers imports Score from this module
 
         return get_scorer(item.kind)(completion, item.answer, **item.meta)
 
@@ -124,13 +124,16 @@ class Task(ABC):
 
     def prompts(self, tokenizer, items: Sequence[TaskItem]) -> list[str]:  # tokenizer: PreTrainedTokenizerBase
         """The chat-formatted prompts of ``items`` under this task's system prompt, ready to generate from."""
-        from t2cli.runtime.generation import render_prompt  # generation imports torch; task data does not need it
+        from t2cli.runtime.generation import render_prompt  # noqa: PLC0415 - heavy: pulls torch (~2 s); task data does not need it
 
         return [render_prompt(tokenizer, item.prompt, self.system_prompt) for item in items]
 
-    def reference_completion(self, item: TaskItem) -> str:
-        """The gold answer written the way the prompt asks for it (for tests and few-shot examples)."""
-        from t2cli.tasks.scorers import reference_completion
+    def reference_completion(self, item: TaskItem) -> str | None:
+        """The gold answer written the way the prompt asks for it (for tests and few-shot examples).
+
+        None where the kind cannot write one (regex).
+        """
+        from t2cli.tasks.scorers import reference_completion  # noqa: PLC0415 - cycle: scorers imports Score from this module
 
         return reference_completion(item.kind, item.answer, **item.meta)
 

@@ -32,19 +32,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from registry.queries import experts, runs
 from t2cli.errors import T2Error, UsageError
 from t2cli.eval.accuracy import run_items
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.runtime.generation import completion_logprobs, generate, sample_key
+from t2cli.svf.adaptable import weights_folder
 from t2cli.svf.expert import ExpertConfig, register_expert
+from t2cli.svf.model import SVFModel
 from t2cli.svf.sharded import SHARDINGS, ShardedSVF
+from t2cli.train.rollout_vllm import VLLMRollout
 from t2cli.train.run_lock import hold_run_lock
 
 if TYPE_CHECKING:
     from registry import Registry
     from t2cli.svf.adaptable import Adaptable
+    from t2cli.svf.model import SVFLike
     from t2cli.tasks import Task
 
 ADVANTAGES = ("group", "group-norm", "raw")
@@ -206,7 +212,7 @@ ProgressCallback = Callable[[str, StepMetrics | None], None]
 
 def train(
     registry: Registry,
-    adaptable: Adaptable,
+    adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF],
     task: Task,
     config: TrainConfig,
     *,
@@ -228,7 +234,7 @@ def train(
 
 def _train(
     registry: Registry,
-    adaptable: Adaptable,
+    adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF],
     task: Task,
     config: TrainConfig,
     *,
@@ -242,7 +248,7 @@ def _train(
     sharded = isinstance(svf, ShardedSVF)  # FSDP: every forward is a collective, so generation and loss are synced
     sync = dist if sharded else None
     backend = _vllm_backend(registry, adaptable, config, dist) if config.rollout == "vllm" else None
-    if sharded:
+    if isinstance(svf, ShardedSVF):
         svf.gather_in_adapted = config.fsdp_gather_rollouts  # validation generates like the rollouts
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
@@ -285,9 +291,9 @@ def _train(
                 sync=sync,
             )
         else:
-            if sharded:
+            if isinstance(svf, ShardedSVF):
                 svf.refresh(frozen)
-            _push_weights(backend, svf, None if sharded else svf.composed(frozen))
+            _push_weights(backend, svf, None if isinstance(svf, ShardedSVF) else svf.composed(frozen))
             gens = backend.generate(task.prompts(adaptable.tokenizer, items), max_new_tokens=max_new, temperature=0.0)
             correct = task.correct(items, gens.texts)
         (total,) = dist.sum([sum(correct)])
@@ -319,7 +325,7 @@ def _train(
             # 2. W'(z) composed once per step: the rollouts run on its values, the loss backpropagates into it
             #    (sharded: each rank composes its rows of the live weights; the loss reaches z per layer)
             composed = None
-            if sharded:
+            if isinstance(svf, ShardedSVF):
                 svf.refresh(z)
             else:
                 composed = svf.differentiable_weights(z)
@@ -338,7 +344,7 @@ def _train(
             # 5. loss = -(advantage * sum of completion log-probs) / N over the GLOBAL batch; backward in micro-batches
             optimizer.zero_grad(set_to_none=True)
             total = config.prompts_per_step * config.samples_per_prompt
-            if sharded:
+            if isinstance(svf, ShardedSVF):
                 with svf.bound(z):
                     loss_total, kl_mean = policy_gradient(
                         adaptable.model,
@@ -352,6 +358,8 @@ def _train(
                         sync=dist,
                     )
             else:
+                if composed is None:  # step 2 composes W'(z) whenever the model is not sharded
+                    raise RuntimeError("no composed weights W'(z) for the loss")
                 loss_total, kl_mean = svf_policy_gradient(adaptable, composed, gens, advantages, config, total=total)
                 del composed
 
@@ -456,7 +464,7 @@ def _train(
 
 
 def _roll_out(
-    adaptable: Adaptable,
+    adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF],
     composed: dict[str, torch.Tensor] | None,
     prompts: list[str],
     keys: list[int],
@@ -495,9 +503,11 @@ def _roll_out(
             sync=sync,
         )
 
-    if composed is None:
+    if isinstance(svf, ShardedSVF):
         with svf.gathered() if config.fsdp_gather_rollouts else nullcontext():
             return rollouts()
+    if composed is None:  # the replicated layout rolls out on the W'(z) it is given
+        raise RuntimeError("no composed weights W'(z) for the rollouts")
     svf.apply_weights(composed)
     try:
         return rollouts()
@@ -505,11 +515,8 @@ def _roll_out(
         svf.restore()
 
 
-def _vllm_backend(registry: Registry, adaptable: Adaptable, config: TrainConfig, dist: Dist):  # -> VLLMRollout
+def _vllm_backend(registry: Registry, adaptable: Adaptable[SVFLike], config: TrainConfig, dist: Dist):  # -> VLLMRollout
     """The colocated vLLM engine of ``--rollout vllm``, loading the base weights from their safetensors files."""
-    from t2cli.svf.adaptable import weights_folder
-    from t2cli.train.rollout_vllm import VLLMRollout
-
     folder = dist.main_first(lambda: weights_folder(registry, adaptable.identity))  # rank 0 dequantises a GGUF once
     dtype = str(next(adaptable.model.parameters()).dtype).removeprefix("torch.")
     return VLLMRollout(
@@ -553,7 +560,7 @@ def group_advantages(rewards: torch.Tensor, config: TrainConfig) -> torch.Tensor
 
 
 def svf_policy_gradient(
-    adaptable: Adaptable,
+    adaptable: Adaptable[SVFLike],
     composed: dict[str, torch.Tensor],
     gens,
     advantages: torch.Tensor,
@@ -568,9 +575,14 @@ def svf_policy_gradient(
     backward (an m x n x r product per matrix) happen once per step, not once per
     micro-batch.
     """
+    svf = adaptable.svf
+    if not isinstance(svf, SVFModel):
+        raise TypeError(
+            f"svf_policy_gradient needs an SVFModel, not {type(svf).__name__} (FSDP trains through bound z)"
+        )
     leaves = {name: weight.detach().requires_grad_(True) for name, weight in composed.items()}
     loss, kl = policy_gradient(
-        lambda **kw: adaptable.svf.forward_with(leaves, **kw),
+        lambda **kw: svf.forward_with(leaves, **kw),
         adaptable.model,
         adaptable.tokenizer.pad_token_id,
         gens,
@@ -618,8 +630,8 @@ def policy_gradient(
     loss_total, kl_total, kl_tokens = 0.0, 0.0, 0.0
     for rows in batches:
         dummy = rows is None
-        prompts = [[pad_id, pad_id]] if dummy else [gens.prompt_ids[i] for i in rows]
-        completions = [[pad_id]] if dummy else [gens.completion_ids[i] for i in rows]
+        prompts = [[pad_id, pad_id]] if rows is None else [gens.prompt_ids[i] for i in rows]
+        completions = [[pad_id]] if rows is None else [gens.completion_ids[i] for i in rows]
         logprobs, mask, logits = completion_logprobs(
             forward, prompts, completions, pad_id=pad_id, device=device, return_logits=config.kl_coef > 0
         )
@@ -630,6 +642,8 @@ def policy_gradient(
                 _, _, base_logits = completion_logprobs(
                     base_forward, prompts, completions, pad_id=pad_id, device=device, return_logits=True
                 )
+            if logits is None or base_logits is None:  # both asked for (return_logits) when kl_coef > 0
+                raise RuntimeError("completion_logprobs returned no logits for the KL term")
             log_p = logits.float().log_softmax(-1)
             log_q = base_logits.float().log_softmax(-1)
             kl = ((log_p.exp() * (log_p - log_q)).sum(-1) * mask).sum()
@@ -647,7 +661,7 @@ def policy_gradient(
 
 
 def _start_run(
-    registry: Registry, adaptable: Adaptable, config: TrainConfig, resume_run: str | None, held: ExitStack
+    registry: Registry, adaptable: Adaptable[SVFLike], config: TrainConfig, resume_run: str | None, held: ExitStack
 ) -> tuple[str, Path]:
     """Create the run's row and folder, or reopen the run to resume; ``held`` keeps the run's lock until training ends.
 
@@ -701,8 +715,6 @@ def _save_checkpoint(
     run_dir: Path, config: TrainConfig, state: TrainState, z, best_z, optimizer, schedule, item_rng
 ) -> None:
     """One safetensors file (tensors + JSON metadata), written to a temp file then renamed."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     for name, value in z.items():
         tensors[f"z/{name}"] = value.detach().cpu().contiguous()
@@ -730,8 +742,6 @@ def _save_checkpoint(
 
 def _read_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The run's checkpoint, or None when it has none yet."""
-    from safetensors import safe_open
-
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         return None

@@ -173,7 +173,7 @@ class VLLMRollout:
             raise RolloutBackendError(
                 f"engine_kwargs may not set {', '.join(clash)}", "they are VLLMRollout's own arguments"
             )
-        import vllm
+        import vllm  # noqa: PLC0415 - optional: vllm is the [vllm] extra
 
         _check_api(vllm, enable_sleep_mode)
         self.tokenizer = tokenizer
@@ -245,7 +245,7 @@ class VLLMRollout:
         per-request seed, so a completion does not depend on the batch it is generated in.
         Greedy at temperature 0. Completions are cut after the first end token.
         """
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # noqa: PLC0415 - optional: vllm is the [vllm] extra
 
         self._awake("generate with")
         count = len(prompts) * per_prompt
@@ -262,7 +262,7 @@ class VLLMRollout:
                 temperature=temperature,
                 top_p=1.0,
                 max_tokens=max_new_tokens,
-                seed=int(sample_keys[i]) if seeded else None,
+                seed=int(sample_keys[i]) if seeded and sample_keys is not None else None,
                 stop_token_ids=sorted(self.end_ids),
                 detokenize=False,  # no vLLM tokenizer (skip_tokenizer_init); texts come from t2's
             )
@@ -305,7 +305,7 @@ def _check_api(vllm: Any, sleep_mode: bool) -> None:
     methods = ["collective_rpc", "reset_prefix_cache", "generate"] + (["sleep", "wake_up"] if sleep_mode else [])
     missing = [f"LLM.{name}" for name in methods if not callable(getattr(vllm.LLM, name, None))]
     try:  # EngineArgs is a dataclass (vllm/engine/arg_utils.py); should that change, vLLM's own TypeError remains
-        from vllm.engine.arg_utils import EngineArgs
+        from vllm.engine.arg_utils import EngineArgs  # noqa: PLC0415 - optional: vllm is the [vllm] extra
 
         fields = {f.name for f in dataclasses.fields(EngineArgs)}
     except (ImportError, TypeError):
@@ -322,7 +322,7 @@ def _default_end_ids(model_path: str | os.PathLike[str], tokenizer: PreTrainedTo
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     config = Path(model_path) / "generation_config.json"
     if config.is_file():
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only with the vLLM backend
 
         ends = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
         ids.update(ends if isinstance(ends, list) else [ends] if ends is not None else [])

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.queries.run_removal import delete_run_rows, find_run_record, known_run_folders, recent_run_ids
 from t2cli.errors import T2Error
-from t2cli.train.run_lock import run_in_progress
+from t2cli.svf.names import did_you_mean
+from t2cli.train.run_lock import RunBusy, run_in_progress
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -31,10 +33,6 @@ class RemovedRun:
 
 def remove_run(registry: Registry, run_id: str, *, dry_run: bool = False) -> RemovedRun:
     """Delete run ``run_id``'s rows and checkpoint folder; ``RunBusy`` while a process trains it."""
-    from registry.queries.run_removal import delete_run_rows, find_run_record, recent_run_ids
-    from t2cli.svf.names import did_you_mean
-    from t2cli.train.run_lock import RunBusy
-
     with registry.session(readonly=True) as session:
         record = find_run_record(session, run_id)
         recent = recent_run_ids(session, limit=1000) if record is None else []
@@ -56,8 +54,6 @@ def remove_run(registry: Registry, run_id: str, *, dry_run: bool = False) -> Rem
 
 def orphan_run_folders(registry: Registry) -> list[Path]:
     """Folders under ``$T2_HOME/runs/`` that no run row refers to and no process holds: safe to remove."""
-    from registry.queries.run_removal import known_run_folders
-
     runs_dir = registry.home / "runs"
     if not runs_dir.is_dir():
         return []

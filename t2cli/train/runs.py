@@ -65,10 +65,10 @@ def _info(record: RunRecord, metrics: dict[str, dict[int, float]]) -> RunInfo:
 
 def plot_learning_curve(run: RunInfo, path: Path, *, base_valid: float | None = None) -> Path:
     """Reward (mean over rollouts) and validation accuracy against step, as a PNG (atomic write)."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - heavy: matplotlib (~1 s), only when plotting
 
     matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy: matplotlib (~1 s), only when plotting
 
     reward = run.metrics.get("reward", {})
     valid = dict(run.metrics.get("valid_accuracy", {}))

@@ -309,7 +309,7 @@ def _orphans(home: Path) -> set[str]:
 
 CTRL_C = [
     # (id, what to patch, argv)
-    ("decompose: between SVD chunks", ("t2cli.decompose.svd", "svd_batch"), lambda m, t: ["decompose", m["gemma"]]),
+    ("decompose: between SVD chunks", ("t2cli.decompose.engine", "svd_batch"), lambda m, t: ["decompose", m["gemma"]]),
     (
         "mix: while storing the blob",
         ("registry.blobs.BlobStore", "put_file"),

@@ -17,25 +17,6 @@ WORKERS = 8
 OPS_PER_WORKER = 50
 
 
-def _base_model_id(registry, worker: int) -> int:
-    from registry.schema import BaseModel
-
-    with registry.session() as session:
-        row = BaseModel(
-            name=f"tiny-{worker}",
-            source="local",
-            location="/nowhere",
-            fingerprint=f"{worker:x}" * 64,
-            architecture="LlamaForCausalLM",
-            model_type="llama",
-            num_layers=1,
-            hidden_size=4,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
-
-
 def _worker(home: str, worker: int, results) -> None:
     """One process: OPS_PER_WORKER writes, each counted as done or as failed with its error text."""
     from sqlalchemy import select
@@ -44,12 +25,13 @@ def _worker(home: str, worker: int, results) -> None:
     from registry.schema import Evaluation, Expert, ExpertTag
     from t2cli.experts.catalog import remove_expert
     from t2cli.svf.expert import ExpertConfig, register_expert
+    from tests.registry_support import add_base_model
 
     done, errors = 0, []
     # all workers open the same blank home at once: one migrates it (under a file lock), the rest wait
     registry = Registry.open(Path(home))
     try:
-        base_id = _base_model_id(registry, worker)
+        base_id = add_base_model(registry, f"{worker:x}" * 64, f"tiny-{worker}").id
         for op in range(OPS_PER_WORKER):
             name = f"w{worker}-e{op}"
             try:

@@ -8,8 +8,13 @@ checkpoint / SVD chunk widens the windows so the kills land mid-run; it changes 
 
 The kill schedule is random, seeded by T2_RELIABILITY_SEED (default 7) and printed, so a failure
 can be replayed. Determinism: a resumed run restores z, AdamW moments, the LR schedule and the
-torch and Python RNG states from its checkpoint, so on CPU the final z equals an uninterrupted
-run's bit for bit in practice; we compare with atol=1e-6 (the same bound as tests/test_train.py).
+torch and Python RNG states from its checkpoint, so on CPU its last checkpoint (z, best z, moments,
+step counts, sampler state) equals an uninterrupted run's bit for bit in practice; we compare with
+atol=1e-6 (the same bound as tests/test_train.py). The training settings make that comparison
+bite: raw +/-1 advantages and a large learning rate move z at every step (a random tiny model
+answers no sum, so a group baseline would leave every advantage at 0 and z at 1), and the kills
+land after two or more Adam steps, so a resume that lost the moments, the sampler's state or the
+step counter ends on another z.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ TRAIN_ARGS = [
     "cpu",
     "--seed",
     "3",
+    "--advantage",
+    "raw",
+    "--lr",
+    "0.05",
 ]
 
 
@@ -160,6 +169,37 @@ def _checkpoint_step(home: Path) -> int:
     return best
 
 
+def _last_checkpoint(home: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of the one run's checkpoint (the last step's, once the run is done)."""
+    from safetensors import safe_open
+
+    (path,) = (home / "runs").glob("*/checkpoint.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata()
+
+
+def _resume_state(metadata: dict[str, str]) -> dict:
+    """What a resumed run must have carried over, from a checkpoint's metadata (not the timings)."""
+    state = json.loads(metadata["state"])
+    untimed = [{k: v for k, v in m.items() if k not in ("seconds", "tokens_per_s")} for m in state.pop("history")]
+    return {
+        "state": state,
+        "history": untimed,
+        "adam_steps": json.loads(metadata["adam_steps"]),
+        "schedule": json.loads(metadata["schedule"]),
+        "python_rng": json.loads(metadata["python_rng"]),
+    }
+
+
+def _tensor_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest |a - b| over the tensors of both (1.0 when their names differ); the RNG state must be equal."""
+    if set(a) != set(b):
+        return 1.0
+    if not torch.equal(a.get("rng/torch", torch.zeros(0)), b.get("rng/torch", torch.zeros(0))):
+        return 1.0
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if k != "rng/torch")
+
+
 def _count(home: Path, sql: str) -> int:
     db = home / "registry.db"
     if not db.exists():
@@ -205,10 +245,13 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
     assert proc.exitcode == 0
     with Registry.open(reference_home) as registry:
         reference_z = load_expert(registry, "ref").z
+    reference_tensors, reference_meta = _last_checkpoint(reference_home)
+    moved = max(float((v - 1).abs().max()) for k, v in reference_tensors.items() if k.startswith("z/"))
+    assert moved > 1e-2, "z must move at every step, or a resume that lost the optimizer state would go unseen"
 
     home = tmp_path / "killed"
     rng = random.Random(SEED)
-    points = sorted(rng.sample(range(0, STEPS), 2))  # kill once checkpoint k is on disk
+    points = sorted(rng.sample(range(2, STEPS), 2))  # kill once checkpoint k is on disk (after 2+ Adam steps)
     seen = []
     args = [*base, "--name", "k9"]
 
@@ -245,28 +288,31 @@ def test_kill9_during_training_then_resume_gives_the_uninterrupted_expert(
         with registry.session(readonly=True) as session:
             experts = list(session.scalars(select(Expert.name)))
             runs = list(session.execute(select(TrainingRun.status, TrainingRun.expert_id)))
-    max_diff = (
-        max(float((z[name] - reference_z[name]).abs().max()) for name in z) if set(z) == set(reference_z) else 1.0
-    )
+    # the expert (best-on-validation z) and the last checkpoint (z, best z, Adam moments, RNG) against the reference
+    tensors, meta = _last_checkpoint(home)
+    max_diff = max(_tensor_diff(z, reference_z), _tensor_diff(tensors, reference_tensors))
+    same_state = _resume_state(meta) == _resume_state(reference_meta)
     # A kill is recovered when the command run after it went on with the same run, past where the kill left
-    # it (a later checkpoint, or the run finished); the last one also when the result is the reference z.
+    # it (a later checkpoint, or the run finished); the last one also when the result is the reference run's.
     tried = len(after_kill)
-    later = [*after_kill[1:], (final[0], final[1], final[2] and max_diff <= 1e-6)]
+    later = [*after_kill[1:], (final[0], final[1], final[2] and max_diff <= 1e-6 and same_state)]
     recovered = sum(
         ids == next_ids and (next_step, next_done) > (step, done)
         for (ids, step, done), (next_ids, next_step, next_done) in zip(after_kill, later)
     )
-    assert recovered == tried, (after_kill, final, max_diff)
+    assert recovered == tried, (after_kill, final, max_diff, same_state)
     assert experts == ["k9"], "one expert, no half-registered duplicates"
     assert len(runs) == 1 and runs[0][0] == "finished" and runs[0][1] is not None
     assert max_diff <= 1e-6, max_diff
+    assert same_state, (_resume_state(meta), _resume_state(reference_meta))
     # the re-registration after the last kill stored the same bytes (same z, canonical header): no stray blob
     removed = _assert_clean(home)
     assert removed == []
     with capsys.disabled():
         print(
             f"\n[reliability] train kill -9 (seed {SEED}): kills after checkpoints {seen} + before "
-            f"the run is marked finished: {tried} tried, {recovered} recovered; max |z - z_ref| = {max_diff:.1e}, "
+            f"the run is marked finished: {tried} tried, {recovered} recovered; z moved up to {moved:.2f}, "
+            f"max |Δ| vs the uninterrupted run (z, moments) = {max_diff:.1e}, "
             f"gc removed {len(removed)} unused blobs"
         )
 

@@ -90,10 +90,10 @@ def adapt_cmd(
 
       t2 adapt --task humaneval --model llama3-8b --device cuda --population 32 --elite-ratio 0.2 --generations 50
     """
-    from t2cli.adapt.cem import AdaptConfig, CEMConfig, adapt, resolve_experts, resolve_shots
-    from t2cli.experts.mixing import check_name_free, free_name
-    from t2cli.home import open_registry
-    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.adapt.cem import AdaptConfig, CEMConfig, adapt, resolve_experts, resolve_shots  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.experts.mixing import check_name_free, free_name  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
     cem = CEMConfig(
         population=population,

@@ -55,8 +55,8 @@ def decompose(
 
       t2 decompose ./model.gguf --targets 'layers\\.(2[0-9])\\.mlp'
     """
-    from t2cli.decompose.engine import MAX_REL_ERROR, decompose_model
-    from t2cli.home import open_registry
+    from t2cli.decompose.engine import MAX_REL_ERROR, decompose_model  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     if old_dtype is not None:
         deprecated_alias("--dtype", "--svd-dtype")

@@ -6,7 +6,14 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from t2cli.cli.console import err, out, print_json, progress_bar
@@ -22,6 +29,7 @@ from t2cli.cli.options import (
     TaskOpt,
     TopKOpt,
 )
+from t2cli.errors import UsageError
 
 
 def eval_cmd(
@@ -71,13 +79,12 @@ def eval_cmd(
 
       t2 eval --task arc-challenge --strategy router-soft --top-k 2 --limit 100
     """
-    from t2cli.errors import UsageError
-    from t2cli.eval.accuracy import evaluate
-    from t2cli.home import open_registry
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.svf.expert import base_model_argument, check_base_model, load_expert
-    from t2cli.tasks import get_task, needs_registry
-    from t2cli.tasks.types import SPLITS
+    from t2cli.eval.accuracy import evaluate  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.svf.expert import base_model_argument, check_base_model, load_expert  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.tasks import get_task, needs_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.tasks.types import SPLITS  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
@@ -101,14 +108,7 @@ def eval_cmd(
             task_obj = get_task(task, registry=registry, base_model_id=adaptable.base_model_id)
         items = task_obj.split(split)
         total = min(limit, len(items)) if limit else len(items)
-        with progress_bar(
-            TextColumn(f"eval {task_obj.name}/{split}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            quiet=as_json,
-        ) as progress:
+        with _item_progress(f"eval {task_obj.name}/{split}", quiet=as_json) as progress:
             bar = progress.add_task("eval", total=total)
             result = evaluate(
                 registry,
@@ -140,6 +140,13 @@ def eval_cmd(
     out.print(table)
 
 
+def _item_progress(label: str, *, quiet: bool) -> Progress:
+    """The bar of an evaluation: ``label``, items done of all, time taken and left."""
+    return progress_bar(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), quiet=quiet
+    )
+
+
 def _eval_strategy(
     task: str,
     strategy: str,
@@ -153,22 +160,15 @@ def _eval_strategy(
     pass1: str,
     routing: dict[str, Any],
 ) -> None:
-    from t2cli.ask.evaluation import evaluate_strategy
-    from t2cli.home import open_registry
-    from t2cli.tasks import get_task
+    from t2cli.ask.evaluation import evaluate_strategy  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.tasks import get_task  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     task_obj = get_task(task)
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
     with (
         open_registry() as registry,
-        progress_bar(
-            TextColumn(f"pass 1 ({strategy}) {task_obj.name}/{split}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            quiet=as_json,
-        ) as progress,
+        _item_progress(f"pass 1 ({strategy}) {task_obj.name}/{split}", quiet=as_json) as progress,
     ):
         bar = progress.add_task("dispatch", total=total)
         result = evaluate_strategy(

@@ -24,13 +24,13 @@ def list_cmd(as_json: JsonOpt = False) -> None:
 
     Example: t2 experts list --json
     """
-    from t2cli.experts.catalog import list_experts
-    from t2cli.home import open_registry
+    from t2cli.experts.catalog import for_json, list_experts  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         experts = list_experts(registry)
     if as_json:
-        print_json({"experts": [asdict(e) for e in experts]})
+        print_json({"experts": [for_json(e) for e in experts]})
         return
     if not experts:
         out.print("No experts registered yet. Train one with `t2 train --task math` (see README).")
@@ -57,13 +57,13 @@ def show_cmd(name: ExpertArg, as_json: JsonOpt = False) -> None:
 
     Example: t2 experts show math-v1
     """
-    from t2cli.experts.catalog import get_expert
-    from t2cli.home import open_registry
+    from t2cli.experts.catalog import for_json, get_expert  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         e = get_expert(registry, name)
     if as_json:
-        print_json(asdict(e))
+        print_json(for_json(e))
         return
     out.print(f"[bold]{e.name}[/]  kind={e.kind}  base={e.base_model}  task={e.task or '-'}  created={e.created_at}")
     if e.description:
@@ -102,8 +102,8 @@ def rm_cmd(
 
     Example: t2 experts rm math-v1 --yes
     """
-    from t2cli.experts.catalog import get_expert, remove_expert
-    from t2cli.home import open_registry
+    from t2cli.experts.catalog import get_expert, remove_expert  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         get_expert(registry, name)
@@ -131,8 +131,8 @@ def tag_cmd(
 
       t2 experts tag add-v1 reviewed --remove
     """
-    from t2cli.experts.tags import tag_expert
-    from t2cli.home import open_registry
+    from t2cli.experts.tags import tag_expert  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~1 ms)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         result = tag_expert(registry, name, tags, remove=remove)

@@ -10,9 +10,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from registry.errors import NameTaken, RouterNotFound
 from t2cli.cli.console import err, out, print_json, progress_bar
 from t2cli.cli.options import DeviceOpt, JsonOpt, ModelOpt, name_option
-from t2cli.router.defaults import DEFAULT_POOLING
+from t2cli.errors import UsageError
+from t2cli.router.defaults import DEFAULT_POOLING, POOLINGS
 
 app = typer.Typer(
     help="Learned routers: pass 1 from the base model's hidden states (t2 ask --strategy router).",
@@ -26,8 +28,6 @@ DEFAULT_NAME = "router"
 def _layers(value: str | None) -> tuple[int, ...] | None:
     if value is None:
         return None
-    from t2cli.errors import UsageError
-
     try:
         layers = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
@@ -78,16 +78,13 @@ def train_cmd(
 
       t2 router train --experts arith-v1,arc-v1 --name router-v2 --json
     """
-    from registry.errors import NameTaken
-    from registry.queries import routers as router_rows
-    from t2cli.ask.engine import prepare_model, targets_for
-    from t2cli.errors import UsageError
-    from t2cli.home import open_registry
-    from t2cli.router.defaults import POOLINGS
-    from t2cli.router.model import FeatureRecipe
-    from t2cli.router.store import register_router
-    from t2cli.router.train import default_recipe, select_experts, train_router
-    from t2cli.svf.adaptable import load_adaptable
+    from registry.queries import routers as router_rows  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help`
+    from t2cli.ask.engine import prepare_model, targets_for  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.router.model import FeatureRecipe  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.router.store import register_router  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.router.train import default_recipe, select_experts, train_router  # noqa: PLC0415 - CLI start-up: pulls torch and scikit-learn
+    from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
     if pooling not in POOLINGS:
         raise UsageError(f"unknown --pooling {pooling!r}", f"use one of: {', '.join(POOLINGS)}")
@@ -154,8 +151,8 @@ def list_cmd(as_json: JsonOpt = False) -> None:
 
     Example: t2 router list
     """
-    from t2cli.home import open_registry
-    from t2cli.router.store import list_routers
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.router.store import list_routers  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
     with open_registry() as registry:
         rows = list_routers(registry)
@@ -186,8 +183,8 @@ def show_cmd(router: RouterArg, as_json: JsonOpt = False) -> None:
 
     Example: t2 router show router
     """
-    from t2cli.home import open_registry
-    from t2cli.router.store import describe_router
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.router.store import describe_router  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
     with open_registry() as registry:
         row, config = describe_router(registry, router)
@@ -207,13 +204,11 @@ def rm_cmd(
 
     Example: t2 router rm router --yes
     """
-    from registry.queries import routers as router_rows
-    from t2cli.home import open_registry
+    from registry.queries import routers as router_rows  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help`
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         if router_rows.get(registry, router) is None:
-            from registry.errors import RouterNotFound
-
             raise RouterNotFound(f"no router named {router!r}", "list them with `t2 router list`")
         if not yes and not typer.confirm(f"Remove router {router}?", default=False):
             raise typer.Exit(1)

@@ -26,8 +26,8 @@ def list_cmd(as_json: JsonOpt = False) -> None:
 
     Example: t2 runs list
     """
-    from t2cli.home import open_registry
-    from t2cli.train.runs import list_runs
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.train.runs import list_runs  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     with open_registry() as registry:
         runs = list_runs(registry)
@@ -56,8 +56,8 @@ def show_cmd(
 
     Example: t2 runs show run-20261123-101500-ab12 --plot curve.png
     """
-    from t2cli.home import open_registry
-    from t2cli.train.runs import get_run, plot_learning_curve
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.train.runs import get_run, plot_learning_curve  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     with open_registry() as registry:
         run = get_run(registry, run_id)
@@ -92,8 +92,8 @@ def rm_cmd(
 
     Example: t2 runs rm run-20261123-101500-ab12 --yes
     """
-    from t2cli.home import open_registry
-    from t2cli.train.run_removal import remove_run
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
+    from t2cli.train.run_removal import remove_run  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         plan = remove_run(registry, run_id, dry_run=True)  # checks it exists and is not being trained

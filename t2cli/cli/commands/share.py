@@ -10,6 +10,7 @@ import typer
 
 from t2cli.cli.console import err, out, print_json
 from t2cli.cli.options import DeviceOpt, ExpertArg, JsonOpt, complete_models, name_option
+from t2cli.errors import UsageError
 
 NameOpt = Annotated[str | None, name_option("Register under this name (default: the name it was shared under).")]
 BaseModelOpt = Annotated[
@@ -63,9 +64,8 @@ def export_cmd(
 
       t2 export math-v1 ./math-v1-lora --lora --rank 32
     """
-    from t2cli.errors import UsageError
-    from t2cli.experts.export import export_expert, export_lora, export_merged
-    from t2cli.home import open_registry
+    from t2cli.experts.export import export_expert, export_lora, export_merged  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     if merged and lora:
         raise UsageError("--merged and --lora exclude each other", "pick one export format")
@@ -81,13 +81,13 @@ def export_cmd(
                 f"matrices ({result.dtype}); load it with AutoModelForCausalLM.from_pretrained"
             )
         elif lora:
-            result = export_lora(registry, expert, folder, rank=16 if rank is None else rank, model=model)
-            summary = asdict(result)
+            adapter = export_lora(registry, expert, folder, rank=16 if rank is None else rank, model=model)
+            summary = asdict(adapter)
             text = (
-                f"wrote {result.folder}: LoRA r={result.rank} over {result.num_matrices} matrices, "
-                f"base {result.base_model_name_or_path}\n"
-                f"relative error ||delta - delta_r|| / ||delta|| per matrix: min {result.min_error:.4f}, "
-                f"median {result.median_error:.4f}, max {result.max_error:.4f}; overall {result.overall_error:.4f}"
+                f"wrote {adapter.folder}: LoRA r={adapter.rank} over {adapter.num_matrices} matrices, "
+                f"base {adapter.base_model_name_or_path}\n"
+                f"relative error ||delta - delta_r|| / ||delta|| per matrix: min {adapter.min_error:.4f}, "
+                f"median {adapter.median_error:.4f}, max {adapter.max_error:.4f}; overall {adapter.overall_error:.4f}"
             )
         else:
             path = export_expert(registry, expert, folder)
@@ -118,8 +118,8 @@ def import_cmd(
 
       t2 import ./math-v1 --name math-from-alice --model ./SmolLM2-135M-Instruct
     """
-    from t2cli.experts.importing import import_expert
-    from t2cli.home import open_registry
+    from t2cli.experts.importing import import_expert  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         result = import_expert(registry, folder, name=name, model=model)
@@ -153,8 +153,8 @@ def push_cmd(
 
       t2 push math-v1 alice/smollm2-math-svf --private --branch v2
     """
-    from t2cli.experts.hub import push_expert
-    from t2cli.home import open_registry
+    from t2cli.experts.hub import push_expert  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s) and huggingface_hub
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         result = push_expert(registry, expert, repo_id, private=private, branch=branch, message=message)
@@ -186,8 +186,8 @@ def pull_cmd(
 
       t2 pull alice/smollm2-math-svf --revision v2 --name math-alice
     """
-    from t2cli.experts.hub import pull_expert
-    from t2cli.home import open_registry
+    from t2cli.experts.hub import pull_expert  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s) and huggingface_hub
+    from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     with open_registry() as registry:
         result = pull_expert(registry, repo_id, revision=revision, name=name, model=model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,6 +21,12 @@ from t2cli.cli.options import (
     deprecated_alias,
     name_option,
 )
+from t2cli.errors import T2Error
+
+if TYPE_CHECKING:
+    from t2cli.svf.adaptable import Adaptable
+    from t2cli.svf.model import SVFModel
+    from t2cli.svf.sharded import ShardedSVF
 
 
 def train_cmd(
@@ -101,14 +107,13 @@ def train_cmd(
 
       torchrun --standalone --nproc-per-node 8 -m t2cli train --task math --model llama3-70b --shard fsdp --targets mlp
     """
-    from t2cli.errors import T2Error
-    from t2cli.runtime.distributed import init_distributed, open_registry_ranked, resolve_dtype
-    from t2cli.svf.adaptable import load_adaptable
-    from t2cli.svf.names import check_expert_name
-    from t2cli.svf.sharded import check_sharding, load_sharded_adaptable
-    from t2cli.tasks import get_task, needs_registry
-    from t2cli.train.loop import TrainConfig, find_resumable_run, train
-    from t2cli.train.rollout_vllm import check_vllm_backend
+    from t2cli.runtime.distributed import init_distributed, open_registry_ranked, resolve_dtype  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.svf.names import check_expert_name  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
+    from t2cli.svf.sharded import check_sharding, load_sharded_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.tasks import get_task, needs_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.train.loop import TrainConfig, find_resumable_run, train  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.train.rollout_vllm import check_vllm_backend  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
     if old_gen_batch is not None:
         deprecated_alias("--gen-batch", "--batch-size")
@@ -153,6 +158,7 @@ def train_cmd(
         if dist.is_main:
             err.print(f"loading {model or 'the embedded model'} and its decomposition...")
         base_dtype = resolve_dtype(dtype, dist.device)
+        adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF]
         if shard == "fsdp":
             adaptable = load_sharded_adaptable(registry, model, targets=targets, dtype=base_dtype, dist=dist)
         else:
