@@ -335,7 +335,7 @@ BAD_INPUTS = [
     (
         "unknown strategy",
         lambda m, t: ["ask", "hi", "--model", m, "--strategy", "magic"],
-        "use one of: none, expert:NAME, prompt, classifier, cem",
+        "use one of: none, expert:NAME, prompt, classifier, cem, router, router-soft",
         2,
     ),
     ("unknown expert", lambda m, t: ["ask", "hi", "--model", m, "--strategy", "expert:nope"], "no expert named 'nope'"),
