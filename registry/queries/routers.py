@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
 from registry.errors import NameTaken, RouterNotFound
-from registry.records import NewRouter, RouterRecord
+from registry.records import NewRouter, RouterRecord, from_attributes, values_of
 from registry.schema import BaseModel, Router
 
 if TYPE_CHECKING:
@@ -18,16 +18,12 @@ if TYPE_CHECKING:
 
 def _record(session: Session, row: Router) -> RouterRecord:
     base = session.get(BaseModel, row.base_model_id)
-    return RouterRecord(
-        id=row.id,
-        name=row.name,
-        base_model_id=row.base_model_id,
+    return from_attributes(
+        RouterRecord,
+        row,
         base_model_name=base.name if base is not None else "?",
         base_model_location=base.location if base is not None else "",
-        blob_sha256=row.blob_sha256,
-        valid_accuracy=row.valid_accuracy,
         config_json=row.config_json or "{}",
-        created_at=row.created_at,
     )
 
 
@@ -66,13 +62,7 @@ def add(registry: Registry, router: NewRouter, blob: BlobInfo, *, replace: bool 
             session.delete(existing)
             session.flush()
         registry.add_blob(session, blob, "router")
-        row = Router(
-            name=router.name,
-            base_model_id=router.base_model_id,
-            blob_sha256=blob.sha256,
-            valid_accuracy=router.valid_accuracy,
-            config_json=router.config_json,
-        )
+        row = Router(**values_of(router), blob_sha256=blob.sha256)
         session.add(row)
         session.flush()
         return row.id
