@@ -138,16 +138,20 @@ class SVFModel:
     @torch.no_grad()
     def apply(self, z: Mapping[str, torch.Tensor], *, key: str | None = None) -> None:
         """Adapt the model in place; ``key`` (an expert name) caches the composed weights for reuse."""
-        if key is not None and key in self._cache:
-            weights = self._cache[key]
-            self._cache.move_to_end(key)
-        else:
-            weights = self.composed(z)
-            if key is not None and self._cache_size > 0:
-                self._cache[key] = weights
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+        weights = self.composed(z) if key is None else self._composed_cached(z, key)
         self._bind(weights, key or "<unnamed>")
+
+    def _composed_cached(self, z: Mapping[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+        """W' for ``key`` from the LRU cache, else composed from z and cached (the oldest entry goes)."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        weights = self.composed(z)
+        if self._cache_size > 0:
+            self._cache[key] = weights
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return weights
 
     @torch.no_grad()
     def apply_mixture(self, parts: Mapping[str, tuple[float, Mapping[str, torch.Tensor]]], *, label: str) -> None:
@@ -159,17 +163,7 @@ class SVFModel:
         (cached under their keys, composed first if needed): K + 1 scaled additions per
         matrix instead of a rank-r product, which makes a new mixture per prompt cheap.
         """
-        composed: dict[str, Mapping[str, torch.Tensor]] = {}
-        for key, (_, z) in parts.items():
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                composed[key] = self._cache[key]
-            else:
-                composed[key] = self.composed(z)
-                if self._cache_size > 0:
-                    self._cache[key] = dict(composed[key])
-                    while len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
+        composed = {key: self._composed_cached(z, key) for key, (_, z) in parts.items()}
         base_share = 1.0 - sum(alpha for alpha, _ in parts.values())
         weights = {}
         for name in sorted(set().union(*(w.keys() for w in composed.values()))):
