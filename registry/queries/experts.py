@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
-from registry.errors import ExpertNotFound, NameTaken, RegistryError
+from registry.errors import ExpertNotFound, RegistryError
+from registry.queries.naming import claim_name
 from registry.records import ExpertRecord, NewExpert, ParentLink
 from registry.schema import BaseModel, Expert, ExpertParent, ExpertTag
 
@@ -158,12 +159,7 @@ def add(registry: Registry, expert: NewExpert, blob: BlobInfo, *, replace: bool 
     ``ExpertNotFound`` when a parent is not registered.
     """
     with registry.session() as session:
-        existing = session.scalars(select(Expert).where(Expert.name == expert.name)).first()
-        if existing is not None:
-            if not replace:
-                raise NameTaken(f"an expert named {expert.name!r} already exists", "pick another --name or remove it")
-            session.delete(existing)
-            session.flush()
+        claim_name(session, Expert, expert.name, "an expert", replace=replace)
         registry.add_blob(session, blob, "expert")
         row = Expert(
             name=expert.name,

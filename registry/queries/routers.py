@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.blobs import BlobInfo
-from registry.errors import NameTaken, RouterNotFound
+from registry.errors import RouterNotFound
+from registry.queries.naming import claim_name
 from registry.records import NewRouter, RouterRecord, from_attributes, values_of
 from registry.schema import BaseModel, Router
 
@@ -55,12 +56,7 @@ def add(registry: Registry, router: NewRouter, blob: BlobInfo, *, replace: bool 
     ``NameTaken`` when the name is registered, unless ``replace`` (the old row goes).
     """
     with registry.session() as session:
-        existing = session.scalars(select(Router).where(Router.name == router.name)).first()
-        if existing is not None:
-            if not replace:
-                raise NameTaken(f"a router named {router.name!r} already exists", "pick another --name or remove it")
-            session.delete(existing)
-            session.flush()
+        claim_name(session, Router, router.name, "a router", replace=replace)
         registry.add_blob(session, blob, "router")
         row = Router(**values_of(router), blob_sha256=blob.sha256)
         session.add(row)
