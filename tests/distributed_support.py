@@ -173,14 +173,24 @@ def _spawned_worker(
                 adaptable = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=dist)
             else:
                 adaptable = load_adaptable(registry, model, device=dist.device, dist=dist)
+            task = get_task(task_path)
             try:
-                task = get_task(task_path)
                 train(registry, adaptable, task, TrainConfig(**config), on_event=stop_after_step_2, dist=dist)
             except TrainingInterrupted:
-                return
+                pass
+            else:
+                raise AssertionError("the run was not interrupted")
+        # Rank 0 still writes the checkpoint when rank 1 is interrupted: leave together, so that no rank
+        # tears its gloo pairs down while the other may still use them.
+        td.barrier()
     finally:
         td.destroy_process_group()
-    raise AssertionError("the run was not interrupted")
+    # Skip interpreter finalisation: gloo's worker threads can still hold work objects then, and their
+    # destruction aborts the process ("terminate called without an active exception", SIGABRT) after
+    # the work is done and checked. Everything this rank wrote is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(world: int, home: Path, task_path: Path, model: Path, config: dict) -> None:
