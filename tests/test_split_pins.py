@@ -38,6 +38,11 @@ PINNED = {
         "valid": "db290c6da34ea4e248b2f1166bff8f186485d3872a9433f65079238ff419b2ef",
         "test": "762a26938a9e02dce7352624413642ad2417c69a0721faa72dacf294bda9d0e9",
     },
+    "coding": {
+        "train": "306a1f6ea316f2b4a6161d50e20b382416810719649fe850cd38c58bc636a9a4",
+        "valid": "68cc344d000aeb7803eeefc309dc9631bd19ba2eacedb29beb0a47636c9e020d",
+        "test": "9b81c64713306ddfbe4b4170df7869ce9690b5a1f5dd0d7d013745e7102d5193",
+    },
     "gsm8k": {
         "train": "113f54dde08d7aca04d8d0a4552c3296bd5c4049ccb2ea2d4511dbadf539e122",
         "valid": "8b13f9e9f2c2956e107eda8837c7af6e2403af43d52e90a80238c68d869ebf92",
@@ -57,6 +62,11 @@ PINNED = {
         "train": "1649938500f92a6cd10dcd8ea70b4003d4a960ac368e60825cb6f9f36e866d72",
         "valid": "c48e772cbef8fb9e038228ea06a34b892a5fb56983d7f27d132c5a244ddd5180",
         "test": "7c929a00dbefecbdd682e1264138f9ffc1e9e1220d707c3b57c217e6d89781c3",
+    },
+    "string-ops": {
+        "train": "4bf0d1fdc822861f5ebf717cf438bb48286dbcd4283635bdb72fef57afcf7ad6",
+        "valid": "e911fbb2843df75114aaf449fde743a9349e0f846e91f9a0f2b400cf30e867d8",
+        "test": "6cfdd99a86989a9dd744e170af72fb17ee35091194504d2d6c4e4ef5ea6e1692",
     },
 }
 

@@ -24,8 +24,10 @@ SIZES = {
     "arc-challenge": (247, 50, 1172),
     "mbpp": (200, 100, 200),
     "humaneval": (20, 0, 144),
+    "coding": (512, 100, 400),
+    "string-ops": (719, 100, 400),
 }
-TEXT_TASKS = ["gsm8k", "math500", "arithmetic", "addition", "arc-easy", "arc-challenge"]
+TEXT_TASKS = ["gsm8k", "math500", "arithmetic", "addition", "arc-easy", "arc-challenge", "coding", "string-ops"]
 CODE_TASKS = ["mbpp", "humaneval"]
 
 
@@ -146,6 +148,17 @@ def test_arithmetic_golds_equal_the_expressions() -> None:
     for split in ("train", "valid", "test"):
         for item in task.split(split):
             assert _evaluate(item.meta["expression"]) == float(item.answer), item
+
+
+def test_basic_skills_items_keep_every_option_and_their_gold() -> None:
+    """Option texts keep their inner spaces (string items differ by them) and the gold letter names an option."""
+    for name in ("coding", "string-ops"):
+        for item in get_task(name).split("test"):
+            letters = [line[0] for line in item.prompt.split("\n\n")[-2].split("\n")]
+            assert letters == [chr(ord("A") + i) for i in range(len(item.meta["choices"]))], item.id
+            assert item.answer in letters, item.id
+    trims = [i for i in get_task("string-ops").split("test") if any(c != c.strip() for c in i.meta["choices"])]
+    assert trims, "string-ops has items whose options differ only in spaces"
 
 
 def test_arc_test_questions_are_not_in_training() -> None:

