@@ -250,12 +250,20 @@ def test_ask_streams_the_answer_and_shows_the_dispatch(env, tiny_llama: Path) ->
     assert "switch " in plain.stderr and "pass 2 " in plain.stderr and "total " in plain.stderr
 
 
-def test_ask_prompt_strategy_by_default(env, tiny_llama: Path, monkeypatch) -> None:
+def test_ask_prompt_strategy_classifies_with_the_base_model(env, tiny_llama: Path, monkeypatch) -> None:
     monkeypatch.setattr(dispatch, "greedy_answer", lambda adaptable, message, **kw: "Classification: \\boxed{math}")
-    result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--json", *SHORT)
+    result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--strategy", "prompt", "--json", *SHORT)
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert (data["strategy"], data["choice"], data["category"]) == ("prompt", "m", "math")
+
+
+def test_ask_defaults_to_auto_which_without_a_router_answers_with_the_base_weights(env, tiny_llama: Path) -> None:
+    result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--json", *SHORT)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["strategy"], data["choice"]) == ("auto", "base")
+    assert "no router" in data["reason"] and "t2 router train" in data["reason"]
 
 
 def test_ask_batch_from_a_file_and_from_stdin(env, tiny_llama: Path, tmp_path: Path) -> None:
@@ -395,7 +403,7 @@ def test_bad_input_is_one_clear_line_its_exit_code_registry_unchanged(case, env,
 def test_no_experts_for_prompt_strategy_is_clear(tiny_llama: Path, t2_home: Path) -> None:
     assert t2("decompose", str(tiny_llama), "--device", "cpu").exit_code == 0
     before = registry_snapshot(t2_home)
-    result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama))
+    result = t2("ask", "What is 2 + 3?", "--model", str(tiny_llama), "--strategy", "prompt")
     assert result.exit_code == 1
     text = _single_error_line(result)
     assert "no experts with a category are registered for llama" in text and "--strategy none" in text

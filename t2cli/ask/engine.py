@@ -36,6 +36,7 @@ from t2cli.ask.strategies import (
     parse_strategy,
     run_dispatch,
 )
+from t2cli.bank.install import Installed, first_use_install
 from t2cli.errors import T2Error, UsageError
 from t2cli.models.hashing import HashCache
 from t2cli.models.identity import model_identity
@@ -63,11 +64,14 @@ class AskSettingError(AskError, UsageError):
     """An ask setting outside what it accepts (--pass1, --max-new-tokens, --temperature): exit code 2."""
 
 
+ROUTED_STRATEGIES = ("auto", "router", "router-soft")  # pass 1 reads a router: the starter bank may supply it
+
+
 @dataclass
 class AskSettings:
     """How ``t2 ask`` answers: the strategy and the generation settings of pass 2."""
 
-    strategy: str = "prompt"  # none | expert:NAME | prompt | classifier | cem | router | router-soft
+    strategy: str = "auto"  # auto | none | expert:NAME | prompt | classifier | cem | router | router-soft
     task: str | None = None  # cem: the task whose mixture to use
     classifier: str | None = None  # classifier: the dispatch expert (default: the latest trained on `dispatch`)
     pass1: str = "generate"  # prompt/classifier: generate the answer and parse it, or score the categories
@@ -268,6 +272,11 @@ class Asker:
         self._adaptable = adaptable
         self._z: dict[str, dict[str, torch.Tensor]] = {}
         self.prepared = prepare_model(registry, model, adaptable)
+        self.installed: Installed | None = None  # the starter bank, when this call installed it
+        if parse_strategy(settings.strategy)[0].name in ROUTED_STRATEGIES:
+            self.installed = first_use_install(registry, self.prepared.fingerprint, model=model)
+            if self.installed is not None and self.installed.changed:
+                self.prepared = prepare_model(registry, model, adaptable)  # the base model is registered now
         ctx = DispatchContext(
             registry=registry,
             base_model_id=self.prepared.base_model_id,

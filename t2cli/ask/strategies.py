@@ -16,6 +16,7 @@ mixture weights expert -> alpha, the reason). Pass 2 (``t2cli.ask.engine``) appl
 | ``cem`` | the latest CEM mixture registered for ``--task`` (made by ``t2 adapt``) |
 | ``router`` | the learned router reads the base model's hidden states of the prompt: its likeliest class |
 | ``router-soft`` | the same router's class probabilities as mixing weights (``other`` = base weights) |
+| ``auto`` | the default: ``AUTO_ROUTING`` with the base model's current router, else the base weights (and why) |
 
 The model is only loaded when a dispatcher first needs it (``ctx.adaptable()``),
 so every look-up error comes before anything is loaded or decomposed.
@@ -542,6 +543,23 @@ def _router_soft(ctx: DispatchContext, arg: str | None) -> Dispatcher:
         return Dispatch(choice, weights, f"router {name} ({scores}): {what}", category=router.config.classes[best])
 
     return run
+
+
+# What `auto` (t2 ask's default) runs when the base model has a current router: the mode that scored best
+# in bench/t2_table.py (docs/router.md).
+AUTO_ROUTING = "router"
+
+
+@strategy(
+    "auto",
+    help=f"The default: the base model's learned router ({AUTO_ROUTING}) when it has a current one, else base weights.",
+)
+def _auto(ctx: DispatchContext, arg: str | None) -> Dispatcher:
+    try:
+        return _STRATEGIES[AUTO_ROUTING].factory(ctx, None)
+    except T2Error as exc:  # no router, a stale one, one of another model: answer, and say why not routed
+        why = f"{exc}; {exc.hint}" if exc.hint else str(exc)
+        return lambda prompt: Dispatch(BASE, {}, f"base weights (auto: {why})")
 
 
 def mixture_key(weights: Mapping[str, float]) -> str:

@@ -22,6 +22,7 @@ from t2cli import __version__
 from t2cli.cli.commands import (
     adapt,
     ask,
+    bank,
     db,
     decompose,
     evaluate,
@@ -179,6 +180,7 @@ def _register_commands() -> None:
     app.add_typer(experts.app, name="experts", cls=CommandGroup)
     app.add_typer(runs.app, name="runs", cls=CommandGroup)
     app.add_typer(router.app, name="router", cls=CommandGroup)
+    app.add_typer(bank.app, name="bank", cls=CommandGroup)
     app.add_typer(db.app, name="db", cls=CommandGroup)
 
 

@@ -27,9 +27,12 @@ def ask_cmd(
     strategy: Annotated[
         str,
         typer.Option(
-            "--strategy", "-s", help="Pass 1: none, expert:NAME, prompt, classifier, cem, router or router-soft."
+            "--strategy",
+            "-s",
+            help="Pass 1: auto (the learned router when the model has one, else base weights), none, expert:NAME, "
+            "prompt, classifier, cem, router or router-soft.",
         ),
-    ] = "prompt",
+    ] = "auto",
     task: Annotated[str | None, typer.Option("--task", "-t", help="cem: the task whose CEM mixture to use.")] = None,
     classifier: Annotated[
         str | None,

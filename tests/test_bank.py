@@ -1,0 +1,176 @@
+"""Starter banks: built from a registry, checked file by file, installed into a fresh home, used by `auto`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from registry.queries import experts as expert_rows
+from registry.queries import routers as router_rows
+from t2cli.ask.engine import Asker, AskSettings
+from t2cli.bank import manifest
+from t2cli.bank.build import build_bank, lift_of
+from t2cli.bank.install import MARKER_FILE, install_bank, router_staleness
+from t2cli.bank.manifest import BankError, read_bank
+from t2cli.cli.app import app
+from t2cli.errors import T2Error
+from t2cli.eval.paired import mcnemar_exact, paired
+from t2cli.experts.catalog import remove_expert
+from t2cli.home import open_registry
+from t2cli.router.store import register_router
+from t2cli.router.train import select_experts, train_router
+from t2cli.svf.expert import WEIGHTS_FILE, load_expert
+from tests.ask_support import math_and_code_experts
+
+runner = CliRunner()
+SMALL = {"train": 16, "valid": 4}
+
+
+# --------------------------------------------------------------------------- paired statistics
+
+
+def test_exact_mcnemar_matches_hand_computed_tails() -> None:
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(3, 0) == pytest.approx(2 / 8)  # 2 * P(X <= 0), X ~ Bin(3, 1/2)
+    assert mcnemar_exact(5, 1) == pytest.approx(2 * 7 / 64)  # 2 * (1 + 6) / 2**6
+    assert mcnemar_exact(1, 5) == mcnemar_exact(5, 1)
+    assert mcnemar_exact(31, 16) == pytest.approx(0.040, abs=5e-4)  # docs/ask.md's ARC-Challenge row
+    assert mcnemar_exact(4, 4) == 1.0
+
+
+def test_paired_counts_only_discordant_items() -> None:
+    stats = paired([True, True, False, False, True], [True, False, True, False, False])
+    assert (stats.n, stats.gains, stats.losses) == (5, 2, 1)
+    assert stats.delta == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="same items"):
+        paired([True], [True, False])
+
+
+def _eval_file(path: Path, correct: dict[str, bool]) -> None:
+    items = [{"id": key, "correct": ok, "completion": "", "answer": ""} for key, ok in correct.items()]
+    path.write_text(json.dumps({"split": "test", "max_new_tokens": 16, "items": items}))
+
+
+def test_a_lift_is_paired_on_the_same_items(tmp_path: Path) -> None:
+    _eval_file(tmp_path / "sums-base.json", {"a": False, "b": False, "c": True, "d": False})
+    _eval_file(tmp_path / "sums-m.json", {"d": True, "c": True, "b": True, "a": False})  # another order
+    lift = lift_of(tmp_path, "sums", "m")
+    assert lift is not None
+    assert (lift.n, lift.base_correct, lift.expert_correct, lift.gains, lift.losses) == (4, 1, 3, 2, 0)
+    assert lift.p == pytest.approx(0.5)
+    assert lift_of(tmp_path, "sums", "other") is None  # not measured
+    _eval_file(tmp_path / "sums-x.json", {"a": True, "z": True})
+    with pytest.raises(T2Error, match="different items"):
+        lift_of(tmp_path, "sums", "x")
+
+
+# --------------------------------------------------------------------------- build and install
+
+
+@pytest.fixture()
+def built_bank(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A bank (experts m and c, router r1) built from the test's registry under tmp/banks/tiny; then a new home."""
+    with math_and_code_experts(tiny_llama, tmp_path) as (registry, adaptable, zs, _):
+        experts = select_experts(registry, adaptable.base_model_id, None)
+        router = train_router(registry, adaptable, name="r1", experts=experts, per_class=SMALL).router
+        register_router(registry, router, base_model_id=adaptable.base_model_id)
+        evals = tmp_path / "evals"
+        evals.mkdir()
+        _eval_file(evals / "sums-base.json", {"a": False, "b": True})
+        _eval_file(evals / "sums-m.json", {"a": True, "b": True})
+        bank = build_bank(["m", "c"], "r1", evals, "bash scripts/bank.sh", tmp_path / "banks" / "tiny", model="tiny")
+    monkeypatch.setattr(manifest, "BANK_ROOT", tmp_path / "banks")
+    monkeypatch.setenv("T2_HOME", str(tmp_path / "fresh-home"))
+    return bank, zs
+
+
+def test_a_built_bank_lists_every_file_with_its_hash_and_the_rebuild_commands(built_bank) -> None:
+    bank, _ = built_bank
+    again = read_bank(bank.folder)
+    assert again == bank
+    assert {e.name for e in bank.experts} == {"m", "c"} and bank.router is not None
+    assert {f"experts/m/{WEIGHTS_FILE}", f"experts/c/{WEIGHTS_FILE}"} <= set(bank.files)
+    lift = next(e.lift for e in bank.experts if e.name == "m")
+    assert lift is not None and (lift.gains, lift.losses) == (1, 0)
+    card = (bank.folder / "README.md").read_text()
+    assert "bash scripts/bank.sh" in card and "sums.jsonl --name m`" in card and "--name r1" in card
+
+
+def test_a_damaged_bank_file_is_refused(built_bank) -> None:
+    bank, _ = built_bank
+    weights = bank.folder / "experts" / "m" / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BankError, match="does not match its sha256"):
+        read_bank(bank.folder)
+
+
+def test_the_bank_installs_into_a_fresh_home_with_the_same_z_and_a_current_router(built_bank, tiny_llama: Path) -> None:
+    bank, zs = built_bank
+    with open_registry() as registry:
+        installed = install_bank(registry, bank, model=str(tiny_llama))
+        assert sorted(installed.experts) == ["c", "m"] and installed.router == "r1"
+        assert router_staleness(registry, installed) is None
+        for name, z in zs.items():
+            loaded = load_expert(registry, name)
+            assert loaded.config.kind == "imported" and loaded.config.origin["source"] == "bank"
+            assert all((loaded.z[key] == value).all() for key, value in z.items())
+        again = install_bank(registry, bank, model=str(tiny_llama))  # idempotent: nothing replaced
+        assert not again.changed and len(again.kept) == 3
+        asker = Asker(registry, AskSettings(strategy="router", max_new_tokens=2), model=str(tiny_llama))
+        result = asker.ask("What is 1 plus 2?")
+    assert result.reason.startswith("router r1 (")
+
+
+def test_auto_installs_the_bank_once_and_a_removed_expert_stays_removed(built_bank, tiny_llama: Path) -> None:
+    bank, _ = built_bank
+    settings = AskSettings(max_new_tokens=2)  # the default strategy
+    assert settings.strategy == "auto"
+    with open_registry() as registry:
+        first = Asker(registry, settings, model=str(tiny_llama))
+        assert first.installed is not None and first.installed.changed
+        assert (registry.home / MARKER_FILE).exists()
+        assert first.ask("What is 1 plus 2?").reason.startswith("router r1 (")
+        remove_expert(registry, "m")
+        second = Asker(registry, settings, model=str(tiny_llama))
+        assert second.installed is None  # the marker: installed once per home
+        answer = second.ask("What is 1 plus 2?")
+        assert answer.choice == "base" and "auto: router 'r1' is stale" in answer.reason
+        assert expert_rows.get(registry, "m") is None
+        install_bank(registry, bank, model=str(tiny_llama))  # asked for: brings it back
+        assert expert_rows.get(registry, "m") is not None
+        assert Asker(registry, settings, model=str(tiny_llama)).ask("What is 1 plus 2?").reason.startswith("router r1")
+
+
+def test_auto_without_a_bank_or_router_answers_with_the_base_weights_and_says_why(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    with math_and_code_experts(tiny_llama, tmp_path) as (registry, _, _, _):
+        asker = Asker(registry, AskSettings(max_new_tokens=2), model=str(tiny_llama))
+        assert asker.installed is None and router_rows.all_routers(registry) == []
+        answer = asker.ask("What is 1 plus 2?")
+    assert answer.choice == "base" and answer.reason.startswith("base weights (auto: no router")
+
+
+def test_bank_commands_list_and_install(built_bank, tiny_llama: Path) -> None:
+    listed = runner.invoke(app, ["bank", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    banks = json.loads(listed.stdout)["banks"]
+    assert [b["model"] for b in banks] == ["tiny"] and banks[0]["router"]["name"] == "r1"
+    installed = runner.invoke(app, ["bank", "install", "--model", str(tiny_llama), "--json"])
+    assert installed.exit_code == 0, installed.output
+    report = json.loads(installed.stdout)
+    assert sorted(report["experts"]) == ["c", "m"] and report["router"] == "r1" and report["router_stale"] is None
+
+
+def test_bank_install_for_a_model_without_a_bank_is_one_clear_error(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifest, "BANK_ROOT", tmp_path / "no-banks")
+    result = runner.invoke(app, ["bank", "install", "--model", str(tiny_llama)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: no starter bank ships for"), result.stderr
