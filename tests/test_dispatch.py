@@ -103,7 +103,7 @@ def test_parse_strategy_names_and_errors() -> None:
     with pytest.raises(DispatchError) as unknown:
         parse_strategy("magic")
     assert "unknown strategy 'magic'" in unknown.value.message
-    assert unknown.value.hint == "use one of: none, expert:NAME, prompt, classifier, cem, router, router-soft"
+    assert unknown.value.hint == "use one of: none, expert:NAME, prompt, classifier, cem, router, router-soft, auto"
     with pytest.raises(DispatchError, match="needs a name"):
         parse_strategy("expert")
     with pytest.raises(DispatchError, match="takes no argument"):
