@@ -37,7 +37,6 @@ from t2cli.ask.engine import Asker, AskSettings
 from t2cli.eval.accuracy import wilson_interval
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
-from t2cli.tasks import get_task
 from t2cli.tasks.dispatch_task import OTHER, category_experts, dispatch_task
 
 if TYPE_CHECKING:
@@ -67,10 +66,8 @@ def dispatch_test_questions(registry: Registry, base_model_id: int, limit: int |
     """The `dispatch` task's test split, each item given as its source task's original question."""
     task = dispatch_task(registry, base_model_id)
     items = task.split("test")[:limit] if limit else task.split("test")
-    sources = {
-        name: {item.id: item.prompt for item in get_task(name).split("test")}
-        for name in {item.meta["source_task"] for item in items}
-    }
+    # The task objects the dispatch task drew from (a custom .jsonl task cannot be looked up again by its name).
+    sources = {source.name: {item.id: item.prompt for item in source.split("test")} for _, _, source in task.sources}
     offered = set(task.categories)
     return [
         (sources[item.meta["source_task"]][item.id.split("/", 3)[3]], expected_category(item.answer, offered))
