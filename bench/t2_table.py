@@ -128,17 +128,17 @@ def paired(reference: Sequence[bool], other: Sequence[bool]) -> Paired:
 class Accuracy:
     correct: int
     n: int
+    value: float
     low: float  # 95% Wilson interval
     high: float
 
-    @property
-    def value(self) -> float:
-        return self.correct / self.n if self.n else 0.0
+
+def proportion(correct: int, n: int) -> Accuracy:
+    return Accuracy(correct, n, correct / n if n else 0.0, *wilson_interval(correct, n))
 
 
 def accuracy(flags: Sequence[bool]) -> Accuracy:
-    correct = sum(1 for flag in flags if flag)
-    return Accuracy(correct, len(flags), *wilson_interval(correct, len(flags)))
+    return proportion(sum(1 for flag in flags if flag), len(flags))
 
 
 # --------------------------------------------------------------------------- rows: plans and per-item results
@@ -171,6 +171,7 @@ class RowRun:
     correct: list[bool] = field(default_factory=list)
     choices: list[str] = field(default_factory=list)  # what pass 2 used for each item
     pass1_seconds: float = 0.0  # all items
+    seconds: float = 0.0  # pass 1 and pass 2, all items
 
 
 def plan_rows(
@@ -347,6 +348,7 @@ def run_row(
         run.correct += [bool(sample["correct"]) for sample in result.samples]
         run.choices += [str(sample["choice"]) for sample in result.samples]
         run.pass1_seconds += result.dispatch_seconds
+        run.seconds += result.seconds
         if on_task:
             on_task(task.name, result.n)
     return run
@@ -358,6 +360,13 @@ class DispatchRow:
     set_name: str
     score: DispatchScore | None
     unavailable: str | None = None
+
+    @property
+    def right(self) -> Accuracy | None:
+        return None if self.score is None else proportion(self.score.right, self.score.n)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "right_category": None if self.right is None else asdict(self.right)}
 
 
 def dispatch_plans(rows: Sequence[RowPlan], router: str | None) -> list[tuple[str, AskSettings | None, str | None]]:
@@ -413,9 +422,9 @@ def main_columns(summary: TableSummary) -> list[str]:
         "95% CI",
         *(f"{family} (n={n})" for family, n in summary.families.items()),
         "vs base: gains / losses",
-        "p",
+        "p (vs base)",
         f"vs {best}: gains / losses",
-        "p ",
+        f"p (vs {best})",
         "routed to",
         "pass 1 s/item",
     ]
@@ -456,7 +465,7 @@ def dispatch_cells(rows: Sequence[DispatchRow]) -> list[list[str]]:
             cells.append([row.strategy, row.set_name, "", row.unavailable or "", "", "", ""])
             continue
         score = row.score
-        acc = Accuracy(score.right, score.n, *wilson_interval(score.right, score.n))
+        acc = proportion(score.right, score.n)
         cells.append(
             [
                 row.strategy,
@@ -559,7 +568,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-task", type=int, default=100, help="first N test items of each task (default 100)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on each task's own answer budget")
     parser.add_argument("--batch-size", type=int, default=16, help="pass-2 generation batch (default 16)")
-    parser.add_argument("--pass1", choices=("generate", "score"), default="score", help="pass 1 of prompt/classifier")
+    parser.add_argument(
+        "--pass1", choices=("generate", "score"), default="score", help="pass 1 of prompt/classifier (default score)"
+    )
     parser.add_argument("--router", default=None, help="the router (default: the latest of the model)")
     parser.add_argument("--cem-task", default=None, help="use this task's CEM mixture on every item")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -596,8 +607,11 @@ class Measurement:
             "settings": self.settings,
             "items": [asdict(item) for item in self.items],
             "table": asdict(summary),
-            "per_item": {run.plan.name: {"correct": run.correct, "choices": run.choices} for run in self.runs},
-            "dispatch": [asdict(row) for row in self.dispatch],
+            "per_item": {
+                run.plan.name: {"correct": run.correct, "choices": run.choices, "seconds": run.seconds}
+                for run in self.runs
+            },
+            "dispatch": [row.to_json() for row in self.dispatch],
         }
 
 

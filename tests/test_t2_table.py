@@ -172,17 +172,20 @@ def test_json_is_written_whole_through_a_temporary_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- end to end, on a tiny random model
 
 
-def test_the_script_measures_every_row_on_a_tiny_model_and_writes_its_json(tiny_llama: Path, tmp_path: Path) -> None:
+def test_the_script_measures_every_row_on_a_tiny_model_and_writes_its_json(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with math_and_code_experts(tiny_llama, tmp_path) as (registry, adaptable, _, tasks):
         experts = select_experts(registry, adaptable.base_model_id, None)
         router = train_router(registry, adaptable, name="r1", experts=experts, per_class={"train": 16, "valid": 4})
         register_router(registry, router.router, base_model_id=adaptable.base_model_id)
     out = tmp_path / "table.json"
     args = ["--model", str(tiny_llama), "--tasks", f"{tasks['math']},{tasks['code']}", "--per-task", "2"]
-    code = t2_table.main(
-        [*args, "--max-new-tokens", "3", "--device", "cpu", "--dispatch-limit", "4", "--json", str(out)]
-    )
-    assert code == 0
+    options = ["--max-new-tokens", "3", "--device", "cpu", "--dispatch-limit", "4", "--markdown", "--json", str(out)]
+    assert t2_table.main([*args, *options]) == 0
+    printed = capsys.readouterr()
+    assert "| row | what | accuracy (n=4) |" in printed.out and "| pass 1 | set | n |" in printed.out
+    assert "┃" not in printed.out and "┃" in printed.err  # with --markdown the terminal tables go to stderr
     data = json.loads(out.read_text())
     rows = {row["name"]: row for row in data["table"]["rows"]}
     assert list(rows) == ["base", "expert:c", "expert:m", "prompt", "classifier", "cem", "router", "router-soft"]
@@ -190,10 +193,12 @@ def test_the_script_measures_every_row_on_a_tiny_model_and_writes_its_json(tiny_
     assert all(len(data["per_item"][name]["correct"]) == 4 for name in rows if rows[name]["unavailable"] is None)
     assert rows["classifier"]["unavailable"] == "not available (no dispatch classifier registered)"
     assert "no CEM mixture for sums, funcs" in rows["cem"]["unavailable"]
+    assert rows["base"]["overall"]["value"] == rows["base"]["overall"]["correct"] / 4
     assert sum(rows["router"]["routing"].values()) == 4 and rows["router"]["pass1_s_per_item"] > 0
     assert data["table"]["best_expert"] in ("expert:c", "expert:m")
     dispatch = {(row["strategy"], row["set_name"]): row for row in data["dispatch"]}
     assert dispatch["router", "dispatch test"]["score"]["n"] == 4
+    assert dispatch["router", "dispatch test"]["right_category"]["n"] == 4
     assert dispatch["prompt", "hand-written"]["score"]["n"] == 64
     assert dispatch["classifier", "hand-written"]["score"] is None
 
