@@ -57,7 +57,7 @@ from rich.table import Table
 from registry.queries import experts as expert_rows
 from t2cli.adapt.cem import latest_cem_mixture
 from t2cli.ask.engine import Asker, AskSettings, prepare_model, targets_for
-from t2cli.ask.evaluation import evaluate_strategy
+from t2cli.ask.evaluation import StrategyEvalResult, evaluate_strategy
 from t2cli.cli.console import progress_bar
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import wilson_interval
@@ -103,7 +103,7 @@ def mcnemar_exact(gains: int, losses: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(gains, losses) + 1))
-    return min(1.0, 2 * tail / 2**n)  # exact integers: no float underflow for hundreds of pairs
+    return min(1.0, 2 * tail / 2**n)  # exact integers, rounded once: 2.0**n would overflow past ~1000 pairs
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def run_row(
     plan: RowPlan,
     tasks: Sequence[Task],
     settings: RunSettings,
-    on_task: Callable[[str, int], None] | None = None,
+    on_task: Callable[[StrategyEvalResult], None] | None = None,
 ) -> RowRun:
     """Answer every task's items with the row's strategy on the loaded model; nothing is recorded."""
     run = RowRun(plan)
@@ -350,7 +350,7 @@ def run_row(
         run.pass1_seconds += result.dispatch_seconds
         run.seconds += result.seconds
         if on_task:
-            on_task(task.name, result.n)
+            on_task(result)
     return run
 
 
@@ -653,11 +653,21 @@ def answer_rows(
     progress: Progress,
     items: int,
 ) -> list[RowRun]:
+    """Every row on every task; one line per row and task as well, for logs where no bar is drawn."""
     bar = progress.add_task("answers", total=items * sum(1 for plan in plans if plan.unavailable is None))
     runs = []
     for plan in plans:
         progress.update(bar, description=f"answers: {plan.name}")
-        runs.append(run_row(registry, adaptable, plan, tasks, settings, lambda _task, n: progress.advance(bar, n)))
+
+        def done(result: StrategyEvalResult, name: str = plan.name) -> None:
+            progress.advance(bar, result.n)
+            progress.console.print(
+                f"{name} on {result.task}: {result.correct}/{result.n} right, {result.seconds:.1f} s "
+                f"(pass 1 {result.dispatch_seconds:.1f} s)",
+                highlight=False,
+            )
+
+        runs.append(run_row(registry, adaptable, plan, tasks, settings, done))
     return runs
 
 
@@ -681,8 +691,10 @@ def dispatch_rows(
                 rows.append(DispatchRow(label, set_name, None, questions))
             else:
                 progress.update(bar, description=f"pass 1 categories: {label}, {set_name}")
-                rows.append(
-                    DispatchRow(label, set_name, score_dispatch(asker, questions, lambda: progress.advance(bar)))
+                score = score_dispatch(asker, questions, lambda: progress.advance(bar))
+                rows.append(DispatchRow(label, set_name, score))
+                progress.console.print(
+                    f"pass 1 {label} on {set_name}: {score.right}/{score.n} right category", highlight=False
                 )
     return rows
 

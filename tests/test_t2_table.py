@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from bench import t2_table
+from bench.dispatch_accuracy import HANDWRITTEN, dispatched_category, expected_category, handwritten_questions
 from bench.t2_table import (
     MIXTURE,
     Item,
@@ -22,8 +24,10 @@ from bench.t2_table import (
     summarise,
     write_json,
 )
+from t2cli.ask.strategies import Dispatch
 from t2cli.router.store import register_router
 from t2cli.router.train import select_experts, train_router
+from t2cli.tasks.dispatch_task import OTHER
 from tests.ask_support import math_and_code_experts
 
 # --------------------------------------------------------------------------- McNemar
@@ -216,3 +220,11 @@ def test_a_registry_without_experts_or_router_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no router is registered") and "run `t2 router train`" in err
     assert len(err.splitlines()) == 1
+
+
+def test_a_handwritten_class_without_an_expert_is_expected_to_go_to_the_base_weights() -> None:
+    questions = handwritten_questions(HANDWRITTEN, {"math", "code"})
+    assert len(questions) == 64
+    assert Counter(category for _, category in questions) == {"math": 16, "code": 16, OTHER: 32}
+    assert expected_category("reasoning", {"math", "reasoning"}) == "reasoning"
+    assert dispatched_category(Dispatch("base", {}, "nothing readable")) == OTHER  # no category read: base weights
