@@ -311,6 +311,11 @@ class RunSettings:
     device: str
 
 
+def seen_in_training(experts: Sequence[CategoryExpert], tasks: Sequence[str]) -> list[tuple[str, str]]:
+    """(task, expert) for each task of the table that a category expert was trained on."""
+    return [(task, e.expert) for task in tasks for e in experts if task == e.task]
+
+
 def held_out_items(tasks: Sequence[Task], per_task: int) -> list[Item]:
     """The first ``per_task`` test items of each task, with the task's category as family."""
     return [
@@ -628,6 +633,8 @@ def measure(args: argparse.Namespace, machine: str, console: Console) -> Measure
         console.print(
             f"{machine}; model {prepared.model_name}; {len(items)} items of {', '.join(t.name for t in tasks)}"
         )
+        for task, expert in seen_in_training(experts, [t.name for t in tasks]):
+            console.print(f"note: expert {expert} was trained on {task}: those items are not held out", highlight=False)
         adaptable = load_adaptable(registry, args.model, targets=targets_for(registry, base_id), device=args.device)
         with progress_bar(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()

@@ -190,6 +190,7 @@ def test_the_script_measures_every_row_on_a_tiny_model_and_writes_its_json(
     printed = capsys.readouterr()
     assert "| row | what | accuracy (n=4) |" in printed.out and "| pass 1 | set | n |" in printed.out
     assert "┃" not in printed.out and "┃" in printed.err  # with --markdown the terminal tables go to stderr
+    assert "note: expert m was trained on sums: those items are not held out" in printed.err
     data = json.loads(out.read_text())
     rows = {row["name"]: row for row in data["table"]["rows"]}
     assert list(rows) == ["base", "expert:c", "expert:m", "prompt", "classifier", "cem", "router", "router-soft"]
