@@ -384,7 +384,9 @@ def dispatch_plans(rows: Sequence[RowPlan], router: str | None) -> list[tuple[st
     return plans
 
 
-def question_sets(registry: Registry, base_model_id: int, experts: Sequence[CategoryExpert], limit: int | None):
+def question_sets(
+    registry: Registry, base_model_id: int, experts: Sequence[CategoryExpert], limit: int | None
+) -> dict[str, list[Question] | str]:
     """The dispatch test split (needs two categories) and the hand-written prompts: name -> questions or why not."""
     sets: dict[str, list[Question] | str] = {}
     try:
@@ -542,26 +544,35 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- the run
 
 
-def check_registry(registry: Registry, model: str | None, router: str | None):
-    """The model's name and base id, its category experts and router, before anything is loaded (SetupError)."""
+def check_registry(registry: Registry, model: str | None, router: str | None) -> tuple[str, int, list[CategoryExpert]]:
+    """The model's name, its base-model id and its category experts, once its experts and router are checked.
+
+    Runs before the model is loaded, so that a registry that cannot give the table says so at once (SetupError).
+    """
     prepared = prepare_model(registry, model, None)
-    experts = category_experts(registry, prepared.base_model_id)
-    if prepared.base_model_id is None or not experts:
+    name, base_model_id = prepared.model_name, prepared.base_model_id
+    experts = category_experts(registry, base_model_id)
+    if base_model_id is None or not experts:
         raise SetupError(
-            f"no category experts are registered for {prepared.model_name} in {registry.home}: train one per "
-            "category first, e.g. `t2 train --task addition`, `t2 train --task arc-easy`, `t2 train --task coding`"
+            f"no category experts are registered for {name} in {registry.home}: train one per category first, "
+            "e.g. `t2 train --task addition`, `t2 train --task arc-easy`, `t2 train --task coding`"
         )
     try:
-        record = find_router(registry, router, prepared.base_model_id, prepared.model_name)
+        record = find_router(registry, router, base_model_id, name)
     except T2Error as exc:
         raise SetupError(f"{exc.message} in {registry.home}: run `t2 router train`") from None
-    stale = stale_reason(registry, load_router(registry, record), prepared.base_model_id)
+    if record.base_model_id != base_model_id:
+        raise SetupError(
+            f"router {record.name!r} belongs to base model {record.base_model_name}, not {name}: "
+            "run `t2 router train` for this model, or give --model"
+        )
+    stale = stale_reason(registry, load_router(registry, record), base_model_id)
     if stale is not None:
         raise SetupError(
             f"router {record.name!r} is stale ({stale} since it was trained): "
             f"run `t2 router train --name {record.name} --replace`"
         )
-    return prepared, experts
+    return name, base_model_id, experts
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -625,14 +636,11 @@ def measure(args: argparse.Namespace, machine: str, console: Console) -> Measure
     tasks = [get_task(name.strip()) for name in args.tasks.split(",") if name.strip()]
     settings = RunSettings(args.per_task, args.max_new_tokens, args.batch_size, args.router, args.device)
     with open_registry() as registry:
-        prepared, experts = check_registry(registry, args.model, args.router)
-        base_id = prepared.base_model_id
+        model_name, base_id, experts = check_registry(registry, args.model, args.router)
         plans = plan_rows(registry, base_id, experts, [t.name for t in tasks], pass1=args.pass1, cem_task=args.cem_task)
         items = held_out_items(tasks, args.per_task)
         sets = question_sets(registry, base_id, experts, args.dispatch_limit)
-        console.print(
-            f"{machine}; model {prepared.model_name}; {len(items)} items of {', '.join(t.name for t in tasks)}"
-        )
+        console.print(f"{machine}; model {model_name}; {len(items)} items of {', '.join(t.name for t in tasks)}")
         for task, expert in seen_in_training(experts, [t.name for t in tasks]):
             console.print(f"note: expert {expert} was trained on {task}: those items are not held out", highlight=False)
         adaptable = load_adaptable(registry, args.model, targets=targets_for(registry, base_id), device=args.device)
@@ -643,7 +651,7 @@ def measure(args: argparse.Namespace, machine: str, console: Console) -> Measure
             dispatch = dispatch_rows(registry, adaptable, dispatch_plans(plans, args.router), sets, progress)
     return Measurement(
         machine,
-        prepared.model_name,
+        model_name,
         {**asdict(settings), "tasks": [t.name for t in tasks], "pass1": args.pass1, "cem_task": args.cem_task},
         items,
         runs,

@@ -25,10 +25,12 @@ from bench.t2_table import (
     write_json,
 )
 from t2cli.ask.strategies import Dispatch
+from t2cli.home import open_registry
 from t2cli.router.store import register_router
 from t2cli.router.train import select_experts, train_router
+from t2cli.svf.adaptable import load_adaptable
 from t2cli.tasks.dispatch_task import OTHER
-from tests.ask_support import math_and_code_experts
+from tests.ask_support import add_expert, math_and_code_experts
 
 # --------------------------------------------------------------------------- McNemar
 
@@ -208,7 +210,7 @@ def test_the_script_measures_every_row_on_a_tiny_model_and_writes_its_json(
     assert dispatch["classifier", "hand-written"]["score"] is None
 
 
-def test_a_registry_without_experts_or_router_is_one_line_and_exit_2(
+def test_a_registry_without_experts_or_a_usable_router_is_one_line_and_exit_2(
     tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert t2_table.main(["--model", str(tiny_llama), "--device", "cpu"]) == 2
@@ -220,6 +222,16 @@ def test_a_registry_without_experts_or_router_is_one_line_and_exit_2(
     assert t2_table.main(["--model", str(tiny_llama), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no router is registered") and "run `t2 router train`" in err
+    assert len(err.splitlines()) == 1
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(tiny_llama), device="cpu")  # experts m and c, from above
+        experts = select_experts(registry, adaptable.base_model_id, None)
+        router = train_router(registry, adaptable, name="r1", experts=experts, per_class={"train": 8, "valid": 2})
+        register_router(registry, router.router, base_model_id=adaptable.base_model_id)
+        add_expert(registry, adaptable, "r", category="reasoning", seed=3)  # the router does not know it
+    assert t2_table.main(["--model", str(tiny_llama), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: router 'r1' is stale") and "`t2 router train --name r1 --replace`" in err
     assert len(err.splitlines()) == 1
 
 
