@@ -35,10 +35,12 @@ def test_a_fixed_expert_strategy_answers_exactly_like_evaluating_the_expert(tiny
         routed = evaluate_strategy(
             registry, task, "expert:m", model=str(tiny_llama), split="train", max_new_tokens=5, device="cpu"
         )
-        base = evaluate_strategy(
-            registry, task, "none", model=str(tiny_llama), split="train", max_new_tokens=5, device="cpu", record=False
+        base = evaluate_strategy(  # on the model loaded above: no second load
+            registry, task, "none", adaptable=adaptable, split="train", max_new_tokens=5, record=False
         )
+        direct_base = evaluate(registry, adaptable, task, split="train", max_new_tokens=5, record=False)
     assert routed.routing == {"m": 12} and base.routing == {"base": 12}
+    assert [s["completion"] for s in base.samples] == [s["completion"] for s in direct_base.samples]
     assert [s["completion"] for s in routed.samples] == [s["completion"] for s in direct.samples]
     assert [s["completion"] for s in base.samples] != [s["completion"] for s in routed.samples]
     assert routed.correct == direct.correct and routed.n == 12

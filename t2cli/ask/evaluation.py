@@ -22,6 +22,7 @@ from t2cli.runtime.generation import generate
 
 if TYPE_CHECKING:
     from registry import Registry
+    from t2cli.svf.adaptable import Adaptable
     from t2cli.tasks import Task
 
 
@@ -39,6 +40,7 @@ def evaluate_strategy(
     strategy: str,
     *,
     model: str | None = None,
+    adaptable: Adaptable | None = None,
     split: str = "test",
     limit: int | None = None,
     batch_size: int = 32,
@@ -52,7 +54,11 @@ def evaluate_strategy(
     on_item: Callable[[int], None] | None = None,
     record: bool = True,
 ) -> StrategyEvalResult:
-    """Dispatch each item with ``strategy``, answer each group of items batched, score, and store the result."""
+    """Dispatch each item with ``strategy``, answer each group of items batched, score, and store the result.
+
+    ``adaptable``: a model already loaded (``model`` is then ignored), so that several strategies
+    measured in one run share one load and one composed-weight cache (bench/t2_table.py).
+    """
     items = task.split(split)[:limit] if limit else task.split(split)
     if not items:
         raise T2Error(f"task {task.name} has no {split} items", "pick another --split")
@@ -70,6 +76,7 @@ def evaluate_strategy(
             top_k=top_k,
         ),
         model=model,
+        adaptable=adaptable,
         device=device,
     )
     adaptable = asker.load()
