@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -61,6 +60,7 @@ from t2cli.ask.evaluation import StrategyEvalResult, evaluate_strategy
 from t2cli.cli.console import progress_bar
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import wilson_interval
+from t2cli.eval.paired import Paired, paired
 from t2cli.home import open_registry
 from t2cli.router.store import find_router, load_router, stale_reason
 from t2cli.svf.adaptable import load_adaptable
@@ -95,33 +95,6 @@ class SetupError(Exception):
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def mcnemar_exact(gains: int, losses: int) -> float:
-    """Two-sided exact McNemar p: under no difference the discordant pairs split as Binomial(gains + losses, 1/2)."""
-    n = gains + losses
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(gains, losses) + 1))
-    return min(1.0, 2 * tail / 2**n)  # exact integers, rounded once: 2.0**n would overflow past ~1000 pairs
-
-
-@dataclass(frozen=True)
-class Paired:
-    """One row against a reference on the same items."""
-
-    gains: int  # right here, wrong in the reference
-    losses: int  # wrong here, right in the reference
-    p: float
-
-
-def paired(reference: Sequence[bool], other: Sequence[bool]) -> Paired:
-    """Gains, losses and the exact McNemar p of ``other`` against ``reference``, item by item."""
-    if len(reference) != len(other):
-        raise ValueError(f"paired results need the same items ({len(reference)} against {len(other)})")
-    gains = sum(1 for r, o in zip(reference, other) if o and not r)
-    losses = sum(1 for r, o in zip(reference, other) if r and not o)
-    return Paired(gains, losses, mcnemar_exact(gains, losses))
 
 
 @dataclass(frozen=True)
@@ -290,8 +263,8 @@ def summarise(items: Sequence[Item], runs: Sequence[RowRun]) -> TableSummary:
                 None,
                 accuracy(run.correct),
                 per_family,
-                None if run is base else paired(base.correct, run.correct),
-                None if best is None or run is best else paired(best.correct, run.correct),
+                None if run is base else paired(run.correct, base.correct),
+                None if best is None or run is best else paired(run.correct, best.correct),
                 routing_counts(run.choices) if routed else None,
                 run.pass1_seconds / len(items) if routed else None,
             )

@@ -17,7 +17,6 @@ from t2cli.bank.install import MARKER_FILE, install_bank, router_staleness
 from t2cli.bank.manifest import BankError, read_bank
 from t2cli.cli.app import app
 from t2cli.errors import T2Error
-from t2cli.eval.paired import mcnemar_exact, paired
 from t2cli.experts.catalog import remove_expert
 from t2cli.home import open_registry
 from t2cli.router.store import register_router
@@ -27,26 +26,6 @@ from tests.ask_support import math_and_code_experts
 
 runner = CliRunner()
 SMALL = {"train": 16, "valid": 4}
-
-
-# --------------------------------------------------------------------------- paired statistics
-
-
-def test_exact_mcnemar_matches_hand_computed_tails() -> None:
-    assert mcnemar_exact(0, 0) == 1.0
-    assert mcnemar_exact(3, 0) == pytest.approx(2 / 8)  # 2 * P(X <= 0), X ~ Bin(3, 1/2)
-    assert mcnemar_exact(5, 1) == pytest.approx(2 * 7 / 64)  # 2 * (1 + 6) / 2**6
-    assert mcnemar_exact(1, 5) == mcnemar_exact(5, 1)
-    assert mcnemar_exact(31, 16) == pytest.approx(0.040, abs=5e-4)  # docs/ask.md's ARC-Challenge row
-    assert mcnemar_exact(4, 4) == 1.0
-
-
-def test_paired_counts_only_discordant_items() -> None:
-    stats = paired([True, True, False, False, True], [True, False, True, False, False])
-    assert (stats.n, stats.gains, stats.losses) == (5, 2, 1)
-    assert stats.delta == pytest.approx(0.2)
-    with pytest.raises(ValueError, match="same items"):
-        paired([True], [True, False])
 
 
 def _eval_file(path: Path, correct: dict[str, bool]) -> None:

@@ -13,70 +13,22 @@ from bench.dispatch_accuracy import HANDWRITTEN, dispatched_category, expected_c
 from bench.t2_table import (
     MIXTURE,
     Item,
-    Paired,
     RowPlan,
     RowRun,
     best_single_expert,
     markdown_table,
-    mcnemar_exact,
-    paired,
     routing_counts,
     summarise,
     write_json,
 )
 from t2cli.ask.strategies import Dispatch
+from t2cli.eval.paired import Paired
 from t2cli.home import open_registry
 from t2cli.router.store import register_router
 from t2cli.router.train import select_experts, train_router
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.tasks.dispatch_task import OTHER
 from tests.ask_support import add_expert, math_and_code_experts
-
-# --------------------------------------------------------------------------- McNemar
-
-
-@pytest.mark.parametrize(
-    ("gains", "losses", "p"),
-    [
-        (31, 16, 0.040),  # docs/ask.md: arc-v1 against base on ARC-Challenge
-        (7, 3, 0.34),
-        (22, 11, 0.080),
-        (5, 3, 0.73),
-    ],
-)
-def test_mcnemar_matches_the_published_values(gains: int, losses: int, p: float) -> None:
-    assert mcnemar_exact(gains, losses) == pytest.approx(p, abs=0.005)
-
-
-def test_mcnemar_by_hand_on_tiny_counts() -> None:
-    assert mcnemar_exact(0, 0) == 1.0  # no discordant pair: no evidence
-    assert mcnemar_exact(1, 0) == 1.0  # 2 * 1/2, capped
-    assert mcnemar_exact(3, 0) == 0.25  # 2 * (1/2)^3
-    assert mcnemar_exact(6, 0) == 0.03125  # 2 * (1/2)^6
-    assert mcnemar_exact(4, 1) == 0.375  # 2 * (C(5,0) + C(5,1)) / 2^5
-    assert mcnemar_exact(11, 10) == 1.0
-
-
-def test_mcnemar_is_symmetric_and_stays_finite_for_many_pairs() -> None:
-    for gains, losses in [(31, 16), (4, 1), (0, 7), (200, 180)]:
-        assert mcnemar_exact(gains, losses) == mcnemar_exact(losses, gains)
-    assert 0.0 < mcnemar_exact(600, 500) < 0.01  # 2^1100 would overflow a float: exact integers do not
-
-
-# --------------------------------------------------------------------------- paired counts
-
-
-def test_paired_counts_gains_and_losses_item_by_item() -> None:
-    reference = [True, True, False, False, True, False]
-    other = [True, False, True, True, True, False]
-    assert paired(reference, other) == Paired(gains=2, losses=1, p=mcnemar_exact(2, 1))
-    assert paired(other, reference) == Paired(gains=1, losses=2, p=mcnemar_exact(1, 2))
-    assert paired(reference, reference) == Paired(0, 0, 1.0)
-
-
-def test_paired_refuses_results_of_other_items() -> None:
-    with pytest.raises(ValueError, match="same items"):
-        paired([True, False], [True])
 
 
 def test_routing_counts_most_first_and_mixtures_together() -> None:
@@ -134,13 +86,13 @@ def test_summary_splits_by_family_and_pairs_each_row_with_base_and_the_best_expe
         "math": (2, 2),
     }
     assert router.overall.low < 5 / 6 < router.overall.high
-    assert router.vs_base == Paired(3, 0, 0.25)  # a0, a1 and m1 gained
-    assert router.vs_best == Paired(2, 0, 0.5)  # m0 and m1 gained against expert:arc
+    assert router.vs_base == Paired(6, 3, 0, 0.25)  # a0, a1 and m1 gained
+    assert router.vs_best == Paired(6, 2, 0, 0.5)  # m0 and m1 gained against expert:arc
     assert router.routing == {"arc": 4, "arith": 1, "base": 1}
     assert router.pass1_s_per_item == pytest.approx(0.1)
 
     assert rows["base"].vs_base is None and rows["expert:arc"].vs_best is None  # nothing against itself
-    assert rows["expert:arith"].vs_best == Paired(2, 2, 1.0)
+    assert rows["expert:arith"].vs_best == Paired(6, 2, 2, 1.0)
     assert rows["expert:arc"].routing is None and rows["expert:arc"].pass1_s_per_item is None  # not routed
     assert rows["expert:code"].families["reasoning"].correct == 0
 
