@@ -60,6 +60,9 @@ def test_chat_with_a_named_expert_says_which_weights_answered(client: openai.Ope
     assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert reply.choices[0].finish_reason in ("stop", "length")
+    # This random expert ends its answer to this prompt with the end token, well before the budget.
+    ended = _chat(client, "alpha", messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=16)
+    assert ended.choices[0].finish_reason == "stop" and ended.usage.completion_tokens < 16
 
 
 def test_experts_answer_differently_from_the_base(client: openai.OpenAI, live: Live) -> None:
