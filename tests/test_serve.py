@@ -12,13 +12,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from typer.testing import CliRunner
 
-from t2cli.cli.app import app
 from t2cli.serve.errors import APIError
 from t2cli.serve.metrics import Metrics
 from t2cli.serve.scheduler import Job, Scheduler
 from t2cli.serve.weights import BASE_WEIGHTS
+from tests.ask_support import add_expert
 from tests.serve_support import EXPERTS, Live, live_server
 
 HI = [{"role": "user", "content": "Hi there"}]
@@ -223,16 +222,22 @@ def test_a_full_queue_is_429_and_a_closing_one_503(live: Live) -> None:
     assert closing.value.status == 503
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without --api-key"),
-        (["--cache-memory", "lots"], "--cache-memory 'lots' is not a size"),
-        (["--strategy", "magic"], "unknown strategy 'magic'"),
-    ],
-)
-def test_serve_refuses_bad_options_before_loading(args: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["serve", *args])
-    assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert lines[0] == f"error: {message}" or lines[0].startswith(f"error: {message}")
+def test_the_composed_weight_cache_is_bounded_by_bytes(tiny_llama: Path, reg) -> None:
+    from t2cli.svf.adaptable import load_adaptable
+
+    adaptable = load_adaptable(reg, str(tiny_llama), device="cpu")
+    svf = adaptable.svf
+    zs = {name: add_expert(reg, adaptable, name, category=None, seed=seed) for seed, name in enumerate(EXPERTS, 1)}
+    svf.apply(zs["alpha"], key="alpha")
+    one = svf.cache_nbytes()
+    assert one > 0 and svf.cache_entries() == 1
+    svf.set_cache_limits(entries=100, nbytes=2 * one)
+    for name in EXPERTS:
+        svf.apply(zs[name], key=name)
+    svf.apply({}, key="gamma")
+    assert svf.cache_entries() == 2 and svf.cache_nbytes() == 2 * one
+    assert not svf.is_cached("alpha") and svf.is_cached("beta")  # the least recently used went
+    assert (svf.cache_hits, svf.cache_misses) == (2, 3)  # alpha and gamma again; alpha, beta, gamma composed
+    svf.set_cache_limits(nbytes=0)
+    assert svf.cache_entries() == 0
+    svf.restore()

@@ -159,14 +159,26 @@ class Scheduler:
                 if not self._queue:
                     return
             time.sleep(self.gather_s)  # let requests sent together arrive together
-            self._choose_weights()
-            jobs = self._take_batch()
+            try:
+                self._choose_weights()
+                jobs = self._take_batch()
+            except Exception:  # a bug: fail what waits rather than let the worker die and requests hang
+                log.exception("the scheduler failed")
+                self._fail_queued(internal("the scheduler failed: this is a bug in t2"))
+                continue
             if jobs:
                 try:
                     self._answer(jobs)
                 finally:
                     with self._cond:
                         self._in_flight -= len(jobs)
+
+    def _fail_queued(self, error: APIError) -> None:
+        with self._cond:
+            jobs = list(self._queue)
+            self._queue.clear()
+        for job in jobs:
+            job.emit(Failed(error))
 
     def _choose_weights(self) -> None:
         """Pass 1 for every queued request that leaves the choice to a strategy (base weights applied)."""
@@ -220,8 +232,14 @@ class Scheduler:
         svf = self.adaptable.svf
         try:
             self._apply(weights)
-        except (APIError, T2Error) as exc:
-            error = exc if isinstance(exc, APIError) else internal(f"applying {weights.choice} failed: {exc.message}")
+        except Exception as exc:  # non-finite weights, out of memory: the base weights stay, the batch fails
+            if isinstance(exc, APIError):
+                error = exc
+            elif isinstance(exc, T2Error):
+                error = internal(f"applying {weights.choice} failed: {exc.message}")
+            else:
+                log.exception("applying %s failed", weights.choice)
+                error = internal(f"applying {weights.choice} failed: {type(exc).__name__}")
             svf.restore()
             for job in jobs:
                 job.emit(Failed(error))

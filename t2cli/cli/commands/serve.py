@@ -99,6 +99,7 @@ def serve_cmd(
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until the app is up, never refused
     except OSError as exc:
         raise T2Error(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}", "choose another --port or --host"
