@@ -31,6 +31,7 @@ from t2cli.cli.commands import (
     models,
     router,
     runs,
+    serve,
     share,
     tasks,
     train,
@@ -175,6 +176,7 @@ def _register_commands() -> None:
     adapt.register(app)
     transfer.register(app)
     share.register(app)
+    serve.register(app)
     tasks.register(app)
     app.add_typer(models.app, name="models", cls=CommandGroup)
     app.add_typer(experts.app, name="experts", cls=CommandGroup)

@@ -76,7 +76,9 @@ def compose_weight(base: torch.Tensor, factors: Factors, z: torch.Tensor) -> tor
 class SVFModel:
     """A causal LM plus the SVD factors of its target matrices, ready to be adapted."""
 
-    def __init__(self, model: nn.Module, factors: Mapping[str, Factors], *, cache_size: int = 4) -> None:
+    def __init__(
+        self, model: nn.Module, factors: Mapping[str, Factors], *, cache_size: int = 4, cache_bytes: int | None = None
+    ) -> None:
         self.model = model
         # Only z is ever trained: the base weights never need gradients (nor their memory).
         model.requires_grad_(False)
@@ -99,6 +101,9 @@ class SVFModel:
         self._base: dict[str, torch.Tensor] = {name: p.data for name, p in self._params.items()}
         self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        self.cache_hits = 0
+        self.cache_misses = 0
         self.active: str | None = None
 
     # ------------------------------------------------------------------ checks
@@ -142,16 +147,41 @@ class SVFModel:
         self._bind(weights, key or "<unnamed>")
 
     def _composed_cached(self, z: Mapping[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
-        """W' for ``key`` from the LRU cache, else composed from z and cached (the oldest entry goes)."""
+        """W' for ``key`` from the LRU cache, else composed from z and cached (the oldest entries go)."""
         if key in self._cache:
             self._cache.move_to_end(key)
+            self.cache_hits += 1
             return self._cache[key]
+        self.cache_misses += 1
         weights = self.composed(z)
         if self._cache_size > 0:
             self._cache[key] = weights
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._evict()
         return weights
+
+    def set_cache_limits(self, *, entries: int | None = None, nbytes: int | None = None) -> None:
+        """Bound the composed-weight cache by a number of entries and/or bytes (None: leave that bound as is)."""
+        if entries is not None:
+            self._cache_size = entries
+        if nbytes is not None:
+            self._cache_bytes = nbytes
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries until both bounds hold (an entry larger than the byte bound goes too)."""
+        while self._cache and (
+            len(self._cache) > self._cache_size
+            or (self._cache_bytes is not None and self.cache_nbytes() > self._cache_bytes)
+        ):
+            self._cache.popitem(last=False)
+
+    def cache_nbytes(self) -> int:
+        """Bytes held by the composed weights in the cache."""
+        return sum(t.numel() * t.element_size() for weights in self._cache.values() for t in weights.values())
+
+    def cache_entries(self) -> int:
+        """How many composed weight sets the cache holds."""
+        return len(self._cache)
 
     @torch.no_grad()
     def apply_mixture(self, parts: Mapping[str, tuple[float, Mapping[str, torch.Tensor]]], *, label: str) -> None:

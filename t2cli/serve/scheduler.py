@@ -1,0 +1,296 @@
+"""The model-owner worker: one thread owns the model, pulls requests from a bounded queue and
+answers those that need the same weights in one batched generation.
+
+Nothing else touches the model. The worker runs pass 1 for the requests that leave the
+choice to a strategy (with the base weights applied), then takes the oldest request and
+every queued request with the same weights and decoding into one batch, applies the
+weights (the composed-weight LRU cache makes a hot expert free), generates, and restores
+the base weights. Different weights therefore never share a forward pass. Events go back
+to each request's handler through its ``emit`` (thread-safe); ``close`` stops accepting and
+finishes what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from t2cli.errors import T2Error
+from t2cli.runtime.generation import sample_key
+from t2cli.serve.decode import Row, generate_rows
+from t2cli.serve.errors import APIError, internal, queue_full, unavailable
+from t2cli.serve.metrics import Metrics
+from t2cli.serve.weights import Pass1, Weights, WeightsResolver
+
+if TYPE_CHECKING:
+    from t2cli.svf.adaptable import Adaptable
+
+log = logging.getLogger("t2.serve")
+
+
+# --------------------------------------------------------------------------- events a handler receives
+
+
+@dataclass(frozen=True)
+class Started:
+    """The weights are applied and generation begins."""
+
+    weights: Weights
+
+
+@dataclass(frozen=True)
+class Text:
+    index: int  # which of the request's n choices
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    index: int
+    reason: str  # "stop" | "length" | "cancelled"
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: APIError
+
+
+@dataclass(frozen=True)
+class Completed:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Started | Text | Finished | Failed | Completed
+
+
+@dataclass
+class Job:
+    """One request waiting for the model."""
+
+    prompt_ids: list[int]
+    dispatch_prompt: str  # what pass 1 reads (the last user message, or the prompt)
+    target: Weights | Pass1
+    emit: Callable[[Event], None]
+    n: int = 1
+    max_tokens: int = 16
+    stops: list[str] = field(default_factory=list)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def group(self) -> tuple[str, float, float]:
+        """Requests with the same group share a batch: the same weights and the same decoding."""
+        if not isinstance(self.target, Weights):
+            raise RuntimeError("a request is grouped only once its weights are known")
+        return (self.target.key, 0.0, 1.0) if self.temperature == 0 else (self.target.key, self.temperature, self.top_p)
+
+
+class Scheduler:
+    """The bounded queue and the one worker thread that owns the model."""
+
+    def __init__(
+        self,
+        adaptable: Adaptable,
+        resolver: WeightsResolver,
+        metrics: Metrics,
+        *,
+        max_queue: int = 64,
+        max_batch: int = 16,
+        gather_s: float = 0.002,
+    ) -> None:
+        self.adaptable, self.resolver, self.metrics = adaptable, resolver, metrics
+        self.max_queue, self.max_batch, self.gather_s = max_queue, max_batch, gather_s
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._in_flight = 0
+        self._thread = threading.Thread(target=self._run, name="t2-model-owner", daemon=True)
+
+    # ------------------------------------------------------------------ the handlers' side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a request; 429 when the queue is full, 503 once the server is shutting down."""
+        with self._cond:
+            if self._closing:
+                raise unavailable("the server is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise queue_full(
+                    f"{len(self._queue)} requests are waiting (--queue-size {self.max_queue}); retry later"
+                )
+            self._queue.append(job)
+            self._cond.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Accept nothing more, answer what is queued, then stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ------------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+            time.sleep(self.gather_s)  # let requests sent together arrive together
+            try:
+                self._choose_weights()
+                jobs = self._take_batch()
+            except Exception:  # a bug: fail what waits rather than let the worker die and requests hang
+                log.exception("the scheduler failed")
+                self._fail_queued(internal("the scheduler failed: this is a bug in t2"))
+                continue
+            if jobs:
+                try:
+                    self._answer(jobs)
+                finally:
+                    with self._cond:
+                        self._in_flight -= len(jobs)
+
+    def _fail_queued(self, error: APIError) -> None:
+        with self._cond:
+            jobs = list(self._queue)
+            self._queue.clear()
+        for job in jobs:
+            job.emit(Failed(error))
+
+    def _choose_weights(self) -> None:
+        """Pass 1 for every queued request that leaves the choice to a strategy (base weights applied)."""
+        with self._cond:
+            pending = [job for job in self._queue if isinstance(job.target, Pass1)]
+        for job in pending:
+            if not isinstance(job.target, Pass1):
+                continue
+            failure: APIError | None = None
+            if job.cancelled.is_set():
+                failure = internal("the client went away")
+            else:
+                self.adaptable.svf.restore()
+                try:
+                    job.target = self.resolver.choose(job.target.strategy, job.dispatch_prompt)
+                    self.metrics.pass1(job.target.pass1_seconds)
+                except APIError as exc:
+                    failure = exc
+                except Exception as exc:  # a bug: one line to the client, the traceback to the log
+                    log.exception("pass 1 failed")
+                    failure = internal(f"pass 1 failed: {type(exc).__name__}")
+                finally:
+                    self.adaptable.svf.restore()
+            if failure is not None:
+                with self._cond:
+                    self._queue.remove(job)
+                job.emit(Failed(failure))
+
+    def _take_batch(self) -> list[Job]:
+        """The oldest ready request and every queued one of its group, up to ``max_batch`` sequences."""
+        with self._cond:
+            ready = [job for job in self._queue if isinstance(job.target, Weights)]
+            if not ready:
+                return []
+            group = ready[0].group()
+            jobs: list[Job] = []
+            rows = 0
+            for job in ready:
+                if job.group() == group and (not jobs or rows + job.n <= self.max_batch):
+                    jobs.append(job)
+                    rows += job.n
+            for job in jobs:
+                self._queue.remove(job)
+            self._in_flight += len(jobs)
+            return jobs
+
+    def _answer(self, jobs: list[Job]) -> None:
+        weights = jobs[0].target
+        if not isinstance(weights, Weights):
+            raise RuntimeError("a batch is answered only once its weights are known")
+        svf = self.adaptable.svf
+        try:
+            self._apply(weights)
+        except Exception as exc:  # non-finite weights, out of memory: the base weights stay, the batch fails
+            if isinstance(exc, APIError):
+                error = exc
+            elif isinstance(exc, T2Error):
+                error = internal(f"applying {weights.choice} failed: {exc.message}")
+            else:
+                log.exception("applying %s failed", weights.choice)
+                error = internal(f"applying {weights.choice} failed: {type(exc).__name__}")
+            svf.restore()
+            for job in jobs:
+                job.emit(Failed(error))
+            return
+        rows_of: list[list[Row]] = []
+        for job in jobs:
+            job.emit(Started(weights))
+            rows_of.append([self._row(job, index) for index in range(job.n)])
+        rows = [row for job_rows in rows_of for row in job_rows]
+        try:
+            generate_rows(
+                self.adaptable.model,
+                self.adaptable.tokenizer,
+                rows,
+                temperature=jobs[0].temperature,
+                top_p=jobs[0].top_p,
+            )
+        except Exception as exc:  # a bug or out of memory: every request of the batch fails cleanly
+            log.exception("generation failed")
+            for job in jobs:
+                job.emit(Failed(internal(f"generation failed: {type(exc).__name__}")))
+            return
+        finally:
+            svf.restore()
+        self.metrics.batch(len(rows))
+        for job, job_rows in zip(jobs, rows_of):
+            completion = 0
+            for index, row in enumerate(job_rows):
+                job.emit(Finished(index, row.finish_reason or "length", row.text, len(row.ids)))
+                completion += len(row.ids)
+            self.metrics.tokens(len(job.prompt_ids), completion)
+            job.emit(Completed(len(job.prompt_ids), completion))
+
+    def _apply(self, weights: Weights) -> None:
+        svf = self.adaptable.svf
+        parts = weights.parts
+        if not parts:
+            svf.restore()
+        elif len(parts) == 1 and parts[0].alpha == 1.0:
+            svf.apply(parts[0].z, key=parts[0].key)
+        else:
+            svf.apply_mixture({p.key: (p.alpha, p.z) for p in parts}, label=weights.key)
+
+    @staticmethod
+    def _row(job: Job, index: int) -> Row:
+        key = sample_key(job.seed, index) if job.seed is not None else secrets.randbits(63)
+        return Row(
+            prompt_ids=job.prompt_ids,
+            max_tokens=job.max_tokens,
+            stops=job.stops,
+            sample_key=key,
+            on_text=lambda text: job.emit(Text(index, text)),
+            cancelled=job.cancelled.is_set,
+        )

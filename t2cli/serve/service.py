@@ -1,0 +1,153 @@
+"""What the handlers share: the settings, the resolver, the scheduler, the metrics, and the
+request checks that run before a request is queued (tokens, limits, weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from t2cli.runtime.generation import prepare_tokenizer
+from t2cli.serve.errors import bad_request
+from t2cli.serve.metrics import Gauges, Metrics
+from t2cli.serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from t2cli.serve.scheduler import Event, Job, Scheduler
+from t2cli.serve.weights import WeightsResolver
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from registry import Registry
+    from t2cli.svf.adaptable import Adaptable
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and defaults of ``t2 serve`` (docs/serving.md)."""
+
+    api_key: str | None = None  # None: no Bearer check (loopback only, or --insecure)
+    strategy: str | None = None  # t2-auto's pass 1 (None: router when the base model has one, else none)
+    default_max_tokens: int = 256  # chat completions without max_tokens
+    max_tokens: int = 2048  # the largest max_tokens a request may ask
+    max_n: int = 8
+    max_body_bytes: int = 1 << 20
+    max_queue: int = 64
+    max_batch: int = 16
+    cache_bytes: int | None = 2 << 30  # composed weights kept for hot experts
+
+    def __post_init__(self) -> None:
+        for name in ("default_max_tokens", "max_tokens", "max_n", "max_body_bytes", "max_queue", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+
+class Service:
+    """The served model and everything a handler needs to turn a request into a queued ``Job``."""
+
+    def __init__(self, registry: Registry, adaptable: Adaptable, settings: ServeSettings) -> None:
+        self.registry, self.adaptable, self.settings = registry, adaptable, settings
+        prepare_tokenizer(adaptable.tokenizer)  # the worker's (left padding, a pad token)
+        # The handlers tokenize on other threads: their own copy, one at a time (a fast tokenizer
+        # is not safe to share across threads).
+        self._tokenizer = copy.deepcopy(adaptable.tokenizer)
+        self._tokenizer_lock = threading.Lock()
+        config = adaptable.model.config.get_text_config()
+        limit = getattr(config, "max_position_embeddings", None)
+        self.context_limit: int | None = int(limit) if limit else None
+        if settings.cache_bytes is not None:
+            adaptable.svf.set_cache_limits(entries=1 << 20, nbytes=settings.cache_bytes)
+        self.resolver = WeightsResolver(registry, adaptable, default_strategy=settings.strategy)
+        self.metrics = Metrics(self._gauges)
+        self.scheduler = Scheduler(
+            adaptable, self.resolver, self.metrics, max_queue=settings.max_queue, max_batch=settings.max_batch
+        )
+
+    @property
+    def base_name(self) -> str:
+        return self.resolver.base_name
+
+    def _gauges(self) -> Gauges:
+        svf = self.adaptable.svf
+        return Gauges(
+            queue_length=self.scheduler.queue_length,
+            in_flight=self.scheduler.in_flight,
+            cache_entries=svf.cache_entries(),
+            cache_bytes=svf.cache_nbytes(),
+            cache_hits=svf.cache_hits,
+            cache_misses=svf.cache_misses,
+        )
+
+    # ------------------------------------------------------------------ requests -> jobs (a handler's thread)
+
+    def chat_job(self, req: ChatCompletionRequest, emit: Callable[[Event], None]) -> Job:
+        text = self._render(req.messages)
+        with self._tokenizer_lock:
+            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        users = [m.text() for m in req.messages if m.role == "user"]
+        dispatch = users[-1] if users else req.messages[-1].text()
+        return self._job(req, ids, dispatch, req.token_budget(), self.settings.default_max_tokens, emit)
+
+    def completion_job(self, req: CompletionRequest, emit: Callable[[Event], None]) -> Job:
+        with self._tokenizer_lock:
+            ids = self._tokenizer(req.text())["input_ids"]
+        if not ids:
+            raise bad_request("the prompt is empty", param="prompt")
+        budget = req.token_budget()
+        return self._job(req, ids, req.text(), budget, COMPLETIONS_DEFAULT_MAX_TOKENS, emit)
+
+    def _render(self, messages: list[ChatMessage]) -> str:
+        turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
+        if not getattr(self._tokenizer, "chat_template", None):
+            return "\n\n".join(turn["content"] for turn in turns) + "\n"
+        with self._tokenizer_lock:
+            text = self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        if not isinstance(text, str):
+            raise TypeError(f"the chat template gave {type(text).__name__}, not text")
+        return text
+
+    def _job(
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        ids: list[int],
+        dispatch: str,
+        budget: int | None,
+        default: int,
+        emit: Callable[[Event], None],
+    ) -> Job:
+        s = self.settings
+        if req.n > s.max_n:
+            raise bad_request(f"n is {req.n}; this server answers at most {s.max_n} choices per request", param="n")
+        if budget is not None and budget > s.max_tokens:
+            raise bad_request(
+                f"max_tokens is {budget}; this server generates at most {s.max_tokens} tokens per answer",
+                param="max_tokens",
+            )
+        limit = self.context_limit
+        if limit is not None:
+            room = limit - len(ids)
+            if room < 1 or (budget is not None and budget > room):
+                raise bad_request(
+                    f"the prompt is {len(ids)} tokens; with max_tokens {budget or 1} that exceeds the "
+                    f"{limit}-token context window of {self.base_name}",
+                    param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+                    code="context_length_exceeded",
+                )
+            if budget is None:
+                budget = min(default, room)
+        target = self.resolver.resolve(req.model, req.t2)
+        return Job(
+            prompt_ids=list(ids),
+            dispatch_prompt=dispatch,
+            target=target,
+            emit=emit,
+            n=req.n,
+            max_tokens=budget or default,
+            stops=req.stops(),
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+        )

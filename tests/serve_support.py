@@ -1,0 +1,66 @@
+"""A live ``t2 serve`` on a tiny random model for the server tests: uvicorn on a free loopback port in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from registry import Registry
+from t2cli.serve.app import create_app
+from t2cli.serve.service import ServeSettings, Service
+from t2cli.svf.adaptable import Adaptable, load_adaptable
+from tests.ask_support import add_expert
+
+EXPERTS = ("alpha", "beta", "gamma")  # registered on the tiny model, z = 1 + 0.5 noise (seeds 1, 2, 3)
+
+
+@dataclass
+class Live:
+    url: str  # http://127.0.0.1:PORT
+    service: Service
+    registry: Registry
+    adaptable: Adaptable
+    server: uvicorn.Server
+
+
+@contextmanager
+def serving(service: Service) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Run the app of ``service`` until the block ends (graceful shutdown, queue drained)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(service), log_level="warning", lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+@contextmanager
+def live_server(home: Path, model: Path, **settings) -> Iterator[Live]:
+    """The tiny model with experts alpha, beta, gamma registered in ``home``, served with ``settings``."""
+    with Registry.open(home) as registry:
+        adaptable = load_adaptable(registry, str(model), device="cpu")
+        for seed, name in enumerate(EXPERTS, 1):
+            add_expert(registry, adaptable, name, category=None, seed=seed)
+        service = Service(registry, adaptable, ServeSettings(**settings))
+        with serving(service) as (url, server):
+            yield Live(url, service, registry, adaptable, server)
