@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,13 @@ from t2cli.bank.install import MARKER_FILE, install_bank, router_staleness
 from t2cli.bank.manifest import BankError, read_bank
 from t2cli.cli.app import app
 from t2cli.errors import T2Error
+from t2cli.eval.accuracy import EvalResult, make_result
 from t2cli.experts.catalog import remove_expert
 from t2cli.home import open_registry
 from t2cli.router.store import register_router
 from t2cli.router.train import select_experts, train_router
 from t2cli.svf.expert import WEIGHTS_FILE, load_expert
+from t2cli.tasks.types import TaskItem
 from tests.ask_support import math_and_code_experts
 
 runner = CliRunner()
@@ -29,8 +32,21 @@ SMALL = {"train": 16, "valid": 4}
 
 
 def _eval_file(path: Path, correct: dict[str, bool]) -> None:
-    items = [{"id": key, "correct": ok, "completion": "", "answer": ""} for key, ok in correct.items()]
-    path.write_text(json.dumps({"split": "test", "max_new_tokens": 16, "items": items}))
+    """What `t2 eval --json` prints (the same result type and serialisation), for the given per-item outcomes."""
+    items = [TaskItem(id=key, prompt="", answer="", kind="exact") for key in correct]
+    result = make_result(
+        "sums",
+        "test",
+        None,
+        items,
+        list(correct.values()),
+        [""] * len(items),
+        1.0,
+        1,
+        result_type=EvalResult,
+        max_new_tokens=16,
+    )
+    path.write_text(json.dumps(asdict(result)))
 
 
 def test_a_lift_is_paired_on_the_same_items(tmp_path: Path) -> None:
@@ -40,6 +56,7 @@ def test_a_lift_is_paired_on_the_same_items(tmp_path: Path) -> None:
     assert lift is not None
     assert (lift.n, lift.base_correct, lift.expert_correct, lift.gains, lift.losses) == (4, 1, 3, 2, 0)
     assert lift.p == pytest.approx(0.5)
+    assert lift.max_new_tokens == 16
     assert lift_of(tmp_path, "sums", "other") is None  # not measured
     _eval_file(tmp_path / "sums-x.json", {"a": True, "z": True})
     with pytest.raises(T2Error, match="different items"):

@@ -116,6 +116,7 @@ def evaluate_strategy(
         seconds,
         tokens,
         result_type=StrategyEvalResult,
+        max_new_tokens=budget,
         per_item=[{"choice": d.choice, "reason": d.reason} for d in decisions],
         strategy=strategy,
         pass1=pass1,

@@ -61,11 +61,11 @@ def lift_of(evals: Path, task: str, expert: str) -> Lift | None:
     if not (base_path.exists() and expert_path.exists()):
         return None
     base, tuned = read_eval(base_path), read_eval(expert_path)
-    base_items = {item["id"]: bool(item["correct"]) for item in base["items"]}
-    ids = [item["id"] for item in tuned["items"]]
+    base_items = {item["id"]: bool(item["correct"]) for item in base["samples"]}
+    ids = [item["id"] for item in tuned["samples"]]
     if set(ids) != set(base_items):
         raise T2Error(f"{base_path.name} and {expert_path.name} scored different items", "re-run both evaluations")
-    tuned_ok = [bool(item["correct"]) for item in tuned["items"]]
+    tuned_ok = [bool(item["correct"]) for item in tuned["samples"]]
     base_ok = [base_items[i] for i in ids]
     stats = paired(tuned_ok, base_ok)
     return Lift(

@@ -50,6 +50,7 @@ class EvalResult:
     seconds: float
     tokens_per_s: float
     samples: list[dict[str, Any]] = field(default_factory=list)
+    max_new_tokens: int | None = None  # the answer budget every item had (paired comparisons need the same)
 
 
 R = TypeVar("R", bound=EvalResult)
@@ -67,6 +68,7 @@ def make_result(
     *,
     result_type: type[R],
     per_item: Sequence[dict] | None = None,
+    max_new_tokens: int | None = None,
     **extra: Any,
 ) -> R:
     """An evaluation result with its Wilson interval and per-item record (``per_item`` adds fields to each)."""
@@ -88,6 +90,7 @@ def make_result(
         seconds=seconds,
         tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
         samples=samples,
+        max_new_tokens=max_new_tokens,
         **extra,
     )
 
@@ -155,7 +158,9 @@ def evaluate(
     correct, texts, seconds, tokens = run_items(
         adaptable, task, items, z, key=expert, batch_size=batch_size, on_batch=on_batch, max_new_tokens=budget
     )
-    result = make_result(task.name, split, expert, items, correct, texts, seconds, tokens, result_type=EvalResult)
+    result = make_result(
+        task.name, split, expert, items, correct, texts, seconds, tokens, result_type=EvalResult, max_new_tokens=budget
+    )
     if record:
         _record(registry, adaptable, result, limit=limit, batch_size=batch_size, max_new_tokens=budget)
     return result
