@@ -24,11 +24,12 @@ from registry.queries import base_models
 from registry.queries import experts as expert_rows
 from registry.queries import routers as router_rows
 from t2cli import __version__
-from t2cli.bank.manifest import BANK_ROOT, MANIFEST_FILE, Bank, BankExpert, BankRouter, Lift, sha256_file
+from t2cli.bank.manifest import BANK_ROOT, MANIFEST_FILE, Bank, BankExpert, BankRouter, Lift
 from t2cli.errors import T2Error
 from t2cli.eval.paired import paired
 from t2cli.experts.export import export_expert
 from t2cli.home import open_registry
+from t2cli.models.hashing import sha256_file
 from t2cli.models.resolve import DEFAULT_MODEL
 from t2cli.router.store import load_router
 from t2cli.train.loop import TrainConfig

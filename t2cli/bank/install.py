@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from registry.queries import base_models
 from registry.queries import experts as expert_rows
 from registry.queries import routers as router_rows
-from t2cli.bank.manifest import Bank, bank_for, sha256_file
+from t2cli.bank.manifest import Bank, bank_for
 from t2cli.experts.importing import import_expert
+from t2cli.models.hashing import sha256_file
 from t2cli.router.model import CONFIG_FILE, WEIGHTS_FILE, read_router
 from t2cli.router.store import load_router, register_router, stale_reason
 from t2cli.svf.expert import WEIGHTS_FILE as EXPERT_WEIGHTS_FILE

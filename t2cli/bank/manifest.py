@@ -7,13 +7,13 @@ rather than registered. ``scripts/bank.sh`` rebuilds the embedded model's bank.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from t2cli.errors import T2Error
+from t2cli.models.hashing import sha256_file
 
 BANK_ROOT = Path(__file__).parent  # one sub-folder per base model
 MANIFEST_FILE = "bank.json"
@@ -84,14 +84,6 @@ class Bank:
         data = asdict(self)
         data.pop("folder")
         return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **data}, indent=2, sort_keys=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_bank(folder: Path) -> Bank:

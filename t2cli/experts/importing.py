@@ -23,7 +23,6 @@ Only then is the expert registered, with kind ``imported`` (see docs/sharing.md)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,7 +37,7 @@ from safetensors.torch import load_file
 from registry.queries import base_models, decompositions, experts
 from t2cli.decompose.engine import register_base_model
 from t2cli.errors import T2Error
-from t2cli.models.hashing import HashCache
+from t2cli.models.hashing import HashCache, sha256_file
 from t2cli.models.identity import model_identity
 from t2cli.models.resolve import ALIASES, resolve_model
 from t2cli.models.targets import candidate_matrices
@@ -121,7 +120,7 @@ def read_expert_folder(folder: Path, *, links_into: Path | None = None) -> Exper
             f"{WEIGHTS_FILE} holds {len(z)} vectors but {CONFIG_FILE} says num_matrices = {config.num_matrices}",
             "the two files do not belong together; export the expert again",
         )
-    return ExpertFolder(z, config, _sha256(weights), unknown)
+    return ExpertFolder(z, config, sha256_file(weights), unknown)
 
 
 def _check_entries(folder: Path, links_into: Path | None) -> set[str]:
@@ -179,14 +178,6 @@ def _check_size(path: Path, limit: int) -> int:
     if size > limit:
         raise ExpertRefused(f"{path.name} is {size:,} bytes (limit {limit:,})", "this is not a t2 expert file")
     return size
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- expert_config.json
