@@ -216,3 +216,67 @@ def test_adapt_cli_with_the_router_start(env, tiny_llama: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "CEM started from the router r1 mean: m " in result.stdout
+
+
+# --------------------------------------------------------------------------- bench/cem_init.py on the tiny model
+
+
+def test_the_benchmark_runs_both_starts_at_each_seed_and_pairs_them(env, tiny_llama: Path, tmp_path: Path) -> None:
+    import json
+
+    from bench import cem_init
+    from t2cli.eval.paired import paired
+
+    _registry, _adaptable, _router, tasks = env
+    out = tmp_path / "cem_init.json"
+    args = ["--task", tasks["math"], "--experts", "m,c", "--model", str(tiny_llama), "--device", "cpu"]
+    args += ["--seeds", "0,1", "--shots", "3", "--population", "2", "--generations", "2", "--limit", "2"]
+    assert cem_init.main([*args, "--max-new-tokens", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    arms = {(arm["seed"], arm["init"]): arm for arm in data["arms"]}
+    assert sorted(arms) == [(0, "router"), (0, "uniform"), (1, "router"), (1, "uniform")]
+    assert arms[(0, "uniform")]["start"]["mean"] == [0.5, 0.5]
+    assert arms[(0, "router")]["start"]["router"] == "r1" and arms[(0, "router")]["start"]["base_share"] > 0
+    assert all(len(arm["generations"]) == 2 and len(arm["test_correct"]) == 2 for arm in arms.values())
+    assert len(data["base_correct"]) == 2 and data["settings"]["population"] == 2
+    rows = data["paired"]
+    assert [(r["label"], r["new"], r["old"]) for r in rows] == [
+        ("seed 0", "router", "uniform"),
+        ("seed 0", "uniform", "base"),
+        ("seed 0", "router", "base"),
+        ("seed 1", "router", "uniform"),
+        ("seed 1", "uniform", "base"),
+        ("seed 1", "router", "base"),
+        ("all 2 seeds (pooled)", "router", "uniform"),
+    ]
+    pooled = paired(
+        arms[(0, "router")]["test_correct"] + arms[(1, "router")]["test_correct"],
+        arms[(0, "uniform")]["test_correct"] + arms[(1, "uniform")]["test_correct"],
+    )
+    assert (rows[-1]["result"]["gains"], rows[-1]["result"]["losses"], rows[-1]["result"]["p"]) == (
+        pooled.gains,
+        pooled.losses,
+        pooled.p,
+    )
+    vs_base = paired(arms[(1, "router")]["test_correct"], data["base_correct"])
+    assert rows[5]["result"] == {"n": 2, "gains": vs_base.gains, "losses": vs_base.losses, "p": vs_base.p}
+
+
+def test_the_benchmark_pairs_router_against_uniform_per_seed_and_pooled() -> None:
+    from bench.cem_init import Arm, comparisons
+
+    def arm(seed: int, init: str, correct: list[bool]) -> Arm:
+        return Arm(seed, init, {}, [0.0, 0.0], [], [0.0, 0.0], [], correct, 0.0)
+
+    arms = [
+        arm(0, "uniform", [False, False, True, False]),
+        arm(0, "router", [True, True, True, False]),
+        arm(1, "uniform", [True, False, False, False]),
+        arm(1, "router", [False, True, False, False]),
+    ]
+    rows = comparisons(arms, [False, False, False, True])
+    first, pooled = rows[0], rows[-1]
+    assert (first.new, first.old, first.result.gains, first.result.losses) == ("router", "uniform", 2, 0)
+    assert first.new_accuracy == 0.75 and first.old_accuracy == 0.25
+    assert (rows[2].new, rows[2].old, rows[2].result.gains, rows[2].result.losses) == ("router", "base", 3, 1)
+    assert (pooled.result.n, pooled.result.gains, pooled.result.losses) == (8, 3, 1)
