@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from registry.queries import experts as expert_rows
+from t2cli.adapt.start import StartingMean, check_init, router_start, start_tensor, uniform_start
 from t2cli.errors import T2Error, UsageError
 from t2cli.experts.mixing import (
     MixingError,
@@ -381,6 +382,8 @@ class AdaptConfig:
     batch_size: int = 16
     baselines: bool = True  # also score the base weights and each expert alone (K + 1 evaluations)
     source: str = ""  # where the shots came from, e.g. "task gsm8k (train split)" or a file path
+    init: str = "uniform"  # CEM's starting mean: "uniform" (1/K, the paper) or "router" (t2cli.adapt.start)
+    router: str | None = None  # init "router": the router's name (None: the latest of the base model)
 
     def __post_init__(self) -> None:
         get_mixing_method(self.method)
@@ -388,6 +391,9 @@ class AdaptConfig:
             raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        check_init(self.init, self.router)
+        if self.init == "router" and self.cem.init_mean is not None:
+            raise UsageError("a starting mean of its own (CEMConfig.init_mean) and --init router exclude each other")
 
 
 @dataclass
@@ -404,6 +410,114 @@ class AdaptResult:
     shots: list[str]
     evaluations: int
     seconds: float
+    init: dict[str, Any] = field(default_factory=dict)  # StartingMean.to_json(): where CEM started
+
+
+@dataclass
+class MixtureSearch:
+    """What one CEM search found, before anything is registered (``search_mixture``)."""
+
+    groups: list[str] | None  # role groups when per_matrix
+    alpha: torch.Tensor  # (K,) or (G, K), float64
+    z: dict[str, torch.Tensor]  # the best mixture's z, float32 on the CPU
+    fitness: FewShotScore
+    start: StartingMean
+    start_fitness: FewShotScore | None  # the starting mean's own fitness, when asked for
+    base_fitness: FewShotScore | None
+    expert_fitness: dict[str, FewShotScore]
+    history: list[GenerationStats]
+    evaluations: int
+    max_new_tokens: int
+
+
+def search_mixture(
+    registry: Registry,
+    adaptable: Adaptable,
+    task: Task,
+    items: Sequence[TaskItem],
+    experts: Sequence[LoadedExpert],
+    config: AdaptConfig,
+    *,
+    score_start: bool = False,
+    on_candidate: Callable[[int, int], None] | None = None,
+    on_generation: Callable[[GenerationStats], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> MixtureSearch:
+    """Search mixing weights for ``experts`` on ``items`` with CEM from ``config.init``'s start; registers nothing.
+
+    ``score_start``: also score the starting mean itself (one evaluation more). The
+    model's base weights are restored after every fitness evaluation and when this
+    returns or raises.
+    """
+    say = on_message or (lambda message: None)
+    if not items:
+        raise T2Error("no few-shot items to adapt on", "pass --shots N or a --fewshot file with items")
+    check_compatible(experts)
+    for expert in experts:
+        check_base_model(expert.name, expert.config.base_model, adaptable.identity)
+    adaptable.svf.check_z(experts[0].z)
+    names = [e.name for e in experts]
+    if config.init == "router":
+        start = router_start(registry, adaptable, config.router, items, names)
+        shares = ", ".join(f"{n} {w:.3f}" for n, w in zip(names, start.weights))
+        say(f"router {start.router} start (mean over {len(items)} shots): {shares}, base {start.base_share:.3f}")
+    else:
+        start = uniform_start(names, config.cem.init_mean)
+    max_new = config.max_new_tokens or task.max_new_tokens
+    device = next(iter(adaptable.svf.factors.values())).S.device
+    stacks = {name: stack.to(device) for name, stack in stack_experts([e.z for e in experts]).items()}
+    k = len(experts)
+    groups: list[str] | None = None
+    group_of: dict[str, int] | None = None
+    if config.per_matrix:
+        groups, group_of = role_groups(sorted(stacks), adaptable.identity.model_type, adaptable.identity.num_layers)
+    shape = (k,) if groups is None else (len(groups), k)
+    init = start_tensor(start, None if groups is None else len(groups))
+
+    def mixed(alpha: torch.Tensor) -> dict[str, torch.Tensor]:
+        return mix_stacked(stacks, alpha.reshape(shape), config.method, groups=group_of)
+
+    def score(z: dict[str, torch.Tensor] | None) -> FewShotScore:
+        return fewshot_fitness(adaptable, task, items, z, max_new_tokens=max_new, batch_size=config.batch_size)[0]
+
+    try:
+        base_fitness, expert_fitness, start_fitness = None, {}, None
+        if config.baselines:
+            base_fitness = score(None)
+            say(f"base weights: few-shot accuracy {base_fitness.accuracy:.1%} (log-lik {base_fitness.loglik:.3f})")
+            for expert in experts:
+                expert_fitness[expert.name] = score({n: v.to(device) for n, v in expert.z.items()})
+                say(f"{expert.name} alone: few-shot accuracy {expert_fitness[expert.name].accuracy:.1%}")
+        if score_start:
+            start_fitness = score(mixed(init))
+            say(f"{start.init} start: few-shot accuracy {start_fitness.accuracy:.1%}")
+        result = cem_search(
+            lambda alpha: score(mixed(alpha)),
+            math.prod(shape),
+            config.cem,
+            init_mean=init,
+            on_candidate=on_candidate,
+            on_generation=on_generation,
+        )
+    finally:
+        adaptable.svf.restore()
+
+    z = {name: vector.detach().to("cpu", torch.float32) for name, vector in mixed(result.best_alpha).items()}
+    if not isinstance(result.best_fitness, tuple):  # score() returns a FewShotScore
+        raise TypeError(f"CEM fitness {result.best_fitness!r} is not an (accuracy, log-likelihood) pair")
+    return MixtureSearch(
+        groups=groups,
+        alpha=result.best_alpha.reshape(shape),
+        z=z,
+        fitness=FewShotScore(*result.best_fitness),
+        start=start,
+        start_fitness=start_fitness,
+        base_fitness=base_fitness,
+        expert_fitness=expert_fitness,
+        history=result.history,
+        evaluations=result.evaluations,
+        max_new_tokens=max_new,
+    )
 
 
 def adapt(
@@ -423,62 +537,25 @@ def adapt(
     Nothing is written before the search has finished; the model's base weights are
     restored after every fitness evaluation and when this returns or raises.
     """
-    say = on_message or (lambda message: None)
     started = time.perf_counter()
-    if not items:
-        raise T2Error("no few-shot items to adapt on", "pass --shots N or a --fewshot file with items")
-    check_compatible(experts)
-    for expert in experts:
-        check_base_model(expert.name, expert.config.base_model, adaptable.identity)
-    adaptable.svf.check_z(experts[0].z)
     check_name_free(registry, config.name)
-    max_new = config.max_new_tokens or task.max_new_tokens
-    device = next(iter(adaptable.svf.factors.values())).S.device
-    stacks = {name: stack.to(device) for name, stack in stack_experts([e.z for e in experts]).items()}
-    k = len(experts)
-    groups: list[str] | None = None
-    group_of: dict[str, int] | None = None
-    if config.per_matrix:
-        groups, group_of = role_groups(sorted(stacks), adaptable.identity.model_type, adaptable.identity.num_layers)
-    shape = (k,) if groups is None else (len(groups), k)
-
-    def mixed(alpha: torch.Tensor) -> dict[str, torch.Tensor]:
-        return mix_stacked(stacks, alpha.reshape(shape), config.method, groups=group_of)
-
-    def score(z: dict[str, torch.Tensor] | None) -> FewShotScore:
-        return fewshot_fitness(adaptable, task, items, z, max_new_tokens=max_new, batch_size=config.batch_size)[0]
-
-    try:
-        base_fitness, expert_fitness = None, {}
-        if config.baselines:
-            base_fitness = score(None)
-            say(f"base weights: few-shot accuracy {base_fitness.accuracy:.1%} (log-lik {base_fitness.loglik:.3f})")
-            for expert in experts:
-                expert_fitness[expert.name] = score({n: v.to(device) for n, v in expert.z.items()})
-                say(f"{expert.name} alone: few-shot accuracy {expert_fitness[expert.name].accuracy:.1%}")
-        init = None
-        if config.cem.init_mean is None:  # the paper's start: every expert weighted 1/K
-            init = torch.full(shape, 1.0 / k, dtype=torch.float64).reshape(-1)
-        result = cem_search(
-            lambda alpha: score(mixed(alpha)),
-            math.prod(shape),
-            config.cem,
-            init_mean=init,
-            on_candidate=on_candidate,
-            on_generation=on_generation,
-        )
-    finally:
-        adaptable.svf.restore()
-
-    alpha = result.best_alpha.reshape(shape)
-    z = {name: vector.detach().to("cpu", torch.float32) for name, vector in mixed(result.best_alpha).items()}
-    if not isinstance(result.best_fitness, tuple):  # score() returns a FewShotScore
-        raise TypeError(f"CEM fitness {result.best_fitness!r} is not an (accuracy, log-likelihood) pair")
-    fitness = FewShotScore(*result.best_fitness)
+    search = search_mixture(
+        registry,
+        adaptable,
+        task,
+        items,
+        experts,
+        config,
+        on_candidate=on_candidate,
+        on_generation=on_generation,
+        on_message=on_message,
+    )
+    alpha, groups, fitness, base_fitness = search.alpha, search.groups, search.fitness, search.base_fitness
     shot_ids = [item.id for item in items]
     alphas_shown = ", ".join(
         f"{e.name} {float(a):.3f}" for e, a in zip(experts, alpha if groups is None else alpha.mean(0))
     )
+    started_from = "" if search.start.init == "uniform" else f", started from router {search.start.router}"
     expert_config = mixture_config(
         config.name,
         experts,
@@ -489,8 +566,8 @@ def adapt(
         base_model=adaptable.base_model_record(),
         task=config.task,
         category=task.category or None,
-        description=f"CEM mixture for {config.task} ({alphas_shown}); few-shot accuracy {fitness.accuracy:.1%} "
-        f"on {len(items)} items",
+        description=f"CEM mixture for {config.task} ({alphas_shown}{started_from}); few-shot accuracy "
+        f"{fitness.accuracy:.1%} on {len(items)} items",
         metrics={
             "fewshot_accuracy": fitness.accuracy,
             "fewshot_loglik": fitness.loglik,
@@ -500,24 +577,29 @@ def adapt(
                 if base_fitness
                 else {}
             ),
-            **{f"expert_fewshot_accuracy/{n}": f.accuracy for n, f in expert_fitness.items()},
+            **{f"expert_fewshot_accuracy/{n}": f.accuracy for n, f in search.expert_fitness.items()},
         },
         training={
             "adaptation": ADAPTATION,
             "cem": asdict(config.cem),
             "num_elite": config.cem.num_elite,
+            "init": search.start.to_json(),
             "method": config.method,
             "per_matrix": config.per_matrix,
-            "max_new_tokens": max_new,
+            "max_new_tokens": search.max_new_tokens,
             "shots": shot_ids,
             "source": config.source,
-            "evaluations": result.evaluations,
+            "evaluations": search.evaluations,
             "fitness": "greedy accuracy on the shots, ties broken by mean per-token log-likelihood of the gold answers",
-            "history": [_stats_json(s) for s in result.history],
+            "history": [_stats_json(s) for s in search.history],
         },
     )
     register_expert(
-        registry, z, expert_config, base_model_id=adaptable.base_model_id, decomposition_id=adaptable.decomposition_id
+        registry,
+        search.z,
+        expert_config,
+        base_model_id=adaptable.base_model_id,
+        decomposition_id=adaptable.decomposition_id,
     )
     return AdaptResult(
         name=config.name,
@@ -527,11 +609,12 @@ def adapt(
         alphas=expert_config.parametrization["mixture"]["alphas"],
         fitness=fitness,
         base_fitness=base_fitness,
-        expert_fitness=expert_fitness,
-        history=result.history,
+        expert_fitness=search.expert_fitness,
+        history=search.history,
         shots=shot_ids,
-        evaluations=result.evaluations,
+        evaluations=search.evaluations,
         seconds=time.perf_counter() - started,
+        init=search.start.to_json(),
     )
 
 

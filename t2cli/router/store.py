@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from registry.queries import experts as expert_rows
 from registry.queries import routers as router_rows
 from registry.records import NewRouter, RouterRecord
+from t2cli.models.resolve import model_argument
 from t2cli.router.model import WEIGHTS_FILE, RoutedExpert, Router, RouterConfig, RouterError, read_router
 from t2cli.svf.names import check_expert_name
 from t2cli.tasks.dispatch_task import CategoryExpert, category_experts
@@ -64,6 +65,32 @@ def find_router(registry: Registry, name: str | None, base_model_id: int | None,
             "train one with `t2 router train` (needs experts of at least one category), or use --strategy prompt",
         )
     return record
+
+
+def current_router(
+    registry: Registry, name: str | None, base_model_id: int | None, model_name: str
+) -> tuple[RouterRecord, Router]:
+    """The router to use with a loaded base model, checked: registered, readable, of that model, not stale.
+
+    ``name`` None: the latest router of the base model. Each failure is one ``RouterError``
+    whose hint names the command that fixes it.
+    """
+    record = find_router(registry, name, base_model_id, model_name)
+    if record.base_model_id != base_model_id:
+        raise RouterError(
+            f"router {record.name!r} belongs to base model {record.base_model_name}; the loaded model is {model_name}",
+            f"use --model {model_argument(record.base_model_name, record.base_model_location)}, "
+            "or train a router for this model with `t2 router train`",
+        )
+    router = load_router(registry, record)
+    stale = stale_reason(registry, router, record.base_model_id)
+    if stale is not None:
+        experts = ",".join(e.expert for e in category_experts(registry, record.base_model_id))
+        raise RouterError(
+            f"router {record.name!r} is stale: {stale} since it was trained",
+            f"retrain it with `t2 router train --name {record.name} --replace` (experts now: {experts or 'none'})",
+        )
+    return record, router
 
 
 def routed_experts(registry: Registry, experts: list[CategoryExpert]) -> tuple[RoutedExpert, ...]:

@@ -62,6 +62,22 @@ def adapt_cmd(
     init_std: Annotated[float, typer.Option(help="Initial std of every weight (paper: 0.5).")] = 0.5,
     min_std: Annotated[float, typer.Option(help="Floor on the std.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Seed for the search and the choice of shots.")] = 0,
+    init: Annotated[
+        str,
+        typer.Option(
+            "--init",
+            help="CEM's starting mean: uniform (every expert 1/K, the paper) or router (the learned router's "
+            "class probabilities averaged over the shots; other = base weights, so the weights sum to < 1).",
+        ),
+    ] = "uniform",
+    router: Annotated[
+        str | None,
+        typer.Option(
+            "--router",
+            help="--init router: the router to use (default: the latest of the base model).",
+            show_default=False,
+        ),
+    ] = None,
     per_matrix: Annotated[
         bool,
         typer.Option(
@@ -88,9 +104,12 @@ def adapt_cmd(
 
       t2 adapt --fewshot my_examples.jsonl --task support-tickets --generations 10
 
+      t2 adapt --task arc-challenge --init router --method task-arithmetic
+
       t2 adapt --task humaneval --model llama3-8b --device cuda --population 32 --elite-ratio 0.2 --generations 50
     """
     from t2cli.adapt.cem import AdaptConfig, CEMConfig, adapt, resolve_experts, resolve_shots  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.adapt.start import check_init, usable_router  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.experts.mixing import check_name_free, free_name  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
     from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
@@ -103,12 +122,15 @@ def adapt_cmd(
         min_std=min_std,
         seed=seed,
     )
+    check_init(init, router)
     plan = resolve_shots(task, fewshot, shots, seed)
     with open_registry() as registry:
         loaded, model = resolve_experts(registry, experts.split(",") if experts is not None else None, model)
         names = [e.name for e in loaded]
         if name is not None:
             check_name_free(registry, name)
+        if init == "router":  # refuse a missing, stale or foreign router before the model is loaded
+            usable_router(registry, router, loaded[0].base_model_id, model or "the embedded model", names)
         config = AdaptConfig(
             name=name or free_name(registry, f"{plan.label}-cem"),
             task=plan.label,
@@ -118,6 +140,8 @@ def adapt_cmd(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             source=plan.source,
+            init=init,
+            router=router,
         )
         if not as_json:
             err.print(f"loading {model or 'the embedded model'} and its decomposition...")
@@ -125,7 +149,7 @@ def adapt_cmd(
         if not as_json:
             err.print(
                 f"adapting to {plan.label}: {len(plan.items)} shots, experts {', '.join(names)}, "
-                f"{cem.population} x {cem.generations} candidates + {len(names) + 1} baselines"
+                f"{cem.population} x {cem.generations} candidates + {len(names) + 1} baselines, {init} start"
             )
         progress = progress_bar(
             TextColumn("CEM generation {task.fields[generation]}/" + str(cem.generations)),
@@ -174,6 +198,9 @@ def adapt_cmd(
             str(stats.generation), _fmt(stats.best), f"{stats.mean:.1%}", _fmt(stats.best_so_far), f"{stats.spread:.3f}"
         )
     out.print(table)
+    start = ", ".join(f"{e} {w:.3f}" for e, w in zip(result.init["experts"], result.init["mean"]))
+    origin = f"router {result.init['router']}" if result.init["init"] == "router" else "uniform"
+    out.print(f"CEM started from the {origin} mean: {start} (base weights {result.init['base_share']:.3f})")
     if result.base_fitness is not None:
         singles = ", ".join(f"{n} {f.accuracy:.1%}" for n, f in result.expert_fitness.items())
         out.print(
