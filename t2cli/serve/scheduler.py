@@ -231,8 +231,9 @@ class Scheduler:
             raise RuntimeError("a batch is answered only once its weights are known")
         svf = self.adaptable.svf
         try:
+            self.resolver.check_current(weights)  # an expert removed while its requests waited: a clean 404
             self._apply(weights)
-        except Exception as exc:  # non-finite weights, out of memory: the base weights stay, the batch fails
+        except Exception as exc:  # gone, non-finite weights, out of memory: the base weights stay, the batch fails
             if isinstance(exc, APIError):
                 error = exc
             elif isinstance(exc, T2Error):
