@@ -38,11 +38,13 @@ CHROMIUM_FLAGS = (
 )
 NO_BROWSER = "no headless browser: install the OS's Chromium and its driver (apt-get install chromium chromium-driver)"
 
-# Every change of the answer box, as the page makes it: the answer arrives in pieces, not at once.
+# Every text the answer box held, one per change the page made (each change replaces the box's text
+# node, and the replaced node keeps its text): the answer is built from the stream's pieces, not at once.
 RECORD_ANSWER = """
 window.t2Seen = [];
-new MutationObserver(() => window.t2Seen.push(document.getElementById("answer").textContent))
-  .observe(document.getElementById("answer"), {childList: true, characterData: true, subtree: true});
+new MutationObserver((records) => {
+  for (const record of records) for (const node of record.addedNodes) window.t2Seen.push(node.textContent);
+}).observe(document.getElementById("answer"), {childList: true});
 """
 
 
@@ -127,6 +129,7 @@ def test_the_playground_streams_an_answer_and_shows_the_weights(browser: webdriv
     assert answer == expected
     seen = [text for text in browser.execute_script("return window.t2Seen;") if text]
     assert len(set(seen)) >= 5 and all(expected.startswith(text) for text in seen)  # growing prefixes
+    assert seen == sorted(seen, key=len) and seen[-1] == expected
     info = browser.find_element(By.ID, "info").text
     assert "answered by: mix[alpha=0.7,beta=0.3]" in info and "weights: alpha=0.7, beta=0.3" in info
     assert status.endswith(" tokens") and "error" not in status
