@@ -180,13 +180,15 @@ def test_an_expert_removed_while_its_requests_wait_is_a_clean_404(
         assert live.service.scheduler.in_flight == 0
 
 
-def test_a_client_gone_mid_stream_frees_its_rows_and_the_server_goes_on(
+def test_a_client_gone_mid_answer_frees_its_rows_and_the_server_goes_on(
     tiny_model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with live_server(tmp_path / "home", tiny_model_dirs["llama"]) as live:
         client = _client(live.url)
-        ask = {"model": "beta", "messages": [{"role": "user", "content": "abc"}], "max_tokens": 60, "temperature": 0}
+        question = [{"role": "user", "content": "Why is the sky blue?"}]
+        ask = {"model": "gamma", "messages": question, "max_tokens": 60, "temperature": 0}
         expected = client.chat.completions.create(**ask)
+        assert expected.usage.completion_tokens >= 40  # a long answer: a cancelled one is visibly shorter
         before = _metrics(live.url)
 
         held = HeldWorker(monkeypatch)
@@ -203,6 +205,17 @@ def test_a_client_gone_mid_stream_frees_its_rows_and_the_server_goes_on(
         wait_until(lambda: live.service.scheduler.in_flight == 0, what="the batch finished")
         after = _metrics(live.url)
         assert after["t2_completion_tokens_total"] == before["t2_completion_tokens_total"]  # nothing generated
+
+        # A client that stops waiting for a non-streamed answer: the same.
+        held = HeldWorker(monkeypatch)
+        impatient = _client(live.url).with_options(timeout=1.0)
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(**ask)
+        assert held.entered.wait(30)
+        wait_until(lambda: all(row.cancelled() for row in held.rows), what="the abandoned row cancelled")
+        held.release()
+        wait_until(lambda: live.service.scheduler.in_flight == 0, what="the batch finished")
+        assert _metrics(live.url)["t2_completion_tokens_total"] == after["t2_completion_tokens_total"]
 
         # Later requests, streamed and not, are answered as before.
         again = client.chat.completions.create(**ask)
