@@ -83,6 +83,7 @@ class HeldWorker:
     Requests sent meanwhile wait in the queue, so a test can change the registry or drop a
     connection at a known moment. It wraps the real ``generate_rows`` where the scheduler
     calls it: once released, every batch (the held one included) is generated as usual.
+    Leaving its ``with`` block releases it (put it last in a ``with`` that also holds a pool).
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,3 +104,9 @@ class HeldWorker:
 
     def release(self) -> None:
         self._open.set()
+
+    def __enter__(self) -> HeldWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()  # also when the test failed: nothing stays blocked behind the held batch

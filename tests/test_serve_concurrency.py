@@ -154,8 +154,7 @@ def test_an_expert_removed_while_its_requests_wait_is_a_clean_404(
         base_weights = {name: p.detach().clone() for name, p in live.adaptable.model.named_parameters()}
         mix = {"extra_body": {"t2": {"experts": {"delta": 0.5, "alpha": 0.5}}}}
 
-        held = HeldWorker(monkeypatch)
-        with ThreadPoolExecutor(6) as pool:
+        with ThreadPoolExecutor(6) as pool, HeldWorker(monkeypatch) as held:
             blocker = pool.submit(_answer, client, base, "Tell me")
             assert held.entered.wait(30)  # the worker generates the blocker's answer; what follows waits
             waiting = [pool.submit(_answer, client, "delta", "Hi there") for _ in range(2)]
@@ -191,29 +190,27 @@ def test_a_client_gone_mid_answer_frees_its_rows_and_the_server_goes_on(
         assert expected.usage.completion_tokens >= 40  # a long answer: a cancelled one is visibly shorter
         before = _metrics(live.url)
 
-        held = HeldWorker(monkeypatch)
-        with (
-            httpx.Client(base_url=live.url, timeout=30) as http,
-            http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as response,
-        ):
-            first = next(response.iter_lines())  # the role chunk, sent once the weights are applied
-            assert first.startswith("data: ") and '"role": "assistant"' in first
-            assert held.entered.wait(30)
-        # The connection is closed mid-answer: the server notices and cancels the row.
-        wait_until(lambda: all(row.cancelled() for row in held.rows), what="the abandoned row cancelled")
-        held.release()
+        with HeldWorker(monkeypatch) as held:
+            with (
+                httpx.Client(base_url=live.url, timeout=30) as http,
+                http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as response,
+            ):
+                first = next(response.iter_lines())  # the role chunk, sent once the weights are applied
+                assert first.startswith("data: ") and '"role": "assistant"' in first
+                assert held.entered.wait(30)
+            # The connection is closed mid-answer: the server notices and cancels the row.
+            wait_until(lambda: all(row.cancelled() for row in held.rows), what="the abandoned row cancelled")
         wait_until(lambda: live.service.scheduler.in_flight == 0, what="the batch finished")
         after = _metrics(live.url)
         assert after["t2_completion_tokens_total"] == before["t2_completion_tokens_total"]  # nothing generated
 
         # A client that stops waiting for a non-streamed answer: the same.
-        held = HeldWorker(monkeypatch)
-        impatient = _client(live.url).with_options(timeout=1.0)
-        with pytest.raises(openai.APITimeoutError):
-            impatient.chat.completions.create(**ask)
-        assert held.entered.wait(30)
-        wait_until(lambda: all(row.cancelled() for row in held.rows), what="the abandoned row cancelled")
-        held.release()
+        with HeldWorker(monkeypatch) as held:
+            impatient = _client(live.url).with_options(timeout=1.0)
+            with pytest.raises(openai.APITimeoutError):
+                impatient.chat.completions.create(**ask)
+            assert held.entered.wait(30)
+            wait_until(lambda: all(row.cancelled() for row in held.rows), what="the abandoned row cancelled")
         wait_until(lambda: live.service.scheduler.in_flight == 0, what="the batch finished")
         assert _metrics(live.url)["t2_completion_tokens_total"] == after["t2_completion_tokens_total"]
 
@@ -237,8 +234,7 @@ def test_limits_and_failures_raise_the_openai_clients_exceptions(
             client.completions.create(model=base, prompt="x" * 5000, max_tokens=4)
         assert too_large.value.status_code == 413 and too_large.value.body["code"] == "request_too_large"
 
-        held = HeldWorker(monkeypatch)
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(2) as pool, HeldWorker(monkeypatch) as held:
             generating = pool.submit(_answer, client, base, "Hi there")
             assert held.entered.wait(30)
             queued = pool.submit(_answer, client, "alpha", "Hi there")
@@ -264,8 +260,7 @@ def test_limits_and_failures_raise_the_openai_clients_exceptions(
         assert _answer(client, base, "Hi there") == expected
 
         # Once the server stops accepting work (SIGTERM), a request is a 503 while the answer in flight finishes.
-        held = HeldWorker(monkeypatch)
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(2) as pool, HeldWorker(monkeypatch) as held:
             last = pool.submit(_answer, client, base, "Hi there")
             assert held.entered.wait(30)
             closing = pool.submit(live.service.scheduler.close)  # what the app's shutdown does first
