@@ -5,15 +5,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import uvicorn
 
 from registry import Registry
+from t2cli.serve import scheduler
 from t2cli.serve.app import create_app
+from t2cli.serve.decode import Row
 from t2cli.serve.service import ServeSettings, Service
 from t2cli.svf.adaptable import Adaptable, load_adaptable
 from tests.ask_support import add_expert
@@ -64,3 +67,46 @@ def live_server(home: Path, model: Path, **settings) -> Iterator[Live]:
         service = Service(registry, adaptable, ServeSettings(**settings))
         with serving(service) as (url, server):
             yield Live(url, service, registry, adaptable, server)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        time.sleep(0.005)
+
+
+class HeldWorker:
+    """Holds the model's worker at the start of its next generation until ``release``.
+
+    Requests sent meanwhile wait in the queue, so a test can change the registry or drop a
+    connection at a known moment. It wraps the real ``generate_rows`` where the scheduler
+    calls it: once released, every batch (the held one included) is generated as usual.
+    Leaving its ``with`` block releases it (put it last in a ``with`` that also holds a pool).
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self.rows: list[Row] = []  # the held batch's rows
+        real = scheduler.generate_rows
+
+        def held(model, tokenizer, rows, **kwargs) -> None:
+            if not self._open.is_set():
+                self.rows = list(rows)
+                self.entered.set()
+                if not self._open.wait(60):
+                    raise RuntimeError("the test never released the worker")
+            real(model, tokenizer, rows, **kwargs)
+
+        monkeypatch.setattr(scheduler, "generate_rows", held)
+
+    def release(self) -> None:
+        self._open.set()
+
+    def __enter__(self) -> HeldWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()  # also when the test failed: nothing stays blocked behind the held batch

@@ -191,19 +191,21 @@ def create_app(service: Service) -> FastAPI:
         req = parse_request(ChatCompletionRequest, await read_body(request, settings.max_body_bytes))
         inbox = Inbox()
         job = await run_in_threadpool(service.chat_job, req, inbox.emit)
-        return await _answer(req, job, inbox, chat=True)
+        return await _answer(request, req, job, inbox, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         req = parse_request(CompletionRequest, await read_body(request, settings.max_body_bytes))
         inbox = Inbox()
         job = await run_in_threadpool(service.completion_job, req, inbox.emit)
-        return await _answer(req, job, inbox, chat=False)
+        return await _answer(request, req, job, inbox, chat=False)
 
     async def _answer(
-        req: ChatCompletionRequest | CompletionRequest, job: Job, inbox: Inbox, *, chat: bool
+        request: Request, req: ChatCompletionRequest | CompletionRequest, job: Job, inbox: Inbox, *, chat: bool
     ) -> Response:
         service.scheduler.submit(job)
+        # Until the stream starts (it then watches the client itself), or until a whole answer is ready.
+        watch = asyncio.create_task(_cancel_when_gone(request, job))
         try:
             first = await inbox.next()  # the weights are applied (or the request failed)
             if isinstance(first, Failed):
@@ -216,8 +218,9 @@ def create_app(service: Service) -> FastAPI:
                 return StreamingResponse(stream, media_type="text/event-stream", headers=t2_headers(weights))
             body = await _collect(req, inbox, weights, chat=chat)
         finally:
+            watch.cancel()
             if not req.stream:
-                job.cancelled.set()  # a client gone while waiting frees its rows (no-op once answered)
+                job.cancelled.set()  # no-op once answered; frees the rows if this handler was cancelled
         return JSONResponse(body, headers=t2_headers(weights))
 
     async def _collect(
@@ -303,6 +306,17 @@ def create_app(service: Service) -> FastAPI:
             job.cancelled.set()
 
     return app
+
+
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    """Cancel ``job`` once its client has disconnected: its rows stop at the next token (or never start).
+
+    The body is read by then, so the next ASGI message is the disconnect (as Starlette's
+    ``StreamingResponse`` listens for it); the task is cancelled once the answer is ready.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.cancelled.set()
 
 
 def _new_id(chat: bool) -> str:

@@ -33,6 +33,8 @@ class Metrics:
         self.batch_rows = 0
         self.pass1_seconds = 0.0
         self.pass1_runs = 0
+        self.switch_seconds = 0.0  # applying a batch's weights and restoring the base weights after it
+        self.generate_seconds = 0.0
 
     def request(self, endpoint: str, status: int) -> None:
         with self._lock:
@@ -47,6 +49,11 @@ class Metrics:
         with self._lock:
             self.batches += 1
             self.batch_rows += rows
+
+    def batch_seconds(self, switch: float, generate: float) -> None:
+        with self._lock:
+            self.switch_seconds += switch
+            self.generate_seconds += generate
 
     def pass1(self, seconds: float) -> None:
         with self._lock:
@@ -78,6 +85,18 @@ class Metrics:
             )
             metric("t2_batches_total", "counter", "Batched generations run.", [("", self.batches)])
             metric("t2_batch_rows_total", "counter", "Sequences generated in those batches.", [("", self.batch_rows)])
+            metric(
+                "t2_switch_seconds_total",
+                "counter",
+                "Seconds spent applying batches' weights and restoring the base weights.",
+                [("", self.switch_seconds)],
+            )
+            metric(
+                "t2_generate_seconds_total",
+                "counter",
+                "Seconds spent generating batches.",
+                [("", self.generate_seconds)],
+            )
             metric("t2_pass1_total", "counter", "Pass-1 strategy runs.", [("", self.pass1_runs)])
             metric("t2_pass1_seconds_total", "counter", "Seconds spent in pass 1.", [("", self.pass1_seconds)])
         metric("t2_queue_length", "gauge", "Requests waiting for the model.", [("", g.queue_length)])

@@ -230,9 +230,11 @@ class Scheduler:
         if not isinstance(weights, Weights):
             raise RuntimeError("a batch is answered only once its weights are known")
         svf = self.adaptable.svf
+        started = time.perf_counter()
         try:
+            self.resolver.check_current(weights)  # an expert removed while its requests waited: a clean 404
             self._apply(weights)
-        except Exception as exc:  # non-finite weights, out of memory: the base weights stay, the batch fails
+        except Exception as exc:  # gone, non-finite weights, out of memory: the base weights stay, the batch fails
             if isinstance(exc, APIError):
                 error = exc
             elif isinstance(exc, T2Error):
@@ -244,6 +246,7 @@ class Scheduler:
             for job in jobs:
                 job.emit(Failed(error))
             return
+        applied = time.perf_counter()
         rows_of: list[list[Row]] = []
         for job in jobs:
             job.emit(Started(weights))
@@ -263,8 +266,10 @@ class Scheduler:
                 job.emit(Failed(internal(f"generation failed: {type(exc).__name__}")))
             return
         finally:
+            generated = time.perf_counter()
             svf.restore()
         self.metrics.batch(len(rows))
+        self.metrics.batch_seconds(applied - started + time.perf_counter() - generated, generated - applied)
         for job, job_rows in zip(jobs, rows_of):
             completion = 0
             for index, row in enumerate(job_rows):

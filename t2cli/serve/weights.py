@@ -3,8 +3,10 @@
 ``WeightsResolver.resolve`` reads the registry on every request (experts added or removed
 while serving are seen at once) and returns either ready ``Weights`` (base, one expert, a
 mixture) with every z already read from its blob, or the pass-1 strategy to run on the
-model-owner thread (``choose``). An expert that is not there, or is gone by the time its
-z is read, is a 404: nothing is applied until every z is in memory.
+model-owner thread (``choose``). An expert that is not there, is gone by the time its z
+is read, or is removed while its request waits in the queue (``check_current``, run by the
+worker before it applies a batch's weights) is a 404: nothing is applied until every z is
+in memory.
 """
 
 from __future__ import annotations
@@ -155,6 +157,22 @@ class WeightsResolver:
                 param=param,
             )
         return record
+
+    def check_current(self, weights: Weights) -> None:
+        """A 404 when an expert of ``weights`` was removed (or replaced) since the request was resolved.
+
+        The worker calls this right before applying a batch's weights: a request that waited in
+        the queue while its expert was removed fails cleanly instead of answering with weights
+        the registry no longer holds. Every z is already in memory, so nothing can fail halfway.
+        """
+        for part in weights.parts:
+            record = expert_rows.get(self.registry, part.name)
+            if record is None or self._key(record) != part.key:
+                raise not_found(
+                    f"expert {part.name!r} was removed or replaced while this request waited; send it again "
+                    "(GET /v1/models lists the experts served now)",
+                    param=None,
+                )
 
     @staticmethod
     def _key(record: ExpertRecord) -> str:
