@@ -53,6 +53,11 @@ PINNED = {
         "valid": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",  # no items
         "test": "4bdf3b3ca1a4dec8015017cddebc01834a45549e852c5061e8b0762670776516",
     },
+    "logic": {
+        "train": "5f7552de1cd2cc6625ca4d35e24330df607ebe9b86ed4fe97c3aa5e98db30677",
+        "valid": "3c65e5ad119e689f18f78937acb1bf229b83e75bd913214af6771bbaac4217c2",
+        "test": "129b4ac04bfba40a8c3828903ab1b0ff634c4643a01e90177ef016507d04da47",
+    },
     "math500": {
         "train": "940a590363197fa36550e7fd1ae48b9dfc20f6a31b87ca73ef1cbe54e5bdc8da",
         "valid": "53b97a222153b5018bf04119f1d7ff45934e00c2d4a589273c04f849b69d47f8",

@@ -26,8 +26,19 @@ SIZES = {
     "humaneval": (20, 0, 144),
     "coding": (512, 100, 400),
     "string-ops": (719, 100, 400),
+    "logic": (618, 100, 400),
 }
-TEXT_TASKS = ["gsm8k", "math500", "arithmetic", "addition", "arc-easy", "arc-challenge", "coding", "string-ops"]
+TEXT_TASKS = [
+    "gsm8k",
+    "math500",
+    "arithmetic",
+    "addition",
+    "arc-easy",
+    "arc-challenge",
+    "coding",
+    "string-ops",
+    "logic",
+]
 CODE_TASKS = ["mbpp", "humaneval"]
 
 
@@ -152,7 +163,7 @@ def test_arithmetic_golds_equal_the_expressions() -> None:
 
 def test_basic_skills_items_keep_every_option_and_their_gold() -> None:
     """Option texts keep their inner spaces (string items differ by them) and the gold letter names an option."""
-    for name in ("coding", "string-ops"):
+    for name in ("coding", "string-ops", "logic"):
         for item in get_task(name).split("test"):
             letters = [line[0] for line in item.prompt.split("\n\n")[-2].split("\n")]
             assert letters == [chr(ord("A") + i) for i in range(len(item.meta["choices"]))], item.id

