@@ -28,10 +28,12 @@ eval_once() {
 }
 
 # name | task | training flags | test items scored | answer budget of the evaluation
+# Reasoning is `logic`: on `arc-easy` the same recipe measured 25.0% -> 29.0% (n = 300, p = 0.37),
+# the 135M model stays at chance on ARC; see docs/router.md.
 experts=(
   "bank-addition|addition|--steps 40|200|16"
-  "bank-arc-easy|arc-easy|--steps 32 --max-new-tokens 48 --eval-every 8|300|64"
   "bank-coding|coding|--steps 32 --max-new-tokens 48 --eval-every 8|300|64"
+  "bank-logic|logic|--steps 32 --max-new-tokens 48 --eval-every 8|400|64"
 )
 for entry in "${experts[@]}"; do
   IFS='|' read -r name task flags limit budget <<<"$entry"
@@ -46,7 +48,7 @@ for entry in "${experts[@]}"; do
 done
 
 if ! t2 router show bank-router >/dev/null 2>&1; then
-  t2 router train --experts bank-addition,bank-arc-easy,bank-coding --name bank-router
+  t2 router train --experts bank-addition,bank-coding,bank-logic --name bank-router
 fi
 
-python -m t2cli.bank.build --evals "$evals" --command "bash scripts/bank.sh"
+python -m t2cli.bank.build --evals "$evals" --experts bank-addition,bank-coding,bank-logic --command "bash scripts/bank.sh"

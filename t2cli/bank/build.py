@@ -34,7 +34,7 @@ from t2cli.models.resolve import DEFAULT_MODEL
 from t2cli.router.store import load_router
 from t2cli.train.loop import TrainConfig
 
-DEFAULT_EXPERTS = ("bank-addition", "bank-arc-easy", "bank-coding")
+DEFAULT_EXPERTS = ("bank-addition", "bank-coding", "bank-logic")
 DEFAULT_ROUTER = "bank-router"
 
 
