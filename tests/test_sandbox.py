@@ -89,6 +89,13 @@ def test_infinite_loop_is_killed_by_the_timeout() -> None:
     assert not _sandbox_processes()
 
 
+def test_the_cpu_time_limit_counts_as_the_time_out() -> None:
+    """On a loaded machine the CPU limit can end a loop before the wall clock is checked: still a time-out."""
+    program = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\nwhile True:\n    pass\n"
+    result = run_python(program, timeout_s=3.0)  # the lowered CPU limit (1 s) ends it first
+    assert not result.ok and result.timed_out and result.returncode is None, result
+
+
 @pytest.mark.parametrize("hook", _modes("seccomp"))
 def test_fork_bomb_is_contained(hook: bool) -> None:
     before = _sandbox_processes()

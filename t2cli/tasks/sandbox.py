@@ -444,6 +444,10 @@ def _run_child(workdir: str, limits: list[int], timeout_s: float) -> SandboxResu
         elapsed = time.monotonic() - start
         protections = _read_status(status_r)
         stdout, stderr = _read_capped(out), _read_capped(err)
+    # On a loaded machine the CPU-time limit (timeout + 1 s; SIGXCPU, then SIGKILL one second later)
+    # can end the program before this process wakes up to enforce the wall clock: the same time-out,
+    # reached first. Nothing else kills the child: memory and process limits fail calls instead.
+    timed_out = timed_out or returncode in (-signal.SIGXCPU, -signal.SIGKILL)
     if timed_out:
         returncode = None
     ok = returncode == 0 and not timed_out
