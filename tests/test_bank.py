@@ -170,3 +170,15 @@ def test_bank_install_for_a_model_without_a_bank_is_one_clear_error(
     result = runner.invoke(app, ["bank", "install", "--model", str(tiny_llama)])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: no starter bank ships for"), result.stderr
+
+
+def test_the_shipped_banks_read_and_route_to_their_own_experts() -> None:
+    """Every bank in the package passes its sha256 checks; its router routes to exactly its experts, each measured."""
+    banks = [read_bank(folder) for folder in manifest.shipped_banks()]
+    assert banks, "t2 ships at least the embedded model's bank (scripts/bank.sh builds it)"
+    for bank in banks:
+        names = {e.name for e in bank.experts}
+        assert bank.router is not None and len(names) >= 3
+        config = json.loads((bank.folder / bank.router.folder / "router_config.json").read_text())
+        assert {routed["expert"] for routed in config["experts"]} == names
+        assert all(e.lift is not None and e.lift.n >= 200 for e in bank.experts)
