@@ -58,7 +58,7 @@ from t2cli.tasks import get_task
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # run as a script, Python puts bench/ on the path, not the checkout
-from bench.t2_table import machine_line, write_json  # noqa: E402
+from bench.reporting import machine_line, write_json  # noqa: E402
 
 INITS = ("uniform", "router")
 JSON_FORMAT = 1

@@ -32,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.reporting import cpu_busy_s, cpu_name  # noqa: E402
 from t2cli.decompose.svd import SVD_METHODS, orthogonality_error, relative_reconstruction_error, svd_batch  # noqa: E402
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -120,16 +121,6 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _cpu_busy_s() -> float | None:
-    """CPU seconds all processes have used since boot (Linux), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 def run_worker(name: str, matrices_file: Path, model_dir: Path, layers: int) -> dict:
     """Run one variant in this (fresh) process and return its measurements."""
     from safetensors.torch import load_file
@@ -138,11 +129,11 @@ def run_worker(name: str, matrices_file: Path, model_dir: Path, layers: int) -> 
     inp = BenchInput(matrices=matrices, model_dir=model_dir, gguf_file=GGUF_FILE, layers=layers)
     rss_before = _proc_status_kib("VmRSS")
     peak_reset = _reset_peak_rss()
-    busy0, own0 = _cpu_busy_s(), time.process_time()
+    busy0, own0 = cpu_busy_s(), time.process_time()
     t0 = time.perf_counter()
     factors = VARIANTS[name](inp)
     seconds = time.perf_counter() - t0
-    busy1, own1 = _cpu_busy_s(), time.process_time()
+    busy1, own1 = cpu_busy_s(), time.process_time()
     peak = _proc_status_kib("VmHWM") if peak_reset else None
     others = None if busy0 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / seconds
     result: dict = {
@@ -170,11 +161,11 @@ def wait_for_quiet(max_wait_s: float = 120.0, window_s: float = 2.0, threshold: 
     """
     deadline = time.monotonic() + max_wait_s
     while True:
-        busy0, own0 = _cpu_busy_s(), time.process_time()
+        busy0, own0 = cpu_busy_s(), time.process_time()
         if busy0 is None:
             return True
         time.sleep(window_s)
-        others = ((_cpu_busy_s() or busy0) - busy0) - (time.process_time() - own0)
+        others = ((cpu_busy_s() or busy0) - busy0) - (time.process_time() - own0)
         if others / window_s < threshold:
             return True
         if time.monotonic() > deadline:
@@ -225,17 +216,6 @@ def collect_matrices(directory: Path, layers: int | None) -> dict[str, torch.Ten
                 weight = getattr(getattr(block, part), proj).weight
                 out[f"model.layers.{i}.{part}.{proj}.weight"] = weight.detach().contiguous()
     return out
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, as well as the platform lets us know it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def render(rows: dict[str, dict], header: str) -> None:
@@ -305,7 +285,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     shapes = sorted({tuple(w.shape) for w in matrices.values()})
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()} "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_name()} "
         f"({os.cpu_count()} logical cores), Python {platform.python_version()}, "
         f"t2 workers: {args.workers or 'default'}"
     )

@@ -65,7 +65,7 @@ from t2cli.svf.adaptable import load_adaptable
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # run as a script, Python puts bench/ on the path, not the checkout
-from bench.t2_table import machine_line, write_json  # noqa: E402
+from bench.reporting import cpu_busy_s, machine_line, write_json  # noqa: E402
 from tests.expert_factory import make_expert  # noqa: E402 - the tests' tiny models and experts, for --tiny
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
@@ -134,16 +134,6 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def cpu_busy_s() -> float | None:
-    """CPU seconds all processes have used since boot (Linux), or None."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_s(pid: int | None) -> float:

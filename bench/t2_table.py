@@ -36,12 +36,7 @@ Every figure is computed here from per-item results; `--json` keeps them all.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,6 +78,7 @@ from bench.dispatch_accuracy import (  # noqa: E402
     handwritten_questions,
     score_dispatch,
 )
+from bench.reporting import machine_line, write_json  # noqa: E402
 
 DEFAULT_TASKS = "arc-challenge,arithmetic,string-ops"
 BASE = "base"
@@ -477,41 +473,6 @@ def rich_table(title: str, columns: Sequence[str], cells: Sequence[Sequence[str]
     for row in cells:
         table.add_row(*row)
     return table
-
-
-# --------------------------------------------------------------------------- the machine, the output file
-
-
-def cpu_name() -> str:
-    """The CPU's model name as lscpu prints it (platform's guess where lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name" and value.strip():
-            return value.strip()
-    return platform.processor() or "unknown CPU"
-
-
-def machine_line(device: str) -> str:
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() and device != "cpu" else ""
-    return f"CPU {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}"
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Written to a temporary file beside ``path``, then renamed: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- the run

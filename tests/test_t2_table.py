@@ -10,6 +10,7 @@ import pytest
 
 from bench import t2_table
 from bench.dispatch_accuracy import HANDWRITTEN, dispatched_category, expected_category, handwritten_questions
+from bench.reporting import write_json
 from bench.t2_table import (
     MIXTURE,
     Item,
@@ -19,7 +20,6 @@ from bench.t2_table import (
     markdown_table,
     routing_counts,
     summarise,
-    write_json,
 )
 from t2cli.ask.strategies import Dispatch
 from t2cli.eval.paired import Paired
