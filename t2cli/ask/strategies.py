@@ -41,8 +41,8 @@ from t2cli.errors import T2Error, UsageError
 from t2cli.experts.catalog import find_expert
 from t2cli.models.resolve import model_argument
 from t2cli.router.features import prompt_features
-from t2cli.router.model import Router, soft_weights
-from t2cli.router.store import find_router, load_router, stale_reason
+from t2cli.router.model import Router, RouterError, soft_weights
+from t2cli.router.store import current_router
 from t2cli.runtime.generation import generate, render_prompt
 from t2cli.svf.expert import ExpertConfig, load_expert
 from t2cli.tasks.dispatch_task import (
@@ -462,22 +462,10 @@ def _cem(ctx: DispatchContext, arg: str | None) -> Dispatcher:
 
 def _router_for(ctx: DispatchContext) -> Router:
     """The router pass 1 uses, checked: registered, valid, for this base model, not stale."""
-    record = find_router(ctx.registry, ctx.router, ctx.base_model_id, ctx.model_name)
-    if record.base_model_id != ctx.base_model_id:
-        raise DispatchError(
-            f"router {record.name!r} belongs to base model {record.base_model_name}; the loaded model is "
-            f"{ctx.model_name}",
-            f"ask with --model {model_argument(record.base_model_name, record.base_model_location)}",
-        )
-    router = load_router(ctx.registry, record)
-    stale = stale_reason(ctx.registry, router, record.base_model_id)
-    if stale is not None:
-        experts = ",".join(e.expert for e in category_experts(ctx.registry, ctx.base_model_id))
-        raise DispatchError(
-            f"router {record.name!r} is stale: {stale} since it was trained",
-            f"retrain it with `t2 router train --name {record.name} --replace` (experts now: {experts or 'none'})",
-        )
-    return router
+    try:
+        return current_router(ctx.registry, ctx.router, ctx.base_model_id, ctx.model_name)[1]
+    except RouterError as exc:  # a strategy that cannot run, like every other
+        raise DispatchError(exc.message, exc.hint) from None
 
 
 def _router_probabilities(ctx: DispatchContext, router: Router, prompt: str) -> list[float]:
