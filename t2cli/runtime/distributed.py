@@ -230,10 +230,16 @@ def init_distributed(device: str = "auto") -> Iterator[Dist]:
         if resolved.startswith("cuda"):
             torch.cuda.set_device(resolved)
         td.init_process_group(backend=dist.backend, timeout=TIMEOUT)
+    finished = False
     try:
         yield dist
+        finished = True
     finally:
         if owned and td.is_initialized():
+            if finished:
+                # Leave together: a rank tearing gloo down while its peer still uses the connection
+                # aborted the peer ("terminate called without an active exception", SIGABRT).
+                td.barrier()
             td.destroy_process_group()
 
 
