@@ -39,7 +39,8 @@ def env(tiny_llama: Path, tmp_path: Path):
 
 def _trained(registry, adaptable, name: str = "r1") -> Router:
     experts = select_experts(registry, adaptable.base_model_id, None)
-    router = train_router(registry, adaptable, name=name, experts=experts, per_class=SMALL).router
+    # pool="expert": these tests separate the fixture's two custom tasks (tests/test_router_data.py covers the pool)
+    router = train_router(registry, adaptable, name=name, experts=experts, per_class=SMALL, pool="expert").router
     register_router(registry, router, base_model_id=adaptable.base_model_id)
     return router
 
@@ -206,3 +207,22 @@ def test_cli_trains_lists_shows_and_removes_a_router(env, tiny_llama: Path) -> N
     removed = runner.invoke(app, ["router", "rm", "router", "--yes"])
     assert removed.exit_code == 0
     assert json.loads(runner.invoke(app, ["router", "list", "--json"]).stdout)["routers"] == []
+
+
+def test_router_train_refuses_an_unknown_task_pool_or_excluded_task_with_exit_2(env, tiny_llama: Path) -> None:
+    model = ["--model", str(tiny_llama), "--device", "cpu", "--per-class", "16"]
+    bad_pool = runner.invoke(app, ["router", "train", *model, "--task-pool", "all"])
+    assert bad_pool.exit_code == 2 and "unknown --task-pool 'all'" in _error_line(bad_pool)
+    typo = runner.invoke(app, ["router", "train", *model, "--exclude-tasks", "arc-challenge,arithmetc"])
+    assert typo.exit_code == 2 and "did you mean 'arithmetic'" in _error_line(typo)
+    assert json.loads(runner.invoke(app, ["router", "list", "--json"]).stdout)["routers"] == []
+
+
+def test_a_cli_router_records_its_task_pool_and_exclusions_in_its_rebuild_command(env, tiny_llama: Path) -> None:
+    args = ["router", "train", "--model", str(tiny_llama), "--device", "cpu", "--per-class", "16", "--json"]
+    trained = runner.invoke(app, [*args, "--task-pool", "expert", "--exclude-tasks", "mbpp"])
+    assert trained.exit_code == 0, trained.stderr
+    config = json.loads(trained.stdout)["router"]
+    assert config["training"]["task_pool"] == "expert" and config["training"]["excluded_tasks"] == ["mbpp"]
+    assert "--task-pool expert --exclude-tasks mbpp" in config["command"]
+    assert config["training"]["sources"]["math"].startswith("tasks sums (train split")

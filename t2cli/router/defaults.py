@@ -10,3 +10,6 @@ DEFAULT_DEPTH = 1.0  # the layer read by default, as a fraction of the depth: 1.
 def default_layers(num_layers: int) -> tuple[int, ...]:
     """The decoder layer(s) read unless told: one layer at ``DEFAULT_DEPTH`` of the model."""
     return (min(num_layers - 1, round(num_layers * DEFAULT_DEPTH)),)
+
+
+TASK_POOLS = ("category", "expert")  # a class learns from every built-in task of its category, or its expert's own

@@ -72,12 +72,14 @@ def train_router(
     per_class: dict[str, int] | None = None,
     command: str | None = None,
     progress: Progress | None = None,
+    pool: str = "category",
+    exclude_tasks: Sequence[str] = (),
 ) -> TrainedRouter:
     """Build and fit a router for ``experts`` on the loaded base model (not registered: see ``register_router``)."""
     sizes = {**PER_CLASS, **(per_class or {})}
     recipe = recipe or default_recipe(adaptable.identity.num_layers)
-    train = router_prompts(experts, "train", per_class=sizes["train"])
-    valid = router_prompts(experts, "valid", per_class=sizes["valid"])
+    train = router_prompts(experts, "train", per_class=sizes["train"], pool=pool, exclude=exclude_tasks)
+    valid = router_prompts(experts, "valid", per_class=sizes["valid"], pool=pool, exclude=exclude_tasks)
     classes = (*sorted(e.category for e in experts), OTHER)
     total = len(train.prompts) + len(valid.prompts)
     done = 0
@@ -109,6 +111,8 @@ def train_router(
         experts=routed_experts(registry, list(experts)),
         training={
             "sources": train.sources,
+            "task_pool": pool,
+            "excluded_tasks": sorted(exclude_tasks),
             "train_prompts": train.counts(),
             "valid_prompts": valid.counts(),
             "c": fitted.c,

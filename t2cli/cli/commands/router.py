@@ -14,7 +14,7 @@ from registry.errors import NameTaken, RouterNotFound
 from t2cli.cli.console import err, out, print_json, progress_bar
 from t2cli.cli.options import DeviceOpt, JsonOpt, ModelOpt, name_option
 from t2cli.errors import UsageError
-from t2cli.router.defaults import DEFAULT_POOLING, POOLINGS
+from t2cli.router.defaults import DEFAULT_POOLING, POOLINGS, TASK_POOLS
 
 app = typer.Typer(
     help="Learned routers: pass 1 from the base model's hidden states (t2 ask --strategy router).",
@@ -40,12 +40,20 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 
 
 def _rebuild_command(
-    model: str | None, experts: Sequence[str], name: str, layers: Sequence[int], pooling: str, per_class: int
+    model: str | None,
+    experts: Sequence[str],
+    name: str,
+    layers: Sequence[int],
+    pooling: str,
+    per_class: int,
+    pool: str,
+    exclude: Sequence[str],
 ) -> str:
     """The command that rebuilds this router, with every choice spelled out."""
     words = ["t2", "router", "train", *(["--model", model] if model else [])]
     words += ["--experts", ",".join(experts), "--name", name, "--layers", ",".join(map(str, layers))]
-    words += ["--pooling", pooling, "--per-class", str(per_class)]
+    words += ["--pooling", pooling, "--per-class", str(per_class), "--task-pool", pool]
+    words += ["--exclude-tasks", ",".join(exclude)] if exclude else []
     return shlex.join(words)
 
 
@@ -63,13 +71,24 @@ def train_cmd(
     ] = None,
     pooling: Annotated[str, typer.Option("--pooling", help="mean or last (token) over the prompt.")] = DEFAULT_POOLING,
     per_class: Annotated[int, typer.Option("--per-class", help="Training prompts per class.")] = 400,
+    task_pool: Annotated[
+        str,
+        typer.Option(
+            "--task-pool",
+            help="Where a class's prompts come from: every built-in task of its category, or the expert's own task.",
+        ),
+    ] = "category",
+    exclude_tasks: Annotated[
+        str | None,
+        typer.Option("--exclude-tasks", help="Comma-separated built-in tasks to keep out of the router's prompts."),
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Train a router over the category experts of the base model and register it.
 
-    Labels prompts of each expert's task (train split) with its category, plus `other`
-    prompts no expert covers; reads their features with the base weights (one prefill each);
+    Labels prompts of every built-in task of each expert's category (train split; `--task-pool
+    expert`: the expert's own task only) with the category, plus `other` prompts no expert covers; reads their features with the base weights (one prefill each);
     fits a logistic regression (seconds). Prints the validation accuracy per class.
 
     Examples:
@@ -77,6 +96,8 @@ def train_cmd(
       t2 router train                                   # every category expert of the embedded model
 
       t2 router train --experts arith-v1,arc-v1 --name router-v2 --json
+
+      t2 router train --exclude-tasks arc-challenge,arithmetic --name held-out   # for bench/t2_table.py
     """
     from registry.queries import routers as router_rows  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help`
     from t2cli.ask.engine import prepare_model, targets_for  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
@@ -85,11 +106,17 @@ def train_cmd(
     from t2cli.router.store import register_router  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.router.train import default_recipe, select_experts, train_router  # noqa: PLC0415 - CLI start-up: pulls torch and scikit-learn
     from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.tasks.lookup import get_task  # noqa: PLC0415 - CLI start-up: registers every built-in task
 
     if pooling not in POOLINGS:
         raise UsageError(f"unknown --pooling {pooling!r}", f"use one of: {', '.join(POOLINGS)}")
     if per_class < 10:
         raise UsageError(f"--per-class must be at least 10 (got {per_class})", "e.g. --per-class 400")
+    if task_pool not in TASK_POOLS:
+        raise UsageError(f"unknown --task-pool {task_pool!r}", f"use one of: {', '.join(TASK_POOLS)}")
+    excluded = [t.strip() for t in exclude_tasks.split(",") if t.strip()] if exclude_tasks else []
+    for task_name in excluded:
+        get_task(task_name)  # an unknown name fails here, with its "did you mean"
     chosen_layers = _layers(layers)
     names = [n.strip() for n in experts.split(",") if n.strip()] if experts else None
     with open_registry() as registry:
@@ -123,8 +150,12 @@ def train_cmd(
                 experts=chosen,
                 recipe=recipe,
                 per_class={"train": per_class, "valid": max(per_class // 4, 10)},
-                command=_rebuild_command(model, [e.expert for e in chosen], name, recipe.layers, pooling, per_class),
+                command=_rebuild_command(
+                    model, [e.expert for e in chosen], name, recipe.layers, pooling, per_class, task_pool, excluded
+                ),
                 progress=progress,
+                pool=task_pool,
+                exclude_tasks=excluded,
             )
         register_router(registry, trained.router, base_model_id=adaptable.base_model_id, replace=replace)
     config = trained.router.config
