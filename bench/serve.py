@@ -1,12 +1,15 @@
 """`t2 serve` under load: throughput and latency at 1, 4 and 16 clients, against the same requests one at a time.
 
     T2_HOME=... python bench/serve.py [--model M] [--requests 64] [--max-tokens 64] [--clients 1,4,16]
-        [--experts A,B] [--max-batch 16] [--device cpu] [--threads N] [--tiny] [--json PATH]
+        [--experts A,B | --weights W,...] [--max-batch 16] [--device cpu] [--threads N] [--tiny] [--json PATH]
 
 The requests: ``--requests`` greedy chat requests (one user message each, ``max_tokens``
 ``--max-tokens``), spread in turn over the base weights and the experts (``--experts``, by
 default every expert of the base model in the registry; with none, the base weights only)
-and over a few short prompts. The same list is answered:
+and over a few short prompts. ``--weights`` names the weights instead (``base`` for the base
+weights): ``--weights bank-addition`` sends every request to one expert, the traffic an
+application with one hot expert (or ``t2-auto`` on prompts of one kind) sends, where batching
+by weights has the most to share. The same list is answered:
 
 * **one at a time, t2 ask**: in this process, one request after the other through t2's
   ``Asker`` (``t2cli/ask/engine.py``, what ``t2 ask --strategy expert:NAME`` / ``none`` runs),
@@ -413,6 +416,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default 64)")
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients, comma-separated (default 1,4,16)")
     parser.add_argument("--experts", default=None, help="experts to spread over, A,B,... (default: all of the model)")
+    parser.add_argument(
+        "--weights", default=None, help="weights to spread over instead, W,... (an expert or base), e.g. bank-addition"
+    )
     parser.add_argument("--max-batch", type=int, default=16, help="t2 serve --max-batch with batching on (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads, here and in t2 serve")
@@ -428,6 +434,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--clients takes numbers, e.g. 1,4,16 (got {args.clients!r})")
     if not args.levels or min(args.levels) < 1:
         parser.error("--clients takes numbers of at least 1")
+    if args.weights is not None and args.experts is not None:
+        parser.error("--weights names every weights to spread over: give --experts or --weights, not both")
     if args.tiny and args.model:
         parser.error("--tiny builds its own model: give --model or --tiny, not both")
     return args
@@ -454,6 +462,12 @@ def measure(args: argparse.Namespace, model: str | None, console: Console) -> in
         if missing:
             raise SystemExit(f"no expert {', '.join(missing)} for {prepared.model_name} in {registry.home}")
         weights = [BASE, *experts]
+        if args.weights:
+            weights = [n.strip() for n in args.weights.split(",") if n.strip()]
+            unknown = sorted(set(weights) - {BASE, *known})
+            if unknown:
+                raise SystemExit(f"no expert {', '.join(unknown)} for {prepared.model_name} in {registry.home}")
+            experts = [w for w in weights if w != BASE]
         requests = plan_requests(args.requests, weights)
         console.print(f"{machine}; model {prepared.model_name}; weights: {', '.join(weights)}", highlight=False)
         console.print(f"{args.requests} requests of max_tokens {args.max_tokens}, greedy", highlight=False)

@@ -72,8 +72,9 @@ def serve_cmd(
     """
     import uvicorn  # noqa: PLC0415 - CLI start-up: uvicorn and its protocols (~0.1 s)
 
-    from t2cli.ask.engine import prepare_model, targets_for  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
+    from t2cli.ask.engine import ROUTED_STRATEGIES, prepare_model, targets_for  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
     from t2cli.ask.strategies import parse_strategy  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.bank.install import first_use_install  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
     from t2cli.serve.app import create_app  # noqa: PLC0415 - CLI start-up: pulls FastAPI and torch (~3 s)
     from t2cli.serve.options import check_bind, parse_size  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
@@ -106,6 +107,13 @@ def serve_cmd(
         ) from None
     with open_registry() as registry:
         prepared = prepare_model(registry, model, None)
+        if strategy is None or parse_strategy(strategy)[0].name in ROUTED_STRATEGIES:
+            # as `t2 ask` does: a fresh home gets the model's starter bank once, so t2-auto adapts from the start
+            installed = first_use_install(registry, prepared.fingerprint, model=model)
+            if installed is not None and installed.changed:
+                names = ", ".join([*installed.experts, *([installed.router] if installed.router else [])])
+                err.print(f"installed the starter bank of {prepared.model_name}: {names}", markup=False)
+                prepared = prepare_model(registry, model, None)  # the base model is registered now
         err.print(f"loading {prepared.model_name}...", markup=False)
         adaptable = load_adaptable(
             registry, model, targets=targets_for(registry, prepared.base_model_id), device=device
