@@ -25,7 +25,7 @@ from t2cli.router.store import register_router
 from t2cli.router.train import select_experts, train_router
 from t2cli.svf.expert import WEIGHTS_FILE, load_expert
 from t2cli.tasks.types import TaskItem
-from tests.ask_support import math_and_code_experts
+from tests.ask_support import add_expert, math_and_code_experts
 
 runner = CliRunner()
 SMALL = {"train": 16, "valid": 4}
@@ -182,3 +182,28 @@ def test_the_shipped_banks_read_and_route_to_their_own_experts() -> None:
         config = json.loads((bank.folder / bank.router.folder / "router_config.json").read_text())
         assert {routed["expert"] for routed in config["experts"]} == names
         assert all(e.lift is not None and e.lift.n >= 200 for e in bank.experts)
+
+
+def test_a_rebuild_keeps_the_lift_of_an_unchanged_expert_file_and_drops_a_changed_ones(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A new router must not need the experts' evaluations again; a retrained expert must."""
+    with math_and_code_experts(tiny_llama, tmp_path) as (registry, adaptable, _, tasks):
+        experts = select_experts(registry, adaptable.base_model_id, None)
+        router = train_router(registry, adaptable, name="r1", experts=experts, per_class=SMALL).router
+        register_router(registry, router, base_model_id=adaptable.base_model_id)
+        evals, empty = tmp_path / "evals", tmp_path / "no-evals"
+        evals.mkdir()
+        empty.mkdir()
+        _eval_file(evals / "sums-base.json", {"a": False, "b": True})
+        _eval_file(evals / "sums-m.json", {"a": True, "b": True})
+        out = tmp_path / "banks" / "tiny"
+        first = build_bank(["m", "c"], "r1", evals, "bash scripts/bank.sh", out, model="tiny")
+        again = build_bank(["m", "c"], "r1", empty, "bash scripts/bank.sh", out, model="tiny")
+        lifts = {e.name: e.lift for e in again.experts}
+        assert lifts["m"] == next(e.lift for e in first.experts if e.name == "m") and lifts["m"] is not None
+        assert lifts["c"] is None  # never measured
+        expert_rows.remove(registry, "m")
+        add_expert(registry, adaptable, "m", category="math", task=tasks["math"], seed=9)
+        retrained = build_bank(["m", "c"], None, empty, "bash scripts/bank.sh", out, model="tiny")
+        assert next(e.lift for e in retrained.experts if e.name == "m") is None

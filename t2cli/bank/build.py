@@ -24,7 +24,7 @@ from registry.queries import base_models
 from registry.queries import experts as expert_rows
 from registry.queries import routers as router_rows
 from t2cli import __version__
-from t2cli.bank.manifest import BANK_ROOT, MANIFEST_FILE, Bank, BankExpert, BankRouter, Lift
+from t2cli.bank.manifest import BANK_ROOT, MANIFEST_FILE, Bank, BankError, BankExpert, BankRouter, Lift, read_bank
 from t2cli.errors import T2Error
 from t2cli.eval.paired import paired
 from t2cli.experts.export import export_expert
@@ -32,6 +32,7 @@ from t2cli.home import open_registry
 from t2cli.models.hashing import sha256_file
 from t2cli.models.resolve import DEFAULT_MODEL
 from t2cli.router.store import load_router
+from t2cli.svf.expert import WEIGHTS_FILE as EXPERT_WEIGHTS_FILE
 from t2cli.train.loop import TrainConfig
 
 DEFAULT_EXPERTS = ("bank-addition", "bank-coding", "bank-logic")
@@ -82,6 +83,27 @@ def lift_of(evals: Path, task: str, expert: str) -> Lift | None:
     )
 
 
+def previous_bank(folder: Path) -> Bank | None:
+    """The bank a build is about to replace, if it is there and intact (its lifts may carry over)."""
+    if not (folder / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return read_bank(folder)
+    except BankError:
+        return None
+
+
+def kept_lift(previous: Bank | None, expert_folder: str, name: str, weights_sha256: str) -> Lift | None:
+    """The lift the replaced bank measured for this very expert file (same name, same sha256), if any.
+
+    Rebuilding a bank for a new router must not need its experts' evaluations again: an
+    expert whose weights did not change keeps the lift measured on them.
+    """
+    if previous is None or previous.files.get(f"{expert_folder}/{EXPERT_WEIGHTS_FILE}") != weights_sha256:
+        return None
+    return next((e.lift for e in previous.experts if e.name == name), None)
+
+
 def model_card(bank: Bank) -> str:
     """The bank's README: what each piece is, its held-out lift, and how to rebuild it."""
     lines = [
@@ -118,6 +140,7 @@ def build_bank(
 ) -> Bank:
     """Export ``experts`` and ``router`` of the current registry into the bank folder ``out`` (replaced when done)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous = previous_bank(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         with open_registry(read_only=True) as registry:
@@ -137,6 +160,8 @@ def build_bank(
                 export_expert(registry, record.name, tmp / folder)
                 config = json.loads(record.config_json)
                 task = str(record.task)
+                weights_sha256 = sha256_file(tmp / folder / EXPERT_WEIGHTS_FILE)
+                lift = lift_of(evals, task, record.name) or kept_lift(previous, folder, record.name, weights_sha256)
                 entries.append(
                     BankExpert(
                         name=record.name,
@@ -144,7 +169,7 @@ def build_bank(
                         task=task,
                         folder=folder,
                         command=training_command(record.name, {"task": task, **config.get("training", {})}),
-                        lift=lift_of(evals, task, record.name),
+                        lift=lift,
                     )
                 )
             bank_router = None
@@ -186,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", default=",".join(DEFAULT_EXPERTS), help="comma-separated expert names")
     parser.add_argument("--router", default=DEFAULT_ROUTER, help="router name ('' for none)")
-    parser.add_argument("--evals", type=Path, required=True, help="folder of the paired `t2 eval --json` files")
+    parser.add_argument(
+        "--evals",
+        type=Path,
+        required=True,
+        help="folder of the paired `t2 eval --json` files (an expert without them keeps the lift the replaced "
+        "bank measured on the same file)",
+    )
     parser.add_argument("--command", default="bash scripts/bank.sh", help="the command that rebuilds the bank")
     parser.add_argument("--out", type=Path, default=BANK_ROOT / DEFAULT_MODEL, help="the bank folder to write")
     args = parser.parse_args(argv)
