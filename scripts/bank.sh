@@ -39,8 +39,7 @@ for entry in "${experts[@]}"; do
   IFS='|' read -r name task flags limit budget <<<"$entry"
   read -r -a flag_words <<<"$flags"
   if ! t2 experts show "$name" >/dev/null 2>&1; then
-    t2 train --task "$task" --name "$name" "${flag_words[@]}" --resume 2>/dev/null \
-      || t2 train --task "$task" --name "$name" "${flag_words[@]}"
+    bash scripts/train_or_resume.sh "$name" --task "$task" "${flag_words[@]}"
   fi
   # Paired held-out evaluations (the same test items, greedy): the lifts the bank's README reports.
   eval_once "$evals/$task-base.json" --task "$task" --base --limit "$limit" --max-new-tokens "$budget"

@@ -14,7 +14,7 @@ t2 decompose
 t2 decompose            # second run: a no-op, the factors are cached
 t2 models list
 if ! t2 experts show add-demo >/dev/null 2>&1; then
-  t2 train --task addition --name add-demo --resume 2>/dev/null || t2 train --task addition --name add-demo
+  bash scripts/train_or_resume.sh add-demo --task addition
 fi
 t2 eval --task addition --base --limit 200
 t2 eval --task addition --expert add-demo --limit 200
