@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -15,12 +15,13 @@ from t2cli.ask.engine import Asker, AskSettings
 from t2cli.bank import manifest
 from t2cli.bank.build import build_bank, lift_of
 from t2cli.bank.install import MARKER_FILE, install_bank, router_staleness
-from t2cli.bank.manifest import BankError, read_bank
+from t2cli.bank.manifest import MANIFEST_FILE, BankError, read_bank
 from t2cli.cli.app import app
 from t2cli.errors import T2Error
 from t2cli.eval.accuracy import EvalResult, make_result
 from t2cli.experts.catalog import remove_expert
 from t2cli.home import open_registry
+from t2cli.models.hashing import sha256_file
 from t2cli.router.store import register_router
 from t2cli.router.train import select_experts, train_router
 from t2cli.svf.expert import WEIGHTS_FILE, load_expert
@@ -199,10 +200,17 @@ def test_a_rebuild_keeps_the_lift_of_an_unchanged_expert_file_and_drops_a_change
         _eval_file(evals / "sums-m.json", {"a": True, "b": True})
         out = tmp_path / "banks" / "tiny"
         first = build_bank(["m", "c"], "r1", evals, "bash scripts/bank.sh", out, model="tiny")
+        # the shipped card differs from what a re-export writes (as a bank installed, then rebuilt, does)
+        card = out / "experts" / "m" / "README.md"
+        first_card = card.read_bytes() + b"<!-- as shipped -->\n"
+        card.write_bytes(first_card)
+        files = {**first.files, "experts/m/README.md": sha256_file(card)}
+        (out / MANIFEST_FILE).write_text(replace(first, files=files).to_json() + "\n")
         again = build_bank(["m", "c"], "r1", empty, "bash scripts/bank.sh", out, model="tiny")
         lifts = {e.name: e.lift for e in again.experts}
         assert lifts["m"] == next(e.lift for e in first.experts if e.name == "m") and lifts["m"] is not None
         assert lifts["c"] is None  # never measured
+        assert (out / "experts" / "m" / "README.md").read_bytes() == first_card  # the shipped folder, kept as it was
         expert_rows.remove(registry, "m")
         add_expert(registry, adaptable, "m", category="math", task=tasks["math"], seed=9)
         retrained = build_bank(["m", "c"], None, empty, "bash scripts/bank.sh", out, model="tiny")

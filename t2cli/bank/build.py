@@ -97,7 +97,7 @@ def kept_lift(previous: Bank | None, expert_folder: str, name: str, weights_sha2
     """The lift the replaced bank measured for this very expert file (same name, same sha256), if any.
 
     Rebuilding a bank for a new router must not need its experts' evaluations again: an
-    expert whose weights did not change keeps the lift measured on them.
+    expert whose weights did not change keeps the lift measured on them, and its folder.
     """
     if previous is None or previous.files.get(f"{expert_folder}/{EXPERT_WEIGHTS_FILE}") != weights_sha256:
         return None
@@ -161,7 +161,13 @@ def build_bank(
                 config = json.loads(record.config_json)
                 task = str(record.task)
                 weights_sha256 = sha256_file(tmp / folder / EXPERT_WEIGHTS_FILE)
-                lift = lift_of(evals, task, record.name) or kept_lift(previous, folder, record.name, weights_sha256)
+                kept = kept_lift(previous, folder, record.name, weights_sha256)
+                if previous is not None and kept is not None:
+                    # the same expert file as shipped: keep its folder as it was (a registry that installed
+                    # the bank re-exports it as "imported", with the bank as its origin)
+                    shutil.rmtree(tmp / folder)
+                    shutil.copytree(previous.folder / folder, tmp / folder)
+                lift = lift_of(evals, task, record.name) or kept
                 entries.append(
                     BankExpert(
                         name=record.name,
