@@ -23,8 +23,8 @@ TargetsOpt = Annotated[
     typer.Option(
         "--targets",
         help="Which matrices: attn (q,k,v,o), mlp (gate,up,down), all, or a regex over names "
-        "like model.layers.3.mlp.down_proj. For a vision-language model these name its language model; "
-        "vision (the vision tower), projector, or a regex can name the image side too.",
+        "like model.layers.3.mlp.down_proj. In a vision-language model attn, mlp and all are its language "
+        "model's; vision (the vision tower), projector or a regex reach the image side.",
     ),
 ]
 SvdDtypeOpt = Annotated[str, typer.Option("--svd-dtype", help="Compute precision of the SVD: float32 or float64.")]
