@@ -45,6 +45,15 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     return {arch: build_tiny_model(arch, root / arch, seed=i) for i, arch in enumerate(ARCHITECTURES)}
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny random vision-language model folder per supported family, built once per test session."""
+    from tests.vlm_models import VLM_FAMILIES, build_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny-vlms")
+    return {family: build_tiny_vlm(family, root / family, seed=i) for i, family in enumerate(VLM_FAMILIES)}
+
+
 @pytest.fixture()
 def tiny_llama(tiny_model_dirs: dict[str, Path]) -> Path:
     return tiny_model_dirs["llama"]

@@ -13,8 +13,9 @@ def test_all_is_attention_plus_mlp_for_every_supported_architecture(model_type: 
     chosen = select_targets(model_type, 2, "all")
     assert len(chosen) == 2 * 7
     assert {m.role for m in chosen} == {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down"}
-    assert chosen[0].name == "model.layers.0.self_attn.q_proj"
-    assert chosen[-1].weight_name == "model.layers.1.mlp.down_proj.weight"
+    blocks = LAYOUTS[model_type].block_prefix  # model.layers.{layer}. (a VLM: its language model's blocks)
+    assert chosen[0].name == blocks.format(layer=0) + "self_attn.q_proj"
+    assert chosen[-1].weight_name == blocks.format(layer=1) + "mlp.down_proj.weight"
 
 
 def test_groups_split_attention_and_mlp() -> None:

@@ -28,7 +28,7 @@ from t2cli.models.hashing import HashCache
 from t2cli.models.identity import ModelIdentity, model_identity
 from t2cli.models.load import load_model
 from t2cli.models.resolve import ModelRef, resolve_model
-from t2cli.models.targets import TargetMatrix, select_targets, targets_key
+from t2cli.models.targets import TargetMatrix, is_vision_language, select_targets, targets_key
 from t2cli.models.weights import ModuleWeights, SafetensorsWeights, WeightSource, check_present
 from t2cli.runtime.devices import resolve_device
 
@@ -113,7 +113,7 @@ def decompose_model(
 
     ref = resolve_model(model, revision=revision)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
-    chosen = select_targets(identity.model_type, identity.num_layers, targets)
+    chosen = select_targets(identity.model_type, identity.num_layers, targets, vision_layers=identity.vision_layers)
     # Read the safetensors headers before writing any row: a truncated file leaves no base model behind.
     headers = None
     if loaded is None and not ref.is_gguf and SafetensorsWeights.usable(ref.path):
@@ -129,8 +129,13 @@ def decompose_model(
     if pending:
         if device == "cpu":
             fix_mmap_threshold()  # else glibc's per-thread heaps keep each matrix's freed transients
-        source = ModuleWeights(loaded) if loaded is not None else headers or _open_weights(ref)  # type: ignore[arg-type]
-        check_present(source, [m.weight_name for m in pending], identity.model_type)
+        pending_weights = [m.weight_name for m in pending]
+        source = (
+            ModuleWeights(loaded)  # type: ignore[arg-type]
+            if loaded is not None
+            else _open_weights(ref, headers, pending_weights, identity.model_type)
+        )
+        check_present(source, pending_weights, identity.model_type)
         done_count = len(chosen) - len(pending)
         # CPU: a group of one matrix per SVD thread (small matrices: up to GROUP_BYTES) is read, decomposed
         # and committed at a time; GPU: a whole same-shape chunk goes through one batched SVD.
@@ -198,7 +203,7 @@ def find_decomposition(
     what rank 0 decomposed by content (weight fingerprint + resolved target names), which
     also works when each node has its own ``T2_HOME``.
     """
-    chosen = select_targets(identity.model_type, identity.num_layers, targets)
+    chosen = select_targets(identity.model_type, identity.num_layers, targets, vision_layers=identity.vision_layers)
     found = decompositions.find_complete(registry, identity.fingerprint, targets_key([m.name for m in chosen], dtype))
     if found is None:
         raise DecompositionError(
@@ -301,10 +306,18 @@ def _size(registry: Registry, decomposition_id: int) -> int:
 # --------------------------------------------------------------------------- computing
 
 
-def _open_weights(ref: ModelRef) -> WeightSource:
-    """Stream from safetensors when possible; otherwise load the model (GGUF, .bin)."""
-    if not ref.is_gguf and SafetensorsWeights.usable(ref.path):
-        return SafetensorsWeights(ref.path)
+def _open_weights(
+    ref: ModelRef, headers: SafetensorsWeights | None, weight_names: list[str], model_type: str
+) -> WeightSource:
+    """Stream from safetensors when possible; otherwise load the model (GGUF, .bin).
+
+    A vision-language checkpoint may store its weights under transformers' older names
+    (Qwen2-VL's ``model.layers.*`` for ``model.language_model.layers.*``, LLaVA's
+    ``language_model.model.*``), which transformers renames on load with rules of its own:
+    such a model is read through transformers rather than by guessing the renaming.
+    """
+    if headers is not None and (not is_vision_language(model_type) or all(headers.has(n) for n in weight_names)):
+        return headers
     return ModuleWeights(load_model(ref))
 
 

@@ -28,9 +28,10 @@ class ModelIdentity:
     fingerprint: str
     architecture: str
     model_type: str
-    num_layers: int
+    num_layers: int  # the language model's blocks
     hidden_size: int
     config: dict[str, Any] = field(repr=False)
+    vision_layers: int = 0  # a vision-language model's vision tower blocks; 0 for a text model
 
 
 def read_config(ref: ModelRef) -> PretrainedConfig:
@@ -71,7 +72,9 @@ def model_identity(ref: ModelRef, hash_cache: HashCache) -> ModelIdentity:
     digest = hashlib.sha256(f"{config.model_type}:{architecture}\n".encode())
     for file in weight_files(ref):
         digest.update(f"{file.name}:{hash_cache.sha256(file)}\n".encode())
+    # A vision-language model nests its language model's and vision tower's configs.
     text_config = getattr(config, "text_config", None) or config
+    vision_config = getattr(config, "vision_config", None)
     return ModelIdentity(
         ref=ref,
         fingerprint=digest.hexdigest(),
@@ -80,7 +83,15 @@ def model_identity(ref: ModelRef, hash_cache: HashCache) -> ModelIdentity:
         num_layers=int(getattr(text_config, "num_hidden_layers", 0) or 0),
         hidden_size=int(getattr(text_config, "hidden_size", 0) or 0),
         config=config_dict,
+        vision_layers=_vision_depth(vision_config),
     )
+
+
+def _vision_depth(vision_config: PretrainedConfig | None) -> int:
+    """Blocks in the vision tower: ``num_hidden_layers`` (CLIP, SigLIP, Idefics3) or ``depth`` (Qwen2-VL)."""
+    if vision_config is None:
+        return 0
+    return int(getattr(vision_config, "num_hidden_layers", None) or getattr(vision_config, "depth", None) or 0)
 
 
 def _clean_config(config: dict[str, Any]) -> dict[str, Any]:

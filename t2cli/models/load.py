@@ -1,9 +1,14 @@
-"""Load a resolved model and its tokenizer with transformers (a GGUF file dequantised once, cached)."""
+"""Load a resolved model and its tokenizer with transformers (a GGUF file dequantised once, cached).
+
+A vision-language model loads whole (vision tower, projector and language model) as an
+image-text-to-text model; t2 adapts matrices inside it by their module names.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +19,7 @@ import torch
 
 from t2cli.errors import ModelLoadError, first_line
 from t2cli.models.resolve import ModelRef
+from t2cli.models.targets import is_vision_language
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -41,16 +47,30 @@ def load_model(
 
 
 def _from_pretrained(ref: ModelRef, path: Path, kwargs: dict[str, Any]) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
 
+    # transformers 5 maps most vision-language configs to no causal-LM class at all.
+    model_type = _model_type(path, kwargs)
+    auto = AutoModelForImageTextToText if model_type and is_vision_language(model_type) else AutoModelForCausalLM
     try:
         with _quiet_transformers():
-            return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            return auto.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load model {ref.location}: {first_line(exc)}",
             "check that the file is complete (re-download or re-copy it) and of a supported architecture",
         ) from exc
+
+
+def _model_type(path: Path, kwargs: dict[str, Any]) -> str | None:
+    """``model_type`` from a folder's config.json, read as plain JSON (None for a GGUF file: text models only)."""
+    if kwargs.get("gguf_file"):
+        return None
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None  # transformers reports the unreadable config in its own words
+    return model_type if isinstance(model_type, str) else None
 
 
 def _load_dequantised(ref: ModelRef, folder: Path, kwargs: dict[str, Any]) -> PreTrainedModel:

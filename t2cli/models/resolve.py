@@ -1,6 +1,6 @@
 """Which model the user means and where its files are.
 
-A model can be named four ways: an alias (``smollm2-135m``, ``llama3-8b``...),
+A model can be named four ways: an alias (``smollm2-135m``, ``llama3-8b``, ``smolvlm-256m``...),
 a local Hugging Face folder, a ``.gguf`` file, or a Hub id that huggingface_hub
 downloads into the normal HF cache. ``resolve_model`` turns any of them into a
 ``ModelRef``; ``model_identity`` reads its config and fingerprints its weights,
@@ -48,6 +48,18 @@ ALIASES: dict[str, ModelAlias] = {
         ModelAlias("llama3-70b", "meta-llama/Meta-Llama-3-70B-Instruct", "Llama 3 70B Instruct (gated)"),
         ModelAlias("mistral-7b", "mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3"),
         ModelAlias("qwen2.5-7b", "Qwen/Qwen2.5-7B-Instruct", "Qwen2.5 7B Instruct"),
+        # Vision-language models: t2 adapts their language model (see docs/vlm.md).
+        ModelAlias("smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM 256M Instruct (vision-language)"),
+        ModelAlias("smolvlm-500m", "HuggingFaceTB/SmolVLM-500M-Instruct", "SmolVLM 500M Instruct (vision-language)"),
+        ModelAlias("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL 2B Instruct (vision-language)"),
+        ModelAlias("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B Instruct (vision-language)"),
+        ModelAlias("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B Instruct (vision-language)"),
+        ModelAlias("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "LLaVA 1.5 7B (vision-language)"),
+        ModelAlias(
+            "llava-next-8b",
+            "llava-hf/llama3-llava-next-8b-hf",
+            "LLaVA-NeXT on Llama 3 8B, the paper's VLM (vision-language)",
+        ),
     )
 }
 

@@ -23,7 +23,8 @@ TargetsOpt = Annotated[
     typer.Option(
         "--targets",
         help="Which matrices: attn (q,k,v,o), mlp (gate,up,down), all, or a regex over names "
-        "like model.layers.3.mlp.down_proj.",
+        "like model.layers.3.mlp.down_proj. In a vision-language model attn, mlp and all are its language "
+        "model's; vision (the vision tower), projector or a regex reach the image side.",
     ),
 ]
 SvdDtypeOpt = Annotated[str, typer.Option("--svd-dtype", help="Compute precision of the SVD: float32 or float64.")]
@@ -54,6 +55,8 @@ def decompose(
       t2 decompose llama3-8b --targets mlp --device cuda --svd-dtype float64
 
       t2 decompose ./model.gguf --targets 'layers\\.(2[0-9])\\.mlp'
+
+      t2 decompose smolvlm-256m --targets vision   # a VLM's vision tower
     """
     from t2cli.decompose.engine import MAX_REL_ERROR, decompose_model  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)

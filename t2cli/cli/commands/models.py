@@ -103,7 +103,12 @@ def list_models(as_json: JsonOpt = False) -> None:
 def show_model(
     model: ModelArg = None,
     revision: RevisionOpt = None,
-    targets: Annotated[str, typer.Option(help="Which matrices to list: attn, mlp, all or a regex.")] = "all",
+    targets: Annotated[
+        str,
+        typer.Option(
+            help="Which matrices to list: attn, mlp, all or a regex; for a vision-language model also vision or projector."
+        ),
+    ] = "all",
     as_json: JsonOpt = False,
 ) -> None:
     """Resolve a model and show its identity and the matrices t2 would adapt.
@@ -118,7 +123,7 @@ def show_model(
 
     ref = resolve_model(model, revision=revision)
     identity = model_identity(ref, HashCache(t2_home() / "cache" / "file-hashes.json"))
-    chosen = select_targets(identity.model_type, identity.num_layers, targets)
+    chosen = select_targets(identity.model_type, identity.num_layers, targets, vision_layers=identity.vision_layers)
     roles = Counter(m.role for m in chosen)
     if as_json:
         print_json(
@@ -129,6 +134,7 @@ def show_model(
                 "architecture": identity.architecture,
                 "model_type": identity.model_type,
                 "num_layers": identity.num_layers,
+                "vision_layers": identity.vision_layers,
                 "hidden_size": identity.hidden_size,
                 "fingerprint": identity.fingerprint,
                 "targets": targets,
@@ -141,6 +147,7 @@ def show_model(
     out.print(
         f"architecture={identity.architecture} model_type={identity.model_type} layers={identity.num_layers} "
         f"hidden={identity.hidden_size}"
+        + (f" vision_layers={identity.vision_layers}" if identity.vision_layers else "")
     )
     out.print(f"fingerprint={identity.fingerprint}")
     out.print(f"targets {targets!r}: {len(chosen)} matrices (" + ", ".join(f"{r} x{n}" for r, n in roles.items()) + ")")

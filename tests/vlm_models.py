@@ -1,0 +1,161 @@
+"""Build tiny random vision-language models of the families t2 supports, and image inputs for them.
+
+Configs are written in code (no download): a 2-block language model and a 2-block vision
+tower, small enough that a full decomposition takes well under a second. Image inputs are
+made from a drawn PIL image by each family's own image processor (the Pillow backend,
+which needs no torchvision), with the image placeholder tokens laid out as the family's
+processor would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tests.tiny_models import build_tiny_tokenizer
+
+VLM_FAMILIES = ("idefics3", "qwen2_vl", "qwen2_5_vl", "llava")
+
+IMAGE_SIZE = 32  # pixels, square
+# Ids past the character tokenizer's (< 90), inside the vocabulary: image placeholders and Qwen's markers.
+IMAGE_TOKEN, VISION_START, VISION_END, VIDEO_TOKEN = 120, 121, 122, 123
+
+_TEXT = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+_CLIP_LIKE_VISION = dict(
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+)
+# Qwen's multimodal rotary sections (temporal, height, width) sum to head_dim / 2 = 4.
+_MROPE = {"rope_type": "default", "mrope_section": [1, 1, 2]}
+_QWEN_IDS = dict(
+    image_token_id=IMAGE_TOKEN,
+    video_token_id=VIDEO_TOKEN,
+    vision_start_token_id=VISION_START,
+    vision_end_token_id=VISION_END,
+)
+
+
+def _config(family: str):
+    from transformers import Idefics3Config, LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
+
+    if family == "idefics3":  # SmolVLM-256M/500M
+        return Idefics3Config(
+            text_config=dict(model_type="llama", **_TEXT),
+            vision_config=_CLIP_LIKE_VISION,
+            scale_factor=2,
+            image_token_id=IMAGE_TOKEN,
+            architectures=["Idefics3ForConditionalGeneration"],
+        )
+    if family == "qwen2_vl":
+        return Qwen2VLConfig(
+            text_config=dict(**_TEXT, rope_scaling=_MROPE),
+            vision_config=dict(
+                depth=2, embed_dim=16, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=4, spatial_merge_size=2
+            ),
+            **_QWEN_IDS,
+            architectures=["Qwen2VLForConditionalGeneration"],
+        )
+    if family == "qwen2_5_vl":
+        return Qwen2_5_VLConfig(
+            text_config=dict(**_TEXT, rope_scaling=_MROPE),
+            vision_config=dict(
+                depth=2,
+                hidden_size=16,
+                intermediate_size=24,
+                num_heads=2,
+                out_hidden_size=32,
+                patch_size=4,
+                spatial_merge_size=2,
+                fullatt_block_indexes=[1],
+                window_size=16,
+            ),
+            **_QWEN_IDS,
+            architectures=["Qwen2_5_VLForConditionalGeneration"],
+        )
+    if family == "llava":
+        return LlavaConfig(
+            text_config=dict(model_type="llama", **_TEXT),
+            vision_config=dict(model_type="clip_vision_model", projection_dim=16, **_CLIP_LIKE_VISION),
+            image_token_id=IMAGE_TOKEN,
+            architectures=["LlavaForConditionalGeneration"],
+        )
+    raise ValueError(family)
+
+
+def build_tiny_vlm(family: str, folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random VLM of ``family`` (config + safetensors + a character tokenizer) into ``folder``."""
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(_config(family))
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    model.save_pretrained(folder)
+    build_tiny_tokenizer(folder)
+    return folder
+
+
+def drawn_image():
+    """A 32x32 picture: a red rectangle and a blue disc on white."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([3, 4, 18, 14], fill="red")
+    draw.ellipse([16, 18, 28, 30], fill="blue")
+    return image
+
+
+def image_inputs(family: str) -> dict[str, Any]:
+    """Model inputs for one prompt with one image: text ids around the image's placeholder tokens."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image = drawn_image()
+    before, after = [1, 40, 41, 42], [43, 44, 45, 2]  # "<bos> ... <image> ... <eos>" as character ids
+    inputs: dict[str, Any]
+    if family == "idefics3":
+        processor = Idefics3ImageProcessorPil(
+            do_image_splitting=False, size={"longest_edge": IMAGE_SIZE}, max_image_size={"longest_edge": IMAGE_SIZE}
+        )
+        inputs = dict(processor(images=[[image]], return_tensors="pt"))
+        # (32 / 8)^2 patches, merged by scale_factor^2 = 4 into 4 tokens.
+        placeholder = [IMAGE_TOKEN] * 4
+    elif family in ("qwen2_vl", "qwen2_5_vl"):
+        side = IMAGE_SIZE * IMAGE_SIZE
+        processor = Qwen2VLImageProcessorPil(
+            patch_size=4, temporal_patch_size=2, merge_size=2, size={"shortest_edge": side, "longest_edge": side}
+        )
+        inputs = dict(processor(images=[image], return_tensors="pt"))
+        t, h, w = (int(v) for v in inputs["image_grid_thw"][0])
+        placeholder = [VISION_START] + [IMAGE_TOKEN] * (t * h * w // 4) + [VISION_END]
+    elif family == "llava":
+        processor = LlavaImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        )
+        inputs = dict(processor(images=[image], return_tensors="pt"))
+        placeholder = [IMAGE_TOKEN] * (IMAGE_SIZE // 8) ** 2  # one token per patch (the CLS token is dropped)
+    else:
+        raise ValueError(family)
+    ids = torch.tensor([before + placeholder + after])
+    inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+    if family in ("qwen2_vl", "qwen2_5_vl"):  # the processor's modality map for multimodal RoPE: 1 = image token
+        inputs["mm_token_type_ids"] = (ids == IMAGE_TOKEN).long()
+    return inputs
