@@ -9,7 +9,9 @@ One JSON object per line:
 Required: ``prompt``, ``answer``, ``kind`` (a scorer: number, choice, exact,
 regex, math, python_tests). Optional: ``id``, ``split`` (train/valid/test: all
 lines or none), ``choices`` (choice), ``tests`` and ``setup`` (python_tests),
-``max_new_tokens`` (this item's generation budget). Other fields are ignored.
+``max_new_tokens`` (this item's generation budget), ``image`` (a path relative to the
+file, or a list of them: shown with the prompt, checked when the file loads, see
+``t2cli.tasks.images``). Other fields are ignored.
 The task's generation budget is the largest budget of its items: an item's
 ``max_new_tokens``, else its kind's default (``DEFAULT_BUDGETS``). Without splits, items are split 60/20/20 with a fixed
 seed (at least one test item). Blank lines are skipped; a line may be at most
@@ -22,8 +24,9 @@ import json
 import re
 from pathlib import Path
 
+from t2cli.tasks.images import resolve_image
 from t2cli.tasks.scorers import parse_number, scorer_kinds
-from t2cli.tasks.types import SPLITS, Task, TaskError, TaskItem, seeded_split
+from t2cli.tasks.types import SPLITS, ItemImage, Task, TaskError, TaskItem, seeded_split
 
 MAX_LINE_BYTES = 1_000_000
 _REQUIRED = ("prompt", "answer", "kind")
@@ -173,6 +176,7 @@ def _item_fields(path: Path, line_no: int, obj: object) -> dict:
     budget = obj.get("max_new_tokens", DEFAULT_BUDGETS.get(kind, FALLBACK_BUDGET))
     if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= MAX_BUDGET:
         raise TaskError(f"{where}: 'max_new_tokens' must be a whole number from 1 to {MAX_BUDGET}, got {budget!r}")
+    images: tuple[ItemImage, ...] = resolve_image(path, where, obj["image"]) if "image" in obj else ()
     return {
         "prompt": prompt,
         "answer": answer,
@@ -181,6 +185,7 @@ def _item_fields(path: Path, line_no: int, obj: object) -> dict:
         "split": split,
         "id": str(item_id),
         "budget": budget,
+        "images": images,
     }
 
 
@@ -205,4 +210,5 @@ def _make_item(task: str, split: str, fields: dict) -> TaskItem:
         answer=fields["answer"],
         kind=fields["kind"],
         meta=fields["meta"],
+        images=fields["images"],
     )

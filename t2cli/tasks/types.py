@@ -14,9 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from t2cli.errors import T2Error, UsageError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 SPLITS = ("train", "valid", "test")
 # One seed for every seeded split; changing it changes which items are held out, so never do.
@@ -41,6 +44,23 @@ class Score:
     reason: str
 
 
+class ItemImage(Protocol):
+    """One image shown with an item, opened only when a caller needs its pixels.
+
+    Implementations (``t2cli.tasks.images``) are frozen dataclasses, so items compare and
+    hash by where their images come from, never by decoded pixels.
+    """
+
+    @property
+    def source(self) -> str:
+        """Where the image comes from, for messages and model cards (a path, a generator's scene)."""
+        ...
+
+    def open(self) -> Image:
+        """The image as an RGB PIL image."""
+        ...
+
+
 @dataclass(frozen=True)
 class TaskItem:
     """One question of a task.
@@ -48,7 +68,8 @@ class TaskItem:
     ``prompt`` is the user message (instructions included) before the chat
     template, which the caller applies. ``kind`` names the scorer; ``meta``
     holds what that scorer needs besides the gold ``answer`` (e.g. ``choices``,
-    ``tests``) and is passed to it as keyword arguments.
+    ``tests``) and is passed to it as keyword arguments. ``images`` are shown
+    with the prompt, in order (empty for a text item).
     """
 
     id: str
@@ -56,6 +77,7 @@ class TaskItem:
     answer: str
     kind: str
     meta: dict = field(default_factory=dict)
+    images: tuple[ItemImage, ...] = ()
 
 
 class Task(ABC):
@@ -87,6 +109,10 @@ class Task(ABC):
         if self._splits is None:
             self._splits = self._build_splits()
         return list(self._splits[split])
+
+    def uses_images(self) -> bool:
+        """Whether any item of any split is shown with an image (a vision-language model is then needed)."""
+        return any(item.images for split in SPLITS for item in self.split(split))
 
     def split_sizes(self) -> dict[str, int]:
         """Number of items in each split."""
