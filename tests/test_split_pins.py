@@ -68,6 +68,11 @@ PINNED = {
         "valid": "c48e772cbef8fb9e038228ea06a34b892a5fb56983d7f27d132c5a244ddd5180",
         "test": "7c929a00dbefecbdd682e1264138f9ffc1e9e1220d707c3b57c217e6d89781c3",
     },
+    "shapes": {
+        "train": "562bcf95769f3fef7cc4d1a000a10636e1b354b8ad5041f810f4b0e1682b7ebe",
+        "valid": "8531bd7dd68c96dcac2a455903048557b868200be1a90a2734552a54cde6e8a0",
+        "test": "3c9f9c1e26db3ee0c4915a876a754ea63a04b8442d999bb8403c6076fc8ec75e",
+    },
     "string-ops": {
         "train": "4bf0d1fdc822861f5ebf717cf438bb48286dbcd4283635bdb72fef57afcf7ad6",
         "valid": "e911fbb2843df75114aaf449fde743a9349e0f846e91f9a0f2b400cf30e867d8",

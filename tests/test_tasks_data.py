@@ -27,6 +27,7 @@ SIZES = {
     "coding": (512, 100, 400),
     "string-ops": (719, 100, 400),
     "logic": (618, 100, 400),
+    "shapes": (1000, 100, 400),
 }
 TEXT_TASKS = [
     "gsm8k",
@@ -56,7 +57,10 @@ def test_split_sizes(name: str) -> None:
 def test_splits_are_disjoint(name: str) -> None:
     task = get_task(name)
     ids = {split: {item.id.split("/", 2)[2] for item in task.split(split)} for split in ("train", "valid", "test")}
-    prompts = {split: {item.prompt for item in task.split(split)} for split in ("train", "valid", "test")}
+    # A question is its text and its pictures: "How many red circles...?" recurs, on other pictures.
+    prompts = {
+        split: {(item.prompt, item.images) for item in task.split(split)} for split in ("train", "valid", "test")
+    }
     for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
         assert not ids[a] & ids[b], f"{name}: {a} and {b} share items"
         assert not prompts[a] & prompts[b], f"{name}: {a} and {b} share a question"

@@ -16,11 +16,12 @@ from t2cli.tasks.lookup import (
     register_task,
     register_task_factory,
     task_names,
+    unlisted_task_names,
 )
 from t2cli.tasks.types import Score, Task, TaskError, TaskItem
 
 # Importing these modules registers the built-in tasks.
-from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks  # noqa: F401  isort: skip
+from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks, vision_tasks  # noqa: F401  isort: skip
 
 __all__ = [
     "Score",
@@ -33,4 +34,5 @@ __all__ = [
     "register_task",
     "register_task_factory",
     "task_names",
+    "unlisted_task_names",
 ]

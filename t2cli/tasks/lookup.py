@@ -5,7 +5,9 @@ draws its prompts from the tasks of the experts registered for a base model). Th
 are registered with ``register_task_factory(name, factory)`` and built by
 ``get_task(name, registry=..., base_model_id=...)``; ``needs_registry(name)`` tells a
 command to load the base model before asking for them. ``list_tasks`` leaves them
-out (they have no fixed splits to list).
+out (they have no fixed splits to list), and also the tasks registered with
+``listed=False``: those whose data is read from local files that may be absent
+(TextVQA and OK-VQA in the HF cache), so that listing the tasks never fails.
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ _TASKS: dict[str, type[Task]] = {}
 _ALIASES: dict[str, str] = {}
 _INSTANCES: dict[str, Task] = {}
 _FACTORIES: dict[str, Callable[[Any, int], Task]] = {}
+_UNLISTED: set[str] = set()
 
 if TYPE_CHECKING:
     from registry import Registry
 
 
 def register_task(
-    name: str, *, aliases: tuple[str, ...] = (), category: str = "", description: str = ""
+    name: str, *, aliases: tuple[str, ...] = (), category: str = "", description: str = "", listed: bool = True
 ) -> Callable[[type[Task]], type[Task]]:
-    """Class decorator: make a ``Task`` subclass available as ``name`` (and its aliases, case-insensitive)."""
+    """Class decorator: make a ``Task`` subclass available as ``name`` (and its aliases, case-insensitive).
+
+    ``listed=False`` leaves it out of ``list_tasks`` (its data may be absent from this machine).
+    """
 
     def register(cls: type[Task]) -> type[Task]:
         key = name.lower()
@@ -40,6 +46,8 @@ def register_task(
         cls.name, cls.aliases, cls.category = key, tuple(a.lower() for a in aliases), category or cls.category
         cls.description = description or cls.description
         _TASKS[key] = cls
+        if not listed:
+            _UNLISTED.add(key)
         for alias in cls.aliases:
             _ALIASES[alias] = key
         return cls
@@ -97,5 +105,10 @@ def get_task(name_or_path: str, *, registry: Registry | None = None, base_model_
 
 
 def list_tasks() -> list[Task]:
-    """Every registered task (aliases not repeated), sorted by name; data is loaded only when a split is asked for."""
-    return [get_task(name) for name in sorted(_TASKS)]
+    """Every listed task (aliases not repeated), sorted by name; data is loaded only when a split is asked for."""
+    return [get_task(name) for name in sorted(_TASKS) if name not in _UNLISTED]
+
+
+def unlisted_task_names() -> list[str]:
+    """The tasks ``list_tasks`` leaves out because their data is read from local files that may be absent."""
+    return sorted(_UNLISTED)
