@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 
 
-def populate_hf_cache(cache: Path, repo_id: str, source: Path, revision: str | None = None) -> str:
+def populate_hf_cache(
+    cache: Path, repo_id: str, source: Path, revision: str | None = None, repo_type: str = "model"
+) -> str:
     """Copy ``source``'s files into ``cache`` as a snapshot of ``repo_id``; returns the commit hash.
 
-    Layout: models--org--name/{blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>,
+    Layout: {models,datasets}--org--name/{blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>,
     refs/main = <commit>}.
     """
-    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = cache / (f"{repo_type}s--" + repo_id.replace("/", "--"))
     revision = revision or hashlib.sha1(repo_id.encode()).hexdigest()
     snapshot = repo_dir / "snapshots" / revision
     (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
