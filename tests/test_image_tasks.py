@@ -194,18 +194,22 @@ def test_shapes_questions_need_the_picture() -> None:
     """The same question text comes back with different answers: text alone cannot answer it."""
     task = get_task("shapes")
     answers: dict[str, Counter] = defaultdict(Counter)
-    for item in task.split("train") + task.split("test"):
+    for item in task.split("train"):
         answers[item.prompt][item.answer] += 1
     types = Counter(item.meta["question_type"] for item in task.split("train"))
     assert set(types) == {"count", "colour", "shape", "position"} and min(types.values()) >= 200
     for prompt, counts in answers.items():
         if sum(counts.values()) >= 10:
             assert len(counts) >= 2, f"{prompt!r} always has the answer {counts}"
-    # The best a model can do from the text: the most common answer of each question, learnt on train.
+    # The best a model can do from the text: each question's most common answer on train, scored on test.
+    # Chance is 1/4 for counts (0-3) and colours, 1/3 for shapes, 1/2 for left/right.
     best = {prompt: counts.most_common(1)[0][0] for prompt, counts in answers.items()}
-    test = task.split("test")
-    text_only = sum(best[item.prompt] == item.answer for item in test) / len(test)
-    assert text_only < 0.6
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for item in task.split("test"):
+        hits[item.meta["question_type"]].append(best.get(item.prompt) == item.answer)
+    text_only = {kind: sum(h) / len(h) for kind, h in hits.items()}
+    ceiling = {"count": 0.4, "colour": 0.4, "shape": 0.55, "position": 0.65}
+    assert all(text_only[kind] < ceiling[kind] for kind in ceiling), text_only
 
 
 def _objects(image: Image.Image) -> list[tuple[str, str, float]]:
