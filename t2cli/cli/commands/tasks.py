@@ -60,7 +60,10 @@ def tasks_cmd(as_json: JsonOpt = False) -> None:
             row["source"],
         )
     out.print(table)
-    out.print("Also: dispatch (built from the registered experts) and any .jsonl task file (docs/tasks.md).")
+    out.print(
+        "Also: dispatch (built from the registered experts), textvqa and okvqa (read from the HF cache when"
+        " their files are there) and any .jsonl task file (docs/tasks.md)."
+    )
 
 
 def register(app: typer.Typer) -> None:
