@@ -375,3 +375,29 @@ def test_a_text_task_cannot_train_a_vision_tower() -> None:
     check_task_fits_model(get_task("shapes"), "tiny-vlm", "idefics3", vision)
     # The language model of a VLM answers text tasks as a text model does.
     check_task_fits_model(get_task("addition"), "tiny-vlm", "idefics3", select_targets("idefics3", 2, vision_layers=2))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--task", "shapes", "--steps", "1"],
+        ["eval", "--task", "shapes", "--base"],
+        ["eval", "--task", "shapes", "--strategy", "none"],
+        ["adapt", "--task", "shapes"],
+    ],
+    ids=["train", "eval", "eval-strategy", "adapt"],
+)
+def test_an_image_task_is_refused_before_any_model_loads(tmp_path: Path, t2_home: Path, command: list[str]) -> None:
+    # Prompts are text-only today: answering shapes without its pictures would measure nothing.
+    result = CliRunner().invoke(app, [*command, "--model", str(tmp_path / "no-model")])
+    assert result.exit_code == 1, result.output
+    error_lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1 and "task 'shapes' shows images" in error_lines[0], result.output
+    assert not t2_home.exists()  # refused before the registry opens: no run, no row
+
+
+def test_prompts_refuse_items_with_images(tmp_path: Path) -> None:
+    png(tmp_path / "ok.png")
+    task = get_task(str(write_task(tmp_path / "t.jsonl", [line(image="ok.png")])))
+    with pytest.raises(TaskError, match="shows images"):
+        task.prompts(None, task.split("test") or task.split("train"))

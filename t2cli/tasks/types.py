@@ -148,10 +148,26 @@ class Task(ABC):
         """Whether each completion answers its item (``score_batch`` verdicts, in order)."""
         return [score.correct for score in self.score_batch(items, completions)]
 
+    def require_text_only(self, items: Sequence[TaskItem] | None = None) -> None:
+        """TaskError, one line, when this task (or just ``items``) shows images.
+
+        Prompts are rendered as text today: an image task would be answered without its
+        pictures and its accuracy would measure nothing. Commands call this before loading a
+        model; ``prompts`` calls it again as the last guard (docs/vlm.md: images reach the
+        model in the next increment).
+        """
+        if any(item.images for item in items) if items is not None else self.uses_images():
+            raise TaskError(
+                f"task '{self.name}' shows images, and t2 does not feed images to a model yet "
+                "(training, evaluation and adaptation are text-only)",
+                hint="image tasks can be listed and loaded today (t2 tasks); docs/vlm.md says what comes next",
+            )
+
     def prompts(self, tokenizer, items: Sequence[TaskItem]) -> list[str]:  # tokenizer: PreTrainedTokenizerBase
         """The chat-formatted prompts of ``items`` under this task's system prompt, ready to generate from."""
         from t2cli.runtime.generation import render_prompt  # noqa: PLC0415 - heavy: pulls torch (~2 s); task data does not need it
 
+        self.require_text_only(items)
         return [render_prompt(tokenizer, item.prompt, self.system_prompt) for item in items]
 
     def reference_completion(self, item: TaskItem) -> str | None:

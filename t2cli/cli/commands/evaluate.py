@@ -95,6 +95,8 @@ def eval_cmd(
         _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1, routing)
         return
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
+    if task_obj is not None:
+        task_obj.require_text_only()
     with open_registry() as registry:
         loaded = load_expert(registry, expert) if expert else None
         targets = loaded.config.targets if loaded else "all"
@@ -165,6 +167,7 @@ def _eval_strategy(
     from t2cli.tasks import get_task  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     task_obj = get_task(task)
+    task_obj.require_text_only()
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
     with (
         open_registry() as registry,

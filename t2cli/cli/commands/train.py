@@ -119,6 +119,8 @@ def train_cmd(
         deprecated_alias("--gen-batch", "--batch-size")
         batch_size = old_gen_batch
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
+    if task_obj is not None:
+        task_obj.require_text_only()
     name = check_expert_name(name or f"{task_obj.name if task_obj else task.strip().lower()}-svf")
     config = TrainConfig(
         task=task,
