@@ -200,6 +200,10 @@ def generate(
     keyed = sample_keys is not None and temperature > 0
     sampling = temperature > 0 and not keyed  # keyed sampling runs as greedy decoding over perturbed logits
     images = any(isinstance(p, ImagePrompt) for p in expanded)
+    # A completion holding an image placeholder could not be scored again: the model would look for
+    # image features for it (the loss forward fails). Real models almost never write one; random ones do.
+    banned = sorted({i for p in expanded if isinstance(p, ImagePrompt) for i in p.placeholders})
+    suppress: dict[str, Any] = {"suppress_tokens": banned} if banned else {}
     for start in range(0, len(expanded), batch_size):
         chunk = expanded[start : start + batch_size]
         enc = _encode(tokenizer, chunk).to(device)
@@ -219,6 +223,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             logits_processor=processors,
             synced_gpus=synced,
+            **suppress,
         )
         for row, mask in zip(range(min(len(chunk), real - start)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())

@@ -39,6 +39,17 @@ class ImagePrompt:
     ids: list[int]
     tensors: dict[str, torch.Tensor] = field(repr=False)
     token_level: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    placeholders: tuple[int, ...] = ()  # the ids the model replaces with image features: never to be generated
+
+
+# Where processors keep the ids of the tokens their model replaces with image (or video) features.
+PLACEHOLDER_ATTRIBUTES = ("image_token_id", "video_token_id")
+
+
+def placeholder_ids(processor: ProcessorMixin) -> tuple[int, ...]:
+    """The processor's image/video placeholder ids (LLaVA, Idefics3 and Qwen2-VL processors name them alike)."""
+    ids = (getattr(processor, name, None) for name in PLACEHOLDER_ATTRIBUTES)
+    return tuple(sorted({i for i in ids if isinstance(i, int)}))
 
 
 def image_messages(user: str, n_images: int, system: str | None = None) -> list[dict[str, Any]]:
@@ -67,7 +78,12 @@ def encode_image_prompt(
     ids = out.pop("input_ids")[0].tolist()
     out.pop("attention_mask", None)
     token_level = {key: out.pop(key)[0].tolist() for key in TOKEN_LEVEL if key in out}
-    return ImagePrompt(ids=ids, tensors={key: value for key, value in out.items()}, token_level=token_level)
+    return ImagePrompt(
+        ids=ids,
+        tensors={key: value for key, value in out.items()},
+        token_level=token_level,
+        placeholders=placeholder_ids(processor),
+    )
 
 
 def batch_inputs(
