@@ -106,7 +106,12 @@ PROCESSOR_FAMILIES = ("llava", "idefics3")
 # The tokens each family's processor writes around or for an image, at ids the model knows.
 _IMAGE_TOKENS = {
     "llava": {"<image>": IMAGE_TOKEN},
-    "idefics3": {"<image>": IMAGE_TOKEN, "<fake_token_around_image>": 124, "<global-img>": 125, "<end_of_utterance>": 126},
+    "idefics3": {
+        "<image>": IMAGE_TOKEN,
+        "<fake_token_around_image>": 124,
+        "<global-img>": 125,
+        "<end_of_utterance>": 126,
+    },
 }
 
 
