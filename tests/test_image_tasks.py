@@ -397,6 +397,18 @@ def test_an_image_task_on_a_text_model_is_refused_before_anything_is_written(
     assert not t2_home.exists()
 
 
+def test_a_text_task_for_a_vision_tower_is_refused_before_anything_is_written(
+    tiny_vlm_dirs: dict[str, Path], t2_home: Path
+) -> None:
+    model = str(tiny_vlm_dirs["llava"])
+    result = CliRunner().invoke(app, ["train", "--task", "addition", "--targets", "vision", "--model", model])
+    assert result.exit_code == 1, result.output
+    error_lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1, result.output
+    assert "task 'addition' has no images, but the targets adapt the vision" in error_lines[0]
+    assert not t2_home.exists()
+
+
 @pytest.mark.parametrize(
     ("command", "path"),
     [

@@ -251,7 +251,7 @@ def _encode(tokenizer: PreTrainedTokenizerBase, chunk: Sequence[str | ImagePromp
 
 
 def _text_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> ImagePrompt:
-    # A padding row (FSDP) is text: an ImagePrompt with no images batches with the image prompts.
+    # A text item beside image items (a task may mix them): an ImagePrompt with no images batches with theirs.
     return ImagePrompt(ids=tokenizer(text, add_special_tokens=False)["input_ids"], tensors={})
 
 
