@@ -382,17 +382,52 @@ def test_a_text_task_cannot_train_a_vision_tower() -> None:
     [
         ["train", "--task", "shapes", "--steps", "1"],
         ["eval", "--task", "shapes", "--base"],
-        ["eval", "--task", "shapes", "--strategy", "none"],
-        ["adapt", "--task", "shapes"],
     ],
-    ids=["train", "eval", "eval-strategy", "adapt"],
+    ids=["train", "eval"],
 )
-def test_an_image_task_is_refused_before_any_model_loads(tmp_path: Path, t2_home: Path, command: list[str]) -> None:
-    # Prompts are text-only today: answering shapes without its pictures would measure nothing.
+def test_an_image_task_on_a_text_model_is_refused_before_anything_is_written(
+    tiny_llama: Path, t2_home: Path, command: list[str]
+) -> None:
+    # Read from the model's config: refused before the registry opens (no decomposition, no run, no expert).
+    result = CliRunner().invoke(app, [*command, "--model", str(tiny_llama)])
+    assert result.exit_code == 1, result.output
+    error_lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1, result.output
+    assert "task 'shapes' shows images, but" in error_lines[0] and "is a text-only model" in error_lines[0]
+    assert not t2_home.exists()
+
+
+def test_a_text_task_for_a_vision_tower_is_refused_before_anything_is_written(
+    tiny_vlm_dirs: dict[str, Path], t2_home: Path
+) -> None:
+    model = str(tiny_vlm_dirs["llava"])
+    result = CliRunner().invoke(app, ["train", "--task", "addition", "--targets", "vision", "--model", model])
+    assert result.exit_code == 1, result.output
+    error_lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1, result.output
+    assert "task 'addition' has no images, but the targets adapt the vision" in error_lines[0]
+    assert not t2_home.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "path"),
+    [
+        (["eval", "--task", "shapes", "--strategy", "none"], "`t2 eval --strategy`"),
+        (["adapt", "--task", "shapes"], "`t2 adapt`"),
+        (["train", "--task", "shapes", "--rollout", "vllm"], "the vLLM rollout"),
+        (["train", "--task", "shapes", "--shard", "fsdp"], "FSDP training"),
+    ],
+    ids=["eval-strategy", "adapt", "train-vllm", "train-fsdp"],
+)
+def test_text_only_paths_refuse_an_image_task_before_any_model_loads(
+    tmp_path: Path, t2_home: Path, command: list[str], path: str
+) -> None:
+    # These paths render prompts as text: answering shapes without its pictures would measure nothing.
     result = CliRunner().invoke(app, [*command, "--model", str(tmp_path / "no-model")])
     assert result.exit_code == 1, result.output
     error_lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(error_lines) == 1 and "task 'shapes' shows images" in error_lines[0], result.output
+    assert len(error_lines) == 1, result.output
+    assert f"task 'shapes' shows images, and {path}" in error_lines[0] and "feeds text only" in error_lines[0]
     assert not t2_home.exists()  # refused before the registry opens: no run, no row
 
 

@@ -64,18 +64,21 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(folder: Path) -> Path:
-    """A character-level tokenizer (digits, letters, punctuation) with a ChatML template, vocab < 128."""
+def build_tiny_tokenizer(folder: Path, extra: dict[str, int] | None = None, chat_template: str | None = None) -> Path:
+    """A character-level tokenizer (digits, letters, punctuation) with a ChatML template, vocab < 128.
+
+    ``extra``: more special tokens at given ids (a VLM's image placeholders, past the characters' ids).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
     chars = list("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ +-*/=?.,:;!'\"()\n")
-    vocab = {token: i for i, token in enumerate(specials + chars)}
+    vocab = {token: i for i, token in enumerate(specials + chars)} | (extra or {})
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tokenizer.decoder = decoders.Fuse()  # characters join back without spaces
-    tokenizer.add_special_tokens(specials)
+    tokenizer.add_special_tokens(specials + list(extra or {}))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
@@ -83,6 +86,6 @@ def build_tiny_tokenizer(folder: Path) -> Path:
         bos_token="<|im_start|>",
         unk_token="<unk>",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template or CHAT_TEMPLATE
     fast.save_pretrained(folder)
     return folder

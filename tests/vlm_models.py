@@ -99,16 +99,83 @@ def _config(family: str):
     raise ValueError(family)
 
 
+# Families whose processor builds from local parts here; Qwen2-VL's also needs a video processor,
+# which transformers makes with torchvision (not installed).
+PROCESSOR_FAMILIES = ("llava", "idefics3")
+
+# The tokens each family's processor writes around or for an image, at ids the model knows.
+_IMAGE_TOKENS = {
+    "llava": {"<image>": IMAGE_TOKEN},
+    "idefics3": {
+        "<image>": IMAGE_TOKEN,
+        "<fake_token_around_image>": 124,
+        "<global-img>": 125,
+        "<end_of_utterance>": 126,
+    },
+}
+
+
+def vlm_chat_template(image_part: str) -> str:
+    """ChatML with content parts: ``{"type": "image"}`` becomes ``image_part``, text parts their text."""
+    return (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}{% if part['type'] == 'image' %}" + image_part + "{% "
+        "elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
 def build_tiny_vlm(family: str, folder: Path, seed: int = 0) -> Path:
-    """Save a tiny random VLM of ``family`` (config + safetensors + a character tokenizer) into ``folder``."""
+    """Save a tiny random VLM of ``family`` (config + safetensors + a character tokenizer) into ``folder``.
+
+    For ``PROCESSOR_FAMILIES`` the folder also gets the family's processor (its image processor,
+    the tokenizer with the image tokens, a chat template with image parts), as a Hub snapshot has.
+    """
     from transformers import AutoModelForImageTextToText
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(_config(family))
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
     model.save_pretrained(folder)
-    build_tiny_tokenizer(folder)
+    build_tiny_tokenizer(folder, extra=_IMAGE_TOKENS.get(family))
+    if family in PROCESSOR_FAMILIES:
+        build_tiny_processor(family, folder)
     return folder
+
+
+def build_tiny_processor(family: str, folder: Path) -> None:
+    """Save ``family``'s processor into ``folder`` from local parts: image processor + the folder's tokenizer."""
+    from transformers import AutoTokenizer, Idefics3Processor, LlavaProcessor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if family == "llava":
+        processor = LlavaProcessor(
+            image_processor=LlavaImageProcessorPil(
+                size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+            ),
+            tokenizer=tokenizer,
+            patch_size=8,
+            vision_feature_select_strategy="default",  # the CLS token is dropped: 16 image tokens
+            num_additional_image_tokens=1,
+            chat_template=vlm_chat_template("<image>"),
+        )
+    elif family == "idefics3":
+        processor = Idefics3Processor(
+            image_processor=Idefics3ImageProcessorPil(
+                do_image_splitting=False,
+                size={"longest_edge": IMAGE_SIZE},
+                max_image_size={"longest_edge": IMAGE_SIZE},
+            ),
+            tokenizer=tokenizer,
+            image_seq_len=4,  # (32 / 8)^2 patches merged by scale_factor^2 = 4
+            chat_template=vlm_chat_template("<image>"),
+        )
+    else:
+        raise ValueError(family)
+    processor.save_pretrained(folder)
 
 
 def drawn_image():

@@ -331,11 +331,11 @@ def resolve_shots(task: str | None, fewshot: str | None, shots: int | None, seed
         if task is None:
             raise UsageError("give --task TASK or --fewshot FILE.jsonl", "e.g. t2 adapt --task arc-challenge")
         named = get_task(task)
-        named.require_text_only()
+        named.require_text_only(path="`t2 adapt`")
         split = "train" if named.split("train") else "valid"
         return ShotPlan(named, named.name, select_shots(named, shots, seed), f"task {named.name} ({split} split)", task)
     file_task = load_task_file(Path(fewshot).expanduser())
-    file_task.require_text_only()
+    file_task.require_text_only(path="`t2 adapt`")
     known = task if task is not None and task.strip().lower() in task_names() else None
     label = canonical_task_name(task) if task is not None else file_task.name
     return ShotPlan(

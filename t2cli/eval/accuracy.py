@@ -19,6 +19,7 @@ from t2cli.runtime.generation import generate
 if TYPE_CHECKING:
     from registry import Registry
     from t2cli.runtime.distributed import Dist
+    from t2cli.runtime.multimodal import ImagePrompt
     from t2cli.svf.adaptable import Adaptable
     from t2cli.svf.model import SVFLike
     from t2cli.tasks import Task, TaskItem
@@ -95,6 +96,17 @@ def make_result(
     )
 
 
+def item_prompts(adaptable: Adaptable[SVFLike], task: Task, items: Sequence[TaskItem]) -> list[str] | list[ImagePrompt]:
+    """What to generate from: chat-formatted texts, or, when items show images, the processor's ``ImagePrompt``s.
+
+    Text items on any model take the tokenizer's path unchanged; items with images need a
+    vision-language model (``Adaptable.processor``; ``check_model_fits_task`` refuses the rest first).
+    """
+    if any(item.images for item in items):
+        return task.image_prompts(adaptable.processor(), items)
+    return task.prompts(adaptable.tokenizer, items)
+
+
 @torch.no_grad()
 def run_items(
     adaptable: Adaptable[SVFLike],
@@ -112,7 +124,7 @@ def run_items(
 
     ``sync``: the job, when the model is FSDP-sharded (see ``generation.generate``).
     """
-    prompts = task.prompts(adaptable.tokenizer, items)
+    prompts = item_prompts(adaptable, task, items)
     started = time.perf_counter()
     with adaptable.svf.adapted(z, key=key):
         gens = generate(

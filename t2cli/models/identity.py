@@ -72,19 +72,26 @@ def model_identity(ref: ModelRef, hash_cache: HashCache) -> ModelIdentity:
     digest = hashlib.sha256(f"{config.model_type}:{architecture}\n".encode())
     for file in weight_files(ref):
         digest.update(f"{file.name}:{hash_cache.sha256(file)}\n".encode())
-    # A vision-language model nests its language model's and vision tower's configs.
     text_config = getattr(config, "text_config", None) or config
-    vision_config = getattr(config, "vision_config", None)
+    num_layers, vision_layers = config_depths(config)
     return ModelIdentity(
         ref=ref,
         fingerprint=digest.hexdigest(),
         architecture=architecture,
         model_type=config.model_type,
-        num_layers=int(getattr(text_config, "num_hidden_layers", 0) or 0),
+        num_layers=num_layers,
         hidden_size=int(getattr(text_config, "hidden_size", 0) or 0),
         config=config_dict,
-        vision_layers=_vision_depth(vision_config),
+        vision_layers=vision_layers,
     )
+
+
+def config_depths(config: PretrainedConfig) -> tuple[int, int]:
+    """(language model blocks, vision tower blocks; 0 for a text model) from a config, as targets need them."""
+    # A vision-language model nests its language model's and vision tower's configs.
+    text_config = getattr(config, "text_config", None) or config
+    layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
+    return layers, _vision_depth(getattr(config, "vision_config", None))
 
 
 def _vision_depth(vision_config: PretrainedConfig | None) -> int:

@@ -24,7 +24,7 @@ from t2cli.models.targets import is_vision_language
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 
 def load_model(
@@ -132,6 +132,27 @@ def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
             return AutoTokenizer.from_pretrained(ref.path, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer of {ref.location}: {first_line(exc)}") from exc
+
+
+def load_processor(ref: ModelRef) -> ProcessorMixin:
+    """Load a vision-language model's processor: image processor, tokenizer and chat template with image parts."""
+    from transformers import AutoProcessor  # noqa: PLC0415 - heavy: transformers (~2 s), only when loading a model
+
+    try:
+        with _quiet_transformers():
+            processor = AutoProcessor.from_pretrained(ref.path, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load the processor of {ref.location}: {first_line(exc)}",
+            "a vision-language model folder needs its processor files (preprocessor_config.json or "
+            "processor_config.json, with the tokenizer and chat template) to be shown images",
+        ) from exc
+    if not hasattr(processor, "image_processor"):  # AutoProcessor falls back to the bare tokenizer
+        raise ModelLoadError(
+            f"{ref.location} has no image processor (AutoProcessor gave a {type(processor).__name__})",
+            "copy the model's preprocessor_config.json / processor_config.json next to its config.json",
+        )
+    return processor
 
 
 class _quiet_transformers:

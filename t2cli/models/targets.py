@@ -22,6 +22,7 @@ from t2cli.errors import TargetError, TargetValueError
 
 TARGET_GROUPS = ("attn", "mlp", "all", "vision", "projector")
 DEFAULT_TARGETS = "all"
+NAMED_LANGUAGE_GROUPS = ("all", "attn", "mlp")  # the groups that select language-model matrices only
 
 _LLAMA_LIKE_ROLES: dict[str, str] = {
     "attn.q": "self_attn.q_proj",

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
+from t2cli.runtime.multimodal import ImagePrompt, batch_inputs
+
 if TYPE_CHECKING:
     from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -33,6 +35,9 @@ class Generations:
     texts: list[str]
     per_prompt: int
     new_tokens: int  # generated tokens in total, for tokens/s
+    # Image prompts: each completion's prompt with its image tensors, so the loss re-scores it with its
+    # images (None for a text prompt, and the empty tuple when no prompt had images).
+    image_prompts: tuple[ImagePrompt | None, ...] = ()
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None = None) -> str:
@@ -146,7 +151,7 @@ class TextStop:
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[ImagePrompt],
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
@@ -158,6 +163,10 @@ def generate(
     sync: Dist | None = None,
 ) -> Generations:
     """Generate ``per_prompt`` completions for each chat-formatted prompt (greedy at temperature 0).
+
+    ``prompts``: chat-formatted texts, or ``ImagePrompt``s (a vision-language model's prompts,
+    encoded by its processor: ``t2cli.runtime.multimodal``), whose image tensors go to the model
+    with the ids; the ``Generations`` then keep each completion's ``ImagePrompt`` for the loss.
 
     ``stop_when``: a completion ends as soon as it holds for the text generated so far
     (or at an end token, or after ``max_new_tokens``).
@@ -190,9 +199,14 @@ def generate(
         sample_keys = None if sample_keys is None else list(sample_keys) + [0] * padding
     keyed = sample_keys is not None and temperature > 0
     sampling = temperature > 0 and not keyed  # keyed sampling runs as greedy decoding over perturbed logits
+    images = any(isinstance(p, ImagePrompt) for p in expanded)
+    # A completion holding an image placeholder could not be scored again: the model would look for
+    # image features for it (the loss forward fails). Real models almost never write one; random ones do.
+    banned = sorted({i for p in expanded if isinstance(p, ImagePrompt) for i in p.placeholders})
+    suppress: dict[str, Any] = {"suppress_tokens": banned} if banned else {}
     for start in range(0, len(expanded), batch_size):
         chunk = expanded[start : start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        enc = _encode(tokenizer, chunk).to(device)
         processors = LogitsProcessorList(
             [KeyedSampler(sample_keys[start : start + batch_size], temperature)]
             if keyed and sample_keys is not None
@@ -209,6 +223,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             logits_processor=processors,
             synced_gpus=synced,
+            **suppress,
         )
         for row, mask in zip(range(min(len(chunk), real - start)), enc["attention_mask"]):
             prompt_ids.append(enc["input_ids"][row][mask.bool()].tolist())
@@ -221,7 +236,23 @@ def generate(
         if on_batch and start < real:
             on_batch(min(len(chunk), real - start))
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True) if completion_ids else []
-    return Generations(prompt_ids, completion_ids, texts, per_prompt, new_tokens)
+    kept = tuple(p if isinstance(p, ImagePrompt) else None for p in expanded[:real]) if images else ()
+    return Generations(prompt_ids, completion_ids, texts, per_prompt, new_tokens, kept)
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, chunk: Sequence[str | ImagePrompt]):  # -> BatchEncoding
+    """One left-padded generation batch: texts through the tokenizer, image prompts as their processor encoded them."""
+    from transformers import BatchEncoding  # noqa: PLC0415 - heavy: transformers (~2 s), only when generating
+
+    if not any(isinstance(p, ImagePrompt) for p in chunk):
+        return tokenizer(list(chunk), return_tensors="pt", padding=True, add_special_tokens=False)
+    prompts = [p if isinstance(p, ImagePrompt) else _text_prompt(tokenizer, p) for p in chunk]
+    return BatchEncoding(batch_inputs(prompts, [p.ids for p in prompts], pad_id=tokenizer.pad_token_id, left=True))
+
+
+def _text_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> ImagePrompt:
+    # A text item beside image items (a task may mix them): an ImagePrompt with no images batches with theirs.
+    return ImagePrompt(ids=tokenizer(text, add_special_tokens=False)["input_ids"], tensors={})
 
 
 class _Logits(Protocol):
@@ -239,6 +270,7 @@ def completion_logprobs(
     pad_id: int,
     device: torch.device | str = "cpu",
     return_logits: bool = False,
+    image_prompts: Sequence[ImagePrompt | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of each completion given its prompt.
 
@@ -246,17 +278,25 @@ def completion_logprobs(
     (the model, or an adapted forward). Returns (logprobs [B, T], mask [B, T],
     logits of the completion positions [B, T, V] if asked), right-padded to the
     longest completion.
+
+    ``image_prompts``: per row, the ``ImagePrompt`` its ``prompt_ids`` came from (None for a
+    text row): the forward then also gets the rows' image tensors, so a completion is scored
+    with the picture it was generated from.
     """
     sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
-    longest = max(len(s) for s in sequences)
     width = max(max(len(c) for c in completion_ids), 1)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention[row, : len(seq)] = 1
-    ids, attention = ids.to(device), attention.to(device)
-    logits = forward(input_ids=ids, attention_mask=attention).logits  # [B, L, V]
+    if image_prompts is not None and any(p is not None for p in image_prompts):
+        prompts = [p or ImagePrompt(ids=list(ids), tensors={}) for p, ids in zip(image_prompts, prompt_ids)]
+        inputs = {k: v.to(device) for k, v in batch_inputs(prompts, sequences, pad_id=pad_id, left=False).items()}
+    else:
+        longest = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention[row, : len(seq)] = 1
+        inputs = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+    logits = forward(**inputs).logits  # [B, L, V]
     # Position i predicts token i+1: gather each completion's window.
     index = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
     mask = torch.zeros((len(sequences), width), dtype=torch.float32, device=device)

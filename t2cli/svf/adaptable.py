@@ -6,24 +6,26 @@ model is found, decomposed (once, on first use) and wrapped for SVF.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic
 
 from typing_extensions import TypeVar
 
 from t2cli.decompose.engine import decompose_model, find_decomposition, load_factors, register_base_model
+from t2cli.errors import T2Error
 from t2cli.models.hashing import HashCache
 from t2cli.models.identity import ModelIdentity, model_identity
-from t2cli.models.load import load_model, load_tokenizer
+from t2cli.models.load import load_model, load_processor, load_tokenizer
 from t2cli.models.resolve import resolve_model
+from t2cli.models.targets import is_vision_language
 from t2cli.runtime.devices import resolve_device
 from t2cli.runtime.distributed import SINGLE, Dist
 from t2cli.svf.expert import BaseModelRef
 from t2cli.svf.model import SVFLike, SVFModel, load_svf_model
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
     from registry import Registry
 
@@ -44,6 +46,15 @@ class Adaptable(Generic[SVF]):
     tokenizer: PreTrainedTokenizerBase
     svf: SVF
     device: str
+    _processor: ProcessorMixin | None = field(default=None, repr=False)
+
+    def processor(self) -> ProcessorMixin:
+        """The model's processor, loaded on first use (only prompts with images need it)."""
+        if self._processor is None:
+            if not is_vision_language(self.identity.model_type):
+                raise T2Error(f"{self.identity.ref.name} is a text-only model: it has no processor for images")
+            self._processor = load_processor(self.identity.ref)
+        return self._processor
 
     def base_model_record(self) -> BaseModelRef:
         """The identity block stored in expert configs."""

@@ -1,16 +1,34 @@
 """Whether a task and a model can work together: images need a vision-language model, and an
 expert on a vision tower or projector needs images to learn anything.
 
-``t2 train`` / ``t2 eval`` / ``t2 adapt`` call ``check_task_fits_model`` once the task and the
-model's targets are known, before anything is generated or written.
+``t2 train`` / ``t2 eval`` call ``check_model_fits_task`` once the task, the model and its
+targets are named: it reads the model's config only, so a misfit is refused before the model
+loads and before anything is written (no decomposition, no run, no expert).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from t2cli.models.targets import TargetMatrix, is_vision_language
+from t2cli.models.identity import config_depths, read_config
+from t2cli.models.resolve import resolve_model
+from t2cli.models.targets import NAMED_LANGUAGE_GROUPS, TargetMatrix, is_vision_language, select_targets
 from t2cli.tasks.types import Task, TaskError
+
+
+def check_model_fits_task(task: Task, model: str | None, targets: str) -> None:
+    """``check_task_fits_model`` for the model a command names, from its config alone.
+
+    ``all``, ``attn`` and ``mlp`` select language-model matrices only, which fit any text task:
+    a text task with one of them needs no config read (the embedded GGUF's takes a while).
+    """
+    if targets in NAMED_LANGUAGE_GROUPS and not task.uses_images():
+        return
+    ref = resolve_model(model)
+    config = read_config(ref)
+    num_layers, vision_layers = config_depths(config)
+    chosen = select_targets(config.model_type, num_layers, targets, vision_layers=vision_layers)
+    check_task_fits_model(task, ref.name, config.model_type, chosen)
 
 
 def check_task_fits_model(task: Task, model_name: str, model_type: str, targets: Sequence[TargetMatrix]) -> None:

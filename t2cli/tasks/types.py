@@ -21,6 +21,8 @@ from t2cli.errors import T2Error, UsageError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from t2cli.runtime.multimodal import ImagePrompt
+
 SPLITS = ("train", "valid", "test")
 # One seed for every seeded split; changing it changes which items are held out, so never do.
 SPLIT_SEED = 2501_06252
@@ -148,27 +150,37 @@ class Task(ABC):
         """Whether each completion answers its item (``score_batch`` verdicts, in order)."""
         return [score.correct for score in self.score_batch(items, completions)]
 
-    def require_text_only(self, items: Sequence[TaskItem] | None = None) -> None:
-        """TaskError, one line, when this task (or just ``items``) shows images.
+    def require_text_only(self, items: Sequence[TaskItem] | None = None, *, path: str = "this command") -> None:
+        """TaskError, one line, when this task (or just ``items``) shows images and ``path`` feeds text only.
 
-        Prompts are rendered as text today: an image task would be answered without its
-        pictures and its accuracy would measure nothing. Commands call this before loading a
-        model; ``prompts`` calls it again as the last guard (docs/vlm.md: images reach the
-        model in the next increment).
+        Train and eval with the transformers backend feed images to a vision-language model
+        (``image_prompts``); the other paths (``t2 adapt``, ``t2 eval --strategy``, the vLLM
+        rollout, FSDP) render prompts as text, so an image task there would be answered without
+        its pictures and its accuracy would measure nothing. They call this before loading a
+        model; ``prompts`` calls it again as the last guard.
         """
         if any(item.images for item in items) if items is not None else self.uses_images():
             raise TaskError(
-                f"task '{self.name}' shows images, and t2 does not feed images to a model yet "
-                "(training, evaluation and adaptation are text-only)",
-                hint="image tasks can be listed and loaded today (t2 tasks); docs/vlm.md says what comes next",
+                f"task '{self.name}' shows images, and {path} feeds text only",
+                hint="train or evaluate image tasks with `t2 train` / `t2 eval --base|--expert` on a "
+                "vision-language model (docs/vlm.md)",
             )
 
     def prompts(self, tokenizer, items: Sequence[TaskItem]) -> list[str]:  # tokenizer: PreTrainedTokenizerBase
         """The chat-formatted prompts of ``items`` under this task's system prompt, ready to generate from."""
         from t2cli.runtime.generation import render_prompt  # noqa: PLC0415 - heavy: pulls torch (~2 s); task data does not need it
 
-        self.require_text_only(items)
+        self.require_text_only(items, path="a text prompt")
         return [render_prompt(tokenizer, item.prompt, self.system_prompt) for item in items]
+
+    def image_prompts(self, processor, items: Sequence[TaskItem]) -> list[ImagePrompt]:  # processor: ProcessorMixin
+        """``items`` with their images, through a vision-language model's processor and chat template."""
+        from t2cli.runtime.multimodal import encode_image_prompt  # noqa: PLC0415 - heavy: pulls torch (~2 s); task data does not need it
+
+        return [
+            encode_image_prompt(processor, item.prompt, [image.open() for image in item.images], self.system_prompt)
+            for item in items
+        ]
 
     def reference_completion(self, item: TaskItem) -> str | None:
         """The gold answer written the way the prompt asks for it (for tests and few-shot examples).

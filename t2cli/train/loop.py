@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from registry.queries import experts, runs
 from t2cli.errors import T2Error, UsageError
-from t2cli.eval.accuracy import run_items
+from t2cli.eval.accuracy import item_prompts, run_items
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.runtime.generation import completion_logprobs, generate, sample_key
 from t2cli.svf.adaptable import weights_folder
@@ -49,6 +49,7 @@ from t2cli.train.run_lock import hold_run_lock
 
 if TYPE_CHECKING:
     from registry import Registry
+    from t2cli.runtime.multimodal import ImagePrompt
     from t2cli.svf.adaptable import Adaptable
     from t2cli.svf.model import SVFLike
     from t2cli.tasks import Task
@@ -253,6 +254,8 @@ def _train(
     max_new = config.max_new_tokens or task.max_new_tokens
     valid_items = task.split("valid")[: config.valid_size] or task.split("train")[: config.valid_size]
 
+    if task.uses_images():
+        adaptable.processor()  # a vision-language model without its processor files fails before the run is written
     # 0. state: fresh or from the checkpoint of an interrupted run (rank 0 reads it, every rank loads it)
     run_id, run_dir = dist.on_main(lambda: _start_run(registry, adaptable, config, resume_run, held))
     z = svf.trainable_z()
@@ -315,7 +318,7 @@ def _train(
             items = task.sample_train(config.prompts_per_step, item_rng)
             first, stop = dist.shard(len(items))
             mine = items[first:stop]
-            prompts = task.prompts(adaptable.tokenizer, mine)
+            prompts = item_prompts(adaptable, task, mine)  # with their images on a vision-language model
             keys = [
                 sample_key(config.seed, step, first + i, j)
                 for i in range(len(mine))
@@ -466,7 +469,7 @@ def _train(
 def _roll_out(
     adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF],
     composed: dict[str, torch.Tensor] | None,
-    prompts: list[str],
+    prompts: list[str] | list[ImagePrompt],
     keys: list[int],
     config: TrainConfig,
     max_new: int,
@@ -481,6 +484,8 @@ def _roll_out(
     """
     svf = adaptable.svf
     if backend is not None:  # vLLM generates with W' pushed into its own copy of the model
+        if not all(isinstance(p, str) for p in prompts):  # the CLI refuses image tasks with --rollout vllm first
+            raise TypeError("the vLLM rollout takes text prompts only")
         _push_weights(backend, svf, composed)
         return backend.generate(
             prompts,
@@ -632,15 +637,29 @@ def policy_gradient(
         dummy = rows is None
         prompts = [[pad_id, pad_id]] if rows is None else [gens.prompt_ids[i] for i in rows]
         completions = [[pad_id]] if rows is None else [gens.completion_ids[i] for i in rows]
+        # Each completion is scored with the images it was generated from (vision-language prompts).
+        images = [gens.image_prompts[i] for i in rows] if rows is not None and gens.image_prompts else None
         logprobs, mask, logits = completion_logprobs(
-            forward, prompts, completions, pad_id=pad_id, device=device, return_logits=config.kl_coef > 0
+            forward,
+            prompts,
+            completions,
+            pad_id=pad_id,
+            device=device,
+            return_logits=config.kl_coef > 0,
+            image_prompts=images,
         )
         adv = torch.zeros(1) if dummy else advantages[rows]
         loss = -(adv.to(logprobs.device) * logprobs.sum(dim=1)).sum() / n
         if config.kl_coef > 0:
             with torch.no_grad():
                 _, _, base_logits = completion_logprobs(
-                    base_forward, prompts, completions, pad_id=pad_id, device=device, return_logits=True
+                    base_forward,
+                    prompts,
+                    completions,
+                    pad_id=pad_id,
+                    device=device,
+                    return_logits=True,
+                    image_prompts=images,
                 )
             if logits is None or base_logits is None:  # both asked for (return_logits) when kl_coef > 0
                 raise RuntimeError("completion_logprobs returned no logits for the KL term")

@@ -84,6 +84,7 @@ def eval_cmd(
     from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.svf.expert import base_model_argument, check_base_model, load_expert  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.tasks import get_task, needs_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.tasks.modality import check_model_fits_task  # noqa: PLC0415 - CLI start-up: pulls transformers' config classes
     from t2cli.tasks.types import SPLITS  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     if split not in SPLITS:
@@ -95,13 +96,15 @@ def eval_cmd(
         _eval_strategy(task, strategy, model, split, limit, batch_size, max_new_tokens, device, as_json, pass1, routing)
         return
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
-    if task_obj is not None:
-        task_obj.require_text_only()
+    if task_obj is not None and expert is None:  # the base weights: refused from the config, before the registry opens
+        check_model_fits_task(task_obj, model, "all")
     with open_registry() as registry:
         loaded = load_expert(registry, expert) if expert else None
         targets = loaded.config.targets if loaded else "all"
         if loaded is not None:
             model = base_model_argument(loaded.config, model)
+            if task_obj is not None:  # the expert's model and targets are known once it is read
+                check_model_fits_task(task_obj, model, targets)
         err.print(f"loading {model or 'the embedded model'}...")
         adaptable = load_adaptable(registry, model, targets=targets, device=device)
         if loaded is not None:
@@ -167,7 +170,7 @@ def _eval_strategy(
     from t2cli.tasks import get_task  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
 
     task_obj = get_task(task)
-    task_obj.require_text_only()
+    task_obj.require_text_only(path="`t2 eval --strategy`")
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
     with (
         open_registry() as registry,

@@ -112,6 +112,7 @@ def train_cmd(
     from t2cli.svf.names import check_expert_name  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
     from t2cli.svf.sharded import check_sharding, load_sharded_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.tasks import get_task, needs_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.tasks.modality import check_model_fits_task  # noqa: PLC0415 - CLI start-up: pulls transformers' config classes
     from t2cli.train.loop import TrainConfig, find_resumable_run, train  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.train.rollout_vllm import check_vllm_backend  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
@@ -119,8 +120,12 @@ def train_cmd(
         deprecated_alias("--gen-batch", "--batch-size")
         batch_size = old_gen_batch
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
-    if task_obj is not None:
-        task_obj.require_text_only()
+    if task_obj is not None:  # images reach the model through the transformers rollouts on one process's model
+        if shard == "fsdp":
+            task_obj.require_text_only(path="FSDP training (--shard fsdp)")
+        if rollout == "vllm":
+            task_obj.require_text_only(path="the vLLM rollout (--rollout vllm)")
+        check_model_fits_task(task_obj, model, targets)  # from the config: before the registry opens
     name = check_expert_name(name or f"{task_obj.name if task_obj else task.strip().lower()}-svf")
     config = TrainConfig(
         task=task,

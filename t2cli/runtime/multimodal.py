@@ -1,0 +1,114 @@
+"""Prompts with images: rendered and encoded by the model's own processor, batched for a forward pass.
+
+A vision-language model's processor knows what a text model's tokenizer does not: the chat
+template's image content parts, how many placeholder tokens an image takes, and how pixels
+become ``pixel_values`` (plus ``image_grid_thw`` for Qwen2-VL, ``pixel_attention_mask`` for
+Idefics3). t2 lets it do all of that, one prompt at a time, and keeps the result as an
+``ImagePrompt``: the token ids (image placeholders expanded) and the image tensors. Batches
+are then built here, not by the processor, so that generation (left padding) and the
+policy-gradient forward (prompt + completion, right padding) feed the same prompt the same
+way, and a prompt's rollouts can be re-scored in any micro-batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+    from transformers import ProcessorMixin
+
+# Processor outputs laid out per token (one value per input id), not per image: padded with the ids.
+# Qwen2-VL's multimodal RoPE reads ``mm_token_type_ids`` (1 = image token); completion tokens are text (0).
+TOKEN_LEVEL = ("mm_token_type_ids",)
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """One chat-formatted prompt with its images, encoded by the model's processor.
+
+    ``ids``: the prompt's tokens, each image's placeholder already expanded to as many tokens
+    as the image takes. ``tensors``: the image inputs (``pixel_values``...), batch dimension 1.
+    ``token_level``: per-token processor outputs (``TOKEN_LEVEL``), aligned with ``ids``.
+    """
+
+    ids: list[int]
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    token_level: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    placeholders: tuple[int, ...] = ()  # the ids the model replaces with image features: never to be generated
+
+
+# Where processors keep the ids of the tokens their model replaces with image (or video) features.
+PLACEHOLDER_ATTRIBUTES = ("image_token_id", "video_token_id")
+
+
+def placeholder_ids(processor: ProcessorMixin) -> tuple[int, ...]:
+    """The processor's image/video placeholder ids (LLaVA, Idefics3 and Qwen2-VL processors name them alike)."""
+    ids = (getattr(processor, name, None) for name in PLACEHOLDER_ATTRIBUTES)
+    return tuple(sorted({i for i in ids if isinstance(i, int)}))
+
+
+def image_messages(user: str, n_images: int, system: str | None = None) -> list[dict[str, Any]]:
+    """Chat messages with the images as content parts before the question (how VLM model cards prompt)."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    content.append({"type": "text", "text": user})
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    )
+    return [*messages, {"role": "user", "content": content}]
+
+
+def encode_image_prompt(
+    processor: ProcessorMixin, user: str, images: Sequence[Image], system: str | None = None
+) -> ImagePrompt:
+    """Render ``user`` and ``images`` with the processor's chat template and encode them (one prompt)."""
+    text = processor.apply_chat_template(
+        image_messages(user, len(images), system), tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
+        raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
+    # The template writes any BOS itself, as for text prompts (render_prompt): the tokenizer must not add another.
+    out = processor(
+        text=[text], images=[list(images)] if images else None, return_tensors="pt", add_special_tokens=False
+    )
+    ids = out.pop("input_ids")[0].tolist()
+    out.pop("attention_mask", None)
+    token_level = {key: out.pop(key)[0].tolist() for key in TOKEN_LEVEL if key in out}
+    return ImagePrompt(
+        ids=ids,
+        tensors={key: value for key, value in out.items()},
+        token_level=token_level,
+        placeholders=placeholder_ids(processor),
+    )
+
+
+def batch_inputs(
+    prompts: Sequence[ImagePrompt], rows: Sequence[Sequence[int]], *, pad_id: int, left: bool
+) -> dict[str, torch.Tensor]:
+    """A padded batch: ``rows[i]`` are the token ids of row i (``prompts[i]``'s ids, then any completion).
+
+    Returns input_ids, attention_mask, each per-token output of ``prompts`` (zero past the
+    prompt: completions and padding are text) and the image tensors concatenated along
+    the batch dimension (every supported processor gives one row per prompt or per image).
+    """
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    keys = sorted({key for p in prompts for key in p.token_level})
+    per_token = {key: torch.zeros_like(ids) for key in keys}
+    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+        start = width - len(row) if left else 0
+        ids[i, start : start + len(row)] = torch.tensor(list(row), dtype=torch.long)
+        attention[i, start : start + len(row)] = 1
+        for key in keys:
+            values = prompt.token_level.get(key, [])
+            per_token[key][i, start : start + len(values)] = torch.tensor(values, dtype=torch.long)
+    tensors = {
+        key: torch.cat([p.tensors[key] for p in prompts if key in p.tensors])  # a text item adds no image rows
+        for key in sorted({k for p in prompts for k in p.tensors})
+    }
+    return {"input_ids": ids, "attention_mask": attention, **per_token, **tensors}
