@@ -193,7 +193,9 @@ def test_metrics_and_playground(live: Live, client: openai.OpenAI) -> None:
     assert values['t2_requests_total{endpoint="/v1/chat/completions",status="200"}'] >= 2
     assert values["t2_cache_entries"] >= 1 and values["t2_cache_bytes"] > 0 and values["t2_cache_hits_total"] >= 1
     assert values["t2_completion_tokens_total"] > 0 and values["t2_queue_length"] == 0
-    assert 0 < values["t2_switch_seconds_total"] < values["t2_generate_seconds_total"]
+    # Both clocks run (their ratio is bench/serve.py's figure: on a tiny model composing an expert can
+    # take longer than generating its few tokens, so no order between them is asserted here).
+    assert values["t2_switch_seconds_total"] > 0 and values["t2_generate_seconds_total"] > 0
     assert page.status_code == 200 and "/v1/chat/completions" in page.text and "t2-auto" in page.text
 
 
