@@ -285,17 +285,10 @@ def completion_logprobs(
     """
     sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
     width = max(max(len(c) for c in completion_ids), 1)
-    if image_prompts is not None and any(p is not None for p in image_prompts):
-        prompts = [p or ImagePrompt(ids=list(ids), tensors={}) for p, ids in zip(image_prompts, prompt_ids)]
-        inputs = {k: v.to(device) for k, v in batch_inputs(prompts, sequences, pad_id=pad_id, left=False).items()}
-    else:
-        longest = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention[row, : len(seq)] = 1
-        inputs = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+    # One right-padded batch builder for both: a text row is an ImagePrompt without images (ids and mask only).
+    rows = image_prompts if image_prompts is not None else [None] * len(sequences)
+    prompts = [p or ImagePrompt(ids=list(ids), tensors={}) for p, ids in zip(rows, prompt_ids)]
+    inputs = {k: v.to(device) for k, v in batch_inputs(prompts, sequences, pad_id=pad_id, left=False).items()}
     logits = forward(**inputs).logits  # [B, L, V]
     # Position i predicts token i+1: gather each completion's window.
     index = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
