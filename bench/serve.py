@@ -14,17 +14,21 @@ by weights has the most to share. The same list is answered:
 * **one at a time, t2 ask**: in this process, one request after the other through t2's
   ``Asker`` (``t2cli/ask/engine.py``, what ``t2 ask --strategy expert:NAME`` / ``none`` runs),
   one model loaded once;
-* **t2 serve, batching on**: a live ``t2 serve`` (a subprocess on a free loopback port,
-  ``--max-batch`` sequences of the same weights generated together), by 1, 4 and 16
+* **t2 serve, continuous**: a live ``t2 serve`` (a subprocess on a free loopback port,
+  ``--batching continuous``: requests of the same weights join the running batch between
+  decoding steps, up to ``--max-batch`` rows, and leave it when they end), by 1, 4 and 16
   concurrent clients (``--clients``) over HTTP, each sending its next request when the
   previous one is answered;
-* **t2 serve, batching off**: the same with ``--max-batch 1`` (one sequence per generation).
+* **t2 serve, static batches**: the same with ``--batching static`` (the queued requests of the
+  same weights generated together by one ``generate`` call; newcomers wait for it to end);
+* **t2 serve, batching off**: ``--max-batch 1`` (one sequence per generation).
 
 Before timing, each setup answers one request per weights (their composed weights cached, as
 a server that has run a while holds them). Per row: requests/s and generated tokens/s over the
 run's wall time; p50 and p95 of each request's latency (sent to answered); the throughput
 against one at a time, the p95 against one at a time's p50 (a request served alone), the
-throughput against batching off at the same clients; the sequences per generation and the
+throughput against batching off at the same clients; the rows each decoding step computed
+(the mean batch; static batches also count ended rows that ``generate`` pads along) and the
 share of the worker's time spent switching weights (from the server's ``/metrics``); how many
 answers equal one at a time's; the failed requests; the cores other processes used meanwhile
 (on a shared machine, another job that takes a core slows two-thread OpenMP many times over:
@@ -110,6 +114,8 @@ class Run:
     errors: list[str] = field(default_factory=list)
     batches: float | None = None  # from the server's /metrics, over the timed run
     batch_rows: float | None = None
+    decode_steps: float | None = None
+    decode_step_rows: float | None = None
     switch_s: float | None = None
     generate_s: float | None = None
     others_cores: float | None = None  # other processes' CPU during the run
@@ -200,9 +206,12 @@ def one_at_a_time(registry, adaptable, requests: Sequence[Request], max_tokens: 
 class Server:
     """``t2 serve`` in a subprocess on a free loopback port; its address read from what it prints."""
 
-    def __init__(self, model: str | None, device: str, max_batch: int, queue_size: int, max_tokens: int) -> None:
+    def __init__(
+        self, model: str | None, device: str, max_batch: int, batching: str, queue_size: int, max_tokens: int
+    ) -> None:
         command = [sys.executable, "-m", "t2cli", "serve", "--port", "0", "--device", device]
-        command += ["--max-batch", str(max_batch), "--queue-size", str(queue_size), "--max-tokens", str(max_tokens)]
+        command += ["--max-batch", str(max_batch), "--batching", batching]
+        command += ["--queue-size", str(queue_size), "--max-tokens", str(max_tokens)]
         if model is not None:
             command += ["--model", model]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -307,6 +316,8 @@ def serve_runs(
                 errors,
                 batches=delta["t2_batches_total"],
                 batch_rows=delta["t2_batch_rows_total"],
+                decode_steps=delta.get("t2_decode_steps_total"),
+                decode_step_rows=delta.get("t2_decode_step_rows_total"),
                 switch_s=delta["t2_switch_seconds_total"],
                 generate_s=delta["t2_generate_seconds_total"],
                 others_cores=others,
@@ -347,8 +358,8 @@ COLUMNS = (
     "p95 s",
     "req/s vs ask",
     "p95 vs alone",
-    "on vs off",
-    "seqs/gen",
+    "vs off",
+    "rows/step",
     "switching",
     "same",
     "errors",
@@ -371,8 +382,8 @@ def render(runs: Sequence[Run], baseline: Run, total: int, title: str) -> Table:
         same = sum(
             1 for mine, theirs in zip(run.answers, baseline.answers) if mine and theirs and mine.text == theirs.text
         )
-        versus_off = off.get(run.clients) if run.setup.endswith("batching on") else None
-        per_generation = run.batch_rows / run.batches if run.batches else None
+        versus_off = off.get(run.clients) if run.setup.startswith("t2 serve") and run not in off.values() else None
+        per_step = run.decode_step_rows / run.decode_steps if run.decode_steps else None
         switching = (
             run.switch_s / (run.switch_s + run.generate_s) if run.switch_s is not None and run.generate_s else None
         )
@@ -386,7 +397,7 @@ def render(runs: Sequence[Run], baseline: Run, total: int, title: str) -> Table:
             _x(run.requests_per_s() / baseline.requests_per_s()),
             _x(run.latency(95) / alone),
             _x(run.requests_per_s() / versus_off.requests_per_s() if versus_off else None),
-            "" if per_generation is None else f"{per_generation:.1f}",
+            "" if per_step is None else f"{per_step:.1f}",
             "" if switching is None else f"{100 * switching:.2f}%",
             f"{same}/{total}",
             str(len(run.errors)),
@@ -419,7 +430,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--weights", default=None, help="weights to spread over instead, W,... (an expert or base), e.g. bank-addition"
     )
-    parser.add_argument("--max-batch", type=int, default=16, help="t2 serve --max-batch with batching on (default 16)")
+    parser.add_argument("--max-batch", type=int, default=16, help="t2 serve --max-batch when batching (default 16)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads, here and in t2 serve")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model with 3 random experts (a check)")
@@ -482,9 +493,14 @@ def measure(args: argparse.Namespace, model: str | None, console: Console) -> in
     runs: list[Run] = []
     cold: dict[str, tuple[float, float]] = {}
     queue_size = max(64, args.requests)
-    for setup, max_batch in (("t2 serve, batching on", args.max_batch), ("t2 serve, batching off", 1)):
-        console.print(f"{setup} (--max-batch {max_batch})...", highlight=False)
-        server = Server(model, args.device, max_batch, queue_size, max(args.max_tokens, 1))
+    setups = (
+        ("t2 serve, continuous", args.max_batch, "continuous"),
+        ("t2 serve, static batches", args.max_batch, "static"),
+        ("t2 serve, batching off", 1, "static"),
+    )
+    for setup, max_batch, batching in setups:
+        console.print(f"{setup} (--max-batch {max_batch} --batching {batching})...", highlight=False)
+        server = Server(model, args.device, max_batch, batching, queue_size, max(args.max_tokens, 1))
         try:
             if not cold and experts:
                 cold = cold_and_cached(server, experts, base_name, PROMPTS[0])
@@ -529,6 +545,8 @@ def measure(args: argparse.Namespace, model: str | None, console: Console) -> in
                         "p95_s": run.latency(95),
                         "batches": run.batches,
                         "batch_rows": run.batch_rows,
+                        "decode_steps": run.decode_steps,
+                        "decode_step_rows": run.decode_step_rows,
                         "switch_s": run.switch_s,
                         "generate_s": run.generate_s,
                         "errors": run.errors,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,8 +81,8 @@ class HeldWorker:
     """Holds the model's worker at the start of its next generation until ``release``.
 
     Requests sent meanwhile wait in the queue, so a test can change the registry or drop a
-    connection at a known moment. It wraps the real ``generate_rows`` where the scheduler
-    calls it: once released, every batch (the held one included) is generated as usual.
+    connection at a known moment. It wraps the real ``generate_rows`` and the continuous
+    batch's ``admit`` where the scheduler calls them: once released, every batch (the held one included) is generated as usual.
     Leaving its ``with`` block releases it (put it last in a ``with`` that also holds a pool).
     """
 
@@ -91,16 +91,26 @@ class HeldWorker:
         self._open = threading.Event()
         self.rows: list[Row] = []  # the held batch's rows
         real = scheduler.generate_rows
+        hold = self._hold
 
         def held(model, tokenizer, rows, **kwargs) -> None:
-            if not self._open.is_set():
-                self.rows = list(rows)
-                self.entered.set()
-                if not self._open.wait(60):
-                    raise RuntimeError("the test never released the worker")
+            hold(rows)
             real(model, tokenizer, rows, **kwargs)
 
+        class HeldBatch(scheduler.ContinuousBatch):  # continuous batching: held where rows are first prefilled
+            def admit(self, rows: Sequence[Row]) -> None:
+                hold(rows)
+                super().admit(rows)
+
         monkeypatch.setattr(scheduler, "generate_rows", held)
+        monkeypatch.setattr(scheduler, "ContinuousBatch", HeldBatch)
+
+    def _hold(self, rows: Sequence[Row]) -> None:
+        if not self._open.is_set():
+            self.rows = list(rows)
+            self.entered.set()
+            if not self._open.wait(60):
+                raise RuntimeError("the test never released the worker")
 
     def release(self) -> None:
         self._open.set()

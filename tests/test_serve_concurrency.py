@@ -246,13 +246,13 @@ def test_limits_and_failures_raise_the_openai_clients_exceptions(
             assert generating.result(30) == expected and queued.result(30) == expected_alpha
 
         # A failure inside generation (a bug, out of memory) is a one-line 500; the next request is served.
-        real = live.adaptable.model.generate
+        real = live.adaptable.model.forward  # what generate() and the continuous batch both call
 
         def broken(*args, **kwargs):
-            monkeypatch.setattr(live.adaptable.model, "generate", real)
+            monkeypatch.setattr(live.adaptable.model, "forward", real)
             raise RuntimeError("simulated failure with secret details")
 
-        monkeypatch.setattr(live.adaptable.model, "generate", broken)
+        monkeypatch.setattr(live.adaptable.model, "forward", broken)
         with pytest.raises(openai.InternalServerError) as failed:
             _answer(client, base, "Hi there")
         assert failed.value.status_code == 500 and failed.value.body["code"] == "internal_error"

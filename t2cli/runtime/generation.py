@@ -115,12 +115,13 @@ class KeyedSampler:
             self._generators = [torch.Generator(device=scores.device).manual_seed(k) for k in self.keys]
         if len(self._generators) != scores.shape[0]:
             raise ValueError(f"{len(self._generators)} sample keys for a batch of {scores.shape[0]}")
-        vocab = scores.shape[-1]
-        uniform = torch.stack(
-            [torch.rand(vocab, generator=g, device=scores.device, dtype=torch.float32) for g in self._generators]
-        )
-        gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
-        return scores.float() / self.temperature + gumbel
+        return scores.float() / self.temperature + keyed_gumbel(self._generators, scores.shape[-1], scores.device)
+
+
+def keyed_gumbel(generators: Sequence[torch.Generator], vocab: int, device: torch.device) -> torch.Tensor:
+    """Gumbel(0, 1) noise, one vocabulary-sized draw from each row's own stream: ``[len(generators), vocab]``."""
+    uniform = torch.stack([torch.rand(vocab, generator=g, device=device, dtype=torch.float32) for g in generators])
+    return -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(torch.float32).tiny)))
 
 
 class TextStop:

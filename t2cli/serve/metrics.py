@@ -31,6 +31,8 @@ class Metrics:
         self.completion_tokens = 0
         self.batches = 0
         self.batch_rows = 0
+        self.decode_steps = 0  # forward passes that generated a token for every running row
+        self.decode_step_rows = 0  # rows those passes computed (with generate(), ended rows padded along)
         self.pass1_seconds = 0.0
         self.pass1_runs = 0
         self.switch_seconds = 0.0  # applying a batch's weights and restoring the base weights after it
@@ -49,6 +51,11 @@ class Metrics:
         with self._lock:
             self.batches += 1
             self.batch_rows += rows
+
+    def steps(self, steps: int, rows: int) -> None:
+        with self._lock:
+            self.decode_steps += steps
+            self.decode_step_rows += rows
 
     def batch_seconds(self, switch: float, generate: float) -> None:
         with self._lock:
@@ -85,6 +92,13 @@ class Metrics:
             )
             metric("t2_batches_total", "counter", "Batched generations run.", [("", self.batches)])
             metric("t2_batch_rows_total", "counter", "Sequences generated in those batches.", [("", self.batch_rows)])
+            metric("t2_decode_steps_total", "counter", "Decoding forward passes.", [("", self.decode_steps)])
+            metric(
+                "t2_decode_step_rows_total",
+                "counter",
+                "Rows those passes computed (divided by the passes: the mean batch).",
+                [("", self.decode_step_rows)],
+            )
             metric(
                 "t2_switch_seconds_total",
                 "counter",

@@ -38,3 +38,12 @@ def parse_size(text: str, option: str = "--cache-memory") -> int:
     if match is None or unit not in _UNITS:
         raise UsageError(f"{option} {text!r} is not a size", "e.g. 2GiB, 500MB or 0 (no cache)")
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+BATCHING = ("continuous", "static")
+
+
+def check_batching(batching: str) -> None:
+    """Refuse an unknown --batching before the model is loaded."""
+    if batching not in BATCHING:
+        raise UsageError(f"unknown --batching {batching!r}", f"use one of: {', '.join(BATCHING)}")

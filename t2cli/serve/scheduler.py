@@ -5,9 +5,15 @@ Nothing else touches the model. The worker runs pass 1 for the requests that lea
 choice to a strategy (with the base weights applied), then takes the oldest request and
 every queued request with the same weights and decoding into one batch, applies the
 weights (the composed-weight LRU cache makes a hot expert free), generates, and restores
-the base weights. Different weights therefore never share a forward pass. Events go back
-to each request's handler through its ``emit`` (thread-safe); ``close`` stops accepting and
-finishes what is queued.
+the base weights. Different weights therefore never share a forward pass.
+
+With continuous batching (the default where ``continuous.supports`` the model) the batch
+stays open while it runs: between two decoding steps, requests of the same group queued
+meanwhile join it (up to ``max_batch`` rows), and a request is answered the step its rows
+end. Requests join only in arrival order: once a request for other weights (or one waiting
+for pass 1) is at the head of the queue nobody overtakes it, the batch drains and the worker
+switches. Events go back to each request's handler through its ``emit`` (thread-safe);
+``close`` stops accepting and finishes what is queued.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from typing import TYPE_CHECKING
 
 from t2cli.errors import T2Error
 from t2cli.runtime.generation import sample_key
+from t2cli.serve import continuous
+from t2cli.serve.continuous import ContinuousBatch
 from t2cli.serve.decode import Row, generate_rows
 from t2cli.serve.errors import APIError, internal, queue_full, unavailable
 from t2cli.serve.metrics import Metrics
+from t2cli.serve.options import BATCHING
 from t2cli.serve.weights import Pass1, Weights, WeightsResolver
 
 if TYPE_CHECKING:
@@ -87,6 +96,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    released: bool = False  # no longer counted in flight (answered or failed)
 
     def group(self) -> tuple[str, float, float]:
         """Requests with the same group share a batch: the same weights and the same decoding."""
@@ -107,9 +117,14 @@ class Scheduler:
         max_queue: int = 64,
         max_batch: int = 16,
         gather_s: float = 0.002,
+        batching: str = "continuous",
     ) -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)} (got {batching!r})")
         self.adaptable, self.resolver, self.metrics = adaptable, resolver, metrics
         self.max_queue, self.max_batch, self.gather_s = max_queue, max_batch, gather_s
+        # Models whose cache the continuous batch cannot splice are answered one generate() per batch.
+        self.continuous = batching == "continuous" and continuous.supports(adaptable.model)
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -170,8 +185,15 @@ class Scheduler:
                 try:
                     self._answer(jobs)
                 finally:
-                    with self._cond:
-                        self._in_flight -= len(jobs)
+                    self._release(jobs)
+
+    def _release(self, jobs: list[Job]) -> None:
+        """Count answered (or failed) requests out of the in-flight gauge, each once."""
+        with self._cond:
+            for job in jobs:
+                if not job.released:
+                    job.released = True
+                    self._in_flight -= 1
 
     def _fail_queued(self, error: APIError) -> None:
         with self._cond:
@@ -247,6 +269,14 @@ class Scheduler:
                 job.emit(Failed(error))
             return
         applied = time.perf_counter()
+        if self.continuous:
+            try:
+                self._generate_continuously(jobs, weights)
+            finally:
+                generated = time.perf_counter()
+                svf.restore()
+            self.metrics.batch_seconds(applied - started + time.perf_counter() - generated, generated - applied)
+            return
         rows_of: list[list[Row]] = []
         for job in jobs:
             job.emit(Started(weights))
@@ -269,14 +299,96 @@ class Scheduler:
             generated = time.perf_counter()
             svf.restore()
         self.metrics.batch(len(rows))
+        steps = max(len(row.ids) for row in rows)  # generate() computes every row until the longest ends
+        self.metrics.steps(steps, steps * len(rows))
         self.metrics.batch_seconds(applied - started + time.perf_counter() - generated, generated - applied)
         for job, job_rows in zip(jobs, rows_of):
-            completion = 0
-            for index, row in enumerate(job_rows):
-                job.emit(Finished(index, row.finish_reason or "length", row.text, len(row.ids)))
-                completion += len(row.ids)
-            self.metrics.tokens(len(job.prompt_ids), completion)
-            job.emit(Completed(len(job.prompt_ids), completion))
+            self._finish(job, job_rows)
+
+    def _finish(self, job: Job, rows: list[Row]) -> None:
+        for index, row in enumerate(rows):
+            job.emit(Finished(index, row.finish_reason or "length", row.text, len(row.ids)))
+        completion = sum(len(row.ids) for row in rows)
+        self.metrics.tokens(len(job.prompt_ids), completion)
+        self._release([job])  # before the answer goes out: a client that sees it never sees it still in flight
+        job.emit(Completed(len(job.prompt_ids), completion))
+
+    def _generate_continuously(self, jobs: list[Job], weights: Weights) -> None:
+        """One continuous batch: ``jobs`` start it, queued requests of their group join between steps."""
+        batch = ContinuousBatch(
+            self.adaptable.model, self.adaptable.tokenizer, temperature=jobs[0].temperature, top_p=jobs[0].top_p
+        )
+        group = jobs[0].group()
+        running: list[tuple[Job, list[Row]]] = []
+        total_rows = 0
+        try:
+            joining = jobs
+            while True:
+                rows: list[Row] = []
+                for job in joining:
+                    job.emit(Started(weights))
+                    job_rows = [self._row(job, index) for index in range(job.n)]
+                    running.append((job, job_rows))
+                    rows.extend(job_rows)
+                batch.admit(rows)
+                total_rows += len(rows)
+                while len(batch):
+                    running = self._finish_ended(running)
+                    joining = self._take_joining(group, weights, self.max_batch - len(batch))
+                    if joining:
+                        break
+                    batch.step()
+                else:
+                    running = self._finish_ended(running)
+                    joining = self._take_joining(group, weights, self.max_batch)
+                    if not joining:
+                        return
+        except Exception as exc:  # a bug or out of memory: every request still running fails cleanly
+            log.exception("generation failed")
+            for job, _ in running:
+                job.emit(Failed(internal(f"generation failed: {type(exc).__name__}")))
+            self._release([job for job, _ in running])
+        finally:
+            self.metrics.batch(total_rows)
+            self.metrics.steps(batch.steps, batch.step_rows)
+
+    def _finish_ended(self, running: list[tuple[Job, list[Row]]]) -> list[tuple[Job, list[Row]]]:
+        """Answer the requests whose rows have all ended; returns those still running."""
+        still = []
+        for job, rows in running:
+            if all(row.done for row in rows):
+                self._finish(job, rows)
+            else:
+                still.append((job, rows))
+        return still
+
+    def _take_joining(self, group: tuple[str, float, float], weights: Weights, room: int) -> list[Job]:
+        """Queued requests of the running group that fit in ``room`` rows, taken in arrival order.
+
+        Stops at the first request of another group or one still waiting for pass 1: a request
+        is never overtaken by later ones, so a busy expert cannot starve the others.
+        """
+        taken: list[Job] = []
+        with self._cond:
+            rows = 0
+            for job in self._queue:
+                if not isinstance(job.target, Weights) or job.group() != group or rows + job.n > room:
+                    break
+                taken.append(job)
+                rows += job.n
+            for job in taken:
+                self._queue.remove(job)
+            self._in_flight += len(taken)
+        joining = []
+        for job in taken:
+            try:
+                self.resolver.check_current(weights)  # an expert removed meanwhile: a clean 404
+            except APIError as exc:
+                self._release([job])
+                job.emit(Failed(exc))
+                continue
+            joining.append(job)
+        return joining
 
     def _apply(self, weights: Weights) -> None:
         svf = self.adaptable.svf

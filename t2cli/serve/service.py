@@ -37,6 +37,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     max_queue: int = 64
     max_batch: int = 16
+    batching: str = "continuous"  # continuous (requests join a running batch between steps) | static
     cache_bytes: int | None = 2 << 30  # composed weights kept for hot experts
 
     def __post_init__(self) -> None:
@@ -63,7 +64,12 @@ class Service:
         self.resolver = WeightsResolver(registry, adaptable, default_strategy=settings.strategy)
         self.metrics = Metrics(self._gauges)
         self.scheduler = Scheduler(
-            adaptable, self.resolver, self.metrics, max_queue=settings.max_queue, max_batch=settings.max_batch
+            adaptable,
+            self.resolver,
+            self.metrics,
+            max_queue=settings.max_queue,
+            max_batch=settings.max_batch,
+            batching=settings.batching,
         )
 
     @property

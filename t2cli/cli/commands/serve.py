@@ -49,6 +49,14 @@ def serve_cmd(
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, help="Sequences generated together (same weights) at most.")
     ] = 16,
+    batching: Annotated[
+        str,
+        typer.Option(
+            "--batching",
+            help="continuous: requests join a running batch between decoding steps (text models with "
+            "full-attention caches; others fall back); static: one generation per batch.",
+        ),
+    ] = "continuous",
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, help="Requests waiting for the model at most (then 429).")
     ] = 64,
@@ -77,11 +85,12 @@ def serve_cmd(
     from t2cli.bank.install import first_use_install  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
     from t2cli.serve.app import create_app  # noqa: PLC0415 - CLI start-up: pulls FastAPI and torch (~3 s)
-    from t2cli.serve.options import check_bind, parse_size  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
+    from t2cli.serve.options import check_batching, check_bind, parse_size  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
     from t2cli.serve.service import ServeSettings, Service  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
 
     check_bind(host, api_key, insecure)
+    check_batching(batching)
     cache_bytes = parse_size(cache_memory)
     if strategy is not None:
         parse_strategy(strategy)
@@ -93,6 +102,7 @@ def serve_cmd(
         max_n=max_n,
         max_queue=queue_size,
         max_batch=max_batch,
+        batching=batching,
         cache_bytes=cache_bytes,
     )
     try:
