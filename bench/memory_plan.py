@@ -3,6 +3,7 @@
     python bench/memory_plan.py                                # Llama-3-8B and Llama-3-70B, all targets
     python bench/memory_plan.py --targets mlp                  # gate/up/down only (the reference code's set)
     python bench/memory_plan.py --config path/to/config.json   # any Llama-like HF config
+    python bench/memory_plan.py --vlm llava-next-8b            # the paper's VLM, with and without the vision tower
 
 Every number is arithmetic on shapes, laid out as t2 holds the tensors, replicated
 (data parallel, the first table) and with ``t2 train --shard fsdp`` (the second);
@@ -235,12 +236,252 @@ def sharded_plan(shapes: Shapes, targets: str, shards: int) -> list[tuple[str, f
     ]
 
 
+# --------------------------------------------------------------------------- vision-language models
+
+
+@dataclass(frozen=True)
+class VisionShapes:
+    """A CLIP-like vision tower (LLaVA's): ``layers`` pre-norm blocks of q, k, v, o (with biases), fc1, fc2."""
+
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    image_size: int
+    patch_size: int
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Patches of one image tile plus the CLS token."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+    def matrices(self) -> dict[str, tuple[int, int]]:
+        h, i = self.hidden, self.intermediate
+        return {"q": (h, h), "k": (h, h), "v": (h, h), "o": (h, h), "fc1": (i, h), "fc2": (h, i)}
+
+    def total_params(self) -> int:
+        h = self.hidden
+        per_layer = sum(m * n + m for m, n in self.matrices().values()) + 4 * h  # + biases, 2 LayerNorms
+        embeddings = 3 * self.patch_size**2 * h + h + self.tokens_per_tile * h  # patch conv, CLS, positions
+        return self.layers * per_layer + embeddings + 4 * h  # + pre and post LayerNorm
+
+
+@dataclass(frozen=True)
+class VLMShapes:
+    """A LLaVA-like model: a language model, a vision tower run on several tiles per image, a 2-layer projector."""
+
+    name: str
+    language: Shapes
+    vision: VisionShapes
+    projector: dict[str, tuple[int, int]]  # (out, in) of each projector matrix
+    tiles: int  # vision tower passes per image, at most (LLaVA-NeXT "anyres": the base view + the grid tiles)
+    image_tokens: int  # language-model tokens per image, at most
+    prompt_tokens: int  # chat template + question, text tokens (an assumption, stated in the table)
+    answer_tokens: int  # the answer budget (t2's textvqa/okvqa max_new_tokens)
+
+    def total_params(self) -> int:
+        projector = sum(m * n + m for m, n in self.projector.values())
+        return self.language.total_params() + self.vision.total_params() + projector + self.language.hidden
+
+    @property
+    def sequence_tokens(self) -> int:
+        return self.image_tokens + self.prompt_tokens + self.answer_tokens
+
+
+# LLaVA-NeXT on Llama 3 8B (t2 alias llava-next-8b = llava-hf/llama3-llava-next-8b-hf), from its published
+# architecture, no download: the language model is Llama-3-8B (32 layers, hidden 4096, MLP 14336, 32 heads,
+# 8 KV heads) with the vocabulary padded to 128,320 by the llava-hf conversion (Llama 3's 128,256 + the image
+# and pad tokens, rounded up to a multiple of 64); the vision tower is CLIP ViT-L/14 at 336 px (24 layers,
+# hidden 1024, MLP 4096, 16 heads, 14 px patches: 576 patches + CLS per tile); the projector is
+# linear_1 1024 -> 4096, GELU, linear_2 4096 -> 4096 (plus a learned image_newline vector of 4096).
+# "anyres" with grid pinpoints up to 672x672: the base 336 px view + a 2x2 grid = 5 tower passes, and
+# 576 + 48 x (48 + 1 newline) = 2,928 image tokens for a square picture, the most any pinpoint gives.
+LLAVA_NEXT_8B = VLMShapes(
+    name="LLaVA-NeXT-8B",
+    language=Shapes("Llama-3-8B", layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128320),
+    vision=VisionShapes(
+        "CLIP ViT-L/14-336", layers=24, hidden=1024, intermediate=4096, heads=16, image_size=336, patch_size=14
+    ),
+    projector={"linear_1": (4096, 1024), "linear_2": (4096, 4096)},
+    tiles=5,
+    image_tokens=576 + 48 * 49,
+    prompt_tokens=48,
+    answer_tokens=16,
+)
+VLM_PRESETS = {"llava-next-8b": LLAVA_NEXT_8B}
+# The reference settings (docs/method.md, REFERENCE.md): 256 rollouts per step, greedy (one sample per prompt).
+REFERENCE_BATCH = 256
+GPU_MEMORY = {"H100 80 GB": 79.6, "H200 141 GB": 139.8}  # GiB usable by torch (what torch reports as total)
+
+
+def _matrix_sums(matrices: list[tuple[int, int]]) -> tuple[int, int, int]:
+    """(sum m*n, sum of factor floats m*r + r + r*n, sum r) over a list of matrices."""
+    params = sum(m * n for m, n in matrices)
+    factors = sum(m * min(m, n) + min(m, n) + min(m, n) * n for m, n in matrices)
+    return params, factors, sum(min(m, n) for m, n in matrices)
+
+
+def vlm_plan(
+    vlm: VLMShapes, *, vision: bool, micro_batch: int, gen_batch: int, targets: str = "all"
+) -> tuple[str, list[tuple[str, float, str]]]:
+    """(facts, rows of (label, GiB, how)) for SVF-RL on ``vlm``: the language model's ``targets`` (attn, mlp, all)
+    adapted, and with ``vision`` the vision tower's attention and MLP too (t2's ``--targets vision`` group; the
+    projector's 2 matrices would add 0.1 GiB of factors)."""
+    lm, vt = vlm.language, vlm.vision
+    lm_matrices = [mn for role, mn in lm.matrices().items() if role in TARGET_SETS[targets]] * lm.layers
+    vt_matrices = [mn for mn in vt.matrices().values()] * vt.layers if vision else []
+    targets = lm_matrices + vt_matrices
+    params, factor_floats, rank_sum = _matrix_sums(targets)
+    m_big, n_big = max(targets, key=lambda mn: mn[0] * mn[1])
+    r_big = min(m_big, n_big)
+    h, i, kv = lm.hidden, lm.intermediate, lm.kv_heads * lm.dim
+
+    base = vlm.total_params() * BASE_BYTES
+    factors = factor_floats * F32
+    z_state = rank_sum * F32 * 5
+    composed = grad_w = params * BASE_BYTES
+    transient = max((m_big * n_big + 2 * m_big * r_big) * F32, 2 * m_big * n_big * F32)
+    resident = base + factors + z_state + composed + grad_w + transient
+
+    # The loss forward saves, for every position, what the language model's layers need for backward (the
+    # formula of ``plan``: bf16 norms, q/k/v, attention output, MLP), the bf16 logits of every position, and
+    # float32 log-softmax windows for the answer tokens. The image tokens are positions like any other.
+    tokens = vlm.sequence_tokens
+    lm_act = tokens * (lm.layers * (7 * h + 2 * kv + 4 * i) * BASE_BYTES + lm.vocab * BASE_BYTES)
+    logsoftmax = vlm.answer_tokens * lm.vocab * (BASE_BYTES + 2 * F32)
+    # With the tower targeted, its forward is recorded too: per tile token and layer, bf16 LayerNorm inputs
+    # and outputs (4h), q, k, v and the attention output (4h, SDPA keeps no score matrix) and fc1 before and
+    # after GELU (2i). Without it the tower runs outside autograd's record (nothing of it needs a gradient).
+    vt_act = vlm.tiles * vt.tokens_per_tile * vt.layers * (8 * vt.hidden + 2 * vt.intermediate) * BASE_BYTES
+    per_sequence = lm_act + logsoftmax + (vt_act if vision else 0)
+    kv_cache = tokens * lm.layers * 2 * kv * BASE_BYTES  # bf16 K and V of one rollout, every layer
+    loss_peak = resident + micro_batch * per_sequence
+    rollout_peak = base + factors + z_state + composed + gen_batch * kv_cache
+
+    # Decomposition: llava-hf checkpoints store language_model.model.* keys that transformers renames on load,
+    # so t2 reads the weights through the loaded model (docs/vlm.md): the whole model, plus two matrices in flight.
+    workers = 2
+    per_thread = max(decompose_matrix_bytes(m, n) for m, n in targets)
+    chunked = max(decompose_chunk_bytes(m, n, chunk_count(m, n), stored=False) for m, n in set(targets))
+
+    what = f"language model {targets}" + (" + vision tower" if vision else "")
+    facts = (
+        f"{vlm.name} ({what}): {vlm.total_params() / 1e9:.2f}B parameters ({lm.total_params() / 1e9:.2f}B language "
+        f"model, {vt.total_params() / 1e6:.0f}M vision tower); {len(targets)} adapted matrices, "
+        f"{params / 1e9:.2f}B adapted weights, z length sum r = {rank_sum:,}; a sequence = {vlm.image_tokens:,} "
+        f"image + {vlm.prompt_tokens} prompt + {vlm.answer_tokens} answer tokens, the tower on {vlm.tiles} tiles of "
+        f"{vt.tokens_per_tile} tokens"
+    )
+    fits = {gpu: _largest_batch(cap * GIB - resident, per_sequence) for gpu, cap in GPU_MEMORY.items()}
+    rollouts = {
+        gpu: _largest_batch(cap * GIB - rollout_peak + gen_batch * kv_cache, kv_cache)
+        for gpu, cap in GPU_MEMORY.items()
+    }
+    return facts, [
+        ("base weights, bf16 (language model + vision tower + projector)", base / GIB, "parameters x 2 B"),
+        ("SVD factors U, S, Vh, float32", factors / GIB, "sum of (m*r + r + r*n) x 4 B"),
+        ("z + grad + AdamW m, v + best z, float32", z_state / GIB, "5 x sum of r x 4 B"),
+        ("composed W'(z) + dL/dW', bf16", (composed + grad_w) / GIB, "two copies of the adapted matrices"),
+        ("backward W' -> z or composition, transient", transient / GIB, "largest adapted matrix, float32"),
+        ("resident during a step (no activations)", resident / GIB, "sum of the rows above"),
+        (
+            "+ loss activations per sequence (one image), language model",
+            lm_act / GIB,
+            f"{tokens:,} positions x (saved layer inputs + bf16 logits), approx.",
+        ),
+        (
+            "+ loss activations per sequence, vision tower",
+            (vt_act if vision else 0) / GIB,
+            f"{vlm.tiles} x {vt.tokens_per_tile} tokens x {vt.layers} layers x (8h + 2i) x 2 B"
+            if vision
+            else "none: nothing in the tower needs a gradient",
+        ),
+        ("+ answer log-softmax per sequence", logsoftmax / GIB, f"{vlm.answer_tokens} tokens x vocab x (2 + 8) B"),
+        (
+            f"loss phase peak, micro-batch {micro_batch}",
+            loss_peak / GIB,
+            f"resident + {micro_batch} x per-sequence rows (t2 train --micro-batch {micro_batch})",
+        ),
+        ("+ KV cache per rollout sequence", kv_cache / GIB, f"{tokens:,} tokens x bf16 K and V, every layer"),
+        (
+            f"rollout phase peak, {gen_batch} sequences per generate",
+            rollout_peak / GIB,
+            f"base + factors + z + W'(z) + {gen_batch} KV caches (--batch-size {gen_batch})",
+        ),
+        *[
+            (f"largest --micro-batch on an {gpu}", float(n), "sequences whose loss activations fit beside the resident")
+            for gpu, n in fits.items()
+        ],
+        *[
+            (
+                f"largest --batch-size (rollouts) on an {gpu}",
+                float(n),
+                "sequences whose KV caches fit beside the weights",
+            )
+            for gpu, n in rollouts.items()
+        ],
+        (
+            f"decompose peak, CPU, {workers} threads",
+            (base + workers * per_thread) / GIB,
+            "the loaded model (renamed checkpoint keys) + one matrix per thread in flight",
+        ),
+        (
+            "decompose peak, GPU, t2's same-shape chunks",
+            (base + chunked) / GIB,
+            "the loaded model + <= 8 matrices' batched SVD and checks",
+        ),
+        ("stored factors (the decomposition on disk)", factors / GIB, "float32 safetensors blobs"),
+    ]
+
+
+def _largest_batch(free: float, per_item: float) -> int:
+    return max(0, int(free // per_item)) if per_item > 0 else 0
+
+
+def print_vlm(vlm: VLMShapes, micro_batch: int, gen_batch: int, targets: str = "all") -> None:
+    """The VLM table: language-model targets against language model + vision tower, at the reference settings."""
+    columns = [
+        vlm_plan(vlm, vision=v, micro_batch=micro_batch, gen_batch=gen_batch, targets=targets) for v in (False, True)
+    ]
+    for facts, _ in columns:
+        print(facts)
+    print()
+    print(
+        f"SVF-RL at the reference settings: {REFERENCE_BATCH} rollouts per step (greedy, one per prompt), answers of "
+        f"<= {vlm.answer_tokens} tokens, prompts of ~{vlm.prompt_tokens} text tokens (an assumption) and one image "
+        f"each at the most image tokens anyres gives; t2 splits the step into micro-batches "
+        f"({-(-REFERENCE_BATCH // micro_batch)} of {micro_batch}) and generate calls of {gen_batch}."
+    )
+    print()
+    roles = ", ".join(TARGET_SETS[targets])
+    print(f"| {vlm.name}, targets | language model ({roles}) | + vision tower (q, k, v, o, fc1, fc2) | how |")
+    print("|---|---|---|---|")
+    for row in range(len(columns[0][1])):
+        label, _, how = columns[0][1][row]
+        values = []
+        for _, rows in columns:
+            value = rows[row][1]
+            if label.startswith("largest"):
+                values.append(f"{value:.0f}")
+            else:
+                values.append(f"{value:,.1f}" if value >= 0.1 or value == 0 else f"{value:.3f}")
+        how_text = columns[1][1][row][2] if "vision tower" in label else how
+        print(f"| {label} | {' | '.join(values)} | {how_text} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, action="append", help="HF config.json (repeatable); default: presets")
     parser.add_argument("--targets", choices=sorted(TARGET_SETS), default="all")
     parser.add_argument("--shards", type=int, default=8, help="ranks of the --shard fsdp table")
+    parser.add_argument("--vlm", choices=sorted(VLM_PRESETS), help="a vision-language model's table instead")
+    parser.add_argument("--micro-batch", type=int, default=16, help="--vlm: sequences per loss forward (t2's default)")
+    parser.add_argument("--gen-batch", type=int, default=64, help="--vlm: sequences per generate call (t2's default)")
     args = parser.parse_args()
+    if args.vlm:
+        print_vlm(VLM_PRESETS[args.vlm], args.micro_batch, args.gen_batch, args.targets)
+        return
     models = [from_hf_config(p) for p in args.config] if args.config else list(PRESETS.values())
 
     facts, plans = zip(*(plan(s, args.targets) for s in models))

@@ -33,6 +33,7 @@ from t2cli.decompose.engine import decompose_model, load_factors
 from t2cli.errors import T2Error, UsageError
 from t2cli.experts.importing import covering_decomposition, identify_model
 from t2cli.models.load import _quiet_transformers, drop_gguf_record
+from t2cli.svf import vlm_card
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.svf.expert import (
     LoadedExpert,
@@ -97,6 +98,7 @@ class MergedExport:
     num_matrices: int
     dtype: str
     files: list[str]
+    auto_class: str = "AutoModelForCausalLM"  # what loads it: AutoModelForImageTextToText for a vision-language model
 
 
 def export_merged(
@@ -120,12 +122,18 @@ def export_merged(
             adaptable = load_adaptable(registry, spec, targets=loaded.config.targets, device=device)
         else:
             check_base_model(loaded.name, loaded.config.base_model, adaptable.identity)
+        vlm = vlm_card.is_vlm(loaded.config.base_model)
+        # A vision-language model is only usable with its processor (image processor, image tokens, chat
+        # template with image parts): load it before anything is written, so a folder without one fails first.
+        processor = adaptable.processor() if vlm else None
         drop_gguf_record(adaptable.model)  # a dequantised GGUF model saves as plain dense weights
         adaptable.svf.apply(loaded.z)
         try:
             with _quiet_transformers():  # model.safetensors, config.json, generation_config.json
                 adaptable.model.save_pretrained(tmp)
                 adaptable.tokenizer.save_pretrained(tmp)
+                if processor is not None:  # processor_config.json (image processor included), chat template
+                    processor.save_pretrained(tmp)
         finally:
             adaptable.svf.restore()
         (tmp / "README.md").write_text(_merged_card(loaded))
@@ -137,6 +145,7 @@ def export_merged(
         num_matrices=len(loaded.z),
         dtype=str(next(adaptable.model.parameters()).dtype).removeprefix("torch."),
         files=files,
+        auto_class="AutoModelForImageTextToText" if vlm else "AutoModelForCausalLM",
     )
 
 
@@ -146,14 +155,22 @@ def _merged_card(loaded: LoadedExpert) -> str:
     lines = ["---", "library_name: transformers"]
     if hub_id:
         lines += [f"base_model: {hub_id}", "base_model_relation: merge"]
-    lines += ["pipeline_tag: text-generation", "tags:", "- t2", "- transformer-squared", "- svf-merged"]
+    vlm = vlm_card.is_vlm(base)
+    lines += [f"pipeline_tag: {vlm_card.pipeline_tag(base)}", "tags:", "- t2", "- transformer-squared", "- svf-merged"]
+    lines += ["- vision-language"] if vlm else []
+    how = (
+        "Load it with `AutoModelForImageTextToText` and `AutoProcessor` (the processor files are included)."
+        if vlm
+        else "Load it like any Hugging Face causal LM."
+    )
     lines += [
         "---",
         "",
         f"# {loaded.name} (merged)",
         "",
         f"{base.name} with the t2 SVF expert `{loaded.name}` folded into {len(loaded.z)} weight matrices "
-        "(W' = U diag(S z) Vh). Load it like any Hugging Face causal LM.",
+        f"(W' = U diag(S z) Vh). {how}",
+        *vlm_card.vlm_section(base, loaded.z, hub_id),
         "",
         f"Base model fingerprint: `{base.fingerprint}`. Task: `{loaded.config.task or '-'}`.",
         "",
@@ -255,7 +272,7 @@ def export_lora(
         target_modules=sorted(loaded.z),
         lora_dropout=0.0,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type="CAUSAL_LM",  # also for a VLM: PeftModelForCausalLM passes pixel_values on to its forward
         base_model_name_or_path=base_path,
         use_rslora=False,
     )
@@ -290,20 +307,26 @@ def expert_factors(registry: Registry, loaded: LoadedExpert, model: str | None =
 
 
 def _lora_card(loaded: LoadedExpert, rank: int, base_path: str) -> str:
+    base = loaded.config.base_model
+    hub_id = base_hub_id(base)
     lines = [
         "---",
         "library_name: peft",
-        f"base_model: {base_path}" if base_hub_id(loaded.config.base_model) else None,
+        f"base_model: {base_path}" if hub_id else None,
+        f"pipeline_tag: {vlm_card.pipeline_tag(base)}",
         "tags:",
         "- t2",
         "- transformer-squared",
         "- lora",
+        "- vision-language" if vlm_card.is_vlm(base) else None,
         "---",
         "",
         f"# {loaded.name} (LoRA r={rank})",
         "",
         f"The t2 SVF expert `{loaded.name}` as a rank-{rank} LoRA adapter: the delta U diag(S (z - 1)) Vh "
-        f"truncated to its {rank} largest singular components per matrix (lora_alpha = r, scaling 1).",
+        f"truncated to its {rank} largest singular components per matrix (lora_alpha = r, scaling 1). "
+        "`target_modules` are the full module names as transformers loads the model.",
+        *vlm_card.vlm_section(base, loaded.z, hub_id),
         "",
         f"Base model fingerprint: `{loaded.config.base_model.fingerprint}`.",
         "",

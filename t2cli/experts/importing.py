@@ -38,9 +38,9 @@ from registry.queries import base_models, decompositions, experts
 from t2cli.decompose.engine import register_base_model
 from t2cli.errors import T2Error
 from t2cli.models.hashing import HashCache, sha256_file
-from t2cli.models.identity import model_identity
+from t2cli.models.identity import config_depths, model_identity
 from t2cli.models.resolve import ALIASES, resolve_model
-from t2cli.models.targets import candidate_matrices
+from t2cli.models.targets import candidate_matrices, is_vision_language
 from t2cli.svf import names
 from t2cli.svf.expert import (
     CARD_FILE,
@@ -416,17 +416,19 @@ def matrix_ranks(model_config: dict[str, Any]) -> dict[str, int]:
 
     Built on PyTorch's meta device from the config alone: no weights are read or allocated.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when checking shapes
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText  # noqa: PLC0415 - heavy: transformers (~2 s), only when checking shapes
 
     data = dict(model_config)
     model_type = data.pop("model_type")
     config = AutoConfig.for_model(model_type, **data)
+    # A vision-language model is built whole (as t2 loads it), so its vision tower and projector have shapes too.
+    auto = AutoModelForImageTextToText if is_vision_language(model_type) else AutoModelForCausalLM
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    text_config = getattr(config, "text_config", None) or config
+        model = auto.from_config(config)
+    num_layers, vision_layers = config_depths(config)
     modules = dict(model.named_modules())
     ranks = {}
-    for matrix in candidate_matrices(model_type, int(text_config.num_hidden_layers)):
+    for matrix in candidate_matrices(model_type, num_layers, vision_layers=vision_layers):
         weight = getattr(modules.get(matrix.name), "weight", None)
         if weight is not None:
             ranks[matrix.name] = int(min(weight.shape))

@@ -94,6 +94,14 @@ def config_depths(config: PretrainedConfig) -> tuple[int, int]:
     return layers, _vision_depth(getattr(config, "vision_config", None))
 
 
+def stored_config_depths(config: dict[str, Any]) -> tuple[int, int]:
+    """``config_depths`` of a config as the registry stores it (``ModelIdentity.config``, plain JSON)."""
+    text_config = config.get("text_config") or config
+    vision_config = config.get("vision_config") or {}
+    layers = int(text_config.get("num_hidden_layers") or 0)
+    return layers, int(vision_config.get("num_hidden_layers") or vision_config.get("depth") or 0)
+
+
 def _vision_depth(vision_config: PretrainedConfig | None) -> int:
     """Blocks in the vision tower: ``num_hidden_layers`` (CLIP, SigLIP, Idefics3) or ``depth`` (Qwen2-VL)."""
     if vision_config is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from t2cli.errors import TargetError, TargetValueError
@@ -147,6 +148,18 @@ class TargetMatrix:
         return f"{self.name}.weight"
 
 
+# What a model card calls each vision-language family (keyed by model_type).
+VLM_FAMILIES: dict[str, str] = {
+    "idefics3": "Idefics3 / SmolVLM",
+    "smolvlm": "SmolVLM",
+    "llava": "LLaVA",
+    "llava_next": "LLaVA-NeXT",
+    "qwen2_vl": "Qwen2-VL",
+    "qwen2_5_vl": "Qwen2.5-VL",
+}
+PART_NAMES = {"language": "language model", "vision": "vision tower", "projector": "projector"}
+
+
 def layout_for(model_type: str) -> ArchitectureLayout:
     """The layout of a supported architecture, or a clear error listing the supported ones."""
     try:
@@ -186,6 +199,41 @@ def candidate_matrices(model_type: str, num_layers: int, *, vision_layers: int =
         ]
         matrices += [TargetMatrix(name, 0, role) for role, name in vision.projector.items()]
     return matrices
+
+
+def matrix_parts(model_type: str, num_layers: int, vision_layers: int, names: Iterable[str]) -> dict[str, int]:
+    """How many of ``names`` sit in each part ("language", "vision", "projector"; "other" for names
+    this layout does not list), from the explicit layout, never from name substrings."""
+    part_of = {m.name: m.part for m in candidate_matrices(model_type, num_layers, vision_layers=vision_layers)}
+    counts: dict[str, int] = {}
+    for name in names:
+        part = part_of.get(name, "other")
+        counts[part] = counts.get(part, 0) + 1
+    return counts
+
+
+def roles_pattern(model_type: str, roles: Iterable[str]) -> str:
+    """A ``--targets`` regex naming exactly the matrices of ``roles`` in this architecture, every layer.
+
+    For specs no named group expresses, such as the language model's attention plus the vision
+    tower (``t2 transfer`` decomposes the target's matrices of the roles the expert adapts).
+    """
+    layout = layout_for(model_type)
+    wanted = set(roles)
+    stacks = [(layout.block_prefix, layout.roles)]
+    if layout.vision is not None:
+        stacks.append((layout.vision.block_prefix, layout.vision.roles))
+    alternatives = []
+    for prefix, role_modules in stacks:
+        modules = [re.escape(module) for role, module in role_modules.items() if role in wanted]
+        if modules:
+            head = re.escape(prefix.split("{layer}")[0]) + r"\d+" + re.escape(prefix.split("{layer}")[1])
+            alternatives.append(head + "(?:" + "|".join(modules) + ")")
+    if layout.vision is not None:
+        alternatives += [re.escape(name) for role, name in layout.vision.projector.items() if role in wanted]
+    if not alternatives:
+        raise TargetValueError(f"no matrix of a {model_type} model has one of the roles {sorted(wanted)}")
+    return "^(?:" + "|".join(alternatives) + ")$"
 
 
 def select_targets(

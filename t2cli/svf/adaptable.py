@@ -68,6 +68,7 @@ class Adaptable(Generic[SVF]):
             architecture=self.identity.architecture,
             model_type=self.identity.model_type,
             num_layers=self.identity.num_layers,
+            vision_layers=self.identity.vision_layers or None,
         )
 
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ from registry.records import NewExpert, ParentLink
 from t2cli import __version__
 from t2cli.errors import T2Error
 from t2cli.models.resolve import ALIASES, model_argument
+from t2cli.svf import vlm_card
 from t2cli.svf.names import check_expert_name, expert_not_found
 
 if TYPE_CHECKING:
@@ -59,8 +60,9 @@ class BaseModelRef:
     model_type: str | None = None  # e.g. "llama"
     num_layers: int | None = None
     hub_id: str | None = None  # the base's Hub id, kept by `t2 import` when the local copy is not on the Hub
+    vision_layers: int | None = None  # a vision-language model's vision tower blocks (None: a text model)
 
-    # Always written (as null when unknown), as t2 always has; hub_id only when set.
+    # Always written (as null when unknown), as t2 always has; hub_id and vision_layers only when set.
     _ALWAYS: ClassVar[tuple[str, ...]] = (
         "name",
         "source",
@@ -75,8 +77,9 @@ class BaseModelRef:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``expert_config.json``'s ``base_model``."""
         data = {key: getattr(self, key) for key in self._ALWAYS}
-        if self.hub_id is not None:
-            data["hub_id"] = self.hub_id
+        for optional in ("hub_id", "vision_layers"):
+            if getattr(self, optional) is not None:
+                data[optional] = getattr(self, optional)
         return data
 
     @classmethod
@@ -212,18 +215,22 @@ def check_base_model(name: str, base: BaseModelRef, identity: ModelIdentity) -> 
     )
 
 
-def model_card(config: ExpertConfig) -> str:
+def model_card(config: ExpertConfig, matrices: Iterable[str] = ()) -> str:
     """A Hugging Face model card (YAML front matter + prose) for the expert folder.
 
     ``base_model`` is written only when the base has a Hub id (the Hub refuses other values);
     ``base_model_relation: adapter`` files the expert under its base model's adapters.
+    ``matrices``: the adapted matrices' names; for a vision-language base the card says which
+    parts (language model, vision tower, projector) they are in.
     """
     base = config.base_model
     hub_id = base_hub_id(base)
     lines = ["---", "library_name: t2"]
     if hub_id:
         lines += [f"base_model: {hub_id}", "base_model_relation: adapter"]
-    lines += ["pipeline_tag: text-generation", "tags:", "- t2", "- transformer-squared", "- svf", f"- {config.kind}"]
+    lines += [f"pipeline_tag: {vlm_card.pipeline_tag(base)}", "tags:", "- t2", "- transformer-squared", "- svf"]
+    lines += ["- vision-language"] if vlm_card.is_vlm(base) else []
+    lines.append(f"- {config.kind}")
     if config.task:
         lines.append(f"- task:{config.task}")
     lines += ["---", "", f"# {config.name}", ""]
@@ -231,6 +238,7 @@ def model_card(config: ExpertConfig) -> str:
         f"A Transformer-Squared SVF expert ({config.kind}) for **{base.name}** "
         f"({base.architecture}), adapting {config.num_matrices} matrices (targets `{config.targets}`)."
     )
+    lines += vlm_card.vlm_section(base, matrices, hub_id)
     if config.description:
         lines += ["", config.description]
     if config.task:
@@ -275,7 +283,7 @@ def write_expert_folder(folder: Path, z: dict[str, torch.Tensor], config: Expert
     try:
         save_z(z, tmp / WEIGHTS_FILE, name=config.name)
         (tmp / CONFIG_FILE).write_text(config.to_json())
-        (tmp / CARD_FILE).write_text(model_card(config))
+        (tmp / CARD_FILE).write_text(model_card(config, z))
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -78,7 +78,7 @@ def export_cmd(
             summary = asdict(result)
             text = (
                 f"wrote {result.folder}: {result.base_model} with {expert} folded into {result.num_matrices} "
-                f"matrices ({result.dtype}); load it with AutoModelForCausalLM.from_pretrained"
+                f"matrices ({result.dtype}); load it with {result.auto_class}.from_pretrained"
             )
         elif lora:
             adapter = export_lora(registry, expert, folder, rank=16 if rank is None else rank, model=model)

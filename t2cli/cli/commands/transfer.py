@@ -36,7 +36,9 @@ def transfer_cmd(
     Same shapes: z is copied. Different depth: layers are mapped by relative depth
     (linear between the two nearest source layers). Different rank: z is resampled over
     the relative position in the singular spectrum. Roles the expert does not adapt keep
-    z = 1. The target model is decomposed first if needed.
+    z = 1. The target model is decomposed first if needed. Language-model experts move
+    between vision-language and text models; vision tower and projector experts move
+    only to models with the same roles (refused otherwise).
 
     Examples:
 
@@ -78,7 +80,12 @@ def transfer_cmd(
         str(s["depth_interpolated"]),
         str(s["rank_resampled"]),
         str(s["uncovered"]),
-        f"{s['source_layers']} -> {s['target_layers']}",
+        f"{s['source_layers']} -> {s['target_layers']}"
+        + (
+            f" (vision tower {s['source_vision_layers']} -> {s['target_vision_layers']})"
+            if "source_vision_layers" in s
+            else ""
+        ),
     )
     out.print(table)
     out.print(f"expert [bold]{result.name}[/] registered (kind transferred, parent {result.source})")
