@@ -8,17 +8,22 @@ Pass 2 generates the answer, streaming text to a callback. The base weights are
 restored after every prompt, whether it succeeded or raised (Ctrl-C included).
 
 ``Asker`` checks everything it can before the model is loaded (strategy, experts,
-classifier, mixture, prompt length against the context window), so a bad request
-fails fast and leaves the registry untouched; the model is loaded, and decomposed
-on first use, only when the first prompt is answered.
+classifier, mixture, prompt length against the context window, images on a text-only
+model), so a bad request fails fast and leaves the registry untouched; the model is
+loaded, and decomposed on first use, only when the first prompt is answered.
+
+A prompt may come with images (a vision-language model): pass 1 sees them (the strategies
+take ``images=``) and pass 2 generates from the processor's chat template with the images as
+content parts (``t2cli.runtime.multimodal``), streaming as for text.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -40,17 +45,22 @@ from t2cli.bank.install import Installed, first_use_install
 from t2cli.errors import T2Error, UsageError
 from t2cli.models.hashing import HashCache
 from t2cli.models.identity import model_identity
-from t2cli.models.load import load_tokenizer
+from t2cli.models.load import load_processor, load_tokenizer
 from t2cli.models.resolve import resolve_model
+from t2cli.models.targets import is_vision_language
 from t2cli.runtime.generation import completion_length, decoding, end_token_ids, prepare_tokenizer, render_prompt
+from t2cli.runtime.multimodal import ImagePrompt, batch_inputs, encode_image_prompt
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.svf.expert import load_expert
+from t2cli.tasks.images import image_files
 
 if TYPE_CHECKING:
-    from transformers import GenerationMixin
+    from PIL.Image import Image
+    from transformers import GenerationMixin, ProcessorMixin
 
     from registry import Registry
     from t2cli.svf.adaptable import Adaptable
+    from t2cli.tasks.types import ItemImage
 
 DEFAULT_MAX_NEW_TOKENS = 256
 TextCallback = Callable[[str], None]
@@ -62,6 +72,10 @@ class AskError(T2Error):
 
 class AskSettingError(AskError, UsageError):
     """An ask setting outside what it accepts (--pass1, --max-new-tokens, --temperature): exit code 2."""
+
+
+class ImagesNeedVisionError(AskError, UsageError):
+    """Images given with a prompt for a text-only model, which cannot see them: exit code 2."""
 
 
 ROUTED_STRATEGIES = ("auto", "router", "router-soft")  # pass 1 reads a router: the starter bank may supply it
@@ -117,11 +131,24 @@ class AskResult:
     timings: Timings
     tokens: int  # generated tokens (end token included)
     cached: bool = False  # the chosen z's composed weights came from the cache
+    images: tuple[str, ...] = ()  # where the images shown with the prompt come from (their paths)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("cached")
+        if not self.images:  # a text prompt's line is as it was before images existed
+            data.pop("images")
+        else:
+            data["images"] = list(self.images)
         return data
+
+
+@dataclass(frozen=True)
+class Question:
+    """One prompt of ``t2 ask`` and the images shown with it (none for a text question)."""
+
+    prompt: str
+    images: tuple[ItemImage, ...] = ()
 
 
 # --------------------------------------------------------------------------- input
@@ -134,9 +161,17 @@ def check_prompt_text(prompt: str, where: str = "the prompt") -> None:
 
 
 def read_prompts(data: bytes, source: str) -> list[str]:
-    """The prompts of an input file: JSON lines with a "prompt" field, or plain text with one prompt per line.
+    """The prompts of an input file (``read_questions`` without their images)."""
+    return [question.prompt for question in read_questions(data, source)]
 
-    The format is JSONL when the first non-blank line starts with "{". Blank
+
+def read_questions(data: bytes, source: str, folder: Path | None = None) -> list[Question]:
+    """The questions of an input file: JSON lines with a "prompt" field, or plain text with one prompt per line.
+
+    The format is JSONL when the first non-blank line starts with "{". A JSON line may name
+    images in an optional "image" field: a path relative to ``folder`` (the file's folder) or
+    a list of them, each checked as a task's images are (``t2cli.tasks.images``; ``folder``
+    defaults to the working directory, for stdin). Blank
     lines are skipped. Errors name the line.
     """
     if data.startswith(b"\xef\xbb\xbf"):
@@ -153,8 +188,8 @@ def read_prompts(data: bytes, source: str) -> list[str]:
     if not lines:
         raise AskError(f"{source} holds no prompt", 'write one prompt per line, or JSON lines with a "prompt" field')
     if not lines[0][1].lstrip().startswith("{"):
-        return [line for _, line in lines]
-    prompts = []
+        return [Question(line) for _, line in lines]
+    questions = []
     for number, line in lines:
         try:
             obj = json.loads(line)
@@ -168,8 +203,15 @@ def read_prompts(data: bytes, source: str) -> list[str]:
                 f'{source} line {number} has no "prompt" string', 'write one {"prompt": "..."} object per line'
             )
         check_prompt_text(obj["prompt"], f"the prompt on {source} line {number}")
-        prompts.append(obj["prompt"])
-    return prompts
+        where = f"{source} line {number}"
+        images = image_files(folder or Path.cwd(), where, obj["image"]) if "image" in obj else ()
+        questions.append(Question(obj["prompt"], images))
+    return questions
+
+
+def question_images(paths: Sequence[str]) -> tuple[ItemImage, ...]:
+    """The images of ``t2 ask --image PATH`` (relative to the working directory), checked as a task's are."""
+    return image_files(Path.cwd(), "--image", list(paths)) if paths else ()
 
 
 # --------------------------------------------------------------------------- pass 2: streamed generation
@@ -214,18 +256,35 @@ class _CallbackStreamer(BaseStreamer):
 
 @torch.no_grad()
 def stream_generate(
-    adaptable: Adaptable, prompt: str, *, max_new_tokens: int, temperature: float, on_text: TextCallback | None
+    adaptable: Adaptable,
+    prompt: str | ImagePrompt,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    on_text: TextCallback | None,
 ) -> tuple[str, int]:
-    """Answer one prompt (chat template applied) with the weights currently applied; returns (text, tokens)."""
+    """Answer one prompt with the weights currently applied; returns (text, tokens).
+
+    ``prompt``: the user's text (the tokenizer's chat template is applied), or an ``ImagePrompt``
+    already rendered and encoded by the processor, whose image tensors go to ``generate``.
+    """
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
     model = adaptable.model
     end_ids = end_token_ids(model, tokenizer)
     device = next(model.parameters()).device
-    enc = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False).to(device)
+    extra: dict[str, Any] = {}
+    rows: Mapping[str, Any]
+    if isinstance(prompt, ImagePrompt):
+        rows = batch_inputs([prompt], [prompt.ids], pad_id=tokenizer.pad_token_id, left=True)  # one row: no padding
+        if prompt.placeholders:  # an image placeholder in the answer would stand for no image
+            extra["suppress_tokens"] = list(prompt.placeholders)
+    else:
+        rows = tokenizer([render_prompt(tokenizer, prompt)], return_tensors="pt", add_special_tokens=False)
+    enc = {key: value.to(device) for key, value in rows.items()}
     streamer = _CallbackStreamer(tokenizer, end_ids, on_text) if on_text is not None else None
     # A causal LM: PreTrainedModel itself declares no generate().
     out = cast("GenerationMixin", model).generate(
-        **enc, **decoding(tokenizer, temperature), max_new_tokens=max_new_tokens, streamer=streamer
+        **enc, **decoding(tokenizer, temperature), max_new_tokens=max_new_tokens, streamer=streamer, **extra
     )
     generated = out[0, enc["input_ids"].shape[1] :].tolist()
     cut = completion_length(generated, end_ids)
@@ -248,6 +307,7 @@ class _Prepared:
     context_limit: int | None
     base_model_id: int | None
     num_layers: int | None = None
+    model_type: str | None = None  # images need a vision-language model_type (``is_vision_language``)
 
 
 class Asker:
@@ -256,6 +316,8 @@ class Asker:
     Pass ``adaptable`` to reuse a loaded model (tests, notebooks); otherwise the
     model named by ``model`` is resolved and checked now and loaded on the first
     ``ask``. ``complete`` replaces pass-1 generation (tests on random models).
+    ``expect_images``: prompts will come with images, so a text-only model is refused
+    here, before anything is written (the starter bank's first-use install included).
     """
 
     def __init__(
@@ -267,11 +329,15 @@ class Asker:
         adaptable: Adaptable | None = None,
         device: str = "auto",
         complete: Completer | None = None,
+        expect_images: bool = False,
     ) -> None:
         self.registry, self.settings, self.model, self.device = registry, settings, model, device
         self._adaptable = adaptable
+        self._processor: ProcessorMixin | None = None  # loaded for the first prompt with images
         self._z: dict[str, dict[str, torch.Tensor]] = {}
         self.prepared = prepare_model(registry, model, adaptable)
+        if expect_images:
+            self._require_vision()
         self.installed: Installed | None = None  # the starter bank, when this call installed it
         if parse_strategy(settings.strategy)[0].name in ROUTED_STRATEGIES:
             self.installed = first_use_install(registry, self.prepared.fingerprint, model=model)
@@ -291,25 +357,62 @@ class Asker:
             router=settings.router,
             router_temperature=settings.router_temperature,
             top_k=settings.top_k,
+            processor=self.processor,
         )
         self._dispatcher = build_dispatcher(ctx, settings.strategy)
 
     # ------------------------------------------------------------------ checks and loading
 
-    def check_prompt(self, prompt: str, where: str = "the prompt") -> int:
-        """Refuse an empty prompt or one that does not fit the context window; returns its token count."""
+    def check_prompt(self, prompt: str, where: str = "the prompt", images: Sequence[ItemImage] = ()) -> int:
+        """Refuse an empty prompt, images for a text-only model, or a prompt (its images' tokens included)
+        that does not fit the context window; returns its token count."""
         check_prompt_text(prompt, where)
-        tokenizer = self.prepared.tokenizer
-        n = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        return self._check_fits(prompt, self.encode(prompt, [i.open() for i in images]) if images else None, where)
+
+    def _check_fits(self, prompt: str, shown: ImagePrompt | None, where: str) -> int:
+        """``prompt`` (as ``shown`` with its images, when it has some) and the answer budget fit the window."""
+        if shown is not None:
+            n = len(shown.ids)
+        else:
+            tokenizer = self.prepared.tokenizer
+            n = len(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
         limit, budget = self.prepared.context_limit, self.settings.max_new_tokens
         if limit is not None and n + budget > limit:
             room = limit - budget
             raise AskError(
-                f"{where} is {n} tokens (chat template included); with --max-new-tokens {budget} that exceeds "
+                f"{where} is {n} tokens (chat template{' and images' if shown else ''} included); with "
+                f"--max-new-tokens {budget} that exceeds "
                 f"the {limit}-token context window of {self.prepared.model_name}",
                 f"shorten it to at most {room} tokens" if room > 0 else f"lower --max-new-tokens below {limit}",
             )
         return n
+
+    def processor(self) -> ProcessorMixin:
+        """The model's processor, for prompts with images; refuses a text-only model (exit code 2).
+
+        Loaded from the model's folder without the model, so prompts are checked before it loads.
+        """
+        self._require_vision()
+        if self._processor is None:
+            adaptable = self._adaptable
+            self._processor = (
+                adaptable.processor() if adaptable is not None else load_processor(resolve_model(self.model))
+            )
+        return self._processor
+
+    def _require_vision(self) -> None:
+        model_type = self.prepared.model_type
+        if model_type is not None and not is_vision_language(model_type):
+            raise ImagesNeedVisionError(
+                f"images need a vision-language model, but {self.prepared.model_name} (model_type {model_type}) "
+                "is a text-only model: it cannot see them",
+                "ask with --model smolvlm-256m (or another vision-language model, see `t2 models`), or leave out "
+                "--image",
+            )
+
+    def encode(self, prompt: str, images: Sequence[Image]) -> ImagePrompt:
+        """``prompt`` with ``images`` as pass 2 reads it: the processor's chat template, images before the text."""
+        return encode_image_prompt(self.processor(), prompt, images)
 
     def load(self) -> Adaptable:
         """The loaded model (loaded, and decomposed if needed, on the first call)."""
@@ -327,20 +430,24 @@ class Asker:
 
     # ------------------------------------------------------------------ the two passes
 
-    def ask(self, prompt: str, *, on_text: TextCallback | None = None) -> AskResult:
-        """Pass 1, switch, pass 2 for one prompt; the base weights are back afterwards, whatever happens."""
-        self.check_prompt(prompt)
+    def ask(self, prompt: str, *, images: Sequence[ItemImage] = (), on_text: TextCallback | None = None) -> AskResult:
+        """Pass 1, switch, pass 2 for one prompt (shown with ``images``); the base weights are back afterwards,
+        whatever happens."""
+        check_prompt_text(prompt)
+        pictures = [image.open() for image in images]  # decoded and encoded once, for both passes
+        shown = self.encode(prompt, pictures) if pictures else None
+        self._check_fits(prompt, shown, "the prompt")
         svf = self.load().svf
         started = time.perf_counter()
         try:
-            decision = run_dispatch(self._dispatcher, prompt)
+            decision = run_dispatch(self._dispatcher, prompt, images=pictures)
             switch_start = time.perf_counter()
             cached = self.apply_decision(decision)
             switch_s = time.perf_counter() - switch_start
             gen_start = time.perf_counter()
             answer, tokens = stream_generate(
                 self.load(),
-                prompt,
+                shown or prompt,
                 max_new_tokens=self.settings.max_new_tokens,
                 temperature=self.settings.temperature,
                 on_text=on_text,
@@ -359,11 +466,12 @@ class Asker:
             timings=Timings(decision.seconds, switch_s, generate_s, time.perf_counter() - started),
             tokens=tokens,
             cached=cached,
+            images=tuple(image.source for image in images),
         )
 
-    def dispatch(self, prompt: str) -> Dispatch:
-        """Pass 1 alone (timed): which z should answer ``prompt``."""
-        return run_dispatch(self._dispatcher, prompt)
+    def dispatch(self, prompt: str, *, images: Sequence[Image] = ()) -> Dispatch:
+        """Pass 1 alone (timed): which z should answer ``prompt`` (shown with ``images``)."""
+        return run_dispatch(self._dispatcher, prompt, images=images)
 
     def apply_decision(self, decision: Dispatch) -> bool:
         """Apply the chosen z; returns whether nothing had to be composed (its weights were cached).
@@ -406,6 +514,7 @@ def prepare_model(registry: Registry, model: str | None, adaptable: Adaptable | 
             getattr(text_config, "max_position_embeddings", None),
             adaptable.base_model_id,
             adaptable.identity.num_layers,
+            adaptable.identity.model_type,
         )
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
@@ -418,6 +527,7 @@ def prepare_model(registry: Registry, model: str | None, adaptable: Adaptable | 
         int(limit) if limit else None,
         _base_model_id(registry, identity.fingerprint),
         identity.num_layers,
+        identity.model_type,
     )
 
 

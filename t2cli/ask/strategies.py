@@ -20,6 +20,13 @@ mixture weights expert -> alpha, the reason). Pass 2 (``t2cli.ask.engine``) appl
 
 The model is only loaded when a dispatcher first needs it (``ctx.adaptable()``),
 so every look-up error comes before anything is loaded or decomposed.
+
+A prompt may come with images (``run_dispatch(..., images=...)``, a vision-language model):
+the dispatchers that read the prompt take them as ``images=`` and see them as pass 2 will,
+through the model's processor: ``prompt`` and ``classifier`` generate or score the
+classification with the images as content parts, ``router`` and ``router-soft`` (and ``auto``)
+read the prefill of the prompt with its images. ``none``, ``expert:NAME`` and ``cem`` do not
+read the prompt at all, so they take no images.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -44,6 +51,7 @@ from t2cli.router.features import prompt_features
 from t2cli.router.model import Router, RouterError, soft_weights
 from t2cli.router.store import current_router
 from t2cli.runtime.generation import generate, render_prompt
+from t2cli.runtime.multimodal import ImagePrompt, batch_inputs, encode_image_prompt, encode_plain_image_prompt
 from t2cli.svf.expert import ExpertConfig, load_expert
 from t2cli.tasks.dispatch_task import (
     ANSWER_PREFIX,
@@ -58,7 +66,8 @@ from t2cli.tasks.dispatch_task import (
 )
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from PIL.Image import Image
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
 
     from registry import Registry
     from t2cli.svf.adaptable import Adaptable
@@ -94,6 +103,8 @@ class Dispatch:
     stored: str | None = None
 
 
+# A prompt -> what pass 1 decided. Dispatchers that read the prompt also take ``images=`` (PIL images shown
+# with it); ``run_dispatch`` passes them only to a dispatcher that takes them (``_takes_images``).
 Dispatcher = Callable[[str], Dispatch]
 # Pass-1 generation: (the loaded model, the classification message) -> the model's answer, with the
 # weights currently applied. Tests inject a stub where the model is random.
@@ -119,6 +130,11 @@ class DispatchContext:
     router: str | None = None  # router/router-soft: the router's name (default: the latest of the base model)
     router_temperature: float = 1.0  # router-soft: softmax temperature of the class probabilities
     top_k: int | None = None  # router-soft: mix only the k likeliest classes
+    processor: Callable[[], ProcessorMixin] | None = None  # prompts with images; None: the loaded model's
+
+    def image_processor(self) -> ProcessorMixin:
+        """The processor that encodes prompts with images (a vision-language model's)."""
+        return self.processor() if self.processor is not None else self.adaptable().processor()
 
 
 @dataclass(frozen=True)
@@ -176,11 +192,23 @@ def build_dispatcher(ctx: DispatchContext, spec: str) -> Dispatcher:
     return info.factory(ctx, arg)
 
 
-def run_dispatch(dispatcher: Dispatcher, prompt: str) -> Dispatch:
-    """Pass 1, timed."""
+def run_dispatch(dispatcher: Dispatcher, prompt: str, *, images: Sequence[Image] = ()) -> Dispatch:
+    """Pass 1, timed. ``images``: shown with the prompt; a dispatcher that takes no ``images`` reads the text alone."""
     started = time.perf_counter()
-    decision = dispatcher(prompt)
+    if images and _takes_images(dispatcher):
+        decision = cast("Callable[..., Dispatch]", dispatcher)(prompt, images=images)
+    else:
+        decision = dispatcher(prompt)
     return replace(decision, seconds=time.perf_counter() - started)
+
+
+def _takes_images(dispatcher: Dispatcher) -> bool:
+    # Strategies registered before images existed (a plugin's ``lambda prompt: ...``) keep working.
+    try:
+        parameters = inspect.signature(dispatcher).parameters.values()
+    except (TypeError, ValueError):  # a callable without an introspectable signature
+        return False
+    return any(p.name == "images" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 # --------------------------------------------------------------------------- registry look-ups
@@ -214,17 +242,29 @@ def _latest_cem_mixture(registry: Registry, task: str, base_model_id: int | None
 # --------------------------------------------------------------------------- pass-1 generation
 
 
-def greedy_answer(adaptable: Adaptable, message: str, *, categories: Sequence[str] = ()) -> str:
+def greedy_answer(
+    adaptable: Adaptable,
+    message: str,
+    *,
+    categories: Sequence[str] = (),
+    images: Sequence[Image] = (),
+    processor: ProcessorMixin | None = None,
+) -> str:
     """The model's greedy answer to ``message`` (chat template applied) with the weights currently applied.
 
     With ``categories``, generation stops at the first ``\\boxed{...}`` naming one of them:
     ``parse_category`` reads nothing after it, so the answer means the same and pass 1
-    does not pay for the words a small model adds after its box.
+    does not pay for the words a small model adds after its box. With ``images``, the message
+    goes through the processor (default: the model's) with the images as content parts before it.
     """
-    text = render_prompt(adaptable.tokenizer, message)
+    prompts: list[str] | list[ImagePrompt]
+    if images:
+        prompts = [encode_image_prompt(processor or adaptable.processor(), message, images)]
+    else:
+        prompts = [render_prompt(adaptable.tokenizer, message)]
     stop = (lambda so_far: boxed_category(so_far, categories) is not None) if categories else None
     gens = generate(
-        adaptable.model, adaptable.tokenizer, [text], max_new_tokens=DISPATCH_MAX_NEW_TOKENS, stop_when=stop
+        adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=DISPATCH_MAX_NEW_TOKENS, stop_when=stop
     )
     return gens.texts[0]
 
@@ -272,7 +312,13 @@ def _prefix_state(model, tokenizer, text: str, ids: list[int], key: str | None, 
 
 @torch.no_grad()
 def score_categories(
-    adaptable: Adaptable, message: str, names: Sequence[str], *, prefix_cache: PrefixCache | None = None
+    adaptable: Adaptable,
+    message: str,
+    names: Sequence[str],
+    *,
+    prefix_cache: PrefixCache | None = None,
+    images: Sequence[Image] = (),
+    processor: ProcessorMixin | None = None,
 ) -> dict[str, float]:
     """Pass 1 without generating: the log-probability of each ``name + "}"`` right after the
     answer's required opening ``Classification: \\boxed{``, with the weights currently applied.
@@ -282,13 +328,23 @@ def score_categories(
     about one prefill whatever the answer length. With ``prefix_cache`` the fixed
     instructions are prefilled once per set of weights and only the question is prefilled
     per prompt. Every name gets a score: nothing to parse, and no fallback is needed.
+
+    With ``images`` the message goes through the processor (default: the model's), the images as
+    content parts before it, and the first forward gets their tensors; nothing is cached across
+    prompts then (the images come first, so no two prompts share a prefix).
     """
     model, tokenizer = adaptable.model, adaptable.tokenizer
     device = next(model.parameters()).device
-    text = render_prompt(tokenizer, message) + ANSWER_PREFIX
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    kv, done = _prefix_state(model, tokenizer, text, ids, adaptable.svf.active, prefix_cache)
-    first = model(input_ids=torch.tensor([ids[done:]], device=device), use_cache=True, **_with_kv(model, kv))
+    if images:
+        shown = encode_image_prompt(processor or adaptable.processor(), message, images, suffix=ANSWER_PREFIX)
+        ids = shown.ids
+        inputs = batch_inputs([shown], [ids], pad_id=tokenizer.pad_token_id or 0, left=False)
+        first = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=True)
+    else:
+        text = render_prompt(tokenizer, message) + ANSWER_PREFIX
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        kv, done = _prefix_state(model, tokenizer, text, ids, adaptable.svf.active, prefix_cache)
+        first = model(input_ids=torch.tensor([ids[done:]], device=device), use_cache=True, **_with_kv(model, kv))
     first_logprobs = first.logits[0, -1].float().log_softmax(-1)
     candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
     width = max(len(c) for c in candidates)
@@ -339,24 +395,32 @@ def _quote(text: str, limit: int = 80) -> str:
     return json.dumps(flat if len(flat) <= limit else flat[: limit - 3] + "...", ensure_ascii=False)
 
 
-def _classify(ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], who: str) -> Dispatch:
-    """Ask the model (with whatever weights are applied) for the category, and map it to an expert."""
+def _classify(
+    ctx: DispatchContext, prompt: str, experts: list[CategoryExpert], who: str, images: Sequence[Image] = ()
+) -> Dispatch:
+    """Ask the model (with whatever weights are applied) for the category, and map it to an expert.
+
+    ``images``: shown with the classification prompt, as the user showed them with theirs.
+    """
     categories = {e.category: e.description for e in experts}
     question, kept = fit_question(ctx, prompt, categories)
     names = [*categories, OTHER]
     message = classification_prompt(question, categories)
     cut = f" (pass 1 saw the first {kept} tokens of the prompt)" if kept is not None else ""
     found: str | None
+    processor = ctx.image_processor() if images else None
     if ctx.pass1 == "score":
-        scores = score_categories(ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache)
+        scores = score_categories(
+            ctx.adaptable(), message, names, prefix_cache=ctx.prefix_cache, images=images, processor=processor
+        )
         found = max(names, key=lambda name: scores[name])  # ties: the first listed
         listed = ", ".join(f"{name} {score:.2f}" for name, score in sorted(scores.items(), key=lambda kv: -kv[1]))
         verdict = f"scored the categories (log-prob after {ANSWER_PREFIX!r}: {listed}) and chose {found}"
     else:
-        if ctx.complete is not None:
+        if ctx.complete is not None:  # a test's stub: it reads the message alone
             answer = ctx.complete(ctx.adaptable(), message)
         else:
-            answer = greedy_answer(ctx.adaptable(), message, categories=names)
+            answer = greedy_answer(ctx.adaptable(), message, categories=names, images=images, processor=processor)
         found = parse_category(answer, names)
         if found is None:
             return Dispatch(
@@ -403,10 +467,10 @@ def _expert(ctx: DispatchContext, arg: str | None) -> Dispatcher:
 def _prompt(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     experts = _require_category_experts(ctx, "prompt")
 
-    def run(prompt: str) -> Dispatch:
+    def run(prompt: str, images: Sequence[Image] = ()) -> Dispatch:
         svf = ctx.adaptable().svf
         with svf.adapted(None):
-            return _classify(ctx, prompt, experts, "the base model")
+            return _classify(ctx, prompt, experts, "the base model", images)
 
     return run
 
@@ -423,12 +487,12 @@ def _classifier(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     _check_base(ctx, find_expert(ctx.registry, name))
     z: dict[str, torch.Tensor] = {}
 
-    def run(prompt: str) -> Dispatch:
+    def run(prompt: str, images: Sequence[Image] = ()) -> Dispatch:
         if not z:
             z.update(load_expert(ctx.registry, name).z)
         svf = ctx.adaptable().svf
         with svf.adapted(z, key=name):
-            return _classify(ctx, prompt, experts, f"classifier {name}")
+            return _classify(ctx, prompt, experts, f"classifier {name}", images)
 
     return run
 
@@ -468,12 +532,16 @@ def _router_for(ctx: DispatchContext) -> Router:
         raise DispatchError(exc.message, exc.hint) from None
 
 
-def _router_probabilities(ctx: DispatchContext, router: Router, prompt: str) -> list[float]:
+def _router_probabilities(
+    ctx: DispatchContext, router: Router, prompt: str, images: Sequence[Image] = ()
+) -> list[float]:
     adaptable = ctx.adaptable()
     recipe = router.config.features
+    # With images: their tokens, then the same plain text, through the processor (t2cli.router.features).
+    shown = encode_plain_image_prompt(ctx.image_processor(), prompt, images) if images else prompt
     with adaptable.svf.adapted(None):  # the router was fitted on the base model's states
         features = prompt_features(
-            adaptable.model, adaptable.tokenizer, [prompt], layers=recipe.layers, pooling=recipe.pooling
+            adaptable.model, adaptable.tokenizer, [shown], layers=recipe.layers, pooling=recipe.pooling
         )
     return router.probabilities(features, temperature=ctx.router_temperature)[0].tolist()
 
@@ -490,8 +558,8 @@ def _router(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     router = _router_for(ctx)
     name = router.config.name
 
-    def run(prompt: str) -> Dispatch:
-        probabilities = _router_probabilities(ctx, router, prompt)
+    def run(prompt: str, images: Sequence[Image] = ()) -> Dispatch:
+        probabilities = _router_probabilities(ctx, router, prompt, images)
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         category = router.config.classes[best]
         expert = router.config.expert_of(category)
@@ -513,8 +581,8 @@ def _router_soft(ctx: DispatchContext, arg: str | None) -> Dispatcher:
     router = _router_for(ctx)
     name = router.config.name
 
-    def run(prompt: str) -> Dispatch:
-        probabilities = _router_probabilities(ctx, router, prompt)
+    def run(prompt: str, images: Sequence[Image] = ()) -> Dispatch:
+        probabilities = _router_probabilities(ctx, router, prompt, images)
         weights = soft_weights(router, probabilities, top_k=ctx.top_k)
         best = max(range(len(probabilities)), key=probabilities.__getitem__)
         scores = _scores_text(router, probabilities)

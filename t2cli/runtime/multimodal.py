@@ -63,17 +63,41 @@ def image_messages(user: str, n_images: int, system: str | None = None) -> list[
 
 
 def encode_image_prompt(
-    processor: ProcessorMixin, user: str, images: Sequence[Image], system: str | None = None
+    processor: ProcessorMixin, user: str, images: Sequence[Image], system: str | None = None, *, suffix: str = ""
 ) -> ImagePrompt:
-    """Render ``user`` and ``images`` with the processor's chat template and encode them (one prompt)."""
+    """Render ``user`` and ``images`` with the processor's chat template and encode them (one prompt).
+
+    ``suffix``: text after the generation prompt, the start of the answer (pass 1's ``Classification: \\boxed{``).
+    """
     text = processor.apply_chat_template(
         image_messages(user, len(images), system), tokenize=False, add_generation_prompt=True
     )
     if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
         raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
     # The template writes any BOS itself, as for text prompts (render_prompt): the tokenizer must not add another.
+    return _encode(processor, text + suffix, images, add_special_tokens=False)
+
+
+def encode_plain_image_prompt(processor: ProcessorMixin, text: str, images: Sequence[Image]) -> ImagePrompt:
+    """``images`` then ``text``, without the chat template: the processor's image token per image before the text.
+
+    How the router reads a prompt (``t2cli.router.features``): plain text, the tokenizer's own
+    special tokens, so that a prompt's features without images are those of its text. The processor
+    expands each image token as it does in a chat prompt (Idefics3 adds its image markers; the
+    vision-start/end markers Qwen2-VL's chat template writes around an image are not written).
+    """
+    marker = getattr(processor, "image_token", None)
+    if images and not isinstance(marker, str):
+        raise TypeError(f"{type(processor).__name__} names no image token to place the images with")
+    return _encode(processor, (marker or "") * len(images) + text, images, add_special_tokens=True)
+
+
+def _encode(processor: ProcessorMixin, text: str, images: Sequence[Image], *, add_special_tokens: bool) -> ImagePrompt:
     out = processor(
-        text=[text], images=[list(images)] if images else None, return_tensors="pt", add_special_tokens=False
+        text=[text],
+        images=[list(images)] if images else None,
+        return_tensors="pt",
+        add_special_tokens=add_special_tokens,
     )
     ids = out.pop("input_ids")[0].tolist()
     out.pop("attention_mask", None)

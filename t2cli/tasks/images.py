@@ -64,21 +64,30 @@ def check_image_file(path: Path) -> str | None:
 
 def resolve_image(task_file: Path, where: str, value: object) -> tuple[ImageFile, ...]:
     """The images named by a task line's ``image`` field: a path (relative to the task file) or a list of them."""
+    return image_files(task_file.parent, where, value)
+
+
+def image_files(folder: Path, where: str, value: object) -> tuple[ImageFile, ...]:
+    """The checked images ``value`` names: a path or a list of paths, relative to ``folder``.
+
+    One ``TaskError`` line per problem, starting with ``where`` (a task line, ``t2 ask``'s
+    ``--image``): a value that is not a path, or an image ``check_image_file`` refuses.
+    """
     names: list = value if isinstance(value, list) else [value]
     if not names or not all(isinstance(name, str) and name.strip() for name in names):
         raise TaskError(
             f"{where}: 'image' must be a path or a non-empty list of paths, got {value!r}",
-            hint='write paths relative to the task file, e.g. "image": "images/cat.png"',
+            hint=f'write paths relative to {folder}, e.g. "image": "images/cat.png"',
         )
     images = []
     for name in map(str, names):
-        path = (task_file.parent / Path(name).expanduser()).resolve()
+        path = (folder / Path(name).expanduser()).resolve()
         problem = check_image_file(path)
         if problem is not None:
             raise TaskError(
                 f"{where}: image {name!r} ({path}) {problem}",
                 hint=f"images are PNG, JPEG, WebP... files of at most {MAX_IMAGE_BYTES // 1_000_000} MB and "
-                f"{MAX_IMAGE_PIXELS // 1_000_000} million pixels, named relative to {task_file.parent}",
+                f"{MAX_IMAGE_PIXELS // 1_000_000} million pixels, named relative to {folder}",
             )
         images.append(ImageFile(path))
     return tuple(images)

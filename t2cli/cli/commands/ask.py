@@ -63,7 +63,17 @@ def ask_cmd(
         typer.Option(
             "--file",
             "-f",
-            help='Answer every prompt of FILE (JSON lines with "prompt", or one prompt per line); - reads stdin.',
+            help='Answer every prompt of FILE (JSON lines with "prompt" and an optional "image", or one prompt '
+            "per line); - reads stdin.",
+        ),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="An image shown with PROMPT (repeat for several); needs a vision-language model.",
+            show_default=False,
         ),
     ] = None,
     router: RouterOpt = None,
@@ -77,7 +87,8 @@ def ask_cmd(
     The answer streams to stdout; the base weights are restored afterwards, even after an error.
 
     --json prints one line per prompt: prompt, answer, strategy, choice, category, weights, reason,
-    timings (dispatch_s, switch_s, generate_s, total_s) and tokens. See docs/ask.md.
+    timings (dispatch_s, switch_s, generate_s, total_s), tokens, and images (their paths) when the
+    prompt had some. See docs/ask.md.
 
     Examples:
 
@@ -95,14 +106,28 @@ def ask_cmd(
 
       t2 ask -f questions.jsonl --strategy cem --task arc-challenge --json > answers.jsonl
 
+      t2 ask "What colour is the square?" --image photo.png --model smolvlm-256m
+
       cat prompts.txt | t2 ask -f - --strategy none
     """
-    from t2cli.ask.engine import Asker, AskSettings, check_prompt_text, read_prompts  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
+    from t2cli.ask.engine import (  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
+        Asker,
+        AskSettings,
+        Question,
+        check_prompt_text,
+        question_images,
+        read_questions,
+    )
     from t2cli.ask.strategies import expert_model, parse_strategy  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
 
     if (prompt is None) == (file is None):
         raise UsageError("give either a PROMPT or -f FILE", 'e.g. t2 ask "What is 2 + 2?"  or  t2 ask -f prompts.txt')
+    if image and file is not None:
+        raise UsageError(
+            "--image goes with a PROMPT, not with -f FILE",
+            'give each JSON line of FILE its own "image" field (a path relative to FILE, or a list of paths)',
+        )
     settings = AskSettings(
         strategy=strategy,
         task=task,
@@ -115,24 +140,29 @@ def ask_cmd(
         top_k=top_k,
     )
     if file is not None:
-        prompts = read_prompts(_read_input(file), "stdin" if file == "-" else file)
+        folder = None if file == "-" else Path(file).expanduser().parent  # images are named relative to FILE
+        questions = read_questions(_read_input(file), "stdin" if file == "-" else file, folder)
     elif prompt is not None:  # one of the two, checked above
         check_prompt_text(prompt)
-        prompts = [prompt]
+        questions = [Question(prompt, question_images(image or []))]
     batch = file is not None
     with open_registry() as registry:
         info, arg = parse_strategy(strategy)
         if model is None and info.name == "expert" and arg is not None:
             model = expert_model(registry, arg)
-        asker = Asker(registry, settings, model=model, device=device)
-        for number, text in enumerate(prompts, 1):  # every prompt is checked before the model is loaded
-            asker.check_prompt(text, f"prompt {number}" if batch else "the prompt")
+        asker = Asker(registry, settings, model=model, device=device, expect_images=any(q.images for q in questions))
+        for number, question in enumerate(questions, 1):  # every prompt is checked before the model is loaded
+            asker.check_prompt(question.prompt, f"prompt {number}" if batch else "the prompt", question.images)
         if show_dispatch:
             err.print(f"loading {asker.prepared.model_name}...", markup=False)
-        for number, text in enumerate(prompts, 1):
+        for number, question in enumerate(questions, 1):
             if batch and not as_json:
-                err.print(f"[{number}/{len(prompts)}] {_clip(text)}", markup=False)
-            result = asker.ask(text, on_text=None if as_json else lambda piece: typer.echo(piece, nl=False))
+                err.print(f"[{number}/{len(questions)}] {_clip(question.prompt)}", markup=False)
+            result = asker.ask(
+                question.prompt,
+                images=question.images,
+                on_text=None if as_json else lambda piece: typer.echo(piece, nl=False),
+            )
             if as_json:
                 typer.echo(json.dumps(result.to_json(), ensure_ascii=False))
             else:
