@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,8 @@ from t2cli.serve.protocol import AUTO_MODEL, T2Options
 from t2cli.svf.expert import load_z
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from registry import Registry
     from registry.records import ExpertRecord
     from t2cli.svf.adaptable import Adaptable
@@ -66,6 +68,7 @@ class Weights:
     strategy: str | None = None  # the pass-1 strategy that chose them (None: the request named them)
     reason: str = "named by the request"
     pass1_seconds: float = 0.0
+    pass1_images: bool | None = None  # the request had images and pass 1 chose: whether pass 1 saw them
 
     @property
     def weights(self) -> dict[str, float]:
@@ -213,10 +216,15 @@ class WeightsResolver:
 
     # ------------------------------------------------------------------ pass 1 (the model's thread only)
 
-    def choose(self, strategy: str, prompt: str) -> Weights:
-        """Run pass 1 on ``prompt`` (base weights applied) and resolve what it chose."""
+    def choose(self, strategy: str, prompt: str, images: Sequence[Image] = ()) -> Weights:
+        """Run pass 1 on ``prompt`` (base weights applied) and resolve what it chose.
+
+        ``images``: the request's pictures. Pass 1 reads the text only for now (``pass1_images``
+        False in the answer): this is the one place to hand them over once ``run_dispatch`` takes them.
+        """
         try:
-            decision = run_dispatch(self._dispatcher(strategy), prompt)
+            decision = run_dispatch(self._dispatcher(strategy), prompt)  # later: images=images
+            saw_images = False
         except APIError:
             raise
         except T2Error as exc:
@@ -236,8 +244,9 @@ class WeightsResolver:
             choice=chosen.choice,
             parts=chosen.parts,
             strategy=strategy,
-            reason=decision.reason,
+            reason=decision.reason if saw_images or not images else f"{decision.reason} (pass 1 read the text only)",
             pass1_seconds=decision.seconds,
+            pass1_images=saw_images if images else None,
         )
 
     def _dispatcher(self, strategy: str) -> Dispatcher:
