@@ -91,7 +91,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     image_prompt: ImagePrompt | None = None  # the prompt encoded with its images (ids = prompt_ids); None: text
-    images: tuple[Image, ...] = ()  # the request's pictures, for a pass 1 that can read them
+    images: tuple[Image, ...] = ()  # the request's pictures while a pass 1 (that may read them) is to run
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def group(self) -> tuple[str, float, float]:
@@ -213,6 +213,7 @@ class Scheduler:
                 self.adaptable.svf.restore()
                 try:
                     job.target = self.resolver.choose(job.target.strategy, job.dispatch_prompt, job.images)
+                    job.images = ()  # pass 1 is done with them: the encoded prompt is what generation needs
                     self.metrics.pass1(job.target.pass1_seconds)
                 except APIError as exc:
                     failure = exc

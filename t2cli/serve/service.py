@@ -18,7 +18,7 @@ from t2cli.serve.images import ImageLimits, open_image, read_image
 from t2cli.serve.metrics import Gauges, Metrics
 from t2cli.serve.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
 from t2cli.serve.scheduler import Event, Job, Scheduler
-from t2cli.serve.weights import WeightsResolver
+from t2cli.serve.weights import Pass1, WeightsResolver
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -140,10 +140,7 @@ class Service:
         prompt: ImagePrompt | None = None
         images: list[Image] = []
         if pictures:
-            images = [
-                open_image(data, self.settings.images, where) for data, (where, _) in zip(pictures, req.image_urls())
-            ]
-            prompt = self._encode(req.messages, images)
+            prompt, images = self._encode(req, pictures)
             ids = prompt.ids
         else:
             text = self._render(req.messages)
@@ -152,7 +149,9 @@ class Service:
         users = [m.text() for m in req.messages if m.role == "user"]
         dispatch = users[-1] if users else req.messages[-1].text()
         job = self._job(req, ids, dispatch, req.token_budget(), self.settings.default_max_tokens, emit)
-        job.image_prompt, job.images = prompt, tuple(images)
+        job.image_prompt = prompt
+        if isinstance(job.target, Pass1):  # the pictures are kept (until pass 1 has run) only for pass 1
+            job.images = tuple(images)
         return job
 
     def _check_placeholders(self, messages: list[ChatMessage]) -> None:
@@ -173,17 +172,24 @@ class Service:
                         param=f"messages.{where}.content",
                     )
 
-    def _encode(self, messages: list[ChatMessage], images: list[Image]) -> ImagePrompt:
-        """The conversation with its images, rendered and encoded by the model's processor."""
-        turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.parts()} for m in messages]
+    def _encode(self, req: ChatCompletionRequest, pictures: list[bytes]) -> tuple[ImagePrompt, list[Image]]:
+        """Decode the pictures and encode the conversation with them (the model's processor).
+
+        One request at a time: the processor, like the tokenizer, is not to be shared across threads,
+        and the decoded pixels held at once are then one request's, however many requests arrive.
+        """
         if self._processor is None:
             raise RuntimeError("image requests are refused before this point when the model has no processor")
-        try:
-            with self._processor_lock:  # like the tokenizer, one thread at a time
-                return encode_chat(self._processor, turns, images)
-        except ValueError as exc:  # e.g. a picture too small or too narrow for the processor's resizing
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise bad_request(f"the model's processor cannot take the image: {first}", param="messages") from None
+        messages = req.messages
+        turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.parts()} for m in messages]
+        limits = self.settings.images
+        with self._processor_lock:
+            images = [open_image(data, limits, where) for data, (where, _) in zip(pictures, req.image_urls())]
+            try:
+                return encode_chat(self._processor, turns, images), images
+            except ValueError as exc:  # e.g. a picture too small or too narrow for the processor's resizing
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise bad_request(f"the model's processor cannot take the image: {first}", param="messages") from None
 
     def completion_job(self, req: CompletionRequest, emit: Callable[[Event], None]) -> Job:
         with self._tokenizer_lock:
