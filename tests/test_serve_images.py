@@ -227,6 +227,13 @@ def test_bad_images_are_openai_errors(client: openai.OpenAI, messages, expected,
     assert "Traceback" not in body["message"] and body["param"]
 
 
+def test_a_completion_holding_the_image_placeholder_is_refused_too(client: openai.OpenAI, vlm: Live) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:  # it could share a batch with image rows
+        client.completions.create(model="alpha", prompt="a <image> b", max_tokens=4)
+    assert caught.value.body["param"] == "prompt" and "image placeholder" in caught.value.body["message"]
+    assert client.completions.create(model="alpha", prompt="a b", max_tokens=4).choices
+
+
 def test_the_worker_still_answers_after_refusals(client: openai.OpenAI, vlm: Live) -> None:
     assert _ask(client, "alpha", shown("What is this?", A)).choices[0].finish_reason in ("stop", "length")
     assert vlm.service.scheduler.queue_length == 0

@@ -155,22 +155,25 @@ class Service:
         return job
 
     def _check_placeholders(self, messages: list[ChatMessage]) -> None:
-        """Refuse text holding the model's image placeholder: the model would look for a picture that is not there
-        (and fail the whole batch it shares)."""
         if not self.placeholders:
             return
-        with self._tokenizer_lock:
-            for where, message in enumerate(messages):
-                found = set(self._tokenizer(message.text(), add_special_tokens=False)["input_ids"]) & set(
-                    self.placeholders
-                )
-                if found:
-                    token = self._tokenizer.convert_ids_to_tokens(min(found))
-                    raise bad_request(
-                        f"the text holds {token!r}, the model's image placeholder: write it otherwise, and send "
-                        "pictures as image_url parts",
-                        param=f"messages.{where}.content",
-                    )
+        for where, message in enumerate(messages):
+            with self._tokenizer_lock:
+                ids = self._tokenizer(message.text(), add_special_tokens=False)["input_ids"]
+            self._refuse_placeholders(ids, f"messages.{where}.content")
+
+    def _refuse_placeholders(self, ids: list[int], param: str) -> None:
+        """Refuse text holding the model's image placeholder: the model would look for a picture that is not there
+        (and fail the whole batch it shares, image requests included)."""
+        found = set(ids) & set(self.placeholders)
+        if found:
+            with self._tokenizer_lock:
+                token = self._tokenizer.convert_ids_to_tokens(min(found))
+            raise bad_request(
+                f"the text holds {token!r}, the model's image placeholder: write it otherwise, and send "
+                "pictures as image_url parts",
+                param=param,
+            )
 
     def _encode(self, req: ChatCompletionRequest, pictures: list[bytes]) -> tuple[ImagePrompt, list[Image]]:
         """Decode the pictures and encode the conversation with them (the model's processor).
@@ -196,6 +199,7 @@ class Service:
             ids = self._tokenizer(req.text())["input_ids"]
         if not ids:
             raise bad_request("the prompt is empty", param="prompt")
+        self._refuse_placeholders(ids, "prompt")  # a completion row may share a batch with image rows
         budget = req.token_budget()
         return self._job(req, ids, req.text(), budget, COMPLETIONS_DEFAULT_MAX_TOKENS, emit)
 
