@@ -27,6 +27,8 @@ from t2cli.cli.app import app
         (["--host", "192.168.1.20", "--port", "9000"], "refusing to listen on 192.168.1.20 without --api-key"),
         (["--cache-memory", "lots"], "--cache-memory 'lots' is not a size"),
         (["--strategy", "magic"], "unknown strategy 'magic'"),
+        (["--allow-private-image-hosts"], "--allow-private-image-hosts widens --allow-remote-images"),
+        (["--max-image-size", "huge"], "--max-image-size 'huge' is not a size"),
     ],
 )
 def test_serve_refuses_bad_options_before_loading(args: list[str], message: str, t2_home: Path) -> None:

@@ -195,14 +195,15 @@ def build_dispatcher(ctx: DispatchContext, spec: str) -> Dispatcher:
 def run_dispatch(dispatcher: Dispatcher, prompt: str, *, images: Sequence[Image] = ()) -> Dispatch:
     """Pass 1, timed. ``images``: shown with the prompt; a dispatcher that takes no ``images`` reads the text alone."""
     started = time.perf_counter()
-    if images and _takes_images(dispatcher):
+    if images and takes_images(dispatcher):
         decision = cast("Callable[..., Dispatch]", dispatcher)(prompt, images=images)
     else:
         decision = dispatcher(prompt)
     return replace(decision, seconds=time.perf_counter() - started)
 
 
-def _takes_images(dispatcher: Dispatcher) -> bool:
+def takes_images(dispatcher: Dispatcher) -> bool:
+    """Whether ``run_dispatch`` shows ``dispatcher`` the images (it reads them) or the text alone."""
     # Strategies registered before images existed (a plugin's ``lambda prompt: ...``) keep working.
     try:
         parameters = inspect.signature(dispatcher).parameters.values()

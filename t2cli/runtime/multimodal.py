@@ -69,9 +69,15 @@ def encode_image_prompt(
 
     ``suffix``: text after the generation prompt, the start of the answer (pass 1's ``Classification: \\boxed{``).
     """
-    text = processor.apply_chat_template(
-        image_messages(user, len(images), system), tokenize=False, add_generation_prompt=True
-    )
+    return encode_chat(processor, image_messages(user, len(images), system), images, suffix=suffix)
+
+
+def encode_chat(
+    processor: ProcessorMixin, messages: list[dict[str, Any]], images: Sequence[Image], *, suffix: str = ""
+) -> ImagePrompt:
+    """Render chat ``messages`` (content parts; ``{"type": "image"}`` stands for the next of ``images``, in
+    order) with the processor's chat template, and encode them (one prompt); ``suffix`` follows the template."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
         raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
     # The template writes any BOS itself, as for text prompts (render_prompt): the tokenizer must not add another.

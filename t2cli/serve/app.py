@@ -66,13 +66,17 @@ class Inbox:
 
 
 def t2_info(weights: Weights) -> dict[str, Any]:
-    return T2Info(
+    info = T2Info(
         choice=weights.choice,
         weights=weights.weights,
         strategy=weights.strategy,
         reason=weights.reason,
         pass1_seconds=round(weights.pass1_seconds, 6),
+        pass1_images=weights.pass1_images,
     ).model_dump()
+    if info["pass1_images"] is None:  # said only where a request with images went through pass 1
+        del info["pass1_images"]
+    return info
 
 
 def t2_headers(weights: Weights) -> dict[str, str]:
@@ -188,14 +192,15 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = parse_request(ChatCompletionRequest, await read_body(request, settings.max_body_bytes))
+        req = parse_request(ChatCompletionRequest, await read_body(request, service.body_limit))
+        pictures = await service.read_images(req)  # checked, decoded or fetched here: the worker never waits on I/O
         inbox = Inbox()
-        job = await run_in_threadpool(service.chat_job, req, inbox.emit)
+        job = await run_in_threadpool(service.chat_job, req, inbox.emit, pictures)
         return await _answer(request, req, job, inbox, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = parse_request(CompletionRequest, await read_body(request, settings.max_body_bytes))
+        req = parse_request(CompletionRequest, await read_body(request, service.body_limit))
         inbox = Inbox()
         job = await run_in_threadpool(service.completion_job, req, inbox.emit)
         return await _answer(request, req, job, inbox, chat=False)

@@ -6,6 +6,8 @@ top-p); each keeps its own token budget, stop sequences and random stream
 shares). ``RowStreamer`` hands each row's new text to its callback as tokens arrive,
 holding back what could be the start of a stop sequence; ``RowStop`` tells
 ``generate`` which rows are done, so a finished row is padded while the others go on.
+A row may carry images (an ``ImagePrompt`` its model's processor encoded): text and image
+rows are padded by the same routine (``batch_inputs``), the image tensors concatenated.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from transformers.generation.streamers import BaseStreamer
 
 from t2cli.runtime.generation import KeyedSampler, decoding, end_token_ids
+from t2cli.runtime.multimodal import ImagePrompt, batch_inputs
 
 if TYPE_CHECKING:
     from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
@@ -35,6 +38,7 @@ class Row:
     sample_key: int
     on_text: Callable[[str], None]
     cancelled: Callable[[], bool] = lambda: False
+    images: ImagePrompt | None = None  # the prompt with its images (its ids are ``prompt_ids``); None: text
     # filled while generating
     ids: list[int] = field(default_factory=list)
     text: str = ""  # the completion so far (cut at a stop sequence)
@@ -116,16 +120,24 @@ def generate_rows(
     *,
     temperature: float,
     top_p: float,
+    suppress: Sequence[int] = (),
 ) -> None:
-    """Generate every row in one left-padded batch with the weights currently applied (rows are filled in)."""
-    device = next(model.parameters()).device
+    """Generate every row in one left-padded batch with the weights currently applied (rows are filled in).
+
+    ``suppress``: token ids never generated (a vision-language model's image placeholders, on every
+    row alike so that a row's answer does not depend on its batch).
+    """
+    parameter = next(model.parameters())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(row.prompt_ids) for row in rows)
-    input_ids = torch.full((len(rows), width), int(pad_id or 0), dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids, dtype=torch.long)
-        attention[i, width - len(row.prompt_ids) :] = 1
+    prompts = [row.images or ImagePrompt(ids=row.prompt_ids, tensors={}) for row in rows]
+    inputs = batch_inputs(prompts, [p.ids for p in prompts], pad_id=int(pad_id or 0), left=True)
+    # Pixels in the model's dtype (processors give float32), ids and masks as they are.
+    inputs = {
+        key: value.to(parameter.device, dtype=parameter.dtype)
+        if value.is_floating_point()
+        else value.to(parameter.device)
+        for key, value in inputs.items()
+    }
     processors = LogitsProcessorList()
     if temperature > 0:  # keyed sampling runs as greedy decoding over perturbed logits
         processors.append(TemperatureLogitsWarper(temperature))
@@ -134,9 +146,10 @@ def generate_rows(
         processors.append(KeyedSampler([row.sample_key for row in rows], 1.0))
     settings = decoding(tokenizer, 0.0)
     settings["pad_token_id"] = pad_id
+    if suppress:
+        settings["suppress_tokens"] = list(suppress)
     cast("GenerationMixin", model).generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
+        **inputs,
         **settings,
         max_new_tokens=max(row.max_tokens for row in rows),
         logits_processor=processors,

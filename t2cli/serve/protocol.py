@@ -8,9 +8,9 @@ naming it. Responses carry ``t2``: which weights answered (docs/serving.md).
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from t2cli.serve.errors import bad_request
 
@@ -81,16 +81,55 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str  # a data: URL (base64), or http(s) when the server allows remote images (docs/serving.md)
+    detail: str | None = None  # "auto", "low", "high": accepted; the model's processor sets the resolution
+
+
+class ImagePart(BaseModel):
+    """OpenAI's ``{"type": "image_url", "image_url": {"url": ..., "detail": ...}}`` content part."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
+
+    @model_validator(mode="after")
+    def _images_from_users(self) -> ChatMessage:
+        if self.role != "user" and self.images():  # as OpenAI's API: pictures are what a user shows
+            raise ValueError(f"image_url parts are accepted in user messages only, not in a {self.role} message")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "".join(part.text for part in self.content if isinstance(part, TextPart))
         return self.content or ""
+
+    def images(self) -> list[ImageURL]:
+        if not isinstance(self.content, list):
+            return []
+        return [part.image_url for part in self.content if isinstance(part, ImagePart)]
+
+    def parts(self) -> list[dict[str, str]]:
+        """The content as a processor's chat template reads it: text parts, and ``{"type": "image"}`` per image."""
+        if not isinstance(self.content, list):
+            return [{"type": "text", "text": self.content or ""}]
+        return [
+            {"type": "text", "text": part.text} if isinstance(part, TextPart) else {"type": "image"}
+            for part in self.content
+        ]
 
 
 class ChatCompletionRequest(_Sampling):
@@ -99,6 +138,16 @@ class ChatCompletionRequest(_Sampling):
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    def image_urls(self) -> list[tuple[str, str]]:
+        """Every image of the conversation, in order: (where it is in the body, its URL)."""
+        return [
+            (f"messages.{m}.content.{p}.image_url.url", part.image_url.url)
+            for m, message in enumerate(self.messages)
+            if isinstance(message.content, list)
+            for p, part in enumerate(message.content)
+            if isinstance(part, ImagePart)
+        ]
 
 
 class CompletionRequest(_Sampling):
@@ -148,6 +197,8 @@ class T2Info(BaseModel):
     strategy: str | None  # the pass-1 strategy that chose (None: the request named the weights)
     reason: str
     pass1_seconds: float
+    # With images and a pass-1 strategy: whether pass 1 saw them (False: it read the text only). Absent otherwise.
+    pass1_images: bool | None = None
 
 
 def model_entry(name: str, created: int, **t2: Any) -> dict[str, Any]:

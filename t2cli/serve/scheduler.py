@@ -3,7 +3,8 @@ answers those that need the same weights in one batched generation.
 
 Nothing else touches the model. The worker runs pass 1 for the requests that leave the
 choice to a strategy (with the base weights applied), then takes the oldest request and
-every queued request with the same weights and decoding into one batch, applies the
+every queued request with the same weights and decoding (and image tensors that stack:
+``Job.image_layout``) into one batch, applies the
 weights (the composed-weight LRU cache makes a hot expert free), generates, and restores
 the base weights. Different weights therefore never share a forward pass.
 
@@ -38,6 +39,9 @@ from t2cli.serve.options import BATCHING
 from t2cli.serve.weights import Pass1, Weights, WeightsResolver
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from t2cli.runtime.multimodal import ImagePrompt
     from t2cli.svf.adaptable import Adaptable
 
 log = logging.getLogger("t2.serve")
@@ -95,6 +99,8 @@ class Job:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    image_prompt: ImagePrompt | None = None  # the prompt encoded with its images (ids = prompt_ids); None: text
+    images: tuple[Image, ...] = ()  # the request's pictures while a pass 1 (that may read them) is to run
     cancelled: threading.Event = field(default_factory=threading.Event)
     released: bool = False  # no longer counted in flight (answered or failed)
 
@@ -103,6 +109,17 @@ class Job:
         if not isinstance(self.target, Weights):
             raise RuntimeError("a request is grouped only once its weights are known")
         return (self.target.key, 0.0, 1.0) if self.temperature == 0 else (self.target.key, self.temperature, self.top_p)
+
+    def image_layout(self) -> tuple[tuple[str, tuple[int, ...]], ...] | None:
+        """The shapes of the image tensors past the batch dimension (None: a text request).
+
+        Image rows share a batch only where these agree, so their tensors concatenate (Idefics3
+        pads its images per prompt: prompts with different numbers of images or tiles do not stack).
+        A text row joins any batch: it adds ids, no image tensors.
+        """
+        if self.image_prompt is None or not self.image_prompt.tensors:
+            return None
+        return tuple(sorted((key, tuple(value.shape[1:])) for key, value in self.image_prompt.tensors.items()))
 
 
 class Scheduler:
@@ -118,10 +135,12 @@ class Scheduler:
         max_batch: int = 16,
         gather_s: float = 0.002,
         batching: str = "continuous",
+        suppress: tuple[int, ...] = (),
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {', '.join(BATCHING)} (got {batching!r})")
         self.adaptable, self.resolver, self.metrics = adaptable, resolver, metrics
+        self.suppress = suppress  # token ids never generated (image placeholders)
         self.max_queue, self.max_batch, self.gather_s = max_queue, max_batch, gather_s
         # Models whose cache the continuous batch cannot splice are answered one generate() per batch.
         self.continuous = batching == "continuous" and continuous.supports(adaptable.model)
@@ -215,7 +234,8 @@ class Scheduler:
             else:
                 self.adaptable.svf.restore()
                 try:
-                    job.target = self.resolver.choose(job.target.strategy, job.dispatch_prompt)
+                    job.target = self.resolver.choose(job.target.strategy, job.dispatch_prompt, job.images)
+                    job.images = ()  # pass 1 is done with them: the encoded prompt is what generation needs
                     self.metrics.pass1(job.target.pass1_seconds)
                 except APIError as exc:
                     failure = exc
@@ -238,10 +258,15 @@ class Scheduler:
             group = ready[0].group()
             jobs: list[Job] = []
             rows = 0
+            layout = None  # the image rows' layout, once one is in
             for job in ready:
-                if job.group() == group and (not jobs or rows + job.n <= self.max_batch):
+                mine = job.image_layout()
+                if job.group() != group or (mine is not None and layout is not None and mine != layout):
+                    continue
+                if not jobs or rows + job.n <= self.max_batch:
                     jobs.append(job)
                     rows += job.n
+                    layout = layout or mine
             for job in jobs:
                 self._queue.remove(job)
             self._in_flight += len(jobs)
@@ -289,6 +314,7 @@ class Scheduler:
                 rows,
                 temperature=jobs[0].temperature,
                 top_p=jobs[0].top_p,
+                suppress=self.suppress,
             )
         except Exception as exc:  # a bug or out of memory: every request of the batch fails cleanly
             log.exception("generation failed")
@@ -410,4 +436,5 @@ class Scheduler:
             sample_key=key,
             on_text=lambda text: job.emit(Text(index, text)),
             cancelled=job.cancelled.is_set,
+            images=job.image_prompt,
         )

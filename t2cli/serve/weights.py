@@ -11,10 +11,11 @@ in memory.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ from t2cli.ask.strategies import (
     mixture_key,
     parse_strategy,
     run_dispatch,
+    takes_images,
 )
 from t2cli.errors import T2Error
 from t2cli.serve.errors import APIError, bad_request, not_found
@@ -37,6 +39,9 @@ from t2cli.serve.protocol import AUTO_MODEL, T2Options
 from t2cli.svf.expert import load_z
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+    from transformers import ProcessorMixin
+
     from registry import Registry
     from registry.records import ExpertRecord
     from t2cli.svf.adaptable import Adaptable
@@ -66,6 +71,7 @@ class Weights:
     strategy: str | None = None  # the pass-1 strategy that chose them (None: the request named them)
     reason: str = "named by the request"
     pass1_seconds: float = 0.0
+    pass1_images: bool | None = None  # the request had images and pass 1 chose: whether pass 1 saw them
 
     @property
     def weights(self) -> dict[str, float]:
@@ -100,6 +106,7 @@ class WeightsResolver:
         self._z: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._z_lock = threading.Lock()
         self._dispatchers: dict[str, tuple[float, Dispatcher]] = {}
+        self._processor_copy: ProcessorMixin | None = None
 
     # ------------------------------------------------------------------ listing
 
@@ -213,10 +220,16 @@ class WeightsResolver:
 
     # ------------------------------------------------------------------ pass 1 (the model's thread only)
 
-    def choose(self, strategy: str, prompt: str) -> Weights:
-        """Run pass 1 on ``prompt`` (base weights applied) and resolve what it chose."""
+    def choose(self, strategy: str, prompt: str, images: Sequence[Image] = ()) -> Weights:
+        """Run pass 1 on ``prompt`` (base weights applied) and resolve what it chose.
+
+        ``images``: the request's pictures, shown to pass 1 with the prompt (as ``t2 ask --image``
+        does) by every strategy that reads the prompt; ``pass1_images`` in the answer says whether it did.
+        """
         try:
-            decision = run_dispatch(self._dispatcher(strategy), prompt)
+            dispatcher = self._dispatcher(strategy)
+            decision = run_dispatch(dispatcher, prompt, images=images)
+            saw_images = bool(images) and takes_images(dispatcher)
         except APIError:
             raise
         except T2Error as exc:
@@ -236,8 +249,9 @@ class WeightsResolver:
             choice=chosen.choice,
             parts=chosen.parts,
             strategy=strategy,
-            reason=decision.reason,
+            reason=decision.reason if saw_images or not images else f"{decision.reason} (pass 1 read the text only)",
             pass1_seconds=decision.seconds,
+            pass1_images=saw_images if images else None,
         )
 
     def _dispatcher(self, strategy: str) -> Dispatcher:
@@ -259,4 +273,11 @@ class WeightsResolver:
             tokenizer=adaptable.tokenizer,
             context_limit=int(limit) if limit else None,
             adaptable=loader,
+            processor=self._pass1_processor,
         )
+
+    def _pass1_processor(self) -> ProcessorMixin:
+        """The worker's own copy of the processor: the handlers encode requests with the model's, under a lock."""
+        if self._processor_copy is None:
+            self._processor_copy = copy.deepcopy(self.adaptable.processor())
+        return self._processor_copy

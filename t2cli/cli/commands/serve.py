@@ -9,7 +9,7 @@ import typer
 
 from t2cli.cli.console import err
 from t2cli.cli.options import DeviceOpt, ModelOpt
-from t2cli.errors import T2Error
+from t2cli.errors import T2Error, UsageError
 
 
 def serve_cmd(
@@ -61,6 +61,27 @@ def serve_cmd(
         int, typer.Option("--queue-size", min=1, help="Requests waiting for the model at most (then 429).")
     ] = 64,
     max_n: Annotated[int, typer.Option("--max-n", min=1, help="Choices (n) per request at most.")] = 8,
+    max_images: Annotated[
+        int, typer.Option("--max-images", min=1, help="Images (image_url parts) per chat request at most.")
+    ] = 4,
+    max_image_size: Annotated[
+        str, typer.Option("--max-image-size", help="Bytes of one image at most, decoded or fetched (e.g. 5MiB).")
+    ] = "5MiB",
+    allow_remote_images: Annotated[
+        bool,
+        typer.Option(
+            "--allow-remote-images",
+            help="Fetch http(s) image URLs (else only data: URLs). The server then makes requests a client names: "
+            "see docs/security.md.",
+        ),
+    ] = False,
+    allow_private_image_hosts: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-image-hosts",
+            help="With --allow-remote-images, also fetch from loopback, private and link-local addresses.",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
 ) -> None:
     """Serve the model over an OpenAI-compatible API: the request's `model` picks the weights.
@@ -68,7 +89,8 @@ def serve_cmd(
     `model` is the base model's name, an expert's name, or t2-auto (pass 1 chooses); the body field
     "t2": {"experts": {"a": 0.7, "b": 0.3}} mixes experts per request. Every answer says which
     weights answered (field t2, header x-t2-weights). Endpoints: /v1/models, /v1/chat/completions,
-    /v1/completions (streamed or not), /metrics, and a playground at /. See docs/serving.md.
+    /v1/completions (streamed or not), /metrics, and a playground at /. A vision-language model
+    also reads image_url parts (data: URLs; http(s) only with --allow-remote-images). See docs/serving.md.
 
     Examples:
 
@@ -85,6 +107,7 @@ def serve_cmd(
     from t2cli.bank.install import first_use_install  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
     from t2cli.serve.app import create_app  # noqa: PLC0415 - CLI start-up: pulls FastAPI and torch (~3 s)
+    from t2cli.serve.images import ImageLimits  # noqa: PLC0415 - CLI start-up: pulls Pillow and httpx (~0.1 s)
     from t2cli.serve.options import check_batching, check_bind, parse_size  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (<1 ms)
     from t2cli.serve.service import ServeSettings, Service  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
@@ -92,6 +115,14 @@ def serve_cmd(
     check_bind(host, api_key, insecure)
     check_batching(batching)
     cache_bytes = parse_size(cache_memory)
+    if allow_private_image_hosts and not allow_remote_images:
+        raise UsageError(
+            "--allow-private-image-hosts widens --allow-remote-images, which is not given",
+            "add --allow-remote-images, or leave both out (data: URLs only)",
+        )
+    image_bytes = parse_size(max_image_size, "--max-image-size")
+    if image_bytes < 1:
+        raise UsageError(f"--max-image-size {max_image_size!r} is 0 bytes", "e.g. 5MiB")
     if strategy is not None:
         parse_strategy(strategy)
     settings = ServeSettings(
@@ -104,6 +135,12 @@ def serve_cmd(
         max_batch=max_batch,
         batching=batching,
         cache_bytes=cache_bytes,
+        images=ImageLimits(
+            max_bytes=image_bytes,
+            max_images=max_images,
+            allow_remote=allow_remote_images,
+            allow_private=allow_private_image_hosts,
+        ),
     )
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
