@@ -88,6 +88,8 @@ class ContinuousBatch:
         """Prefill ``rows`` together, choose each one's first token and add them to the running batch."""
         if not rows:
             return
+        if any(row.images is not None for row in rows):  # ``supports`` keeps vision-language models out
+            raise ValueError("a continuous batch takes text rows only: rows with images go to generate_rows")
         width = max(len(row.prompt_ids) for row in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
