@@ -26,8 +26,8 @@ by weights has the most to share. The same list is answered:
 Before timing, each setup answers one request per weights (their composed weights cached, as
 a server that has run a while holds them). Per row: requests/s and generated tokens/s over the
 run's wall time; p50 and p95 of each request's latency (sent to answered); the throughput
-against one at a time, the p95 against one at a time's p50 (a request served alone), the
-throughput against batching off at the same clients; the rows each decoding step computed
+against one at a time, the p95 against one at a time's p50 (a request served alone) and
+against its p95 (the same percentile of the same requests served alone), the throughput against batching off at the same clients; the rows each decoding step computed
 (the mean batch; static batches also count ended rows that ``generate`` pads along) and the
 share of the worker's time spent switching weights (from the server's ``/metrics``); how many
 answers equal one at a time's; the failed requests; the cores other processes used meanwhile
@@ -358,6 +358,7 @@ COLUMNS = (
     "p95 s",
     "req/s vs ask",
     "p95 vs alone",
+    "p95 vs alone p95",
     "vs off",
     "rows/step",
     "switching",
@@ -377,7 +378,7 @@ def render(runs: Sequence[Run], baseline: Run, total: int, title: str) -> Table:
     for column in COLUMNS[1:]:
         table.add_column(column, justify="right")
     off = {run.clients: run for run in runs if run.setup.endswith("batching off")}
-    alone = baseline.latency(50)
+    alone, alone_p95 = baseline.latency(50), baseline.latency(95)
     for run in runs:
         same = sum(
             1 for mine, theirs in zip(run.answers, baseline.answers) if mine and theirs and mine.text == theirs.text
@@ -396,6 +397,7 @@ def render(runs: Sequence[Run], baseline: Run, total: int, title: str) -> Table:
             f"{run.latency(95):.2f}",
             _x(run.requests_per_s() / baseline.requests_per_s()),
             _x(run.latency(95) / alone),
+            _x(run.latency(95) / alone_p95),
             _x(run.requests_per_s() / versus_off.requests_per_s() if versus_off else None),
             "" if per_step is None else f"{per_step:.1f}",
             "" if switching is None else f"{100 * switching:.2f}%",

@@ -39,7 +39,7 @@ def _run(setup: str, clients: int, wall: float, seconds: list[float], text: str 
 
 
 def test_the_table_puts_the_ratios_side_by_side() -> None:
-    baseline = Run("t2 ask, one at a time", 1, 8.0, [Answer(2.0, 8, "x")] * 4)
+    baseline = Run("t2 ask, one at a time", 1, 8.0, [Answer(s, 8, "x") for s in (1.0, 2.0, 2.0, 4.0)])
     on = _run("t2 serve, continuous", 4, 2.0, [1.0, 1.0, 2.0, 4.0])
     off = _run("t2 serve, batching off", 4, 4.0, [1.0, 1.0, 1.0, 1.0], text="y")
     console = Console(width=200, record=True)
@@ -53,5 +53,6 @@ def test_the_table_puts_the_ratios_side_by_side() -> None:
     assert on_row["req/s"] == "2.00" and on_row["tok/s"] == "16.0"
     assert on_row["req/s vs ask"] == "4.00x" and on_row["vs off"] == "2.00x"
     assert on_row["p95 vs alone"] == "1.85x"  # p95 3.7 s against one at a time's p50 of 2 s
+    assert on_row["p95 vs alone p95"] == "1.00x"  # ... and against its p95, also 3.7 s
     assert on_row["rows/step"] == "2.5" and on_row["switching"] == "1.00%" and on_row["same"] == "4/4"
     assert dict(zip(COLUMNS[1:], rows["t2 serve, batching off"]))["same"] == "0/4"
