@@ -17,6 +17,7 @@ from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.svf.expert import load_expert
 from t2cli.svf.model import Factors, compose_delta
+from tests.cli_support import one_error
 from tests.expert_factory import make_expert
 
 runner = CliRunner()
@@ -25,16 +26,6 @@ PROMPT = "12+30=? 7*8=?"
 
 def t2(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_error(result) -> str:
-    """The error text: one 'error:' line and an optional hint, after any progress lines; no traceback."""
-    text = result.stderr if result.stderr else result.output
-    assert "Traceback" not in text and "error: " in text, text
-    text = text[text.index("error: ") :]
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert len(lines) <= 2 and all(line.startswith(("error: ", "hint: ")) for line in lines), text
-    return " ".join(text.split())
 
 
 @pytest.fixture()
@@ -101,7 +92,7 @@ def test_merged_export_refuses_a_model_with_other_weights(adapted, tiny_model_di
         "cpu",
     )
     assert result.exit_code == 1
-    assert "was made for llama; the model found is mistral" in _one_error(result)
+    assert "was made for llama; the model found is mistral" in one_error(result)
     assert list((tmp_path / "out").iterdir()) == []  # nothing written, not even a temp folder
     with open_registry() as registry:
         from t2cli.experts.catalog import list_base_models
@@ -203,7 +194,7 @@ def test_lora_export_cli_prints_the_error_summary(adapted, tmp_path: Path) -> No
 def test_bad_export_options_are_usage_errors(adapted, tmp_path: Path, args, expected) -> None:
     result = t2("export", "sums-v1", tmp_path / "out", *args)
     assert result.exit_code == 2
-    assert expected in _one_error(result)
+    assert expected in one_error(result)
     assert not (tmp_path / "out").exists()
 
 
@@ -211,7 +202,7 @@ def test_lora_export_without_peft_says_how_to_install_it(adapted, tmp_path: Path
     monkeypatch.setitem(sys.modules, "peft", None)  # what an environment without peft looks like to import
     result = t2("export", "sums-v1", tmp_path / "lora", "--lora")
     assert result.exit_code == 1
-    assert "needs the peft package" in _one_error(result) and "t2cli[lora]" in _one_error(result)
+    assert "needs the peft package" in one_error(result) and "t2cli[lora]" in one_error(result)
 
 
 class _Quantizer:

@@ -20,6 +20,7 @@ from t2cli.experts.importing import MAX_Z_LENGTH
 from t2cli.home import open_registry
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.svf.expert import load_expert
+from tests.cli_support import one_error
 from tests.expert_factory import make_expert
 from tests.hf_cache import populate_hf_cache
 
@@ -29,16 +30,6 @@ EXPERT_FILES = {"README.md", "expert.safetensors", "expert_config.json"}
 
 def t2(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_error(result) -> str:
-    """The error text; asserts it is one 'error:' line (plus an optional hint) and no traceback."""
-    text = result.stderr if result.stderr else result.output
-    assert "Traceback" not in text, text
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert lines and lines[0].startswith("error: "), text
-    assert len(lines) <= 2 and all(line.startswith(("error: ", "hint: ")) for line in lines), text
-    return " ".join(text.split())  # rich may wrap long lines
 
 
 def _registered() -> tuple[list[str], int]:
@@ -122,13 +113,13 @@ def test_export_refuses_an_existing_folder_and_leaves_it_alone(expert, tmp_path:
     (folder / "keep.txt").write_text("mine")
     result = t2("export", "sums-v1", folder)
     assert result.exit_code == 1
-    assert "already exists" in _one_error(result)
+    assert "already exists" in one_error(result)
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
 
 
 def test_export_of_an_unknown_expert_is_one_line(tmp_path: Path) -> None:
     result = t2("export", "nope", tmp_path / "x")
-    assert result.exit_code == 1 and "no expert named 'nope'" in _one_error(result)
+    assert result.exit_code == 1 and "no expert named 'nope'" in one_error(result)
     assert not (tmp_path / "x").exists()
 
 
@@ -159,7 +150,7 @@ def test_import_keeps_lineage_in_the_config_and_the_first_origin(tiny_llama: Pat
 def test_import_refuses_a_name_already_taken(exported: Path) -> None:
     result = t2("import", exported)
     assert result.exit_code == 1
-    text = _one_error(result)
+    text = one_error(result)
     assert "an expert named 'sums-v1' already exists" in text and "--name" in text
 
 
@@ -179,7 +170,7 @@ def test_import_of_an_unknown_base_asks_for_it_then_accepts_model(
     monkeypatch.setenv("T2_HOME", str(tmp_path / "other-home"))
     result = t2("import", exported)
     assert result.exit_code == 1
-    text = _one_error(result)
+    text = one_error(result)
     assert "was made for base model llama" in text and "not registered here" in text
     assert "t2 decompose /elsewhere/llama" in text and "--model" in text
     assert _registered() == ([], 0)
@@ -194,7 +185,7 @@ def test_import_of_an_unknown_base_asks_for_it_then_accepts_model(
 def test_import_with_another_model_is_refused_with_transfer_hint(exported: Path, tiny_model_dirs) -> None:
     result = t2("import", exported, "--name", "x", "--model", tiny_model_dirs["qwen2"])
     assert result.exit_code == 1
-    text = _one_error(result)
+    text = one_error(result)
     assert "was made for llama" in text and "fingerprint" in text and "t2 transfer sums-v1" in text
     assert _registered() == (["sums-v1"], 1)
 
@@ -281,13 +272,13 @@ def test_import_refuses_bad_folders_and_registers_nothing(case, exported: Path, 
     mutate(exported, tmp_path)
     result = t2("import", exported, "--name", "incoming")
     assert result.exit_code == 1, result.output
-    assert expected in _one_error(result)
+    assert expected in one_error(result)
     assert _registered() == (["sums-v1"], 1)
 
 
 def test_import_refuses_a_bad_name_option(exported: Path) -> None:
     result = t2("import", exported, "--name", "../../x")
-    assert result.exit_code == 2 and "invalid expert name '../../x'" in _one_error(result)  # a usage error
+    assert result.exit_code == 2 and "invalid expert name '../../x'" in one_error(result)  # a usage error
 
 
 def test_float16_vectors_are_accepted(exported: Path, expert) -> None:
@@ -323,10 +314,10 @@ def test_pull_from_the_hf_cache_registers_the_expert(expert, exported: Path, hf_
 def test_pull_offline_of_an_uncached_repo_or_revision_is_one_line(exported: Path, hf_cache: Path) -> None:
     result = t2("pull", "acme/not-cached")
     assert result.exit_code == 1
-    assert "acme/not-cached is not in the HF cache and the Hub cannot be reached (offline)" in _one_error(result)
+    assert "acme/not-cached is not in the HF cache and the Hub cannot be reached (offline)" in one_error(result)
     populate_hf_cache(hf_cache, "acme/sums-svf", exported)
     result = t2("pull", "acme/sums-svf", "--revision", "v9")
-    assert result.exit_code == 1 and "at revision 'v9' is not in the HF cache" in _one_error(result)
+    assert result.exit_code == 1 and "at revision 'v9' is not in the HF cache" in one_error(result)
 
 
 def test_pull_of_a_repo_without_an_expert_says_so(hf_cache: Path, tmp_path: Path) -> None:
@@ -336,7 +327,7 @@ def test_pull_of_a_repo_without_an_expert_says_so(hf_cache: Path, tmp_path: Path
     populate_hf_cache(hf_cache, "acme/some-model", model_repo)
     result = t2("pull", "acme/some-model")
     assert result.exit_code == 1
-    assert "Hub repo acme/some-model holds no t2 expert (no expert.safetensors)" in _one_error(result)
+    assert "Hub repo acme/some-model holds no t2 expert (no expert.safetensors)" in one_error(result)
 
 
 def _escaping_link(hf_cache: Path, tmp: Path) -> None:
@@ -380,7 +371,7 @@ def test_pull_refuses_bad_repos_and_registers_nothing(case, exported: Path, hf_c
         after(hf_cache, tmp_path)
     result = t2("pull", "acme/sums-svf", "--name", "incoming")
     assert result.exit_code == 1, result.output
-    assert expected in _one_error(result)
+    assert expected in one_error(result)
     assert _registered() == (["sums-v1"], 1)
 
 
@@ -388,7 +379,7 @@ def test_pull_refuses_bad_repos_and_registers_nothing(case, exported: Path, hf_c
 def test_bad_repo_ids_are_refused(command: str, expert) -> None:
     args = ["pull", "../../etc"] if command == "pull" else ["push", "sums-v1", "no-owner"]
     result = t2(*args)
-    assert result.exit_code == 1 and "is not a Hub repo id" in _one_error(result)
+    assert result.exit_code == 1 and "is not a Hub repo id" in one_error(result)
 
 
 # --------------------------------------------------------------------------- push
@@ -514,7 +505,7 @@ def test_push_failures_are_one_line_and_never_show_the_token(case, hub_expert, m
         monkeypatch.setattr("t2cli.experts.hub.get_token", lambda: None)
     result = t2("push", "sums-v1", "alice/sums-svf")
     assert result.exit_code == 1
-    assert expected in _one_error(result) and FakeHub.TOKEN not in result.output
+    assert expected in one_error(result) and FakeHub.TOKEN not in result.output
     if isinstance(failure, str):
         assert hub.calls == []  # refused before any request
 

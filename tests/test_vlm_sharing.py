@@ -24,6 +24,7 @@ from t2cli.runtime.multimodal import batch_inputs
 from t2cli.svf.adaptable import load_adaptable
 from t2cli.svf.expert import load_expert
 from t2cli.tasks import get_task
+from tests.cli_support import one_error
 from tests.expert_factory import make_expert
 from tests.hf_cache import populate_hf_cache
 from tests.vlm_models import image_inputs
@@ -43,16 +44,6 @@ runner = CliRunner()
 
 def t2(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _error(result) -> str:
-    """The error: one 'error:' line and at most a hint, after any progress lines; no traceback."""
-    text = result.stderr if result.stderr else result.output
-    assert "Traceback" not in text and "error: " in text, text
-    text = text[text.index("error: ") :]
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    assert len(lines) <= 2 and all(line.startswith(("error: ", "hint: ")) for line in lines), text
-    return " ".join(text.split())
 
 
 def _logits(model, inputs) -> torch.Tensor:
@@ -283,11 +274,11 @@ def test_transfers_that_would_drop_part_of_the_expert_are_refused_in_one_line(
     _expert(str(tiny_vlm_dirs["llava"]), "llava")  # language MLP, a vision block and the projector
     to_text = t2("transfer", "vqa-v1", "--to", tiny_llama)
     assert to_text.exit_code == 1
-    message = _error(to_text)
+    message = one_error(to_text)
     assert "adapts the vision tower and projector (8 matrices)" in message and "is a text-only model" in message
     to_idefics = t2("transfer", "vqa-v1", "--to", tiny_vlm_dirs["idefics3"])
     assert to_idefics.exit_code == 1
-    assert "2 projector matrices of roles projector.linear_1, projector.linear_2" in _error(to_idefics)
+    assert "2 projector matrices of roles projector.linear_1, projector.linear_2" in one_error(to_idefics)
     with open_registry() as registry:
         assert [e.name for e in list_experts(registry)] == ["vqa-v1"]
         assert len(list_base_models(registry)) == 1  # neither target was loaded or decomposed
