@@ -32,6 +32,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from t2cli.runtime.generation import end_token_ids, keyed_gumbel
+from t2cli.runtime.multimodal import ImagePrompt, batch_inputs
 from t2cli.serve.decode import Row, RowStreamer
 
 if TYPE_CHECKING:
@@ -90,13 +91,11 @@ class ContinuousBatch:
             return
         if any(row.images is not None for row in rows):  # ``supports`` keeps vision-language models out
             raise ValueError("a continuous batch takes text rows only: rows with images go to generate_rows")
-        width = max(len(row.prompt_ids) for row in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            mask[i, width - len(row.prompt_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        prompts = [
+            ImagePrompt(ids=row.prompt_ids, tensors={}) for row in rows
+        ]  # text rows, padded as generate_rows pads
+        inputs = batch_inputs(prompts, [p.ids for p in prompts], pad_id=self.pad_id, left=True)
+        ids, mask = inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
         cache = DynamicCache(config=self.model.config)
         out = self.model(

@@ -349,7 +349,7 @@ class Scheduler:
         total_rows = 0
         try:
             joining = jobs
-            while True:
+            while joining:  # ends once the batch has drained and nobody of the group waits
                 rows: list[Row] = []
                 for job in joining:
                     job.emit(Started(weights))
@@ -358,17 +358,12 @@ class Scheduler:
                     rows.extend(job_rows)
                 batch.admit(rows)
                 total_rows += len(rows)
-                while len(batch):
+                while True:
                     running = self._finish_ended(running)
                     joining = self._take_joining(group, weights, self.max_batch - len(batch))
-                    if joining:
+                    if joining or not len(batch):
                         break
                     batch.step()
-                else:
-                    running = self._finish_ended(running)
-                    joining = self._take_joining(group, weights, self.max_batch)
-                    if not joining:
-                        return
         except Exception as exc:  # a bug or out of memory: every request still running fails cleanly
             log.exception("generation failed")
             for job, _ in running:
@@ -405,16 +400,16 @@ class Scheduler:
             for job in taken:
                 self._queue.remove(job)
             self._in_flight += len(taken)
-        joining = []
-        for job in taken:
-            try:
-                self.resolver.check_current(weights)  # an expert removed meanwhile: a clean 404
-            except APIError as exc:
-                self._release([job])
+        if not taken:
+            return taken
+        try:
+            self.resolver.check_current(weights)  # an expert removed meanwhile: a clean 404 for each
+        except APIError as exc:
+            self._release(taken)
+            for job in taken:
                 job.emit(Failed(exc))
-                continue
-            joining.append(job)
-        return joining
+            return []
+        return taken
 
     def _apply(self, weights: Weights) -> None:
         svf = self.adaptable.svf
