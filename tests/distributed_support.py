@@ -102,6 +102,38 @@ def assert_same_training(result2: dict, result1: dict, home2: Path, home1: Path)
         assert m2["kl"] == pytest.approx(m1["kl"], rel=1e-4, abs=1e-7)
 
 
+def assert_torchrun_trains_as_one_process(args: list[str], tmp_path: Path, t2_home: Path, expert: str):
+    """`t2 train ARGS` under torchrun (2 gloo ranks) trains what 1 process trains, and only rank 0 writes.
+
+    Returns the 2-process run's record (for a test's own checks on it).
+    """
+    # Here, not at the top: the spawned workers import this module and need none of the CLI.
+    from typer.testing import CliRunner
+
+    from registry import Registry
+    from t2cli.cli.app import app
+    from t2cli.train.runs import get_run
+
+    home2 = tmp_path / "home-2proc"
+    done = torchrun(args, home2, tmp_path)
+    assert "data parallel: 2 processes (gloo)" in done.stderr
+    result2 = json.loads(done.stdout.splitlines()[-1])  # rank 0's JSON lines only; the last is the result
+
+    single = CliRunner().invoke(app, args + ["--json"])
+    assert single.exit_code == 0, single.output
+    # Same z and Adam moments (to float32 reduction order), same rewards, loss, KL and validation per step.
+    assert_same_training(result2, json.loads(single.stdout.splitlines()[-1]), home2, t2_home)
+
+    with Registry.open(home2) as registry:  # rank 1 had a read-only handle: a write would have failed the run
+        rows = registry.status().rows
+        run = get_run(registry, result2["run_id"])
+    assert rows["training_runs"] == 1 and rows["experts"] == 1
+    assert rows["base_models"] == 1 and rows["decompositions"] == 1
+    assert run.status == "finished" and run.expert == expert
+    assert len(list((home2 / "runs").glob("*/checkpoint.safetensors"))) == 1
+    return run
+
+
 def launch_env(home: Path) -> dict[str, str]:
     """The environment of a launched `t2`: this checkout importable, ``home`` as T2_HOME, one thread, offline."""
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

@@ -9,7 +9,6 @@ hang fails the test instead of the CI job.
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,7 @@ from t2cli.home import open_registry
 from t2cli.runtime.distributed import Dist, DistributedError, rank_device
 from tests.distributed_support import (
     assert_resumes_in_one_process,
-    assert_same_training,
-    torchrun,
+    assert_torchrun_trains_as_one_process,
     train_args,
     write_task,
 )
@@ -29,31 +27,10 @@ from tests.distributed_support import (
 def test_two_processes_under_torchrun_train_the_same_z_and_only_rank_0_writes(
     tiny_llama: Path, tmp_path: Path, t2_home: Path
 ) -> None:
-    from typer.testing import CliRunner
-
-    from t2cli.cli.app import app
-
     task = write_task(tmp_path / "sums.jsonl", "sums")
     # Greedy rollouts with the raw +/-1 reward: every sample has a gradient, nothing is random.
     args = train_args(task, tiny_llama, "sums-dist", temperature=0.0, advantage="raw")
-    home2 = tmp_path / "home-2proc"
-    done = torchrun(args, home2, tmp_path)
-    assert "data parallel: 2 processes (gloo)" in done.stderr
-    result2 = json.loads(done.stdout.splitlines()[-1])  # rank 0's JSON lines only; the last is the result
-
-    single = CliRunner().invoke(app, args + ["--json"])
-    assert single.exit_code == 0, single.output
-    assert_same_training(result2, json.loads(single.stdout.splitlines()[-1]), home2, t2_home)
-
-    from registry import Registry
-    from t2cli.train.runs import get_run
-
-    with Registry.open(home2) as registry:  # rank 1 had a read-only handle: a write would have failed the run
-        rows = registry.status().rows
-        run = get_run(registry, result2["run_id"])
-    assert rows["training_runs"] == 1 and rows["experts"] == 1
-    assert rows["base_models"] == 1 and rows["decompositions"] == 1
-    assert run.status == "finished" and run.expert == "sums-dist"
+    run = assert_torchrun_trains_as_one_process(args, tmp_path, t2_home, "sums-dist")
     assert sorted(run.metrics["reward"]) == [1, 2, 3]
 
 
