@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import memory_plan
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def memory_plan():
-    spec = importlib.util.spec_from_file_location("memory_plan", REPO / "bench" / "memory_plan.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_plan"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_llava_next_8b_shapes_add_up(memory_plan) -> None:
+def test_llava_next_8b_shapes_add_up() -> None:
     vlm = memory_plan.LLAVA_NEXT_8B
     # Llama-3-8B with the padded vocabulary, CLIP ViT-L/14-336 (~304M), a ~21M projector.
     assert vlm.language.total_params() == pytest.approx(8.03e9, rel=1e-3)
@@ -34,7 +25,7 @@ def test_llava_next_8b_shapes_add_up(memory_plan) -> None:
     assert with_tower["resident during a step (no activations)"] > lm_only["resident during a step (no activations)"]
 
 
-def test_docs_show_the_table_the_script_prints(memory_plan, capsys) -> None:
+def test_docs_show_the_table_the_script_prints(capsys) -> None:
     memory_plan.print_vlm(memory_plan.LLAVA_NEXT_8B, micro_batch=16, gen_batch=64)
     printed = {
         cells[1]: cells[2:4]

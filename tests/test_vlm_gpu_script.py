@@ -3,36 +3,25 @@ a machine without a GPU, the model or the data, in one line each, before anythin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
+from bench import vlm_gpu
 from registry import Registry
 from t2cli.experts.catalog import list_experts
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("vlm_gpu", REPO / "bench" / "vlm_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vlm_gpu"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_run_decomposes_trains_and_compares_base_and_expert(script, tmp_path: Path, capsys) -> None:
+def test_tiny_run_decomposes_trains_and_compares_base_and_expert(tmp_path: Path, capsys) -> None:
     report_path = tmp_path / "vlm.json"
     home = tmp_path / "home"
-    code = script.main(["--tiny", "--home", str(home), "--json", str(report_path), "--eval-limit", "12"])
+    code = vlm_gpu.main(["--tiny", "--home", str(home), "--json", str(report_path), "--eval-limit", "12"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert script.TABLE_HEAD.splitlines()[0] in out
+    assert vlm_gpu.TABLE_HEAD.splitlines()[0] in out
     row = next(line for line in out.splitlines() if line.startswith("| shapes (test) | 12 |"))
     assert "% [" in row and row.count("|") == 8  # accuracies with Wilson intervals, gains / losses, McNemar p
     report = json.loads(report_path.read_text())
@@ -46,10 +35,10 @@ def test_tiny_run_decomposes_trains_and_compares_base_and_expert(script, tmp_pat
 
 
 def test_the_real_run_refuses_in_one_line_what_this_machine_lacks(
-    script, tiny_vlm_dirs, hf_cache: Path, capsys, monkeypatch
+    tiny_vlm_dirs, hf_cache: Path, capsys, monkeypatch
 ) -> None:
     def refusal(*args: str) -> str:
-        assert script.main(list(args)) == 1
+        assert vlm_gpu.main(list(args)) == 1
         captured = capsys.readouterr()
         lines = [line for line in captured.err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and not captured.out, captured
