@@ -170,7 +170,7 @@ class BatchSpy:
 REQUESTS = (("What is this?", (A,)), ("Describe it", (B,)), ("Compare", (A, B)), ("Hi there", ()), ("abc", ()))
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "gemma3"])  # Gemma 3: sliding windows, token types
 def test_an_answer_is_the_same_alone_or_batched_with_images_and_without(
     family: str, tiny_vlm_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -29,15 +29,18 @@ from tests.expert_factory import make_expert
 from tests.hf_cache import populate_hf_cache
 from tests.vlm_models import image_inputs
 
-FAMILIES = ("llava", "idefics3")
-# One language-model block's MLP, one vision tower block and the projector, in each family's module names.
+FAMILIES = ("llava", "idefics3", "gemma3")
+# One language-model block's MLP, one vision tower block and the projector, in each family's module names
+# (Gemma 3's projector is a bare matrix, which t2 does not adapt).
 MIXED = {
     "llava": r"language_model\.layers\.1\.mlp\.|vision_tower\.encoder\.layers\.0\.|multi_modal_projector\.",
     "idefics3": r"text_model\.layers\.1\.mlp\.|vision_model\.encoder\.layers\.0\.|connector\.",
+    "gemma3": r"language_model\.layers\.1\.mlp\.|vision_tower\.encoder\.layers\.0\.",
 }
 PARTS = {  # (language, vision, projector) matrices MIXED selects
     "llava": (3, 6, 2),
     "idefics3": (3, 6, 1),
+    "gemma3": (3, 6, 0),
 }
 runner = CliRunner()
 
@@ -103,16 +106,16 @@ def test_the_card_names_the_vlm_and_the_parts_the_expert_adapts(
     _expert(str(tiny_vlm_dirs[family]), family)
     assert t2("export", "vqa-v1", tmp_path / "out").exit_code == 0
     card = (tmp_path / "out" / "README.md").read_text()
-    language, vision, projector = PARTS[family]
-    family_name = {"llava": "LLaVA", "idefics3": "Idefics3 / SmolVLM"}[family]
+    counted = zip(("language model", "vision tower", "projector"), PARTS[family])
+    adapted = ", ".join(f"{part} ({n} matrices)" for part, n in counted if n)  # a part with none is not named
+    family_name = {"llava": "LLaVA", "idefics3": "Idefics3 / SmolVLM", "gemma3": "Gemma 3"}[family]
     for line in (
         "pipeline_tag: image-text-to-text",
         "- vision-language",
         f"is a vision-language model of the {family_name} family",
         f"model_type `{family}`",
         "a vision tower (2 blocks)",
-        f"Adapted: language model ({language} matrices), vision tower ({vision} matrices), "
-        f"projector ({projector} matrices)",
+        f"Adapted: {adapted};",
         "AutoModelForImageTextToText",
     ):
         assert line in card, line
@@ -179,7 +182,11 @@ def test_lora_export_names_the_vlms_modules_and_gives_the_experts_logits_at_full
 
 # --------------------------------------------------------------------------- push / pull
 
-HUB_BASE = {"llava": ("acme/tiny-llava", None), "idefics3": ("HuggingFaceTB/SmolVLM-256M-Instruct", "smolvlm-256m")}
+HUB_BASE = {
+    "llava": ("acme/tiny-llava", None),
+    "idefics3": ("HuggingFaceTB/SmolVLM-256M-Instruct", "smolvlm-256m"),
+    "gemma3": ("google/gemma-3-4b-it", "gemma3-4b"),
+}
 
 
 class FakeHub:

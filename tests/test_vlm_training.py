@@ -55,12 +55,13 @@ def test_identity_expert_gives_the_base_logits_through_the_processor(
     assert not torch.allclose(base, other)
 
 
-def test_rollouts_never_write_an_image_placeholder(tiny_vlm_dirs: dict[str, Path]) -> None:
+@pytest.mark.parametrize("family", PROCESSOR_FAMILIES)  # Gemma 3: the placeholder is not its processor's image_token_id
+def test_rollouts_never_write_an_image_placeholder(family: str, tiny_vlm_dirs: dict[str, Path]) -> None:
     # A random model samples any id; a placeholder in a completion would make the loss forward look for
     # image features it does not have. Without the suppression some of these 64 do, and the forward below raises.
     task = get_task("shapes")
     with open_registry() as registry:
-        adaptable = load_adaptable(registry, str(tiny_vlm_dirs["llava"]), device="cpu")
+        adaptable = load_adaptable(registry, str(tiny_vlm_dirs[family]), device="cpu")
         prompts = task.image_prompts(adaptable.processor(), task.split("test")[:8])
         gens = generate(
             adaptable.model,

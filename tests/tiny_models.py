@@ -64,10 +64,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(folder: Path, extra: dict[str, int] | None = None, chat_template: str | None = None) -> Path:
+def build_tiny_tokenizer(
+    folder: Path,
+    extra: dict[str, int] | None = None,
+    chat_template: str | None = None,
+    named: dict[str, str] | None = None,
+) -> Path:
     """A character-level tokenizer (digits, letters, punctuation) with a ChatML template, vocab < 128.
 
     ``extra``: more special tokens at given ids (a VLM's image placeholders, past the characters' ids).
+    ``named``: attributes naming some of them (``image_token`` -> ``"<image_soft_token>"``), as Gemma 3's has.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -85,6 +91,7 @@ def build_tiny_tokenizer(folder: Path, extra: dict[str, int] | None = None, chat
         eos_token="<|im_end|>",
         bos_token="<|im_start|>",
         unk_token="<unk>",
+        extra_special_tokens=named or {},
     )
     fast.chat_template = chat_template or CHAT_TEMPLATE
     fast.save_pretrained(folder)

@@ -16,11 +16,14 @@ import torch
 
 from tests.tiny_models import build_tiny_tokenizer
 
-VLM_FAMILIES = ("idefics3", "qwen2_vl", "qwen2_5_vl", "llava")
+VLM_FAMILIES = ("idefics3", "qwen2_vl", "qwen2_5_vl", "llava", "gemma3")
 
 IMAGE_SIZE = 32  # pixels, square
 # Ids past the character tokenizer's (< 90), inside the vocabulary: image placeholders and Qwen's markers.
 IMAGE_TOKEN, VISION_START, VISION_END, VIDEO_TOKEN = 120, 121, 122, 123
+# Gemma 3 writes <start_of_image> for an image in the text and expands it to these markers around its image tokens.
+GEMMA3_BOI, GEMMA3_EOI = 124, 125
+GEMMA3_IMAGE_TOKENS = 4  # mm_tokens_per_image: (32 / 8)^2 patches average-pooled to 2 x 2
 
 _TEXT = dict(
     vocab_size=128,
@@ -53,7 +56,7 @@ _QWEN_IDS = dict(
 
 
 def _config(family: str):
-    from transformers import Idefics3Config, LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
+    from transformers import Gemma3Config, Idefics3Config, LlavaConfig, Qwen2_5_VLConfig, Qwen2VLConfig
 
     if family == "idefics3":  # SmolVLM-256M/500M
         return Idefics3Config(
@@ -96,12 +99,25 @@ def _config(family: str):
             image_token_id=IMAGE_TOKEN,
             architectures=["LlavaForConditionalGeneration"],
         )
+    if family == "gemma3":  # Gemma 3 4B-27B: a SigLIP tower, a pooled projector, sliding-window attention
+        return Gemma3Config(
+            # one sliding-window block and one global block, as Gemma 3 interleaves them (5:1 in the real models)
+            text_config=dict(
+                **_TEXT, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"]
+            ),
+            vision_config=dict(**_CLIP_LIKE_VISION),
+            mm_tokens_per_image=GEMMA3_IMAGE_TOKENS,
+            image_token_index=IMAGE_TOKEN,
+            boi_token_index=GEMMA3_BOI,
+            eoi_token_index=GEMMA3_EOI,
+            architectures=["Gemma3ForConditionalGeneration"],
+        )
     raise ValueError(family)
 
 
 # Families whose processor builds from local parts here; Qwen2-VL's also needs a video processor,
 # which transformers makes with torchvision (not installed).
-PROCESSOR_FAMILIES = ("llava", "idefics3")
+PROCESSOR_FAMILIES = ("llava", "idefics3", "gemma3")
 
 # The tokens each family's processor writes around or for an image, at ids the model knows.
 _IMAGE_TOKENS = {
@@ -112,6 +128,11 @@ _IMAGE_TOKENS = {
         "<global-img>": 125,
         "<end_of_utterance>": 126,
     },
+    "gemma3": {"<image_soft_token>": IMAGE_TOKEN, "<start_of_image>": GEMMA3_BOI, "<end_of_image>": GEMMA3_EOI},
+}
+# Gemma 3's processor reads its image markers from the tokenizer's named special tokens.
+_NAMED_TOKENS = {
+    "gemma3": {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
 }
 
 
@@ -136,9 +157,11 @@ def build_tiny_vlm(family: str, folder: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(_config(family))
+    if family == "gemma3":  # its projector matrix starts at zero, which would drop every image: make it random
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
     model.save_pretrained(folder)
-    build_tiny_tokenizer(folder, extra=_IMAGE_TOKENS.get(family))
+    build_tiny_tokenizer(folder, extra=_IMAGE_TOKENS.get(family), named=_NAMED_TOKENS.get(family))
     if family in PROCESSOR_FAMILIES:
         build_tiny_processor(family, folder)
     return folder
@@ -146,7 +169,8 @@ def build_tiny_vlm(family: str, folder: Path, seed: int = 0) -> Path:
 
 def build_tiny_processor(family: str, folder: Path) -> None:
     """Save ``family``'s processor into ``folder`` from local parts: image processor + the folder's tokenizer."""
-    from transformers import AutoTokenizer, Idefics3Processor, LlavaProcessor
+    from transformers import AutoTokenizer, Gemma3Processor, Idefics3Processor, LlavaProcessor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
@@ -173,6 +197,13 @@ def build_tiny_processor(family: str, folder: Path) -> None:
             image_seq_len=4,  # (32 / 8)^2 patches merged by scale_factor^2 = 4
             chat_template=vlm_chat_template("<image>"),
         )
+    elif family == "gemma3":
+        processor = Gemma3Processor(
+            image_processor=Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+            tokenizer=tokenizer,
+            image_seq_length=GEMMA3_IMAGE_TOKENS,
+            chat_template=vlm_chat_template("<start_of_image>"),
+        )
     else:
         raise ValueError(family)
     processor.save_pretrained(folder)
@@ -191,6 +222,7 @@ def drawn_image():
 
 def image_inputs(family: str) -> dict[str, Any]:
     """Model inputs for one prompt with one image: text ids around the image's placeholder tokens."""
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -219,10 +251,16 @@ def image_inputs(family: str) -> dict[str, Any]:
         )
         inputs = dict(processor(images=[image], return_tensors="pt"))
         placeholder = [IMAGE_TOKEN] * (IMAGE_SIZE // 8) ** 2  # one token per patch (the CLS token is dropped)
+    elif family == "gemma3":
+        processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        inputs = {"pixel_values": processor(images=[image], return_tensors="pt")["pixel_values"]}
+        placeholder = [GEMMA3_BOI] + [IMAGE_TOKEN] * GEMMA3_IMAGE_TOKENS + [GEMMA3_EOI]
     else:
         raise ValueError(family)
     ids = torch.tensor([before + placeholder + after])
     inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
     if family in ("qwen2_vl", "qwen2_5_vl"):  # the processor's modality map for multimodal RoPE: 1 = image token
         inputs["mm_token_type_ids"] = (ids == IMAGE_TOKEN).long()
+    if family == "gemma3":  # Gemma 3's processor marks image tokens for bidirectional attention among them
+        inputs["token_type_ids"] = (ids == IMAGE_TOKEN).long()
     return inputs

@@ -54,6 +54,7 @@ ALIASES: dict[str, ModelAlias] = {
         ModelAlias("qwen2-vl-2b", "Qwen/Qwen2-VL-2B-Instruct", "Qwen2-VL 2B Instruct (vision-language)"),
         ModelAlias("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B Instruct (vision-language)"),
         ModelAlias("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2.5-VL 7B Instruct (vision-language)"),
+        ModelAlias("gemma3-4b", "google/gemma-3-4b-it", "Gemma 3 4B IT (vision-language, gated)"),
         ModelAlias("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", "LLaVA 1.5 7B (vision-language)"),
         ModelAlias(
             "llava-next-8b",

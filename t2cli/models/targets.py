@@ -79,10 +79,11 @@ class ArchitectureLayout:
     vision: VisionLayout | None = None  # set for vision-language models
 
 
-# Keyed by config.model_type. Gemma 1-3 and Qwen3 use the same module names as Llama.
+# Keyed by config.model_type. Gemma 1-2, Gemma 3's text-only 1B (gemma3_text) and Qwen3 use the same module
+# names as Llama; model_type gemma3 (Gemma 3 4B-27B) is a vision-language model, below.
 LAYOUTS: dict[str, ArchitectureLayout] = {
     model_type: ArchitectureLayout("model.layers.{layer}.", _LLAMA_LIKE_ROLES)
-    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 }
 # Vision-language models, with the module names transformers 5 gives them once loaded
 # (AutoModelForImageTextToText); their checkpoints may store other names, which transformers
@@ -125,6 +126,14 @@ LAYOUTS.update(
             _LLAMA_LIKE_ROLES,
             VisionLayout("model.visual.blocks.{layer}.", _QWEN2_5_VL_VISION_ROLES, _QWEN_MERGER),
         ),
+        # Gemma 3's projector is a bare matrix (``mm_input_projection_weight``, applied as x @ W), not a
+        # linear layer: t2 composes W' for linear layers only, so it lists no projector matrix. The
+        # SigLIP tower's pooling head is left out too: Gemma 3 never runs it.
+        "gemma3": ArchitectureLayout(
+            "model.language_model.layers.{layer}.",
+            _LLAMA_LIKE_ROLES,
+            VisionLayout("model.vision_tower.encoder.layers.{layer}.", _CLIP_LIKE_VISION_ROLES, {}),
+        ),
     }
 )
 
@@ -156,6 +165,7 @@ VLM_FAMILIES: dict[str, str] = {
     "llava_next": "LLaVA-NeXT",
     "qwen2_vl": "Qwen2-VL",
     "qwen2_5_vl": "Qwen2.5-VL",
+    "gemma3": "Gemma 3",
 }
 PART_NAMES = {"language": "language model", "vision": "vision tower", "projector": "projector"}
 
@@ -246,6 +256,13 @@ def select_targets(
     included (``vision_layers``: the vision tower's depth, 0 for a text model).
     """
     candidates = candidate_matrices(model_type, num_layers, vision_layers=vision_layers)
+    layout = layout_for(model_type)
+    if spec == "projector" and layout.vision is not None and not layout.vision.projector:
+        raise TargetValueError(
+            f"--targets projector: the {VLM_FAMILIES.get(model_type, model_type)} projector is a bare matrix, "
+            "not a linear layer, and t2 adapts linear layers only",
+            f"use {_groups_hint(model_type)}",
+        )
     if spec == "all":
         chosen = [m for m in candidates if m.part == "language"]
     elif spec in ("attn", "mlp"):
@@ -272,7 +289,10 @@ def select_targets(
 
 def _groups_hint(model_type: str) -> str:
     """The named groups that make sense for this architecture, for error hints."""
-    return "attn, mlp, all, vision, projector" if is_vision_language(model_type) else "attn, mlp, all"
+    layout = LAYOUTS.get(model_type)
+    if layout is None or layout.vision is None:
+        return "attn, mlp, all"
+    return "attn, mlp, all, vision, projector" if layout.vision.projector else "attn, mlp, all, vision"
 
 
 def targets_key(names: list[str], dtype: str) -> str:

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from transformers import ProcessorMixin
 
 # Processor outputs laid out per token (one value per input id), not per image: padded with the ids.
-# Qwen2-VL's multimodal RoPE reads ``mm_token_type_ids`` (1 = image token); completion tokens are text (0).
-TOKEN_LEVEL = ("mm_token_type_ids",)
+# Qwen2-VL's multimodal RoPE reads ``mm_token_type_ids``, Gemma 3's attention mask ``token_type_ids``
+# (its image tokens attend to each other both ways); 1 = image token, and completion tokens are text (0).
+TOKEN_LEVEL = ("mm_token_type_ids", "token_type_ids")
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,14 @@ PLACEHOLDER_ATTRIBUTES = ("image_token_id", "video_token_id")
 
 
 def placeholder_ids(processor: ProcessorMixin) -> tuple[int, ...]:
-    """The processor's image/video placeholder ids (LLaVA, Idefics3 and Qwen2-VL processors name them alike)."""
-    ids = (getattr(processor, name, None) for name in PLACEHOLDER_ATTRIBUTES)
+    """The processor's image/video placeholder ids (LLaVA, Idefics3 and Qwen2-VL processors name them alike).
+
+    Also its ``image_token_ids``: Gemma 3's ``image_token_id`` is the ``<start_of_image>`` marker written in
+    the text, and the tokens its model replaces with image features are listed there.
+    """
+    listed = getattr(processor, "image_token_ids", None)
+    ids = [getattr(processor, name, None) for name in PLACEHOLDER_ATTRIBUTES]
+    ids += list(listed) if isinstance(listed, (list, tuple)) else []
     return tuple(sorted({i for i in ids if isinstance(i, int)}))
 
 
