@@ -48,10 +48,10 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def tiny_vlm_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny random vision-language model folder per supported family, built once per test session."""
-    from tests.vlm_models import VLM_FAMILIES, build_tiny_vlm
+    from tests.vlm_models import VLM_FAMILIES, VLM_SEEDS, build_tiny_vlm
 
     root = tmp_path_factory.mktemp("tiny-vlms")
-    return {family: build_tiny_vlm(family, root / family, seed=i) for i, family in enumerate(VLM_FAMILIES)}
+    return {family: build_tiny_vlm(family, root / family, seed=VLM_SEEDS[family]) for family in VLM_FAMILIES}
 
 
 @pytest.fixture()

@@ -107,7 +107,7 @@ def _images(*paths: Path) -> tuple[ImageFile, ...]:
 @contextmanager
 def vision_runs(model) -> Iterator[list[int]]:
     """Counts the forward passes of the model's vision tower (a hook: the model itself is untouched)."""
-    tower = next(m for name, m in model.named_modules() if name.endswith(("vision_tower", "vision_model")))
+    tower = next(m for name, m in model.named_modules() if name.endswith(("vision_tower", "vision_model", "visual")))
     runs: list[int] = []
     handle = tower.register_forward_hook(lambda module, args, output: runs.append(1))
     try:

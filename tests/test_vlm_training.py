@@ -42,7 +42,8 @@ def test_identity_expert_gives_the_base_logits_through_the_processor(
         adaptable = load_adaptable(registry, str(tiny_vlm_dirs[family]), device="cpu")
         prompts = task.image_prompts(adaptable.processor(), task.split("test")[:3])
         inputs = batch_inputs(prompts, [p.ids for p in prompts], pad_id=0, left=True)
-        assert inputs["pixel_values"].shape[0] == 3  # one picture per prompt, all in the batch
+        # One picture per prompt, all in the batch (Qwen2-VL's pixel rows are patches: one grid per picture).
+        assert len(inputs.get("image_grid_thw", inputs["pixel_values"])) == 3
         with torch.no_grad():
             base = adaptable.model(**inputs).logits
             ones = {name: torch.ones_like(f.S) for name, f in adaptable.svf.factors.items()}

@@ -9,14 +9,19 @@ processor would.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from tests.tiny_models import build_tiny_tokenizer
 
 VLM_FAMILIES = ("idefics3", "qwen2_vl", "qwen2_5_vl", "llava", "gemma3")
+# Each family's weights seed. Tests ask that a random model's greedy answer change with the picture and the
+# expert; the tiny Qwen2-VL of seed 1 answers "4" to every picture, the one of seed 3 does not.
+VLM_SEEDS = {"idefics3": 0, "qwen2_vl": 3, "qwen2_5_vl": 2, "llava": 3, "gemma3": 4}
 
 IMAGE_SIZE = 32  # pixels, square
 # Ids past the character tokenizer's (< 90), inside the vocabulary: image placeholders and Qwen's markers.
@@ -115,9 +120,24 @@ def _config(family: str):
     raise ValueError(family)
 
 
-# Families whose processor builds from local parts here; Qwen2-VL's also needs a video processor,
-# which transformers makes with torchvision (not installed).
-PROCESSOR_FAMILIES = ("llava", "idefics3", "gemma3")
+# Qwen2-VL's processor also needs a video processor, which transformers makes with torchvision: it does not
+# import beside the CPU torch of .venv; scripts/vision_check.sh runs these tests where it does.
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+# Families whose processor builds from local parts here (a tiny_vlm_dirs folder then holds it).
+BUILT_PROCESSORS = ("llava", "idefics3", "gemma3") + (("qwen2_vl",) if HAS_TORCHVISION else ())
+# What tests parametrize over: Qwen2-VL skipped, with the reason, where its processor cannot be built.
+PROCESSOR_FAMILIES = (
+    "llava",
+    "idefics3",
+    "gemma3",
+    pytest.param(
+        "qwen2_vl",
+        marks=pytest.mark.skipif(
+            not HAS_TORCHVISION,
+            reason="Qwen2-VL's processor needs torchvision, absent here: bash scripts/vision_check.sh runs it",
+        ),
+    ),
+)
 
 # The tokens each family's processor writes around or for an image, at ids the model knows.
 _IMAGE_TOKENS = {
@@ -129,6 +149,12 @@ _IMAGE_TOKENS = {
         "<end_of_utterance>": 126,
     },
     "gemma3": {"<image_soft_token>": IMAGE_TOKEN, "<start_of_image>": GEMMA3_BOI, "<end_of_image>": GEMMA3_EOI},
+    "qwen2_vl": {
+        "<|image_pad|>": IMAGE_TOKEN,
+        "<|vision_start|>": VISION_START,
+        "<|vision_end|>": VISION_END,
+        "<|video_pad|>": VIDEO_TOKEN,
+    },
 }
 # Gemma 3's processor reads its image markers from the tokenizer's named special tokens.
 _NAMED_TOKENS = {
@@ -150,7 +176,7 @@ def vlm_chat_template(image_part: str) -> str:
 def build_tiny_vlm(family: str, folder: Path, seed: int = 0) -> Path:
     """Save a tiny random VLM of ``family`` (config + safetensors + a character tokenizer) into ``folder``.
 
-    For ``PROCESSOR_FAMILIES`` the folder also gets the family's processor (its image processor,
+    For ``BUILT_PROCESSORS`` the folder also gets the family's processor (its image processor,
     the tokenizer with the image tokens, a chat template with image parts), as a Hub snapshot has.
     """
     from transformers import AutoModelForImageTextToText
@@ -162,7 +188,7 @@ def build_tiny_vlm(family: str, folder: Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
     model.save_pretrained(folder)
     build_tiny_tokenizer(folder, extra=_IMAGE_TOKENS.get(family), named=_NAMED_TOKENS.get(family))
-    if family in PROCESSOR_FAMILIES:
+    if family in BUILT_PROCESSORS:
         build_tiny_processor(family, folder)
     return folder
 
@@ -203,6 +229,19 @@ def build_tiny_processor(family: str, folder: Path) -> None:
             tokenizer=tokenizer,
             image_seq_length=GEMMA3_IMAGE_TOKENS,
             chat_template=vlm_chat_template("<start_of_image>"),
+        )
+    elif family == "qwen2_vl":  # needs torchvision (HAS_TORCHVISION): its video processor is built with it
+        from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        side = IMAGE_SIZE * IMAGE_SIZE
+        processor = Qwen2VLProcessor(
+            image_processor=Qwen2VLImageProcessorPil(
+                patch_size=4, temporal_patch_size=2, merge_size=2, size={"shortest_edge": side, "longest_edge": side}
+            ),
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(patch_size=4, temporal_patch_size=2, merge_size=2),
+            chat_template=vlm_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
         )
     else:
         raise ValueError(family)

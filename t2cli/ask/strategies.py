@@ -350,14 +350,14 @@ def score_categories(
     candidates = [tokenizer(name + "}", add_special_tokens=False)["input_ids"] for name in names]
     width = max(len(c) for c in candidates)
     batch = torch.zeros((len(candidates), width), dtype=torch.long, device=device)
-    mask = torch.zeros_like(batch)
     for row, c in enumerate(candidates):
         batch[row, : len(c)] = torch.tensor(c, device=device)
-        mask[row, : len(c)] = 1
     cache = _kv_of(first)
     cache.batch_repeat_interleave(len(candidates))
-    attention = torch.cat([torch.ones((len(candidates), len(ids)), dtype=torch.long, device=device), mask], 1)
-    rest = model(input_ids=batch, attention_mask=attention, **_with_kv(model, cache)).logits.float().log_softmax(-1)
+    # No attention mask: the candidates are right-padded, so a real token never sees a pad (causal attention),
+    # and positions continue from the cache. Qwen2-VL needs that: given a mask, it derives positions from
+    # the mask's whole width instead of adding its image offset (rope deltas) to the cache's length.
+    rest = model(input_ids=batch, **_with_kv(model, cache)).logits.float().log_softmax(-1)
     scores = {}
     for row, (name, c) in enumerate(zip(names, candidates)):
         total = first_logprobs[c[0]]

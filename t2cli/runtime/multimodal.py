@@ -96,13 +96,25 @@ def encode_plain_image_prompt(processor: ProcessorMixin, text: str, images: Sequ
 
     How the router reads a prompt (``t2cli.router.features``): plain text, the tokenizer's own
     special tokens, so that a prompt's features without images are those of its text. The processor
-    expands each image token as it does in a chat prompt (Idefics3 adds its image markers; the
-    vision-start/end markers Qwen2-VL's chat template writes around an image are not written).
+    expands each image token as it does in a chat prompt (Idefics3 and Gemma 3 add their image markers;
+    Qwen2-VL's vision-start/end markers are written here, as its chat template does: its positions
+    tell one picture from the next only by them).
     """
     marker = getattr(processor, "image_token", None)
     if images and not isinstance(marker, str):
         raise TypeError(f"{type(processor).__name__} names no image token to place the images with")
-    return _encode(processor, (marker or "") * len(images) + text, images, add_special_tokens=True)
+    start, end = _vision_markers(processor)
+    return _encode(processor, f"{start}{marker or ''}{end}" * len(images) + text, images, add_special_tokens=True)
+
+
+QWEN_VISION_MARKERS = ("<|vision_start|>", "<|vision_end|>")
+
+
+def _vision_markers(processor: ProcessorMixin) -> tuple[str, str]:
+    """The text around each image in a prompt: Qwen2-VL's markers where its tokenizer has them, else none."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    vocabulary = tokenizer.get_vocab() if tokenizer is not None else {}
+    return QWEN_VISION_MARKERS if all(m in vocabulary for m in QWEN_VISION_MARKERS) else ("", "")
 
 
 def _encode(processor: ProcessorMixin, text: str, images: Sequence[Image], *, add_special_tokens: bool) -> ImagePrompt:
