@@ -118,6 +118,35 @@ def test_a_sharded_vlm_gives_the_one_process_logits_and_z_gradients_with_picture
     svf.restore()
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_a_sharded_qwen_vl_gives_the_one_process_logits_with_its_image_grid(
+    one_rank_group: Dist, tiny_vlm_dirs: dict[str, Path], family: str
+) -> None:
+    """Qwen2-VL's inputs (``image_grid_thw``, multimodal RoPE) through the sharded model; its processor
+    needs torchvision, so the inputs are built by its image processor (tests/vlm_models.py)."""
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.svf.sharded import load_sharded_adaptable
+    from tests.vlm_models import image_inputs
+
+    device = one_rank_group.device
+    with open_registry() as registry:
+        sharded = load_sharded_adaptable(
+            registry, str(tiny_vlm_dirs[family]), targets="attn", dtype=None, dist=one_rank_group
+        )
+        plain = load_adaptable(registry, str(tiny_vlm_dirs[family]), targets="attn", device=device)
+    assert len(sharded.svf.units) == 2
+    inputs = {key: value.to(device) for key, value in image_inputs(family).items()}
+    generator = torch.Generator().manual_seed(5)
+    z = {n: (1 + 0.3 * torch.randn(f.rank, generator=generator)).to(device) for n, f in plain.svf.factors.items()}
+    with torch.no_grad():
+        assert torch.equal(sharded.model(**inputs).logits, plain.model(**inputs).logits)
+        sharded.svf.refresh(z)
+        plain.svf.apply(z)
+        assert torch.allclose(sharded.model(**inputs).logits, plain.model(**inputs).logits, atol=1e-5)
+    plain.svf.restore()
+    sharded.svf.restore()
+
+
 def test_fsdp_refuses_vision_tower_targets_before_anything_loads(tiny_vlm_dirs: dict[str, Path]) -> None:
     from t2cli.errors import T2Error
     from t2cli.svf.sharded import load_sharded_adaptable
@@ -245,17 +274,19 @@ def test_each_sharded_rank_generates_and_scores_with_its_own_pictures(
 
 
 @pytest.mark.parametrize(
-    ("family", "settings"),
+    ("family", "settings", "flags"),
     [
         # 5 pictures split 2 + 3, sampled rollouts, micro-batches of 3: the ranks pad their generate
         # calls (with a picture prompt) and loss micro-batches (with a text dummy) to meet every collective.
-        ("llava", {"prompts-per-step": 5, "temperature": 1.0, "micro-batch": 3, "gen-batch": 4}),
-        # Greedy rollouts with a KL penalty: its reference forward reads W with the pictures.
-        ("idefics3", {"temperature": 0.0, "kl-coef": 0.2}),
+        ("llava", {"prompts-per-step": 5, "temperature": 1.0, "micro-batch": 3, "gen-batch": 4}, []),
+        # Greedy rollouts with a KL penalty (its reference forward reads W with the pictures), rollouts and
+        # validation on the gathered language model.
+        ("idefics3", {"temperature": 0.0, "kl-coef": 0.2}, ["--fsdp-gather-rollouts"]),
     ],
+    ids=["llava-sampled-uneven", "idefics3-kl-gathered"],
 )
 def test_two_fsdp_ranks_train_the_z_of_one_process_on_shapes_and_only_rank_0_writes(
-    family: str, settings: dict, tiny_vlm_dirs: dict[str, Path], tmp_path: Path, t2_home: Path
+    family: str, settings: dict, flags: list[str], tiny_vlm_dirs: dict[str, Path], tmp_path: Path, t2_home: Path
 ) -> None:
     from typer.testing import CliRunner
 
@@ -266,7 +297,7 @@ def test_two_fsdp_ranks_train_the_z_of_one_process_on_shapes_and_only_rank_0_wri
     args = train_args(Path("shapes"), tiny_vlm_dirs[family], "shapes-fsdp", advantage="raw", **settings)
     args[args.index("--task") + 1] = "shapes"
     two_home = tmp_path / "home-fsdp"
-    two = torchrun(args + ["--shard", "fsdp"], two_home, tmp_path)
+    two = torchrun([*args, "--shard", "fsdp", *flags], two_home, tmp_path)
     assert "FSDP-sharded model: 2 processes (gloo)" in two.stderr
     single = CliRunner().invoke(app, args + ["--json"])
     assert single.exit_code == 0, single.output

@@ -27,9 +27,11 @@ A vision-language model (LLaVA, Idefics3...) is built as the image-text model cl
 one-process path loads, and filled from checkpoints stored under older names
 (``language_model.model.*``) with transformers' own renaming rules. Only its language model
 is sharded (its decoder layers the units, as for a text model); the vision tower and the
-projector are replicated, whole on every rank and outside FSDP. So whether a rank's batch
-holds pictures (a padding batch, a text item) never changes the collectives it runs: the
-image tensors go with each rank's own prompts through the same forwards as in one process.
+projector are replicated, whole on every rank and outside FSDP (``_image_side``). So whether a
+rank's batch holds pictures (a padding batch, a text item) never changes the collectives it
+runs, and transformers' ``generate`` may encode the pictures before the model's first forward
+(it does in 5.x), where FSDP has gathered nothing: the image tensors go with each rank's own
+prompts through the same calls as in one process.
 SVF targets stay in the language model (``--targets`` naming vision-tower or projector
 matrices is refused before anything loads).
 """
@@ -405,8 +407,10 @@ def _image_side(net: PreTrainedModel) -> set[nn.Parameter]:
     """A VLM's parameters outside its language model and LM head: the vision tower and projector, replicated.
 
     Replicated, they run no collective: a rank whose batch has no picture (padding, a text item)
-    skips them without leaving its peers waiting. They are small beside the language model
-    (LLaVA-NeXT-8B: a 0.3B CLIP tower, 0.6 GB in bfloat16).
+    skips them without leaving its peers waiting, and ``generate`` can run the vision tower
+    outside the model's forward (``_prepare_multimodal_encoder_kwargs_for_generation`` in
+    transformers 5), where sharded parameters would not be gathered. They are small beside the
+    language model (LLaVA-NeXT-8B: a 0.3B CLIP tower and projector, 0.6 GB in bfloat16).
     """
     language = {id(p) for p in net.get_decoder().parameters()}
     head = net.get_output_embeddings()
