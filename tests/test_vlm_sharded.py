@@ -164,9 +164,7 @@ def test_fsdp_refuses_vision_tower_targets_before_anything_loads(tiny_vlm_dirs: 
 # --------------------------------------------------------------------------- two ranks
 
 
-def _rank_outputs(
-    rank: int, world: int, store_file: str, home: str, model: str, out: str
-) -> None:  # pragma: no cover - runs in the spawned workers
+def _rank_outputs(rank: int, world: int, store_file: str, home: str, model: str, out: str) -> None:
     """One rank of 2: greedy completions and their log-probs for this rank's own shapes prompts, sharded.
 
     Rank 0 takes item 0, rank 1 items 1 and 2 (uneven: rank 0 pads its generate call). A second
@@ -276,9 +274,10 @@ def test_each_sharded_rank_generates_and_scores_with_its_own_pictures(
 @pytest.mark.parametrize(
     ("family", "settings", "flags"),
     [
-        # 5 pictures split 2 + 3, sampled rollouts, micro-batches of 3: the ranks pad their generate
-        # calls (with a picture prompt) and loss micro-batches (with a text dummy) to meet every collective.
-        ("llava", {"prompts-per-step": 5, "temperature": 1.0, "micro-batch": 3, "gen-batch": 4}, []),
+        # 5 pictures split 2 + 3, sampled rollouts (4 and 6 sequences), batches of 4: rank 0 pads its
+        # generate calls (with a picture prompt) and its loss micro-batches (with a text dummy) to meet
+        # every collective of rank 1's second batch.
+        ("llava", {"prompts-per-step": 5, "temperature": 1.0, "micro-batch": 4, "batch-size": 4}, []),
         # Greedy rollouts with a KL penalty (its reference forward reads W with the pictures), rollouts and
         # validation on the gathered language model.
         ("idefics3", {"temperature": 0.0, "kl-coef": 0.2}, ["--fsdp-gather-rollouts"]),
