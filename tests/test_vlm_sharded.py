@@ -168,7 +168,8 @@ def _rank_outputs(rank: int, world: int, store_file: str, home: str, model: str,
     """One rank of 2: greedy completions and their log-probs for this rank's own shapes prompts, sharded.
 
     Rank 0 takes item 0, rank 1 items 1 and 2 (uneven: rank 0 pads its generate call). A second
-    pass greys rank 1's pictures only. Written to ``out/rank{rank}.pt``.
+    pass greys rank 1's pictures only; a third gives rank 0 a text prompt (no picture: its forwards
+    skip the vision tower that rank 1's run). Written to ``out/rank{rank}.pt``.
     """
     import os
     import sys
@@ -179,7 +180,7 @@ def _rank_outputs(rank: int, world: int, store_file: str, home: str, model: str,
 
     from t2cli.eval.accuracy import item_prompts
     from t2cli.runtime.distributed import TIMEOUT, init_distributed, open_registry_ranked
-    from t2cli.runtime.generation import completion_logprobs, generate
+    from t2cli.runtime.generation import completion_logprobs, generate, render_prompt
     from t2cli.svf.sharded import load_sharded_adaptable
     from t2cli.tasks import get_task
 
@@ -189,9 +190,15 @@ def _rank_outputs(rank: int, world: int, store_file: str, home: str, model: str,
             adaptable = load_sharded_adaptable(registry, model, targets="all", dtype=None, dist=dist)
             task = get_task("shapes")
             mine = task.split("train")[:3][slice(0, 1) if rank == 0 else slice(1, 3)]
+            own = item_prompts(adaptable, task, mine)
+            text = [render_prompt(adaptable.tokenizer, "Name a shape.")]
+            passes = {
+                "own": own,
+                "grey": [_greyed(p) for p in own] if rank == 1 else own,
+                "text": text if rank == 0 else own,
+            }
             results = {}
-            for grey in (False, True):
-                prompts = [_greyed(p) if grey and rank == 1 else p for p in item_prompts(adaptable, task, mine)]
+            for name, prompts in passes.items():
                 gens = generate(adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=4, sync=dist)
                 logprobs, _, _ = completion_logprobs(
                     adaptable.model,
@@ -200,7 +207,7 @@ def _rank_outputs(rank: int, world: int, store_file: str, home: str, model: str,
                     pad_id=adaptable.tokenizer.pad_token_id,
                     image_prompts=gens.image_prompts,
                 )
-                results["grey" if grey else "own"] = (gens.completion_ids, logprobs.sum(dim=1))
+                results[name] = (gens.completion_ids, logprobs.sum(dim=1))
             torch.save(results, Path(out) / f"rank{rank}.pt")
         td.barrier()
     finally:
@@ -269,6 +276,9 @@ def test_each_sharded_rank_generates_and_scores_with_its_own_pictures(
     # Rank 1's grey pictures change its scores; rank 0's, with its own pictures, do not move.
     assert ranks[0]["grey"][0] == ranks[0]["own"][0] and torch.equal(ranks[0]["grey"][1], ranks[0]["own"][1])
     assert not torch.allclose(ranks[1]["grey"][1], ranks[1]["own"][1], atol=1e-3)
+    # A rank without pictures (a text prompt) runs beside one with pictures: nothing waits, nothing moves.
+    assert ranks[1]["text"][0] == ranks[1]["own"][0] and torch.equal(ranks[1]["text"][1], ranks[1]["own"][1])
+    assert len(ranks[0]["text"][0]) == 1
 
 
 @pytest.mark.parametrize(
