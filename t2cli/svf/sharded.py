@@ -410,7 +410,7 @@ def _image_side(net: PreTrainedModel) -> set[nn.Parameter]:
     skips them without leaving its peers waiting, and ``generate`` can run the vision tower
     outside the model's forward (``_prepare_multimodal_encoder_kwargs_for_generation`` in
     transformers 5), where sharded parameters would not be gathered. They are small beside the
-    language model (LLaVA-NeXT-8B: a 0.3B CLIP tower and projector, 0.6 GB in bfloat16).
+    language model (LLaVA-NeXT-8B: 0.33B in the CLIP tower and projector, 0.6 GiB in bfloat16, of 8.4B).
     """
     language = {id(p) for p in net.get_decoder().parameters()}
     head = net.get_output_embeddings()
