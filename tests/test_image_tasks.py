@@ -415,9 +415,8 @@ def test_a_text_task_for_a_vision_tower_is_refused_before_anything_is_written(
         (["eval", "--task", "shapes", "--strategy", "none"], "`t2 eval --strategy`"),
         (["adapt", "--task", "shapes"], "`t2 adapt`"),
         (["train", "--task", "shapes", "--rollout", "vllm"], "the vLLM rollout"),
-        (["train", "--task", "shapes", "--shard", "fsdp"], "FSDP training"),
     ],
-    ids=["eval-strategy", "adapt", "train-vllm", "train-fsdp"],
+    ids=["eval-strategy", "adapt", "train-vllm"],
 )
 def test_text_only_paths_refuse_an_image_task_before_any_model_loads(
     tmp_path: Path, t2_home: Path, command: list[str], path: str
@@ -429,6 +428,21 @@ def test_text_only_paths_refuse_an_image_task_before_any_model_loads(
     assert len(error_lines) == 1, result.output
     assert f"task 'shapes' shows images, and {path}" in error_lines[0] and "feeds text only" in error_lines[0]
     assert not t2_home.exists()  # refused before the registry opens: no run, no row
+
+
+def test_fsdp_takes_an_image_task_on_a_vision_language_model_only(
+    tiny_vlm_dirs: dict[str, Path], tiny_llama: Path, t2_home: Path
+) -> None:
+    # --shard fsdp feeds each rank's pictures to the sharded model (tests/test_vlm_sharded.py): the
+    # image task passes the task checks, and one process is then refused for being one process.
+    fsdp = ["train", "--task", "shapes", "--shard", "fsdp", "--model"]
+    on_vlm = CliRunner().invoke(app, [*fsdp, str(tiny_vlm_dirs["llava"])])
+    assert on_vlm.exit_code == 1, on_vlm.output
+    assert "--shard fsdp splits the model over several processes" in on_vlm.output
+    assert "shows images" not in on_vlm.output
+    on_text = CliRunner().invoke(app, [*fsdp, str(tiny_llama)])  # a text model still cannot see the pictures
+    assert on_text.exit_code == 1, on_text.output
+    assert "task 'shapes' shows images, but" in on_text.output and "is a text-only model" in on_text.output
 
 
 def test_prompts_refuse_items_with_images(tmp_path: Path) -> None:

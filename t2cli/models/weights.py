@@ -83,6 +83,10 @@ class SafetensorsWeights:
     def has(self, name: str) -> bool:
         return name in self._where
 
+    def names(self) -> list[str]:
+        """Every tensor name the files hold, as stored (a renamed checkpoint's own names)."""
+        return list(self._where)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self._shapes[name]
 

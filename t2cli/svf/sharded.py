@@ -22,6 +22,18 @@ matrix for the moment. Its forward saves only x (as nn.Linear does).
 FSDP's collectives need every rank to run the same forwards: rollouts use
 ``synced_gpus`` generation and every rank generates (and backpropagates) the same
 number of batches, padding with dummy work whose results are dropped.
+
+A vision-language model (LLaVA, Idefics3...) is built as the image-text model class t2's
+one-process path loads, and filled from checkpoints stored under older names
+(``language_model.model.*``) with transformers' own renaming rules. Only its language model
+is sharded (its decoder layers the units, as for a text model); the vision tower and the
+projector are replicated, whole on every rank and outside FSDP (``_image_side``). So whether a
+rank's batch holds pictures (a padding batch, a text item) never changes the collectives it
+runs, and transformers' ``generate`` may encode the pictures before the model's first forward
+(it does in 5.x), where FSDP has gathered nothing: the image tensors go with each rank's own
+prompts through the same calls as in one process.
+SVF targets stay in the language model (``--targets`` naming vision-tower or projector
+matrices is refused before anything loads).
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from t2cli.models.hashing import HashCache
 from t2cli.models.identity import model_identity
 from t2cli.models.load import load_tokenizer
 from t2cli.models.resolve import resolve_model
+from t2cli.models.targets import PART_NAMES, is_vision_language, select_targets
 from t2cli.models.weights import SafetensorsWeights
 from t2cli.runtime.distributed import Dist, DistributedError
 from t2cli.svf.adaptable import Adaptable, weights_folder
@@ -279,8 +292,11 @@ def load_sharded_adaptable(
     from transformers import AutoConfig  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
     config = AutoConfig.from_pretrained(folder)
-    net, layers, mesh, units = _build_sharded(folder, config, _model_dtype(config, dtype), list(blobs), dist)
-    _load_weights(net, folder, mesh)
+    source = SafetensorsWeights(folder)
+    net, layers, mesh, units, names = _build_sharded(
+        folder, config, _model_dtype(config, dtype), list(blobs), dist, source
+    )
+    _load_weights(net, source, names, mesh)
     _load_factors(registry, blobs, layers, mesh)
     svf = ShardedSVF(net, layers, mesh, units)
     return Adaptable(
@@ -299,6 +315,7 @@ def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) ->
     """Resolve the model, decompose it (rank 0) or find its decomposition (others); its weights folder and target names."""
     ref = resolve_model(model)
     identity = model_identity(ref, HashCache(registry.home / "cache" / "file-hashes.json"))
+    check_sharded_targets(identity.model_type, identity.num_layers, identity.vision_layers, targets)
     # GGUF weights are read through t2's dequantised safetensors copy: rank 0, first in, writes it; the
     # others find it (or, with a node-local T2_HOME, write their node's own).
     folder = weights_folder(registry, identity)
@@ -315,6 +332,24 @@ def _prepare(registry: Registry, model: str | None, targets: str, dist: Dist) ->
     return ref, identity, base_id, decomposition_id, folder, factor_blobs(registry, decomposition_id)
 
 
+def check_sharded_targets(model_type: str, num_layers: int, vision_layers: int, targets: str) -> None:
+    """Refuse, in one line, ``--targets`` that name vision-tower or projector matrices: FSDP adapts the language model.
+
+    The image side of a vision-language model is replicated outside FSDP (``_build_sharded``), and
+    ``SVFLinear`` composes W' on the sharded rows of an FSDP parameter: it has no replicated form.
+    """
+    if not vision_layers:
+        return
+    chosen = select_targets(model_type, num_layers, targets, vision_layers=vision_layers)
+    image_side = sorted({m.part for m in chosen} - {"language"})
+    if image_side:
+        parts = " and ".join(PART_NAMES[part] for part in image_side)
+        raise T2Error(
+            f"--shard fsdp adapts the language model only, and --targets {targets!r} names matrices of the {parts}",
+            "train those targets without --shard (data parallel), or pick language-model targets (all, attn, mlp)",
+        )
+
+
 def _model_dtype(config: Any, dtype: str | None) -> torch.dtype:
     """``--dtype`` if given, else the checkpoint's own (float32 when its config names none)."""
     if dtype is not None:
@@ -326,37 +361,92 @@ def _model_dtype(config: Any, dtype: str | None) -> torch.dtype:
 
 
 def _build_sharded(
-    folder: Path, config: Any, dtype: torch.dtype, target_names: Sequence[str], dist: Dist
-) -> tuple[PreTrainedModel, dict[str, SVFLinear], DeviceMesh, list[FSDPModule]]:
-    """The model on the meta device, targets swapped for ``SVFLinear``, FSDP2 units applied, this rank's memory allocated."""
+    folder: Path, config: Any, dtype: torch.dtype, target_names: Sequence[str], dist: Dist, source: SafetensorsWeights
+) -> tuple[PreTrainedModel, dict[str, SVFLinear], DeviceMesh, list[FSDPModule], dict[str, str]]:
+    """The model on the meta device, targets swapped for ``SVFLinear``, FSDP2 units applied, this rank's memory allocated.
+
+    Also returns, per parameter, the name of the checkpoint tensor that fills it (``_checkpoint_names``).
+    """
     from accelerate import init_empty_weights  # noqa: PLC0415 - heavy: accelerate, only for --shard fsdp
     from torch.distributed.fsdp import fully_shard  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
 
+    # The class t2cli.models.load gives a one-process model: transformers 5 maps most VLM configs to no causal LM.
+    auto = AutoModelForImageTextToText if is_vision_language(config.model_type) else AutoModelForCausalLM
     with init_empty_weights(include_buffers=False):  # buffers (rotary frequencies) are computed, not stored
-        net = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        net = auto.from_config(config, dtype=dtype)
     net.tie_weights()  # on the meta device transformers leaves tied embeddings untied (lm_head = embed_tokens)
     net.eval().requires_grad_(False)
     net.generation_config = _generation_config(folder, net)
+    # Before fully_shard: transformers finds its renaming rules by the model's class names, which FSDP changes.
+    names = _checkpoint_names(net, source)
 
     layers = {name: _swap_linear(net, name) for name in target_names}
     mesh = init_device_mesh(torch.device(dist.device).type, (dist.world_size,))
+    decoder = net.get_decoder()  # the language model (the whole model's own for a text model)
     # One FSDP unit per decoder layer (the classes transformers never splits across devices), then the root.
+    # A VLM lists its vision tower's blocks among those classes too: only the language model's are units.
     unit_classes = set(getattr(net, "_no_split_modules", None) or [])
-    decoder_layers = [m for m in net.modules() if type(m).__name__ in unit_classes]
+    decoder_layers = [m for m in decoder.modules() if type(m).__name__ in unit_classes]
     if not decoder_layers:
         raise T2Error(
             f"cannot find the decoder layers of this {config.model_type} model for FSDP", "train it without --shard"
         )
     units = [fully_shard(layer, mesh=mesh) for layer in decoder_layers]  # the same modules, now FSDP units
-    fully_shard(net, mesh=mesh)
+    fully_shard(net, mesh=mesh, ignored_params=_image_side(net) if is_vision_language(config.model_type) else None)
 
     buffers = {name: buf for name, buf in net.named_buffers()}
     net.to_empty(device=dist.device)
     for name, buf in buffers.items():  # to_empty left them uninitialised: put the computed values back
         owner, _, attr = name.rpartition(".")
         net.get_submodule(owner)._buffers[attr] = buf.to(dist.device)
-    return net, layers, mesh, units
+    return net, layers, mesh, units, names
+
+
+def _image_side(net: PreTrainedModel) -> set[nn.Parameter]:
+    """A VLM's parameters outside its language model and LM head: the vision tower and projector, replicated.
+
+    Replicated, they run no collective: a rank whose batch has no picture (padding, a text item)
+    skips them without leaving its peers waiting, and ``generate`` can run the vision tower
+    outside the model's forward (``_prepare_multimodal_encoder_kwargs_for_generation`` in
+    transformers 5), where sharded parameters would not be gathered. They are small beside the
+    language model (LLaVA-NeXT-8B: 0.33B in the CLIP tower and projector, 0.6 GiB in bfloat16, of 8.4B).
+    """
+    language = {id(p) for p in net.get_decoder().parameters()}
+    head = net.get_output_embeddings()
+    language |= {id(p) for p in head.parameters()} if head is not None else set()
+    return {p for p in net.parameters() if id(p) not in language}
+
+
+def _checkpoint_names(net: PreTrainedModel, source: SafetensorsWeights) -> dict[str, str]:
+    """For each parameter of ``net``, the checkpoint tensor that holds it: the renaming ``from_pretrained`` applies.
+
+    A VLM checkpoint may store other names than its modules' (llava-hf: ``language_model.model.*`` for
+    ``model.language_model.*``). transformers renames them on load with rules it registers per model
+    class (``conversion_mapping``); they are applied here as its loader applies them, including its
+    fallback to a key's own name. A checkpoint whose tensors need converting (fused, split), not only
+    renaming, is refused.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping  # noqa: PLC0415 - heavy: transformers (~2 s), only when building the model
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key  # noqa: PLC0415 - heavy: transformers, only when building the model
+
+    transforms = get_model_conversion_mapping(net)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    expected = net.state_dict()  # meta tensors: the names are what is read
+    prefix = net.base_model_prefix
+    names: dict[str, str] = {}
+    for key in source.names():
+        renamed, converted = rename_source_key(key, renamings, converters, prefix, expected)
+        if renamed not in expected and key in expected:  # transformers' own fallback: the key needed no renaming
+            renamed, converted = rename_source_key(key, [], [], prefix, expected)
+        if converted is not None:
+            raise T2Error(
+                f"tensor {key} of this checkpoint must be converted ({converted}), not only renamed, to load",
+                "--shard fsdp reads tensors as stored: train this model without --shard",
+            )
+        names.setdefault(renamed, key)
+    return names
 
 
 def _swap_linear(net: nn.Module, name: str) -> SVFLinear:
@@ -380,23 +470,28 @@ def _generation_config(folder: Path, net: nn.Module):
 
 
 @torch.no_grad()
-def _load_weights(net: nn.Module, folder: Path, mesh: DeviceMesh) -> None:
-    """Each parameter's local shard from the safetensors files (one full tensor in host memory at a time)."""
-    from torch.distributed.tensor import distribute_tensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
+def _load_weights(net: nn.Module, source: SafetensorsWeights, names: Mapping[str, str], mesh: DeviceMesh) -> None:
+    """Each parameter's local shard (a replicated one whole) from the safetensors files, one full tensor at a time.
 
-    source = SafetensorsWeights(folder)
-    for name, parameter in net.named_parameters():  # tied weights (lm_head = embed_tokens) appear once
-        param = _sharded(parameter, name)
-        if not source.has(name):
+    ``names``: parameter -> checkpoint tensor (``_checkpoint_names``).
+    """
+    from torch.distributed.tensor import DTensor, distribute_tensor  # noqa: PLC0415 - heavy: FSDP/DTensor (~1 s), only for --shard fsdp
+
+    for name, param in net.named_parameters():  # tied weights (lm_head = embed_tokens) appear once
+        stored = names.get(name)
+        if stored is None:
             raise T2Error(
-                f"the weights in {folder} have no tensor {name!r}",
-                "--shard fsdp reads checkpoints saved by transformers under their module names",
+                f"the weights in {source.folder} have no tensor for {name!r}",
+                "--shard fsdp reads checkpoints saved by transformers (under module names or names it renames)",
             )
-        full = source.get(name)
+        full = source.get(stored)
         if tuple(full.shape) != tuple(param.shape):
-            raise T2Error(f"tensor {name} is {tuple(full.shape)} in the files but {tuple(param.shape)} in the model")
-        shard = distribute_tensor(full.to(param.dtype), mesh, param.placements, src_data_rank=None)
-        param.to_local().copy_(shard.to_local())
+            raise T2Error(f"tensor {stored} is {tuple(full.shape)} in the files but {tuple(param.shape)} in the model")
+        if isinstance(param, DTensor):
+            shard = distribute_tensor(full.to(param.dtype), mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(shard.to_local())
+        else:  # the replicated image side of a VLM (``_image_side``)
+            param.copy_(full)
 
 
 def _sharded(tensor: torch.Tensor, name: str) -> DTensor:

@@ -120,9 +120,7 @@ def train_cmd(
         deprecated_alias("--gen-batch", "--batch-size")
         batch_size = old_gen_batch
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
-    if task_obj is not None:  # images reach the model through the transformers rollouts on one process's model
-        if shard == "fsdp":
-            task_obj.require_text_only(path="FSDP training (--shard fsdp)")
+    if task_obj is not None:  # images reach the model through the transformers rollouts (replicated or FSDP)
         if rollout == "vllm":
             task_obj.require_text_only(path="the vLLM rollout (--rollout vllm)")
         check_model_fits_task(task_obj, model, targets)  # from the config: before the registry opens
