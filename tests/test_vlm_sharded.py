@@ -62,7 +62,7 @@ def _shape_batch(adaptable, n: int = 2) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- one rank, in process
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "gemma3"])
 def test_a_sharded_vlm_gives_the_one_process_logits_and_z_gradients_with_pictures(
     one_rank_group: Dist, tiny_vlm_dirs: dict[str, Path], family: str
 ) -> None:
