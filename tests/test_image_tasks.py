@@ -411,12 +411,8 @@ def test_a_text_task_for_a_vision_tower_is_refused_before_anything_is_written(
 
 @pytest.mark.parametrize(
     ("command", "path"),
-    [
-        (["eval", "--task", "shapes", "--strategy", "none"], "`t2 eval --strategy`"),
-        (["adapt", "--task", "shapes"], "`t2 adapt`"),
-        (["train", "--task", "shapes", "--rollout", "vllm"], "the vLLM rollout"),
-    ],
-    ids=["eval-strategy", "adapt", "train-vllm"],
+    [(["train", "--task", "shapes", "--rollout", "vllm"], "the vLLM rollout")],
+    ids=["train-vllm"],
 )
 def test_text_only_paths_refuse_an_image_task_before_any_model_loads(
     tmp_path: Path, t2_home: Path, command: list[str], path: str

@@ -232,16 +232,20 @@ def fewshot_fitness(
     """Greedy accuracy of ``z`` (None: base weights) on ``items`` and the gold answers' log-likelihood.
 
     Generation and scoring of the gold answers run under one ``svf.adapted`` block:
-    z is composed once, and the base weights are back when this returns or raises.
+    z is composed once, and the base weights are back when this returns or raises. Items with
+    images (a vision-language model) are generated and scored with their pictures.
     """
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
-    prompts = task.prompts(tokenizer, items)
+    shown = task.image_prompts(adaptable.processor(), items) if any(item.images for item in items) else None
+    prompts = shown if shown is not None else task.prompts(tokenizer, items)
     golds = gold_texts(task, items)
     with adaptable.svf.adapted(z):
         gens = generate(
             adaptable.model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size
         )
-        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        prompt_ids = (
+            [p.ids for p in shown] if shown is not None else tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        )
         gold_ids = tokenizer(golds, add_special_tokens=False)["input_ids"]
         per_item: list[float] = []
         for start in range(0, len(items), batch_size):
@@ -252,6 +256,7 @@ def fewshot_fitness(
                 gold_ids[rows],
                 pad_id=tokenizer.pad_token_id,
                 device=adaptable.device,
+                image_prompts=shown[rows] if shown is not None else None,
             )
             per_item += (logprobs.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)).tolist()
     correct = task.correct(items, gens.texts)
@@ -331,11 +336,9 @@ def resolve_shots(task: str | None, fewshot: str | None, shots: int | None, seed
         if task is None:
             raise UsageError("give --task TASK or --fewshot FILE.jsonl", "e.g. t2 adapt --task arc-challenge")
         named = get_task(task)
-        named.require_text_only(path="`t2 adapt`")
         split = "train" if named.split("train") else "valid"
         return ShotPlan(named, named.name, select_shots(named, shots, seed), f"task {named.name} ({split} split)", task)
     file_task = load_task_file(Path(fewshot).expanduser())
-    file_task.require_text_only(path="`t2 adapt`")
     known = task if task is not None and task.strip().lower() in task_names() else None
     label = canonical_task_name(task) if task is not None else file_task.name
     return ShotPlan(

@@ -6,6 +6,9 @@ generates pass 2 in batches: items are grouped by what pass 1 chose, and each gr
 is answered in one batched ``generate`` with that z applied. The result is an
 ``EvalResult`` plus the routing (how many items went where) and the pass-1 time; it
 is stored like any evaluation, with the strategy in its config.
+
+An image task (a vision-language model) goes the same way with its pictures: pass 1 sees each
+item's images, as ``t2 ask --image`` does, and pass 2 generates from the processor's prompts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from t2cli.ask.engine import Asker, AskSettings
 from t2cli.errors import T2Error
-from t2cli.eval.accuracy import EvalResult, make_result, record_evaluation
+from t2cli.eval.accuracy import EvalResult, item_prompts, make_result, record_evaluation
 from t2cli.runtime.generation import generate
 
 if TYPE_CHECKING:
@@ -78,12 +81,13 @@ def evaluate_strategy(
         model=model,
         adaptable=adaptable,
         device=device,
+        expect_images=any(item.images for item in items),  # a text-only model is refused before it loads
     )
     adaptable = asker.load()
     started = time.perf_counter()
     decisions = []
-    for item in items:  # pass 1 sees the user's question, as in `t2 ask`
-        decisions.append(asker.dispatch(item.prompt))
+    for item in items:  # pass 1 sees the user's question and its pictures, as in `t2 ask`
+        decisions.append(asker.dispatch(item.prompt, images=[image.open() for image in item.images]))
         if on_item:
             on_item(1)
     dispatch_seconds = time.perf_counter() - started
@@ -96,7 +100,7 @@ def evaluate_strategy(
     for indices in groups.values():
         try:
             asker.apply_decision(decisions[indices[0]])
-            prompts = task.prompts(adaptable.tokenizer, [items[i] for i in indices])
+            prompts = item_prompts(adaptable, task, [items[i] for i in indices])
             gens = generate(adaptable.model, adaptable.tokenizer, prompts, max_new_tokens=budget, batch_size=batch_size)
         finally:
             adaptable.svf.restore()

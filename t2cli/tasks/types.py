@@ -153,11 +153,10 @@ class Task(ABC):
     def require_text_only(self, items: Sequence[TaskItem] | None = None, *, path: str = "this command") -> None:
         """TaskError, one line, when this task (or just ``items``) shows images and ``path`` feeds text only.
 
-        Train and eval with the transformers backend feed images to a vision-language model
-        (``image_prompts``); the other paths (``t2 adapt``, ``t2 eval --strategy``, the vLLM
-        rollout, FSDP) render prompts as text, so an image task there would be answered without
-        its pictures and its accuracy would measure nothing. They call this before loading a
-        model; ``prompts`` calls it again as the last guard.
+        Train, eval, ``t2 eval --strategy``, ``t2 adapt`` and FSDP feed images to a vision-language
+        model (``image_prompts``); a path that renders prompts as text (the vLLM rollout) would
+        answer an image task without its pictures, and its accuracy would measure nothing. It
+        calls this before loading a model; ``prompts`` calls it again as the last guard.
         """
         if any(item.images for item in items) if items is not None else self.uses_images():
             raise TaskError(

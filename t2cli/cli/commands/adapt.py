@@ -113,6 +113,7 @@ def adapt_cmd(
     from t2cli.experts.mixing import check_name_free, free_name  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
     from t2cli.svf.adaptable import load_adaptable  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.tasks.modality import check_model_fits_task  # noqa: PLC0415 - CLI start-up: pulls transformers' config classes
 
     cem = CEMConfig(
         population=population,
@@ -126,6 +127,7 @@ def adapt_cmd(
     plan = resolve_shots(task, fewshot, shots, seed)
     with open_registry() as registry:
         loaded, model = resolve_experts(registry, experts.split(",") if experts is not None else None, model)
+        check_model_fits_task(plan.task, model, loaded[0].config.targets)  # shots with pictures need a VLM
         names = [e.name for e in loaded]
         if name is not None:
             check_name_free(registry, name)

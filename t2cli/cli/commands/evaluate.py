@@ -168,9 +168,10 @@ def _eval_strategy(
     from t2cli.ask.evaluation import evaluate_strategy  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
     from t2cli.tasks import get_task  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
+    from t2cli.tasks.modality import check_model_fits_task  # noqa: PLC0415 - CLI start-up: pulls transformers' config classes
 
     task_obj = get_task(task)
-    task_obj.require_text_only(path="`t2 eval --strategy`")
+    check_model_fits_task(task_obj, model, "all")  # an image task on a text-only model: one line, before loading
     total = min(limit, len(task_obj.split(split))) if limit else len(task_obj.split(split))
     with (
         open_registry() as registry,
