@@ -206,7 +206,8 @@ def test_pushed_w_prime_lands_in_vllms_fused_parameters_in_place(
     composed = adaptable.svf.composed(z)
     storage = {name: p.data_ptr() for name, p in params.items()}
     before = {name: p.detach().clone() for name, p in params.items()}
-    pushed = {name: f"{name}.weight" for name in composed}  # a text model: vllm_weight_name's names
+    identity = adaptable.identity
+    pushed = {m.name: vllm_weight_name(m) for m in select_targets(identity.model_type, identity.num_layers)}
     _push_weights(rollout, pushed, adaptable.svf, composed)  # what t2 train does before each rollout
 
     adapted = {**hf, **{f"{name}.weight": w for name, w in composed.items()}}

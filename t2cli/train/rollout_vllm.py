@@ -391,8 +391,8 @@ class VLLMRollout:
             seen = getattr(output, "prompt_token_ids", None)  # the prompt vLLM ran, image placeholders expanded
             if seen is not None and list(seen) != prompt_ids[k]:
                 raise RolloutBackendError(
-                    f"vLLM expanded prompt {k // per_prompt} to {len(seen)} tokens where the model's processor "
-                    f"gives {len(prompt_ids[k])}: the loss would re-score another prompt than the one generated from",
+                    f"vLLM expanded prompt {k // per_prompt} to {len(seen)} tokens that differ from the "
+                    f"{len(prompt_ids[k])} the model's processor gives: the loss would re-score another prompt",
                     "use --rollout hf for this model",
                 )
             generated = list(output.outputs[0].token_ids)
