@@ -12,4 +12,4 @@ VLLM_SPEC="${VLLM_SPEC:-vllm}"
 torch_version=$(.venv-vllm/bin/python -c 'import torch; print(torch.__version__.split("+")[0])')
 .venv-vllm/bin/pip install -q -e '.[test]' -c <(echo "torch==$torch_version")
 .venv-vllm/bin/python -c 'import vllm, torch, transformers; print("vllm", vllm.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'
-exec .venv-vllm/bin/python -m pytest -q tests/test_vllm_contract.py tests/test_rollout_vllm.py "$@"
+exec .venv-vllm/bin/python -m pytest -q tests/test_vllm_contract.py tests/test_rollout_vllm.py tests/test_rollout_vllm_images.py "$@"

@@ -409,23 +409,6 @@ def test_a_text_task_for_a_vision_tower_is_refused_before_anything_is_written(
     assert not t2_home.exists()
 
 
-@pytest.mark.parametrize(
-    ("command", "path"),
-    [(["train", "--task", "shapes", "--rollout", "vllm"], "the vLLM rollout")],
-    ids=["train-vllm"],
-)
-def test_text_only_paths_refuse_an_image_task_before_any_model_loads(
-    tmp_path: Path, t2_home: Path, command: list[str], path: str
-) -> None:
-    # These paths render prompts as text: answering shapes without its pictures would measure nothing.
-    result = CliRunner().invoke(app, [*command, "--model", str(tmp_path / "no-model")])
-    assert result.exit_code == 1, result.output
-    error_lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(error_lines) == 1, result.output
-    assert f"task 'shapes' shows images, and {path}" in error_lines[0] and "feeds text only" in error_lines[0]
-    assert not t2_home.exists()  # refused before the registry opens: no run, no row
-
-
 def test_fsdp_takes_an_image_task_on_a_vision_language_model_only(
     tiny_vlm_dirs: dict[str, Path], tiny_llama: Path, t2_home: Path
 ) -> None:
@@ -439,6 +422,24 @@ def test_fsdp_takes_an_image_task_on_a_vision_language_model_only(
     on_text = CliRunner().invoke(app, [*fsdp, str(tiny_llama)])  # a text model still cannot see the pictures
     assert on_text.exit_code == 1, on_text.output
     assert "task 'shapes' shows images, but" in on_text.output and "is a text-only model" in on_text.output
+
+
+def test_vllm_rollouts_take_an_image_task_on_a_vlm_but_not_image_side_targets(
+    tiny_vlm_dirs: dict[str, Path], t2_home: Path
+) -> None:
+    # vLLM feeds the pictures (t2cli/train/rollout_vllm.py); it takes W' of the language model only.
+    model = str(tiny_vlm_dirs["llava"])
+    command = ["train", "--task", "shapes", "--rollout", "vllm", "--model", model, "--device", "cpu"]
+    vision = CliRunner().invoke(app, [*command, "--targets", "vision"])
+    assert vision.exit_code == 1, vision.output
+    error_lines = [ln for ln in vision.output.splitlines() if ln.startswith("error:")]
+    assert len(error_lines) == 1, vision.output
+    assert "--rollout vllm pushes W' into the language model only" in error_lines[0]
+    assert not t2_home.exists()  # refused from the config, before the registry opens
+    language = CliRunner().invoke(app, command)  # images are no reason to refuse: only this machine's missing GPU
+    assert language.exit_code == 1, language.output
+    assert "shows images" not in language.output
+    assert "--rollout vllm needs a CUDA GPU; the training device is cpu" in " ".join(language.output.split())
 
 
 def test_prompts_refuse_items_with_images(tmp_path: Path) -> None:

@@ -51,6 +51,13 @@ class FakeVLLM:
             ids[-1],
             EOS,
         ]
+        # vLLM's multimodal processor, for requests with images: f(prompt_token_ids, images) -> the ids it runs
+        # (placeholders expanded). None: the engine's model takes no images.
+        self.expand: Callable[[list[int], list[Any]], list[int]] | None = None
+        # vLLM's VLM loader: WeightsMapper prefixes (applied in order, as WeightsMapper.apply) and the names its
+        # AutoWeightsLoader then finds, which raises for any other. None: every name is taken (a text model here).
+        self.mapper: dict[str, str] = {}
+        self.loadable: set[str] | None = None
 
     @property
     def engine(self) -> Any:
@@ -76,6 +83,7 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
         worker_extension_cls: str = ""
         enable_sleep_mode: bool = False
         skip_tokenizer_init: bool = False
+        limit_mm_per_prompt: dict | None = None
         enforce_eager: bool = False
         max_num_seqs: int | None = None
 
@@ -97,6 +105,7 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
         max_tokens: int | None = 16
         min_tokens: int = 0
         logprobs: int | None = None
+        logit_bias: dict[int, float] | None = None
         detokenize: bool = True
         skip_special_tokens: bool = True
 
@@ -135,7 +144,15 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
         def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
             pairs = list(weights)
             state.log.append(("load_weights", pairs, torch.is_grad_enabled()))
-            return {name for name, _ in pairs}
+            loaded = set()
+            for name, _ in pairs:
+                for prefix, new in state.mapper.items():  # vllm/model_executor/models/utils.py WeightsMapper
+                    if name.startswith(prefix):
+                        name = name.replace(prefix, new, 1)
+                if state.loadable is not None and name not in state.loadable:
+                    raise ValueError(f"There is no module or parameter named {name!r}")  # AutoWeightsLoader's
+                loaded.add(name)
+            return loaded
 
     class GPUWorker:
         """vllm/v1/worker/gpu_worker.py Worker: the attributes an extension must not shadow, and get_model()."""
@@ -195,6 +212,9 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
             outputs = []
             for i, (prompt, sp) in enumerate(zip(prompts, params)):
                 ids = list(prompt["prompt_token_ids"])  # a TokensPrompt; anything else is a bug in the adapter
+                assert set(prompt) <= {"prompt_token_ids", "multi_modal_data"}, prompt
+                if "multi_modal_data" in prompt:
+                    ids = self._process_images(ids, prompt["multi_modal_data"])
                 tokens = list(state.respond(ids, sp))
                 if state.honour_stops and sp.stop_token_ids:
                     stop = next((j + 1 for j, t in enumerate(tokens) if t in sp.stop_token_ids), len(tokens))
@@ -203,6 +223,18 @@ def build_fake_vllm(state: FakeVLLM, *, drop: Iterable[str] = ()) -> dict[str, t
                 completion = CompletionOutput(0, f"<text of {tokens}>", tokens, None, None, "stop")
                 outputs.append(RequestOutput(str(i), None, ids, None, [completion], True))
             return outputs
+
+        def _process_images(self, ids: list[int], data: dict[str, Any]) -> list[int]:
+            """vLLM's multimodal processing: the placeholders of ``ids`` expanded for the images."""
+            # vllm/multimodal/processing/processor.py BaseMultiModalProcessor: no tokenizer, no processor
+            if state.expand is None or self.engine_args.skip_tokenizer_init:
+                raise ValueError("this engine's model takes no images, or was built with skip_tokenizer_init")
+            (images,) = data.values() if set(data) == {"image"} else (None,)
+            assert isinstance(images, list), data  # t2 sends a list of images per prompt
+            limit = (self.engine_args.limit_mm_per_prompt or {}).get("image", 999)
+            if len(images) > limit:  # vllm/multimodal/processing/context.py validate_num_items
+                raise ValueError(f"At most {limit} image(s) may be provided in one prompt.")
+            return state.expand(ids, images)
 
         def collective_rpc(
             self, method: Any, timeout: float | None = None, args: tuple = (), kwargs: dict | None = None

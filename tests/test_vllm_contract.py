@@ -12,10 +12,12 @@ built from vLLM's own parts, in the order vLLM uses them:
 - the worker extension is resolved from its qualified name in that config, checked for clashes
   against vLLM's Worker classes as ``WorkerWrapperBase.init_worker`` does, and called through
   vLLM's ``run_method``, as ``UniProcExecutor.collective_rpc`` does;
-- vLLM's ``InputProcessor`` admits t2's requests (prompt ids and ``SamplingParams``).
+- vLLM's ``InputProcessor`` admits t2's requests (prompt ids and ``SamplingParams``; for a
+  vision-language model also the images, through vLLM's own multimodal processor).
 
 So these tests state that what t2 sends is what the installed vLLM accepts, and that a pushed
-W'(z) lands in vLLM's fused parameters, in place. How to run them: docs/vllm.md.
+W'(z) lands in vLLM's fused parameters, in place, for text models and for the language model of
+the tiny LLaVA and Idefics3 (SmolVLM) of tests/vlm_models.py. How to run them: docs/vllm.md.
 """
 
 from __future__ import annotations
@@ -48,14 +50,19 @@ from vllm.utils.import_utils import resolve_obj_by_qualname
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.serial_utils import run_method
 
+from t2cli.models.targets import select_targets
 from t2cli.train.rollout_vllm import (
     MIN_VLLM,
+    NO_PLACEHOLDER,
     RolloutBackendError,
     VLLMRollout,
     WeightLoaderExtension,
     _check_api,
+    vision_prompts,
+    vllm_weight_name,
 )
 from tests.tiny_models import ARCHITECTURES
+from tests.vlm_models import IMAGE_TOKEN
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -130,7 +137,7 @@ def test_the_installed_vllm_has_the_api_t2_uses() -> None:
     from packaging.version import Version
 
     assert Version(vllm.__version__) >= Version(MIN_VLLM)
-    _check_api(vllm, sleep_mode=True)  # raises, naming what is missing, if LLM or EngineArgs lack anything
+    _check_api(vllm, sleep_mode=True, vision=True)  # raises, naming what is missing, if LLM or EngineArgs lack anything
 
 
 def test_the_engine_arguments_make_a_colocated_vllm_config(real_parts: None, tiny_llama: Path) -> None:
@@ -199,7 +206,9 @@ def test_pushed_w_prime_lands_in_vllms_fused_parameters_in_place(
     composed = adaptable.svf.composed(z)
     storage = {name: p.data_ptr() for name, p in params.items()}
     before = {name: p.detach().clone() for name, p in params.items()}
-    _push_weights(rollout, adaptable.svf, composed)  # what t2 train does before each rollout
+    identity = adaptable.identity
+    pushed = {m.name: vllm_weight_name(m) for m in select_targets(identity.model_type, identity.num_layers)}
+    _push_weights(rollout, pushed, adaptable.svf, composed)  # what t2 train does before each rollout
 
     adapted = {**hf, **{f"{name}.weight": w for name, w in composed.items()}}
     for name in covered:
@@ -253,3 +262,124 @@ def _parts(name: str, packed: dict[str, list[str]]) -> list[str]:
         if f".{fused}." in name:
             return [name.replace(f".{fused}.", f".{part}.") for part in parts]
     return [name]
+
+
+# --------------------------------------------------------------------------- vision-language models
+
+# vLLM's name of the language model's blocks, and t2's (transformers 5, loaded), per tiny VLM family.
+VLM_BLOCKS = {"llava": ("language_model.model.", "model.language_model."), "idefics3": ("model.text_model.",) * 2}
+
+
+@pytest.fixture()
+def vlm_folder(tiny_vlm_dirs: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The tiny VLM of ``request.param``, as vLLM's CPU wheel can build it.
+
+    LLaVA: transformers 5 saves the CLIP tower as ``vision_tower.encoder...``, which vLLM's CLIP
+    loader cannot place; llava-hf checkpoints store ``vision_tower.vision_model.encoder...``, which
+    both load, so the copy stores that. Its CLIP activation becomes ``gelu``: vLLM's ``quick_gelu``
+    is a compiled op the CPU wheel lacks. Neither touches the language model.
+    """
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    family = request.param
+    if family != "llava":
+        return tiny_vlm_dirs[family]
+    folder = tmp_path / family
+    shutil.copytree(tiny_vlm_dirs[family], folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    hub = {
+        name.replace("vision_tower.", "vision_tower.vision_model.", 1) if name.startswith("vision_tower.") else name: w
+        for name, w in weights.items()
+    }
+    save_file(hub, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["hidden_act"] = "gelu"
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("vlm_folder", list(VLM_BLOCKS), indirect=True)
+def test_pushed_w_prime_lands_in_a_vlms_language_model_in_place(real_parts: None, vlm_folder: Path) -> None:
+    """vLLM's VLM loader takes W' under t2's names (``vllm_weight_name``) into its language model's fused rows."""
+    from t2cli.home import open_registry
+    from t2cli.svf.adaptable import load_adaptable
+    from t2cli.train.loop import _push_weights
+
+    with open_registry() as registry:
+        adaptable = load_adaptable(registry, str(vlm_folder), device=DEVICE)
+    identity = adaptable.identity
+    rollout = make_rollout(vlm_folder, adaptable.tokenizer, max_images=1)
+    assert not rollout.llm.config.model_config.skip_tokenizer_init  # vLLM's multimodal processor needs it
+    engine = rollout.llm
+    params = dict(engine.model.named_parameters())
+    packed: dict[str, list[str]] = getattr(engine.model, "packed_modules_mapping", {})
+    theirs, ours = VLM_BLOCKS[vlm_folder.name]
+    t2_weights = {name: w.detach() for name, w in adaptable.model.named_parameters()}
+
+    def expected(weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        return torch.cat([weights[part.replace(theirs, ours, 1)] for part in _parts(name, packed)])
+
+    targets = select_targets(identity.model_type, identity.num_layers, "all", vision_layers=identity.vision_layers)
+    pushed = {m.name: vllm_weight_name(m) for m in targets}
+    covered = [name for name in params if name.startswith(f"{theirs}layers.") and name.endswith("proj.weight")]
+    assert len(covered) == 4 * identity.num_layers  # qkv_proj, o_proj, gate_up_proj, down_proj per block
+    for name in covered:  # vLLM loaded the W that t2 decomposed
+        assert torch.equal(params[name], expected(t2_weights, name)), name
+
+    torch.manual_seed(1)
+    z = {name: 1 + 0.3 * torch.randn_like(f.S) for name, f in adaptable.svf.factors.items()}
+    composed = adaptable.svf.composed(z)
+    storage = {name: p.data_ptr() for name, p in params.items()}
+    before = {name: p.detach().clone() for name, p in params.items()}
+    _push_weights(rollout, pushed, adaptable.svf, composed)  # what t2 train does before each rollout
+
+    adapted = {**t2_weights, **{pushed[name]: w for name, w in composed.items()}}
+    for name in covered:
+        assert torch.allclose(params[name], expected(adapted, name), atol=1e-6), name
+        assert not torch.allclose(params[name], before[name]), name
+    for name in set(params) - set(covered):  # vision tower, projector, embeddings, norms: untouched
+        assert torch.equal(params[name], before[name]), name
+    assert {name: p.data_ptr() for name, p in params.items()} == storage  # copied in place
+    assert engine.resets == 1
+    # Why image-side targets are refused: vLLM builds the tower only up to the layer the model reads.
+    if vlm_folder.name == "llava":  # vision_feature_layer -2 of 2 blocks: vLLM has block 0 only, t2 both
+        tower = {name.split(".layers.")[1].split(".")[0] for name in params if ".encoder.layers." in name}
+        assert tower == {"0"} and identity.vision_layers == 2
+
+
+@pytest.mark.parametrize("vlm_folder", list(VLM_BLOCKS), indirect=True)
+def test_vllm_expands_t2s_image_requests_to_the_ids_the_loss_scores(
+    real_parts: None, vlm_folder: Path, tmp_path: Path
+) -> None:
+    """vLLM's own multimodal processor admits each prompt with its images and expands it as t2's processor does."""
+    from PIL import Image
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from t2cli.tasks import get_task
+    from t2cli.tasks.images import ImageFile
+    from t2cli.tasks.types import TaskItem
+
+    task = get_task("shapes")
+    pictures = [ImageFile(tmp_path / f"{c}.png") for c in ("red", "blue")]
+    for picture, colour in zip(pictures, ("red", "blue")):
+        Image.new("RGB", (24, 16), colour).save(picture.path)
+    items = [
+        *task.split("test")[:2],
+        TaskItem("two", "Which colour is first?", "red", "exact", images=tuple(pictures)),
+        TaskItem("text", "2+2=?", "4", "exact"),
+    ]
+    processor = AutoProcessor.from_pretrained(vlm_folder)
+    prompts = vision_prompts(processor, items, task.system_prompt)
+    rollout = make_rollout(vlm_folder, AutoTokenizer.from_pretrained(vlm_folder), max_images=2)
+    assert rollout.llm.config.model_config.multimodal_config.get_limit_per_prompt("image") == 2
+    keys = [21, 22, 23, 24]
+    with pytest.raises(Admitted) as admitted:
+        rollout.generate(prompts, max_new_tokens=5, temperature=1.0, sample_keys=keys)
+    requests = admitted.value.requests
+    assert [r.prompt_token_ids for r in requests] == [p.encoded.ids for p in prompts]  # vLLM's expansion = t2's
+    assert [len(r.mm_features or []) for r in requests] == [1, 1, 2, 0]  # each item's images
+    assert [r.sampling_params.seed for r in requests] == keys
+    assert all(r.sampling_params.logit_bias == {IMAGE_TOKEN: NO_PLACEHOLDER} for r in requests)

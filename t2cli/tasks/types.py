@@ -153,10 +153,10 @@ class Task(ABC):
     def require_text_only(self, items: Sequence[TaskItem] | None = None, *, path: str = "this command") -> None:
         """TaskError, one line, when this task (or just ``items``) shows images and ``path`` feeds text only.
 
-        Train, eval, ``t2 eval --strategy``, ``t2 adapt`` and FSDP feed images to a vision-language
-        model (``image_prompts``); a path that renders prompts as text (the vLLM rollout) would
-        answer an image task without its pictures, and its accuracy would measure nothing. It
-        calls this before loading a model; ``prompts`` calls it again as the last guard.
+        Every path of t2 (train with either rollout, replicated or FSDP; eval, ``t2 eval --strategy``,
+        ``t2 adapt``) feeds images to a vision-language model (``image_prompts``); a path that rendered
+        an image task's prompts as text would answer it without its pictures, and its accuracy would
+        measure nothing: ``prompts`` calls this as the guard against that.
         """
         if any(item.images for item in items) if items is not None else self.uses_images():
             raise TaskError(

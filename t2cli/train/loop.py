@@ -29,7 +29,7 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors import safe_open
@@ -38,21 +38,24 @@ from safetensors.torch import save_file
 from registry.queries import experts, runs
 from t2cli.errors import T2Error, UsageError
 from t2cli.eval.accuracy import item_prompts, run_items
+from t2cli.models.targets import is_vision_language, select_targets
 from t2cli.runtime.distributed import DTYPES, SINGLE, Dist
 from t2cli.runtime.generation import completion_logprobs, generate, sample_key
+from t2cli.runtime.multimodal import ImagePrompt
 from t2cli.svf.adaptable import weights_folder
 from t2cli.svf.expert import ExpertConfig, register_expert
 from t2cli.svf.model import SVFModel
 from t2cli.svf.sharded import SHARDINGS, ShardedSVF
-from t2cli.train.rollout_vllm import VLLMRollout
+from t2cli.tasks.types import SPLITS
+from t2cli.train.rollout_vllm import VisionPrompt, VLLMRollout, vision_prompts, vllm_weight_name
 from t2cli.train.run_lock import hold_run_lock
 
 if TYPE_CHECKING:
     from registry import Registry
-    from t2cli.runtime.multimodal import ImagePrompt
     from t2cli.svf.adaptable import Adaptable
     from t2cli.svf.model import SVFLike
     from t2cli.tasks import Task
+    from t2cli.tasks.types import TaskItem
 
 ADVANTAGES = ("group", "group-norm", "raw")
 ROLLOUTS = ("hf", "vllm")
@@ -248,7 +251,7 @@ def _train(
     svf = adaptable.svf
     sharded = isinstance(svf, ShardedSVF)  # FSDP: every forward is a collective, so generation and loss are synced
     sync = dist if sharded else None
-    backend = _vllm_backend(registry, adaptable, config, dist) if config.rollout == "vllm" else None
+    backend, pushed = _vllm_backend(registry, adaptable, task, config, dist) if config.rollout == "vllm" else (None, {})
     if isinstance(svf, ShardedSVF):
         svf.gather_in_adapted = config.fsdp_gather_rollouts  # validation generates like the rollouts
     max_new = config.max_new_tokens or task.max_new_tokens
@@ -296,8 +299,8 @@ def _train(
         else:
             if isinstance(svf, ShardedSVF):
                 svf.refresh(frozen)
-            _push_weights(backend, svf, None if isinstance(svf, ShardedSVF) else svf.composed(frozen))
-            gens = backend.generate(task.prompts(adaptable.tokenizer, items), max_new_tokens=max_new, temperature=0.0)
+            _push_weights(backend, pushed, svf, None if isinstance(svf, ShardedSVF) else svf.composed(frozen))
+            gens = backend.generate(_vllm_prompts(adaptable, task, items), max_new_tokens=max_new, temperature=0.0)
             correct = task.correct(items, gens.texts)
         (total,) = dist.sum([sum(correct)])
         return total / len(valid_items)
@@ -318,7 +321,8 @@ def _train(
             items = task.sample_train(config.prompts_per_step, item_rng)
             first, stop = dist.shard(len(items))
             mine = items[first:stop]
-            prompts = item_prompts(adaptable, task, mine)  # with their images on a vision-language model
+            # With their images on a vision-language model (for vLLM also unexpanded: VisionPrompt)
+            prompts = item_prompts(adaptable, task, mine) if backend is None else _vllm_prompts(adaptable, task, mine)
             keys = [
                 sample_key(config.seed, step, first + i, j)
                 for i in range(len(mine))
@@ -333,7 +337,9 @@ def _train(
             else:
                 composed = svf.differentiable_weights(z)
             gen_start = time.perf_counter()
-            gens = _roll_out(adaptable, composed, prompts, keys, config, max_new, backend=backend, sync=sync)
+            gens = _roll_out(
+                adaptable, composed, prompts, keys, config, max_new, backend=backend, pushed=pushed, sync=sync
+            )
             gen_seconds = time.perf_counter() - gen_start
 
             # 3. rewards: +1 correct, -1 otherwise
@@ -469,12 +475,13 @@ def _train(
 def _roll_out(
     adaptable: Adaptable[SVFModel] | Adaptable[ShardedSVF],
     composed: dict[str, torch.Tensor] | None,
-    prompts: list[str] | list[ImagePrompt],
+    prompts: list[str] | list[ImagePrompt] | list[VisionPrompt],
     keys: list[int],
     config: TrainConfig,
     max_new: int,
     *,
     backend,
+    pushed: dict[str, str],
     sync: Dist | None,
 ):  # -> Generations
     """Step 2's completions with W'(z): through vLLM, or transformers generation on the adapted model.
@@ -484,9 +491,9 @@ def _roll_out(
     """
     svf = adaptable.svf
     if backend is not None:  # vLLM generates with W' pushed into its own copy of the model
-        if not all(isinstance(p, str) for p in prompts):  # the CLI refuses image tasks with --rollout vllm first
-            raise TypeError("the vLLM rollout takes text prompts only")
-        _push_weights(backend, svf, composed)
+        if any(isinstance(p, ImagePrompt) for p in prompts):  # vLLM expands image placeholders itself
+            raise TypeError("the vLLM rollout takes texts or VisionPrompts (_vllm_prompts), not ImagePrompts")
+        _push_weights(backend, pushed, svf, composed)
         return backend.generate(
             prompts,
             max_new_tokens=max_new,
@@ -494,12 +501,15 @@ def _roll_out(
             per_prompt=config.samples_per_prompt,
             sample_keys=keys,
         )
+    if any(isinstance(p, VisionPrompt) for p in prompts):
+        raise TypeError("VisionPrompts are the vLLM rollout's; transformers generation takes ImagePrompts")
+    hf_prompts = cast("list[str] | list[ImagePrompt]", prompts)
 
     def rollouts():
         return generate(
             adaptable.model,
             adaptable.tokenizer,
-            prompts,
+            hf_prompts,
             max_new_tokens=max_new,
             temperature=config.temperature,
             per_prompt=config.samples_per_prompt,
@@ -520,27 +530,48 @@ def _roll_out(
         svf.restore()
 
 
-def _vllm_backend(registry: Registry, adaptable: Adaptable[SVFLike], config: TrainConfig, dist: Dist):  # -> VLLMRollout
-    """The colocated vLLM engine of ``--rollout vllm``, loading the base weights from their safetensors files."""
-    folder = dist.main_first(lambda: weights_folder(registry, adaptable.identity))  # rank 0 dequantises a GGUF once
+def _vllm_backend(
+    registry: Registry, adaptable: Adaptable[SVFLike], task: Task, config: TrainConfig, dist: Dist
+) -> tuple[VLLMRollout, dict[str, str]]:
+    """The colocated vLLM engine of ``--rollout vllm``, loading the base weights from their safetensors files,
+    and the name vLLM takes W' of each target under (refusing targets it cannot take before the engine starts)."""
+    identity = adaptable.identity
+    targets = select_targets(
+        identity.model_type, identity.num_layers, adaptable.targets, vision_layers=identity.vision_layers
+    )
+    pushed = {matrix.name: vllm_weight_name(matrix) for matrix in targets}
+    vlm = is_vision_language(identity.model_type)
+    # vLLM profiles memory for its per-prompt image limit: the task's largest item, not vLLM's default of 999.
+    most_images = max((len(item.images) for split in SPLITS for item in task.split(split)), default=0)
+    folder = dist.main_first(lambda: weights_folder(registry, identity))  # rank 0 dequantises a GGUF once
     dtype = str(next(adaptable.model.parameters()).dtype).removeprefix("torch.")
-    return VLLMRollout(
+    backend = VLLMRollout(
         folder,
         adaptable.tokenizer,
         dtype=dtype,
         seed=config.seed,
         gpu_memory_utilization=config.vllm_memory,
         device=adaptable.device,
+        max_images=most_images if vlm else None,
     )
+    return backend, pushed
 
 
-def _push_weights(backend, svf, composed: dict[str, torch.Tensor] | None) -> None:
-    """W' of every target matrix into the vLLM engine: the composed tensors, or (FSDP) each live weight gathered in turn."""
+def _vllm_prompts(adaptable: Adaptable[SVFLike], task: Task, items: list[TaskItem]) -> list[str] | list[VisionPrompt]:
+    """``item_prompts`` for the vLLM engine: items with images as ``VisionPrompt``s (their images, ids unexpanded)."""
+    if any(item.images for item in items):
+        return vision_prompts(adaptable.processor(), items, task.system_prompt)
+    return task.prompts(adaptable.tokenizer, items)
+
+
+def _push_weights(backend, pushed: dict[str, str], svf, composed: dict[str, torch.Tensor] | None) -> None:
+    """W' of every target matrix into the vLLM engine, under the names in ``pushed`` (``vllm_weight_name``):
+    the composed tensors, or (FSDP) each live weight gathered in turn."""
     if composed is not None:
-        backend.push_weights({f"{name}.weight": weight.detach() for name, weight in composed.items()})
+        backend.push_weights({pushed[name]: weight.detach() for name, weight in composed.items()})
         return
     for name, layer in svf.layers.items():  # one gathered matrix at a time bounds the extra memory
-        backend.push_weights({f"{name}.weight": layer.weight.full_tensor()})
+        backend.push_weights({pushed[name]: layer.weight.full_tensor()})
 
 
 def cosine_factor(config: TrainConfig) -> Callable[[int], float]:

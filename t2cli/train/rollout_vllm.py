@@ -31,6 +31,22 @@ mechanism) and uses only public API (read in vllm-project/vllm):
   ``SamplingParams(n=1, seed=key, ...)`` per completion (vllm/sampling_params.py): vLLM seeds a
   generator per request, so a completion's draws depend on its key, not on its batch.
 
+Vision-language models (``VisionPrompt``): a request is ``{"prompt_token_ids": ids,
+"multi_modal_data": {"image": [PIL images]}}`` (``TokensPrompt``, vllm/inputs/llm.py), the ids
+being the chat-templated prompt tokenised alone, **one placeholder per image**. Not the ids
+t2's processor expanded: vLLM's multimodal processor (vllm/multimodal/processing/processor.py,
+``BaseMultiModalProcessor.apply``) runs the HF processor on the images only and always expands
+the placeholders of the token ids itself (``_apply_prompt_updates``), so already-expanded ids
+would be expanded a second time (vllm-project/vllm PR 57796, huggingface/trl issue 6294). Not
+the text either: vLLM would tokenise it again with its own settings (a BOS the chat template
+already wrote), while token ids are exactly t2's. Each output's ``prompt_token_ids`` (vLLM's
+expansion) must equal the ids t2's processor gives, which the loss re-scores with the image
+tensors; ``generate`` refuses a mismatch. The engine gets ``limit_mm_per_prompt={"image": n}``
+(vllm/config/multimodal.py; default 999, and vLLM profiles memory for that many) and keeps its
+tokenizer: vLLM's multimodal processors refuse ``skip_tokenizer_init``. Image placeholders get a
+``logit_bias`` of -100 (vLLM's bound), as the HF backend suppresses them: a completion holding
+one could not be re-scored. Only language-model matrices are pushed (``vllm_weight_name``).
+
 vLLM's newer native weight-transfer API (``LLM.init_weight_transfer_engine`` /
 ``LLM.update_weights`` with ``WeightTransferConfig``, vllm/distributed/weight_transfer/) is
 not used: it is built for a trainer in another process (NCCL broadcast, CUDA IPC handles
@@ -50,10 +66,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from t2cli.errors import T2Error
+from t2cli.models.identity import config_depths, read_config
+from t2cli.models.resolve import resolve_model
+from t2cli.models.targets import NAMED_LANGUAGE_GROUPS, PART_NAMES, TargetMatrix, select_targets
 from t2cli.runtime.generation import Generations
+from t2cli.runtime.multimodal import ImagePrompt, encode_chat, image_messages
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from PIL.Image import Image
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+
+    from t2cli.tasks.types import TaskItem
 
 MIN_VLLM = "0.10.2"
 INSTALL_HINT = (
@@ -71,7 +94,9 @@ _OWNED = (
     "distributed_executor_backend",
     "worker_extension_cls",
     "skip_tokenizer_init",
+    "limit_mm_per_prompt",
 )
+NO_PLACEHOLDER = -100.0  # logit bias of an image placeholder: the lowest vLLM accepts (SamplingParams.from_optional)
 
 
 class RolloutBackendError(T2Error):
@@ -103,6 +128,70 @@ def check_vllm_backend(device: str) -> None:
         raise RolloutBackendError("--rollout vllm needs the vllm package, which is not installed", INSTALL_HINT)
 
 
+@dataclasses.dataclass(frozen=True)
+class VisionPrompt:
+    """One prompt of a vision-language model, in the two forms the vLLM rollout needs.
+
+    ``ids``: the chat-templated prompt tokenised alone, one placeholder token per image: what
+    vLLM is sent (it expands the placeholders itself). ``images``: the item's images, in order.
+    ``encoded``: the same prompt through the model's processor, placeholders expanded, with the
+    image tensors: what the loss re-scores, and what vLLM's expansion must equal.
+    """
+
+    ids: list[int]
+    images: tuple[Image, ...]
+    encoded: ImagePrompt
+
+
+def vision_prompts(processor: ProcessorMixin, items: Sequence[TaskItem], system: str | None) -> list[VisionPrompt]:
+    """``items`` with their images as ``VisionPrompt``s (``encoded`` is what ``Task.image_prompts`` gives)."""
+    prompts = []
+    for item in items:
+        images = tuple(image.open() for image in item.images)
+        messages = image_messages(item.prompt, len(images), system)
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
+            raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
+        # Without special tokens, as the processor encodes it (the template writes any BOS itself).
+        ids = list(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        prompts.append(VisionPrompt(ids, images, encode_chat(processor, messages, list(images))))
+    return prompts
+
+
+def vllm_weight_name(matrix: TargetMatrix) -> str:
+    """The name under which vLLM's ``load_weights`` takes W' of ``matrix``: the one t2 composes it under.
+
+    t2 names a matrix as transformers 5 loads it (``model.language_model.layers.0.self_attn.q_proj``
+    for LLaVA). vLLM's VLM classes take that name as it is (vLLM >= 0.10.2, read in 0.33.0):
+    ``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``,
+    ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration`` map
+    ``model.language_model.`` to their ``language_model.model.`` with ``hf_to_vllm_mapper``
+    ("new names in checkpoint saved after transformers v4.52"), and
+    ``Idefics3ForConditionalGeneration`` (SmolVLM's base) holds its text model at
+    ``model.text_model`` as transformers does; text models are ``model.layers...`` on both sides.
+    The vision tower and the projector are refused: vLLM keeps its encoder's outputs in an
+    encoder cache that ``reset_prefix_cache`` does not clear (``LLM`` has no public reset for
+    it), and builds its vision towers only up to the feature layer the model reads.
+    """
+    if matrix.part != "language":
+        raise RolloutBackendError(
+            f"--rollout vllm pushes W' into the language model only; the targets include {matrix.name} "
+            f"in the {PART_NAMES[matrix.part]}",
+            "target the language model (--targets all, attn or mlp), or drop --rollout vllm",
+        )
+    return matrix.weight_name
+
+
+def check_vllm_targets(model: str | None, targets: str) -> None:
+    """Refuse, in one line and from the config alone, ``--targets`` that vLLM cannot take W' of (``vllm_weight_name``)."""
+    if targets in NAMED_LANGUAGE_GROUPS:  # language-model matrices of any model: no config to read
+        return
+    config = read_config(resolve_model(model))
+    num_layers, vision_layers = config_depths(config)
+    for matrix in select_targets(config.model_type, num_layers, targets, vision_layers=vision_layers):
+        vllm_weight_name(matrix)
+
+
 class WeightLoaderExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``); ``collective_rpc(LOAD_METHOD)`` calls it.
 
@@ -129,7 +218,10 @@ class VLLMRollout:
     allows ``sleep()`` / ``wake_up()`` to hand that memory back during the loss phase.
     ``end_ids``: end-of-completion tokens (default: the tokenizer's EOS and the folder's
     generation_config ``eos_token_id``, what transformers generation stops at).
-    ``engine_kwargs``: further ``vllm.LLM`` arguments (``enforce_eager``, ``max_num_seqs``...).
+    ``max_images``: for a vision-language model, the most images one prompt shows (vLLM's
+    ``limit_mm_per_prompt``; 0 for a text task); None for a text model, whose folder may have no
+    tokenizer (vLLM then loads none). ``engine_kwargs``: further ``vllm.LLM`` arguments
+    (``enforce_eager``, ``max_num_seqs``...).
 
     Build it on every rank at the same time (vLLM's start-up takes part in the ranks'
     process group under torchrun), before training fills the GPU: vLLM refuses to start when
@@ -149,6 +241,7 @@ class VLLMRollout:
         device: str | torch.device = "cuda",
         enable_sleep_mode: bool = False,
         end_ids: Collection[int] | None = None,
+        max_images: int | None = None,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not vllm_available():
@@ -161,6 +254,8 @@ class VLLMRollout:
             )
         if not 0 < gpu_memory_utilization <= 1:
             raise RolloutBackendError(f"gpu_memory_utilization must be in (0, 1] (got {gpu_memory_utilization})")
+        if max_images is not None and max_images < 0:
+            raise RolloutBackendError(f"max_images must be 0 or more (got {max_images})")
         if tensor_parallel_size != 1:
             # Under the external launcher a TP group is made of t2's own ranks, and every rank of it
             # must submit the same prompts; t2 gives each rank its own share of the prompts.
@@ -175,8 +270,9 @@ class VLLMRollout:
             )
         import vllm  # noqa: PLC0415 - optional: vllm is the [vllm] extra
 
-        _check_api(vllm, enable_sleep_mode)
+        _check_api(vllm, enable_sleep_mode, vision=max_images is not None)
         self.tokenizer = tokenizer
+        self.max_images = max_images
         self.dtype = DTYPES[dtype]
         self.device = _launcher_env(torch.device(device))
         self.enable_sleep_mode = enable_sleep_mode
@@ -190,9 +286,12 @@ class VLLMRollout:
             tensor_parallel_size=1,
             distributed_executor_backend="external_launcher",
             worker_extension_cls=f"{WeightLoaderExtension.__module__}.{WeightLoaderExtension.__qualname__}",
-            # t2 tokenises and decodes with its own tokenizer; the folder may have none (a dequantised GGUF copy).
-            skip_tokenizer_init=True,
+            # t2 tokenises and decodes with its own tokenizer; a text model's folder may have none (a dequantised
+            # GGUF copy). A vision-language model's multimodal processor needs vLLM's (BaseMultiModalProcessor).
+            skip_tokenizer_init=max_images is None,
         )
+        if max_images is not None:
+            kwargs["limit_mm_per_prompt"] = {"image": max_images}
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
         if enable_sleep_mode:
@@ -231,7 +330,7 @@ class VLLMRollout:
 
     def generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[str] | Sequence[VisionPrompt],
         *,
         max_new_tokens: int,
         temperature: float = 0.0,
@@ -244,6 +343,11 @@ class VLLMRollout:
         at temperature > 0 with ``sample_keys`` each request carries its key as vLLM's
         per-request seed, so a completion does not depend on the batch it is generated in.
         Greedy at temperature 0. Completions are cut after the first end token.
+
+        ``VisionPrompt``s (an engine built with ``max_images``) send their images with their
+        unexpanded ids; the ``Generations`` then hold the processor's expanded ids and each
+        completion's ``ImagePrompt``, as the HF backend's do, so the loss re-scores the prompt
+        vLLM generated from (checked against each output's ``prompt_token_ids``).
         """
         from vllm import SamplingParams  # noqa: PLC0415 - optional: vllm is the [vllm] extra
 
@@ -253,8 +357,18 @@ class VLLMRollout:
             raise ValueError(f"{len(sample_keys)} sample keys for {count} completions")
         if count == 0:  # a rank whose share of the step's prompts is empty
             return Generations([], [], [], per_prompt, 0)
-        encoded = [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-        prompt_ids = [ids for ids in encoded for _ in range(per_prompt)]
+        if self.max_images is None and any(isinstance(p, VisionPrompt) for p in prompts):
+            raise RolloutBackendError(
+                "this vLLM engine was built for a text model; it cannot take prompts with images",
+                "build it with max_images (the most images a prompt shows)",
+            )
+        encoded = [self._encode(p) for p in prompts]
+        requests = [request for request, _, _ in encoded for _ in range(per_prompt)]
+        prompt_ids = [scored for _, scored, _ in encoded for _ in range(per_prompt)]
+        images = any(image is not None for _, _, image in encoded)
+        # As the HF backend suppresses them: a completion holding an image placeholder could not be re-scored.
+        banned = sorted({i for p in prompts if isinstance(p, VisionPrompt) for i in p.encoded.placeholders})
+        extra: dict[str, Any] = {"logit_bias": dict.fromkeys(banned, NO_PLACEHOLDER)} if banned else {}
         seeded = sample_keys is not None and temperature > 0
         params = [
             SamplingParams(
@@ -264,21 +378,46 @@ class VLLMRollout:
                 max_tokens=max_new_tokens,
                 seed=int(sample_keys[i]) if seeded and sample_keys is not None else None,
                 stop_token_ids=sorted(self.end_ids),
-                detokenize=False,  # no vLLM tokenizer (skip_tokenizer_init); texts come from t2's
+                detokenize=False,  # texts come from t2's tokenizer (a text model's engine has none)
+                **extra,
             )
             for i in range(count)
         ]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
         if len(outputs) != count:
             raise RolloutBackendError(f"vLLM returned {len(outputs)} outputs for {count} requests")
         completion_ids: list[list[int]] = []
-        for output in outputs:
+        for k, output in enumerate(outputs):
+            seen = getattr(output, "prompt_token_ids", None)  # the prompt vLLM ran, image placeholders expanded
+            if seen is not None and list(seen) != prompt_ids[k]:
+                raise RolloutBackendError(
+                    f"vLLM expanded prompt {k // per_prompt} to {len(seen)} tokens that differ from the "
+                    f"{len(prompt_ids[k])} the model's processor gives: the loss would re-score another prompt",
+                    "use --rollout hf for this model",
+                )
             generated = list(output.outputs[0].token_ids)
             cut = next((i + 1 for i, t in enumerate(generated) if t in self.end_ids), len(generated))
             completion_ids.append(generated[:cut])
         # Decoded with t2's tokenizer (not vLLM's .text) so texts match the HF backend's for the same ids.
         texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        return Generations(prompt_ids, completion_ids, texts, per_prompt, sum(len(c) for c in completion_ids))
+        kept = tuple(image for _, _, image in encoded for _ in range(per_prompt)) if images else ()
+        return Generations(prompt_ids, completion_ids, texts, per_prompt, sum(len(c) for c in completion_ids), kept)
+
+    def _encode(self, prompt: str | VisionPrompt) -> tuple[dict[str, Any], list[int], ImagePrompt | None]:
+        """A prompt's vLLM request, the prompt ids the loss re-scores, and its ``ImagePrompt`` (None for text)."""
+        if isinstance(prompt, str):
+            ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            return {"prompt_token_ids": ids}, ids, None
+        limit = self.max_images or 0
+        if len(prompt.images) > limit:
+            raise RolloutBackendError(
+                f"a prompt shows {len(prompt.images)} images; this vLLM engine takes at most {limit}",
+                "build it with max_images of the task's largest item",
+            )
+        request: dict[str, Any] = {"prompt_token_ids": list(prompt.ids)}
+        if prompt.images:
+            request["multi_modal_data"] = {"image": list(prompt.images)}
+        return request, list(prompt.encoded.ids), prompt.encoded
 
     def sleep(self) -> None:
         """Hand the engine's GPU memory back (vLLM sleep level 1: weights to CPU, KV cache dropped)."""
@@ -300,7 +439,7 @@ class VLLMRollout:
             raise RolloutBackendError(f"cannot {action} a sleeping vLLM engine", "call wake_up() first")
 
 
-def _check_api(vllm: Any, sleep_mode: bool) -> None:
+def _check_api(vllm: Any, sleep_mode: bool, *, vision: bool = False) -> None:
     """One line naming what an installed vLLM lacks, instead of a TypeError deep inside it."""
     methods = ["collective_rpc", "reset_prefix_cache", "generate"] + (["sleep", "wake_up"] if sleep_mode else [])
     missing = [f"LLM.{name}" for name in methods if not callable(getattr(vllm.LLM, name, None))]
@@ -311,6 +450,7 @@ def _check_api(vllm: Any, sleep_mode: bool) -> None:
     except (ImportError, TypeError):
         fields = None
     wanted = ["worker_extension_cls", "distributed_executor_backend"] + (["enable_sleep_mode"] if sleep_mode else [])
+    wanted += ["limit_mm_per_prompt"] if vision else []
     missing += [f"EngineArgs.{name}" for name in wanted if fields is not None and name not in fields]
     if missing:
         version = getattr(vllm, "__version__", "?")

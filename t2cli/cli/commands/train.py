@@ -114,16 +114,16 @@ def train_cmd(
     from t2cli.tasks import get_task, needs_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~15 ms)
     from t2cli.tasks.modality import check_model_fits_task  # noqa: PLC0415 - CLI start-up: pulls transformers' config classes
     from t2cli.train.loop import TrainConfig, find_resumable_run, train  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
-    from t2cli.train.rollout_vllm import check_vllm_backend  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.train.rollout_vllm import check_vllm_backend, check_vllm_targets  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
 
     if old_gen_batch is not None:
         deprecated_alias("--gen-batch", "--batch-size")
         batch_size = old_gen_batch
     task_obj = None if needs_registry(task) else get_task(task)  # `dispatch` is built once the model is loaded
-    if task_obj is not None:  # images reach the model through the transformers rollouts (replicated or FSDP)
-        if rollout == "vllm":
-            task_obj.require_text_only(path="the vLLM rollout (--rollout vllm)")
+    if task_obj is not None:  # images reach the model through every rollout (hf or vllm), replicated or FSDP
         check_model_fits_task(task_obj, model, targets)  # from the config: before the registry opens
+    if rollout == "vllm":  # vLLM takes W' of the language model only (images reach it as for --rollout hf)
+        check_vllm_targets(model, targets)
     name = check_expert_name(name or f"{task_obj.name if task_obj else task.strip().lower()}-svf")
     config = TrainConfig(
         task=task,
