@@ -16,6 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from registry import Registry
+    from t2cli.runtime.distributed import Dist
 
 
 @pytest.fixture(autouse=True)
@@ -68,3 +69,36 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache.mkdir()
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+def _no_cuda() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(_no_cuda(), reason="no CUDA GPU: the NCCL variant runs where one is"),
+        ),
+    ]
+)
+def one_rank_group(request: pytest.FixtureRequest) -> Iterator[Dist]:
+    """A real one-process group (gloo on the CPU, NCCL on a GPU), so FSDP2 and DTensor run in this process
+    (tests/test_sharded.py, tests/test_vlm_sharded.py)."""
+    import torch
+    import torch.distributed as td
+
+    from t2cli.runtime.distributed import Dist
+
+    dist = Dist(rank=0, world_size=1, device="cpu" if request.param == "cpu" else "cuda:0")
+    if request.param == "cuda":
+        torch.cuda.set_device(0)
+    td.init_process_group(dist.backend, store=td.HashStore(), rank=0, world_size=1)  # one rank: no port to bind
+    try:
+        yield dist
+    finally:
+        td.destroy_process_group()

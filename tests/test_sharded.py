@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,31 +26,6 @@ from tests.distributed_support import (
     train_args,
     write_task,
 )
-
-
-@pytest.fixture(
-    params=[
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=pytest.mark.skipif(
-                not torch.cuda.is_available(), reason="no CUDA GPU: the NCCL variant runs where one is"
-            ),
-        ),
-    ]
-)
-def one_rank_group(request: pytest.FixtureRequest) -> Iterator[Dist]:
-    """A real one-process group (gloo on the CPU, NCCL on a GPU), so FSDP2 and DTensor run in this process."""
-    import torch.distributed as td
-
-    dist = Dist(rank=0, world_size=1, device="cpu" if request.param == "cpu" else "cuda:0")
-    if request.param == "cuda":
-        torch.cuda.set_device(0)
-    td.init_process_group(dist.backend, store=td.HashStore(), rank=0, world_size=1)  # one rank: no port to bind
-    try:
-        yield dist
-    finally:
-        td.destroy_process_group()
 
 
 def _tied_llama(folder: Path) -> Path:

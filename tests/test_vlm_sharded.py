@@ -11,7 +11,6 @@ must train the z of one plain process on ``shapes``, each rank feeding its own p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,31 +19,6 @@ import torch
 from t2cli.home import open_registry
 from t2cli.runtime.distributed import Dist
 from tests.distributed_support import assert_resumes_in_one_process, assert_same_training, torchrun, train_args
-
-
-@pytest.fixture(
-    params=[
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=pytest.mark.skipif(
-                not torch.cuda.is_available(), reason="no CUDA GPU: the NCCL variant runs where one is"
-            ),
-        ),
-    ]
-)
-def one_rank_group(request: pytest.FixtureRequest) -> Iterator[Dist]:
-    """A real one-process group (gloo on the CPU, NCCL on a GPU), so FSDP2 and DTensor run in this process."""
-    import torch.distributed as td
-
-    dist = Dist(rank=0, world_size=1, device="cpu" if request.param == "cpu" else "cuda:0")
-    if request.param == "cuda":
-        torch.cuda.set_device(0)
-    td.init_process_group(dist.backend, store=td.HashStore(), rank=0, world_size=1)  # one rank: no port to bind
-    try:
-        yield dist
-    finally:
-        td.destroy_process_group()
 
 
 def _shape_batch(adaptable, n: int = 2) -> dict[str, torch.Tensor]:
