@@ -84,8 +84,9 @@ def image_files(folder: Path, where: str, value: object) -> tuple[ImageFile, ...
         path = (folder / Path(name).expanduser()).resolve()
         problem = check_image_file(path)
         if problem is not None:
+            resolved = "" if str(path) == name else f" ({path})"  # where a relative name led
             raise TaskError(
-                f"{where}: image {name!r} ({path}) {problem}",
+                f"{where}: image {name!r}{resolved} {problem}",
                 hint=f"images are PNG, JPEG, WebP... files of at most {MAX_IMAGE_BYTES // 1_000_000} MB and "
                 f"{MAX_IMAGE_PIXELS // 1_000_000} million pixels, named relative to {folder}",
             )
