@@ -322,6 +322,19 @@ def _matrix_sums(matrices: list[tuple[int, int]]) -> tuple[int, int, int]:
     return params, factors, sum(min(m, n) for m, n in matrices)
 
 
+def language_sequence_bytes(vlm: VLMShapes) -> tuple[int, int]:
+    """(saved activations, answer log-softmax) of one sequence in the language model's loss forward, bytes.
+
+    The forward saves, for every position, what the language model's layers need for backward (the formula
+    of ``plan``: bf16 norms, q/k/v, attention output, MLP) and the bf16 logits of every position, plus float32
+    log-softmax windows for the answer tokens. The image tokens are positions like any other.
+    """
+    lm = vlm.language
+    kv = lm.kv_heads * lm.dim
+    per_position = lm.layers * (7 * lm.hidden + 2 * kv + 4 * lm.intermediate) * BASE_BYTES + lm.vocab * BASE_BYTES
+    return vlm.sequence_tokens * per_position, vlm.answer_tokens * lm.vocab * (BASE_BYTES + 2 * F32)
+
+
 def vlm_plan(
     vlm: VLMShapes, *, vision: bool, micro_batch: int, gen_batch: int, targets: str = "all"
 ) -> tuple[str, list[tuple[str, float, str]]]:
@@ -335,7 +348,7 @@ def vlm_plan(
     params, factor_floats, rank_sum = _matrix_sums(targets)
     m_big, n_big = max(targets, key=lambda mn: mn[0] * mn[1])
     r_big = min(m_big, n_big)
-    h, i, kv = lm.hidden, lm.intermediate, lm.kv_heads * lm.dim
+    kv = lm.kv_heads * lm.dim
 
     base = vlm.total_params() * BASE_BYTES
     factors = factor_floats * F32
@@ -344,12 +357,8 @@ def vlm_plan(
     transient = max((m_big * n_big + 2 * m_big * r_big) * F32, 2 * m_big * n_big * F32)
     resident = base + factors + z_state + composed + grad_w + transient
 
-    # The loss forward saves, for every position, what the language model's layers need for backward (the
-    # formula of ``plan``: bf16 norms, q/k/v, attention output, MLP), the bf16 logits of every position, and
-    # float32 log-softmax windows for the answer tokens. The image tokens are positions like any other.
     tokens = vlm.sequence_tokens
-    lm_act = tokens * (lm.layers * (7 * h + 2 * kv + 4 * i) * BASE_BYTES + lm.vocab * BASE_BYTES)
-    logsoftmax = vlm.answer_tokens * lm.vocab * (BASE_BYTES + 2 * F32)
+    lm_act, logsoftmax = language_sequence_bytes(vlm)
     # With the tower targeted, its forward is recorded too: per tile token and layer, bf16 LayerNorm inputs
     # and outputs (4h), q, k, v and the attention output (4h, SDPA keeps no score matrix) and fc1 before and
     # after GELU (2i). Without it the tower runs outside autograd's record (nothing of it needs a gradient).
@@ -435,6 +444,40 @@ def vlm_plan(
     ]
 
 
+def vlm_sharded_plan(vlm: VLMShapes, shards: int, *, targets: str = "all") -> list[tuple[str, float, str]]:
+    """(row, GiB per rank, how) for SVF-RL on ``vlm`` under ``t2 train --shard fsdp`` over ``shards`` ranks.
+
+    t2 shards the language model as for a text model (``sharded_plan``) and keeps the vision tower and projector
+    whole on every rank, outside FSDP (t2cli/svf/sharded.py); their matrices cannot be targets then. A rank's
+    loss activations are those of its own sequences, as without sharding.
+    """
+    lm, vt = vlm.language, vlm.vision
+    lm_rows = sharded_plan(lm, targets, shards)
+    lm_resident = lm_rows[-1][1]
+    image_side = (vt.total_params() + sum(m * n + m for m, n in vlm.projector.values()) + lm.hidden) * BASE_BYTES
+    resident = lm_resident + image_side
+    per_sequence = sum(language_sequence_bytes(vlm))
+    fits = {gpu: _largest_batch(cap * GIB - resident, per_sequence) for gpu, cap in GPU_MEMORY.items()}
+    return [
+        (
+            "language model, resident per rank (FSDP shards, t2's shards, factors, z, gathered layers)",
+            lm_resident / GIB,
+            "the text table's --shard fsdp rows, this many ranks",
+        ),
+        (
+            "vision tower + projector, bf16, replicated",
+            image_side / GIB,
+            "whole on every rank, outside FSDP",
+        ),
+        ("resident during a step per rank (no activations)", resident / GIB, "sum of the rows above"),
+        ("+ loss activations per sequence (one image)", per_sequence / GIB, "as unsharded: a rank's own sequences"),
+        *[
+            (f"largest --micro-batch on an {gpu}", float(n), "sequences whose loss activations fit beside the resident")
+            for gpu, n in fits.items()
+        ],
+    ]
+
+
 def _largest_batch(free: float, per_item: float) -> int:
     return max(0, int(free // per_item)) if per_item > 0 else 0
 
@@ -468,6 +511,19 @@ def print_vlm(vlm: VLMShapes, micro_batch: int, gen_batch: int, targets: str = "
                 values.append(f"{value:,.1f}" if value >= 0.1 or value == 0 else f"{value:.3f}")
         how_text = columns[1][1][row][2] if "vision tower" in label else how
         print(f"| {label} | {' | '.join(values)} | {how_text} |")
+    print()
+    shard_counts = (2, 4, 8)
+    sharded = [vlm_sharded_plan(vlm, n, targets=targets) for n in shard_counts]
+    print(
+        f"| {vlm.name}, --shard fsdp, language model ({roles}) | "
+        + " | ".join(f"{n} ranks" for n in shard_counts)
+        + " | how |"
+    )
+    print("|---|" + "---|" * len(shard_counts) + "---|")
+    for row in range(len(sharded[0])):
+        label, _, how = sharded[0][row]
+        values = [f"{rows[row][1]:.0f}" if label.startswith("largest") else f"{rows[row][1]:,.1f}" for rows in sharded]
+        print(f"| {label} | {' | '.join(values)} | {how} |")
 
 
 def main() -> None:

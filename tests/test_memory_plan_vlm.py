@@ -41,3 +41,30 @@ def test_docs_show_the_table_the_script_prints(capsys) -> None:
             assert cells[2:4] == printed[cells[1]], cells[1]
             shown += 1
     assert shown >= 10
+
+
+def test_sharding_splits_the_language_model_and_replicates_the_image_side() -> None:
+    vlm = memory_plan.LLAVA_NEXT_8B
+    plans = {n: dict((r[0], r[1]) for r in memory_plan.vlm_sharded_plan(vlm, n)) for n in (1, 2, 8)}
+    image_side = "vision tower + projector, bf16, replicated"
+    resident = "resident during a step per rank (no activations)"
+    # The tower + projector (~325M parameters) is whole on every rank, whatever the ranks.
+    assert all(p[image_side] == pytest.approx(0.605, abs=0.01) for p in plans.values())
+    assert plans[1][resident] > plans[2][resident] > plans[8][resident]
+    # One rank holds what the unsharded plan holds minus the composed copies FSDP does without (W' is the live
+    # weight): never more than the unsharded resident.
+    _, unsharded = memory_plan.vlm_plan(vlm, vision=False, micro_batch=1, gen_batch=1)
+    assert plans[1][resident] < dict((r[0], r[1]) for r in unsharded)["resident during a step (no activations)"]
+
+
+def test_docs_show_the_sharded_table_the_script_prints(capsys) -> None:
+    memory_plan.print_vlm(memory_plan.LLAVA_NEXT_8B, micro_batch=16, gen_batch=64)
+    out = capsys.readouterr().out
+    printed = out[out.index("| LLaVA-NeXT-8B, --shard fsdp") :].splitlines()
+    rows = {cells[1]: cells[2:5] for line in printed[2:] if len(cells := [c.strip() for c in line.split("|")]) > 5}
+    docs = (REPO / "docs" / "vlm.md").read_text()
+    section = docs[docs.index("| LLaVA-NeXT-8B, --shard fsdp") : docs.index("## The GPU script")]
+    shown = [[c.strip() for c in line.split("|")] for line in section.splitlines()[2:] if line.startswith("| ")]
+    assert len(shown) == len(rows) == 6
+    for cells in shown:
+        assert cells[2:5] == rows[cells[1]], cells[1]
