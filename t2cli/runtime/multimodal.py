@@ -84,11 +84,21 @@ def encode_chat(
 ) -> ImagePrompt:
     """Render chat ``messages`` (content parts; ``{"type": "image"}`` stands for the next of ``images``, in
     order) with the processor's chat template, and encode them (one prompt); ``suffix`` follows the template."""
+    return encode_rendered(processor, render_chat(processor, messages) + suffix, images)
+
+
+def render_chat(processor: ProcessorMixin, messages: list[dict[str, Any]]) -> str:
+    """The prompt text of chat ``messages`` (content parts) under the processor's chat template, generation prompt on."""
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
         raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
+    return text
+
+
+def encode_rendered(processor: ProcessorMixin, text: str, images: Sequence[Image]) -> ImagePrompt:
+    """A prompt already rendered by ``render_chat``, encoded with its images (placeholders expanded)."""
     # The template writes any BOS itself, as for text prompts (render_prompt): the tokenizer must not add another.
-    return _encode(processor, text + suffix, images, add_special_tokens=False)
+    return _encode(processor, text, images, add_special_tokens=False)
 
 
 def encode_plain_image_prompt(processor: ProcessorMixin, text: str, images: Sequence[Image]) -> ImagePrompt:

@@ -70,7 +70,7 @@ from t2cli.models.identity import config_depths, read_config
 from t2cli.models.resolve import resolve_model
 from t2cli.models.targets import NAMED_LANGUAGE_GROUPS, PART_NAMES, TargetMatrix, select_targets
 from t2cli.runtime.generation import Generations
-from t2cli.runtime.multimodal import ImagePrompt, encode_chat, image_messages
+from t2cli.runtime.multimodal import ImagePrompt, encode_rendered, image_messages, render_chat
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -148,13 +148,10 @@ def vision_prompts(processor: ProcessorMixin, items: Sequence[TaskItem], system:
     prompts = []
     for item in items:
         images = tuple(image.open() for image in item.images)
-        messages = image_messages(item.prompt, len(images), system)
-        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if not isinstance(text, str):  # tokenize=False returns the text (transformers annotates every mode at once)
-            raise TypeError(f"the chat template gave {type(text).__name__}, not the prompt text")
+        text = render_chat(processor, image_messages(item.prompt, len(images), system))
         # Without special tokens, as the processor encodes it (the template writes any BOS itself).
         ids = list(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        prompts.append(VisionPrompt(ids, images, encode_chat(processor, messages, list(images))))
+        prompts.append(VisionPrompt(ids, images, encode_rendered(processor, text, images)))
     return prompts
 
 
