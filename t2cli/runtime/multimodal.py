@@ -113,7 +113,7 @@ def encode_plain_image_prompt(processor: ProcessorMixin, text: str, images: Sequ
     marker = getattr(processor, "image_token", None)
     if images and not isinstance(marker, str):
         raise TypeError(f"{type(processor).__name__} names no image token to place the images with")
-    start, end = _vision_markers(processor)
+    start, end = _vision_markers(processor) if images else ("", "")
     return _encode(processor, f"{start}{marker or ''}{end}" * len(images) + text, images, add_special_tokens=True)
 
 
@@ -123,8 +123,12 @@ QWEN_VISION_MARKERS = ("<|vision_start|>", "<|vision_end|>")
 def _vision_markers(processor: ProcessorMixin) -> tuple[str, str]:
     """The text around each image in a prompt: Qwen2-VL's markers where its tokenizer has them, else none."""
     tokenizer = getattr(processor, "tokenizer", None)
-    vocabulary = tokenizer.get_vocab() if tokenizer is not None else {}
-    return QWEN_VISION_MARKERS if all(m in vocabulary for m in QWEN_VISION_MARKERS) else ("", "")
+    if tokenizer is None:
+        return ("", "")
+    # Token lookups, not get_vocab(): that builds the whole vocabulary (150k entries for Qwen) on every prompt.
+    ids = tokenizer.convert_tokens_to_ids(list(QWEN_VISION_MARKERS))
+    known = all(i is not None and i != tokenizer.unk_token_id for i in ids)
+    return QWEN_VISION_MARKERS if known else ("", "")
 
 
 def _encode(processor: ProcessorMixin, text: str, images: Sequence[Image], *, add_special_tokens: bool) -> ImagePrompt:
