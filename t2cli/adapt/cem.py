@@ -27,6 +27,7 @@ import torch
 from registry.queries import experts as expert_rows
 from t2cli.adapt.start import StartingMean, check_init, router_start, start_tensor, uniform_start
 from t2cli.errors import T2Error, UsageError
+from t2cli.eval.accuracy import item_prompts
 from t2cli.experts.mixing import (
     MixingError,
     check_compatible,
@@ -41,6 +42,7 @@ from t2cli.models.hashing import HashCache
 from t2cli.models.identity import model_identity
 from t2cli.models.resolve import resolve_model
 from t2cli.runtime.generation import completion_logprobs, generate, prepare_tokenizer
+from t2cli.runtime.multimodal import ImagePrompt
 from t2cli.svf.expert import base_model_argument, check_base_model, load_expert, register_expert
 from t2cli.tasks import get_task, task_names
 from t2cli.tasks.custom import load_task_file
@@ -236,8 +238,8 @@ def fewshot_fitness(
     images (a vision-language model) are generated and scored with their pictures.
     """
     tokenizer = prepare_tokenizer(adaptable.tokenizer)
-    shown = task.image_prompts(adaptable.processor(), items) if any(item.images for item in items) else None
-    prompts = shown if shown is not None else task.prompts(tokenizer, items)
+    prompts = item_prompts(adaptable, task, items)  # texts, or the processor's prompts with their pictures
+    shown = [p for p in prompts if isinstance(p, ImagePrompt)] or None  # item_prompts gives all of one kind
     golds = gold_texts(task, items)
     with adaptable.svf.adapted(z):
         gens = generate(
