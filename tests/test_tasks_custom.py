@@ -109,6 +109,11 @@ def _error(path: Path) -> TaskError:
             "line 3: answer '(\\\\d+' is not a valid regular expression",
         ),
         ('{"prompt": "x", "answer": "", "kind": "python_tests"}', "line 3: python_tests needs 'tests'"),
+        ('{"prompt": "x", "answer": "Bo", "kind": "named"}', "line 3: a named item needs 'choices'"),
+        (
+            '{"prompt": "x", "answer": "Cy", "kind": "named", "choices": ["Ann", "Bo"]}',
+            "line 3: answer 'Cy' is not one of its choices",
+        ),
         ('{"prompt": "x", "answer": "1", "kind": "number", "split": "dev"}', "line 3: unknown split 'dev'"),
         (
             '{"prompt": "x", "answer": "1", "kind": "number", "id": "line1"}',

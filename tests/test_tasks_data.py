@@ -28,6 +28,11 @@ SIZES = {
     "string-ops": (719, 100, 400),
     "logic": (618, 100, 400),
     "shapes": (1000, 100, 400),
+    "python-types": (2000, 100, 300),
+    "python-types-expr": (0, 20, 300),
+    "possession": (2000, 100, 300),
+    "possession-long": (0, 20, 300),
+    "addition-3digit": (0, 20, 300),
 }
 TEXT_TASKS = [
     "gsm8k",

@@ -21,7 +21,8 @@ from t2cli.tasks.lookup import (
 from t2cli.tasks.types import Score, Task, TaskError, TaskItem
 
 # Importing these modules registers the built-in tasks.
-from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks, vision_tasks, vqa_tasks  # noqa: F401  isort: skip
+from t2cli.tasks import choice_tasks, code_tasks, dispatch_task, math_tasks  # noqa: F401  isort: skip
+from t2cli.tasks import python_tasks, story_tasks, vision_tasks, vqa_tasks  # noqa: F401  isort: skip
 
 __all__ = [
     "Score",

@@ -8,7 +8,7 @@ One JSON object per line:
 
 Required: ``prompt``, ``answer``, ``kind`` (a scorer: number, choice, exact,
 regex, math, python_tests). Optional: ``id``, ``split`` (train/valid/test: all
-lines or none), ``choices`` (choice), ``tests`` and ``setup`` (python_tests),
+lines or none), ``choices`` (choice; named: the candidate answers, required), ``tests`` and ``setup`` (python_tests),
 ``max_new_tokens`` (this item's generation budget), ``image`` (a path relative to the
 file, or a list of them: shown with the prompt, checked when the file loads, see
 ``t2cli.tasks.images``). Other fields are ignored.
@@ -33,7 +33,9 @@ _REQUIRED = ("prompt", "answer", "kind")
 MAX_BUDGET = 32_768
 # Tokens generated per answer unless the file says otherwise: room for a short working and the
 # answer, not the 512 of a chain-of-thought benchmark (a wrong rollout runs to the budget).
-DEFAULT_BUDGETS = {"number": 128, "choice": 128, "exact": 64, "regex": 64, "math": 512, "python_tests": 512}
+DEFAULT_BUDGETS = {
+    "number": 128, "choice": 128, "exact": 64, "named": 64, "regex": 64, "math": 512, "python_tests": 512,
+}  # fmt: skip
 FALLBACK_BUDGET = 256  # a kind registered later without a default
 
 
@@ -160,6 +162,8 @@ def _item_fields(path: Path, line_no: int, obj: object) -> dict:
     if kind == "choice":
         meta.update(_choice_fields(where, obj, answer))
         answer = answer.strip().upper()
+    if kind == "named":
+        meta.update(_named_fields(where, obj, answer))
     if kind == "python_tests":
         tests, setup = obj.get("tests"), obj.get("setup", "")
         if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
@@ -200,6 +204,15 @@ def _choice_fields(where: str, obj: dict, answer: str) -> dict:
         raise TaskError(f"{where}: 'choices' must be a non-empty list of strings")
     if ord(letter) - ord("A") >= len(choices):
         raise TaskError(f"{where}: answer {letter} is beyond the {len(choices)} choices")
+    return {"choices": choices}
+
+
+def _named_fields(where: str, obj: dict, answer: str) -> dict:
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise TaskError(f"{where}: a named item needs 'choices', a non-empty list of the candidate answers")
+    if answer.casefold() not in {c.casefold() for c in choices}:
+        raise TaskError(f"{where}: answer {answer!r} is not one of its choices")
     return {"choices": choices}
 
 

