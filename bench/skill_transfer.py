@@ -1,7 +1,7 @@
 """Does an expert's lift reach arithmetic it was not trained on? Each expert against the base weights, paired.
 
     T2_HOME=... python bench/skill_transfer.py                      # every category expert of the embedded model
-    T2_HOME=... python bench/skill_transfer.py --experts bank-addition,bank-coding --n 100 --json out.json
+    T2_HOME=... python bench/skill_transfer.py --experts bank-addition,bank-types --n 100 --json out.json
 
 Why: the Transformer-Squared table (bench/t2_table.py, docs/router.md) asks the router to beat every single
 expert on tasks no expert was trained on. That needs experts whose lift on such tasks is specific to their

@@ -1,16 +1,18 @@
 """The Transformer-Squared table: base weights, each category expert and every pass-1 strategy on held-out tasks.
 
-    T2_HOME=... python bench/t2_table.py [--per-task 100] [--tasks arc-challenge,arithmetic,string-ops]
+    T2_HOME=... python bench/t2_table.py [--per-task 100] [--tasks addition-3digit,python-types-expr,possession-long]
         [--max-new-tokens 64] [--batch-size 16] [--pass1 score] [--router NAME] [--cem-task T]
         [--model M] [--device cpu] [--threads N] [--dispatch-limit N] [--markdown] [--json PATH]
 
 Needs a registry with category experts (the latest expert of each category: math, reasoning,
 code, found as `t2 ask` finds them) and a learned router (`t2 router train`) for the model.
 
-Items: the first `--per-task` test items of each of `--tasks`, tasks no expert was trained on
-(by default ARC-Challenge, reasoning; arithmetic, math, whose expert is trained on addition;
-string-ops, code, whose expert is trained on coding). Each item keeps its task's category
-as its family. Every row answers the same items greedily, the way `t2 eval --task T
+Items: the first `--per-task` test items of each of `--tasks`, tasks no expert was trained on.
+By default the held-out variants of the starter bank's tasks (docs/tasks.md): `addition-3digit`
+(math; its expert learned two-digit `addition`), `python-types-expr` (code; its expert learned the
+types of literals, `python-types`) and `possession-long` (reasoning; its expert learned stories of
+one to three hand-overs, `possession`). `--tasks arc-challenge,arithmetic,string-ops` asks benchmark
+sets of the same three categories instead. Each item keeps its task's category as its family. Every row answers the same items greedily, the way `t2 eval --task T
 --strategy S` does (`evaluate_strategy`, nothing recorded):
 
 - `base`: the base weights (`--strategy none`);
@@ -80,7 +82,7 @@ from bench.dispatch_accuracy import (  # noqa: E402
 )
 from bench.reporting import machine_line, write_json  # noqa: E402
 
-DEFAULT_TASKS = "arc-challenge,arithmetic,string-ops"
+DEFAULT_TASKS = "addition-3digit,python-types-expr,possession-long"
 BASE = "base"
 MIXTURE = "a mixture"  # router-soft's per-prompt mixtures, counted together in the routing column
 JSON_FORMAT = 1

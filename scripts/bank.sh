@@ -28,12 +28,13 @@ eval_once() {
 }
 
 # name | task | training flags | test items scored | answer budget of the evaluation
-# Reasoning is `logic`: on `arc-easy` the same recipe measured 25.0% -> 29.0% (n = 300, p = 0.37),
-# the 135M model stays at chance on ARC; see docs/router.md.
+# Code and reasoning are generated free-form tasks the 135M model half-knows (python-types, possession):
+# on the multiple-choice sets (coding, logic, arc-easy) the same recipe stayed within noise of chance,
+# and what it taught was the answer format, which every expert then shared; see docs/router.md.
 experts=(
   "bank-addition|addition|--steps 40|200|16"
-  "bank-coding|coding|--steps 32 --max-new-tokens 48 --eval-every 8|300|64"
-  "bank-logic|logic|--steps 32 --max-new-tokens 48 --eval-every 8|400|64"
+  "bank-types|python-types|--steps 40 --eval-every 8|300|16"
+  "bank-possession|possession|--steps 40 --eval-every 8|300|16"
 )
 for entry in "${experts[@]}"; do
   IFS='|' read -r name task flags limit budget <<<"$entry"
@@ -46,8 +47,10 @@ for entry in "${experts[@]}"; do
   eval_once "$evals/$task-$name.json" --task "$task" --expert "$name" --limit "$limit" --max-new-tokens "$budget"
 done
 
+# The held-out variants of bench/t2_table.py stay out of the router's prompts (their few-shot items included).
+held_out=addition-3digit,python-types-expr,possession-long
 if ! t2 router show bank-router >/dev/null 2>&1; then
-  t2 router train --experts bank-addition,bank-coding,bank-logic --name bank-router
+  t2 router train --experts bank-addition,bank-types,bank-possession --name bank-router --exclude-tasks "$held_out"
 fi
 
-python -m t2cli.bank.build --evals "$evals" --experts bank-addition,bank-coding,bank-logic --command "bash scripts/bank.sh"
+python -m t2cli.bank.build --evals "$evals" --experts bank-addition,bank-types,bank-possession --command "bash scripts/bank.sh"

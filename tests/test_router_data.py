@@ -13,6 +13,8 @@ from t2cli.tasks.types import TaskError
 
 CODING = CategoryExpert("code", "bank-coding", "", "coding", "coding")
 LOGIC = CategoryExpert("reasoning", "bank-logic", "", "logic", "logic")
+# The reasoning tasks with training items: each gets a share of the class (possession-long has none).
+REASONING = sorted(t.name for t in list_tasks() if t.category == "reasoning" and t.split("train"))
 
 
 def _task_of(prompt: str, tasks: list[str], split: str) -> str:
@@ -37,8 +39,9 @@ def test_each_task_of_the_category_gets_an_equal_share_of_the_class() -> None:
     prompts = router_prompts([LOGIC], "train", per_class=120)
     reasoning = [p for p, label in zip(prompts.prompts, prompts.labels, strict=True) if label == "reasoning"]
     assert len(reasoning) == 120 and len(set(reasoning)) == 120
-    shares = Counter(_task_of(p, ["logic", "arc-easy", "arc-challenge"], "train") for p in reasoning)
-    assert set(shares) == {"logic", "arc-easy", "arc-challenge"}
+    assert {"logic", "arc-easy", "arc-challenge", "possession"} <= set(REASONING)
+    shares = Counter(_task_of(p, REASONING, "train") for p in reasoning)
+    assert set(shares) == set(REASONING)
     assert max(shares.values()) - min(shares.values()) <= 2, shares
     assert prompts.counts() == {"reasoning": 120, OTHER: 120}
     assert "arc-challenge" in prompts.sources["reasoning"]
@@ -46,17 +49,14 @@ def test_each_task_of_the_category_gets_an_equal_share_of_the_class() -> None:
 
 def test_the_expert_pool_and_exclusions_keep_other_tasks_out() -> None:
     own = router_prompts([LOGIC], "train", per_class=40, pool="expert")
-    assert {_task_of(p, ["logic", "arc-easy", "arc-challenge"], "train") for p in own.prompts[:40]} == {"logic"}
+    assert {_task_of(p, REASONING, "train") for p in own.prompts[:40]} == {"logic"}
     held_out = router_prompts([LOGIC], "train", per_class=40, exclude=["arc-challenge"])
-    assert {_task_of(p, ["logic", "arc-easy", "arc-challenge"], "train") for p in held_out.prompts[:40]} == {
-        "logic",
-        "arc-easy",
-    }
+    assert {_task_of(p, REASONING, "train") for p in held_out.prompts[:40]} == set(REASONING) - {"arc-challenge"}
 
 
 def test_no_test_item_of_any_pooled_task_reaches_the_router() -> None:
     """Validation prompts come from valid splits only, training prompts from train splits only."""
-    pooled = ["logic", "arc-easy", "arc-challenge"]
+    pooled = sorted(t.name for t in list_tasks() if t.category == "reasoning")
     for split, other_splits in (("train", ("valid", "test")), ("valid", ("train", "test"))):
         drawn = set(router_prompts([LOGIC], split, per_class=60).prompts)
         for task in pooled:

@@ -63,7 +63,7 @@ def test_a_fresh_server_installs_the_bank_and_t2_auto_adapts_per_prompt(t2_home:
         assert any("installed the starter bank" in line and "bank-addition" in line for line in lines), lines
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         models = {m.id for m in client.models.list().data}
-        assert {"t2-auto", base_name, "bank-addition", "bank-coding", "bank-logic"} <= models
+        assert {"t2-auto", base_name, "bank-addition", "bank-types", "bank-possession"} <= models
 
         def ask(prompt: str) -> tuple[str, str, str]:
             raw = client.chat.completions.with_raw_response.create(

@@ -35,7 +35,7 @@ from t2cli.router.store import load_router
 from t2cli.svf.expert import WEIGHTS_FILE as EXPERT_WEIGHTS_FILE
 from t2cli.train.loop import TrainConfig
 
-DEFAULT_EXPERTS = ("bank-addition", "bank-coding", "bank-logic")
+DEFAULT_EXPERTS = ("bank-addition", "bank-types", "bank-possession")
 DEFAULT_ROUTER = "bank-router"
 
 
