@@ -380,7 +380,8 @@ def interval(acc: Accuracy) -> str:
 
 
 def p_text(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    """The exact p, three decimals, or two significant digits below 0.001 (how far below matters at n = 300)."""
+    return f"{p:.1e}" if p < 0.001 else f"{p:.3f}"
 
 
 def pair_text(pair: Paired | None) -> tuple[str, str]:

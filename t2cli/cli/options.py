@@ -119,8 +119,8 @@ TaskOpt = Annotated[
     typer.Option(
         "--task",
         "-t",
-        help="A task name (gsm8k|math, math500, arithmetic, addition, arc-easy|reasoning, arc-challenge, "
-        "mbpp|code, humaneval), dispatch (built from the registered experts) or a .jsonl file. See `t2 tasks`.",
+        help="A task name (`t2 tasks` lists them all: gsm8k|math, arc-easy|reasoning, mbpp|code, addition, "
+        "python-types, possession, ...), dispatch (built from the registered experts) or a .jsonl file.",
         show_default=False,
         autocompletion=complete_tasks,
     ),
