@@ -80,6 +80,36 @@ PINNED = {
     },
 }
 
+# Generated tasks (t2cli.tasks.generated): their ids are draw numbers, so the pin covers each item's
+# question and gold too (a changed generator would keep the ids and change the items).
+PINNED_GENERATED = {
+    "addition-3digit": {
+        "train": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "valid": "d5c8f1325f96cf4d328e978db33489d57c76b188a5e26dff658861853135d175",
+        "test": "40e9d252fc27ad78b04ce97e9d2aefa022385b31fedbd4a7261b6c98bd6e5d3a",
+    },
+    "possession": {
+        "train": "b0eb723a64fe315ce51dda608f1b08aca0c6c795e861a8e7f323dd20dc13b878",
+        "valid": "8c040cd5eef403932b036e188dc6d9a578107fd06303db79f4ad60ecc1e2611b",
+        "test": "d17ce5a7eb174839cfd8d124de4a7b9c2991297c4f03264cbcda62dd79c68b64",
+    },
+    "possession-long": {
+        "train": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "valid": "de8a75999aa033bd997ac2914a81d1779cd2b24d14e2475753bd816834389519",
+        "test": "78f996f65bb45bc56c4c8083f08961f4eb322ffe5d30f9ccc5c070c665690bb1",
+    },
+    "python-types": {
+        "train": "dbcf2c36143091689bdc3a5198ad922ed7a3a4baf1cd5ac79b4facbedabbf57b",
+        "valid": "5c5aea0586eedf14a2199c71bc79eaadd7ebb1852f6fb80046717eab517278b5",
+        "test": "fa643db2a06713cdbd183696e8584cf02d4b30cc2c90d616f097cecc036a116b",
+    },
+    "python-types-expr": {
+        "train": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "valid": "d868e84ac0a40e72d16c642376bcc62fc2c08d369a987ea412dfd6d8114d9cfe",
+        "test": "dd90022ba8d3f30f9f8908b75a7cb31c4e289ded42160bcd6a626e550851153d",
+    },
+}
+
 # A custom task file without "split" fields: 20 items cut 60/20/20 by the same seeded split.
 PINNED_CUSTOM = {
     "train": "3be023f17d13624fbaaf8d4975f9263d0cb0529cfed188b41501049224075093",
@@ -99,7 +129,7 @@ def split_hashes(task) -> dict[str, str]:
 def test_every_built_in_task_has_pinned_splits() -> None:
     """A new built-in task must pin its splits here too (registry-built tasks such as dispatch excepted)."""
     names = {task.name for task in list_tasks() if not needs_registry(task.name)}
-    assert names == set(PINNED)
+    assert names == set(PINNED) | set(PINNED_GENERATED)
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
@@ -112,6 +142,18 @@ def test_split_membership_is_pinned(name: str) -> None:
             pytest.skip(str(exc))
         raise
     assert split_hashes(task) == PINNED[name], f"{name}: the split membership changed"
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_GENERATED))
+def test_generated_task_items_are_pinned(name: str) -> None:
+    task = get_task(name)
+    hashes = {
+        split: hashlib.sha256(
+            "\n".join(sorted(f"{i.id}\t{i.prompt}\t{i.answer}" for i in task.split(split))).encode()
+        ).hexdigest()
+        for split in ("train", "valid", "test")
+    }
+    assert hashes == PINNED_GENERATED[name], f"{name}: the generated items changed"
 
 
 def test_custom_task_split_membership_is_pinned(tmp_path: Path) -> None:
