@@ -215,3 +215,69 @@ def test_a_rebuild_keeps_the_lift_of_an_unchanged_expert_file_and_drops_a_change
         add_expert(registry, adaptable, "m", category="math", task=tasks["math"], seed=9)
         retrained = build_bank(["m", "c"], None, empty, "bash scripts/bank.sh", out, model="tiny")
         assert next(e.lift for e in retrained.experts if e.name == "m") is None
+
+
+# --------------------------------------------------------------------------- a newer bank after an upgrade of t2
+
+
+def _newer_bank(tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuild the shipped bank folder as a newer t2 would ship it: m and c as before, a new reasoning
+    expert r, and router r1 retrained over the three. Built in its own home; T2_HOME is put back."""
+    home = tmp_path / "fresh-home"
+    monkeypatch.setenv("T2_HOME", str(tmp_path / "builder-v2"))
+    (tmp_path / "v2").mkdir()
+    with math_and_code_experts(tiny_llama, tmp_path / "v2") as (registry, adaptable, _, tasks):
+        add_expert(registry, adaptable, "r", category="reasoning", task=tasks["math"], seed=3)
+        experts = select_experts(registry, adaptable.base_model_id, None)
+        router = train_router(registry, adaptable, name="r1", experts=experts, per_class=SMALL).router
+        register_router(registry, router, base_model_id=adaptable.base_model_id)
+        evals = tmp_path / "evals-v2"
+        evals.mkdir()
+        build_bank(["m", "c", "r"], "r1", evals, "bash scripts/bank.sh", tmp_path / "banks" / "tiny", model="tiny")
+    monkeypatch.setenv("T2_HOME", str(home))
+
+
+@pytest.mark.parametrize("marker", ["current", "written by an older t2"])
+def test_a_newer_shipped_bank_installs_on_the_next_ask_and_replaces_the_old_banks_router(
+    built_bank, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
+) -> None:
+    settings = AskSettings(max_new_tokens=2)
+    with open_registry() as registry:
+        assert Asker(registry, settings, model=str(tiny_llama)).installed is not None
+        old = router_rows.get(registry, "r1")
+        assert old is not None
+    marker_path = tmp_path / "fresh-home" / MARKER_FILE
+    if marker == "written by an older t2":  # no manifest or router sha256, only the build date
+        written = json.loads(marker_path.read_text())
+        del written["manifest_sha256"], written["router_sha256"]
+        marker_path.write_text(json.dumps(written | {"built": "2000-01-01"}))
+    _newer_bank(tiny_llama, tmp_path, monkeypatch)
+    with open_registry() as registry:
+        upgrade = Asker(registry, settings, model=str(tiny_llama)).installed
+        assert upgrade is not None and upgrade.upgraded
+        assert upgrade.experts == ["r"] and upgrade.router == "r1"
+        assert "upgraded to the new starter bank of" in upgrade.summary("tiny")
+        new = router_rows.get(registry, "r1")
+        assert new is not None and new.blob_sha256 != old.blob_sha256
+        assert router_staleness(registry, upgrade) is None
+        answer = Asker(registry, settings, model=str(tiny_llama)).ask("What is 1 plus 2?")
+        assert answer.reason.startswith("router r1 (")
+        assert Asker(registry, settings, model=str(tiny_llama)).installed is None  # once per bank
+
+
+def test_an_upgrade_never_replaces_a_router_the_user_trained_under_the_banks_name(
+    built_bank, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = AskSettings(max_new_tokens=2)
+    with open_registry() as registry:
+        asker = Asker(registry, settings, model=str(tiny_llama))
+        experts = select_experts(registry, asker.prepared.base_model_id, None)
+        mine = train_router(registry, asker.load(), name="r1", experts=experts, per_class={"train": 12, "valid": 4})
+        register_router(registry, mine.router, base_model_id=asker.prepared.base_model_id, replace=True)
+        users = router_rows.get(registry, "r1")
+    _newer_bank(tiny_llama, tmp_path, monkeypatch)
+    with open_registry() as registry:
+        upgrade = Asker(registry, settings, model=str(tiny_llama)).installed
+        assert upgrade is not None and not upgrade.upgraded and upgrade.experts == ["r"]
+        assert "r1: the name is taken by another router" in upgrade.kept
+        assert router_rows.get(registry, "r1").blob_sha256 == users.blob_sha256

@@ -151,6 +151,8 @@ def ask_cmd(
         if model is None and info.name == "expert" and arg is not None:
             model = expert_model(registry, arg)
         asker = Asker(registry, settings, model=model, device=device, expect_images=any(q.images for q in questions))
+        if asker.installed is not None and asker.installed.changed:
+            err.print(asker.installed.summary(asker.prepared.model_name), markup=False)
         for number, question in enumerate(questions, 1):  # every prompt is checked before the model is loaded
             asker.check_prompt(question.prompt, f"prompt {number}" if batch else "the prompt", question.images)
         if show_dispatch:

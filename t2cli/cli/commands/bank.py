@@ -70,7 +70,9 @@ def _bank_json(bank: Any) -> dict[str, Any]:
 def install_cmd(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
     """Register the model's shipped bank (experts + router) in the registry; what is already there is kept.
 
-    `t2 ask` does this by itself on first use; run it to bring back a removed bank expert.
+    `t2 ask` does this by itself on first use (and after an upgrade of t2 that ships a newer bank); run
+    it to bring back a removed bank expert. The router an older bank installed is replaced by the new
+    bank's; a router you trained under that name is kept.
 
     Examples:
 
@@ -79,7 +81,7 @@ def install_cmd(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
       t2 bank install --json
     """
     from t2cli.ask.engine import prepare_model  # noqa: PLC0415 - CLI start-up: pulls torch and transformers (~4 s)
-    from t2cli.bank.install import install_bank, router_staleness  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
+    from t2cli.bank.install import install_bank, read_marker, router_staleness  # noqa: PLC0415 - CLI start-up: pulls torch (~2 s)
     from t2cli.bank.manifest import bank_for  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help`
     from t2cli.errors import T2Error  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help`
     from t2cli.home import open_registry  # noqa: PLC0415 - CLI start-up: not loaded by `t2 --help` (~2 ms)
@@ -92,15 +94,18 @@ def install_cmd(model: ModelOpt = None, as_json: JsonOpt = False) -> None:
                 f"no starter bank ships for {prepared.model_name}",
                 "`t2 bank list` shows the shipped banks; train experts and a router with `t2 train` and `t2 router train`",
             )
-        installed = install_bank(registry, bank, model=model)
+        installed = install_bank(registry, bank, model=model, previous=read_marker(registry.home))
         stale = router_staleness(registry, installed)
-    report = {"bank": bank.folder.name, "experts": installed.experts, "router": installed.router}
+    report: dict[str, Any] = {"bank": bank.folder.name, "experts": installed.experts, "router": installed.router}
+    report |= {"router_replaced": installed.upgraded}
     report |= {"kept": installed.kept, "router_stale": stale}
     if as_json:
         print_json(report)
         return
     added = [*installed.experts, *([installed.router] if installed.router else [])]
     out.print(f"installed: {', '.join(added) if added else 'nothing new'}", markup=False)
+    if installed.upgraded and bank.router is not None:
+        out.print(f"replaced: router {bank.router.name} of the older bank", markup=False)
     for line in installed.kept:
         out.print(f"kept: {line}", markup=False)
     if stale:

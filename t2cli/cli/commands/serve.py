@@ -158,8 +158,7 @@ def serve_cmd(
             # as `t2 ask` does: a fresh home gets the model's starter bank once, so t2-auto adapts from the start
             installed = first_use_install(registry, prepared.fingerprint, model=model)
             if installed is not None and installed.changed:
-                names = ", ".join([*installed.experts, *([installed.router] if installed.router else [])])
-                err.print(f"installed the starter bank of {prepared.model_name}: {names}", markup=False)
+                err.print(installed.summary(prepared.model_name), markup=False)
                 prepared = prepare_model(registry, model, None)  # the base model is registered now
         err.print(f"loading {prepared.model_name}...", markup=False)
         adaptable = load_adaptable(
