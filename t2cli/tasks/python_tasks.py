@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from t2cli.tasks.generated import GeneratedTask, Question
+from t2cli.tasks.generated import HELD_OUT_SIZES, GeneratedTask, Question
 from t2cli.tasks.lookup import register_task
 
 TYPE_NAMES = ("int", "float", "str", "list", "dict", "tuple", "bool", "NoneType", "set")
@@ -82,7 +82,7 @@ class PythonTypesOfExpressions(GeneratedTask):
     """``In Python, what is the type of `7 // 2`?``: the gold is ``type(eval(code)).__name__``."""
 
     source = "generated: 30 expression forms over random operands (evaluated for the gold)"
-    sizes = {"valid": 20, "test": 300}  # valid: the few shots of `t2 adapt` (CEM)
+    sizes = HELD_OUT_SIZES
 
     def question(self, rng: random.Random) -> Question:
         # The type first, then a form of that type: each type as likely as the others (mostly `int` otherwise).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from t2cli.tasks.generated import GeneratedTask, Question
+from t2cli.tasks.generated import HELD_OUT_SIZES, GeneratedTask, Question
 from t2cli.tasks.lookup import register_task
 
 NAMES = (
@@ -50,7 +50,7 @@ class Possession(GeneratedTask):
 )
 class PossessionLong(GeneratedTask):
     source = "generated: stories of four people and 4-6 hand-overs of one object"
-    sizes = {"valid": 20, "test": 300}  # valid: the few shots of `t2 adapt` (CEM)
+    sizes = HELD_OUT_SIZES
 
     def question(self, rng: random.Random) -> Question:
         return possession_question(rng, people=4, handovers=(4, 6))
