@@ -1,8 +1,8 @@
 """Generated code tasks: the Python type of a literal (trained) and of an expression (held out).
 
 The 135M embedded model cannot write MBPP programs and stays at chance on the multiple-choice
-code sets, but it half-knows Python's types: asked free-form it names the right type for about a
-quarter of literals. ``python-types`` is what the starter bank's code expert learns;
+code sets, but it half-knows Python's types: asked free-form it names the right type for 28% of
+literals (test split, n = 300). ``python-types`` is what the starter bank's code expert learns;
 ``python-types-expr`` asks the same question of expressions (``7 // 2``, ``'owl'.split()``),
 which no expert is trained on (bench/t2_table.py).
 """
