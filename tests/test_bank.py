@@ -281,3 +281,12 @@ def test_an_upgrade_never_replaces_a_router_the_user_trained_under_the_banks_nam
         assert upgrade is not None and not upgrade.upgraded and upgrade.experts == ["r"]
         assert "r1: the name is taken by another router" in upgrade.kept
         assert router_rows.get(registry, "r1").blob_sha256 == users.blob_sha256
+
+
+def test_t2_ask_says_on_stderr_what_it_installed(built_bank, tiny_llama: Path) -> None:
+    args = ["ask", "What is 1 plus 2?", "--model", str(tiny_llama), "--max-new-tokens", "2"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "installed the starter bank of" in first.stderr and "m, c, r1" in first.stderr
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "starter bank" not in again.stderr  # once per home
