@@ -18,6 +18,7 @@ them waiting in a collective.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -236,6 +237,9 @@ def init_distributed(device: str = "auto") -> Iterator[Dist]:
         finished = True
     finally:
         if owned and td.is_initialized():
+            # Free what still holds gloo work (FSDP's handles) while the group and the interpreter are alive:
+            # tensors of gloo work freed during interpreter finalization abort the process (SIGABRT).
+            gc.collect()
             if finished:
                 # Leave together: a rank tearing gloo down while its peer still uses the connection
                 # aborted the peer ("terminate called without an active exception", SIGABRT).
