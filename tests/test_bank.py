@@ -14,7 +14,7 @@ from registry.queries import routers as router_rows
 from t2cli.ask.engine import Asker, AskSettings
 from t2cli.bank import manifest
 from t2cli.bank.build import build_bank, lift_of
-from t2cli.bank.install import MARKER_FILE, install_bank, router_staleness
+from t2cli.bank.install import MARKER_FILE, install_bank, read_marker, router_staleness
 from t2cli.bank.manifest import MANIFEST_FILE, BankError, read_bank
 from t2cli.cli.app import app
 from t2cli.errors import T2Error
@@ -275,6 +275,9 @@ def test_an_upgrade_never_replaces_a_router_the_user_trained_under_the_banks_nam
         mine = train_router(registry, asker.load(), name="r1", experts=experts, per_class={"train": 12, "valid": 4})
         register_router(registry, mine.router, base_model_id=asker.prepared.base_model_id, replace=True)
         users = router_rows.get(registry, "r1")
+        # `t2 bank install` again: the experts are already installed, the router's name is the user's now
+        again = install_bank(registry, read_bank(manifest.shipped_banks()[0]), previous=read_marker(registry.home))
+        assert "r1: the name is taken by another router" in again.kept
     _newer_bank(tiny_llama, tmp_path, monkeypatch)
     with open_registry() as registry:
         upgrade = Asker(registry, settings, model=str(tiny_llama)).installed

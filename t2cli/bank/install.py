@@ -50,6 +50,7 @@ class Installed:
     kept: list[str] = field(default_factory=list)  # "NAME: why" for each piece not installed
     stale: str | None = None  # the router does not match the registered experts (a name was taken)
     upgraded: bool = False  # this install replaced the router of an older bank
+    router_sha256: str | None = None  # the bank's router as registered here (installed or found in place)
 
     def summary(self, model_name: str) -> str:
         """One line for stderr: what this install registered."""
@@ -80,15 +81,9 @@ def install_bank(
         import_expert(registry, folder, model=model, source="bank", location=f"t2 starter bank {bank.folder.name}")
         result.experts.append(expert.name)
     if bank.router is not None:
-        result.router, why = _install_router(registry, bank, previous)
-        result.upgraded = result.router is not None and why == UPGRADED
-        if why and why != UPGRADED:
-            result.kept.append(f"{bank.router.name}: {why}")
-    _write_marker(registry, bank, result)
+        _install_router(registry, bank, previous, result)
+    _write_marker(registry.home, bank, result)
     return result
-
-
-UPGRADED = "replaced the older bank's router"
 
 
 def _installed_by(previous: dict[str, Any] | None, record: RouterRecord) -> bool:
@@ -105,15 +100,14 @@ def _installed_by(previous: dict[str, Any] | None, record: RouterRecord) -> bool
     return bool(routed) and routed <= set(previous.get("experts", []))
 
 
-def _install_router(
-    registry: Registry, bank: Bank, previous: dict[str, Any] | None = None
-) -> tuple[str | None, str | None]:
-    """(name registered or None, why not; ``UPGRADED`` when it replaced the older bank's router)."""
+def _install_router(registry: Registry, bank: Bank, previous: dict[str, Any] | None, result: Installed) -> None:
+    """Register the bank's router into ``result`` (router, upgraded, router_sha256), or say in ``kept`` why not."""
     assert bank.router is not None
     name = bank.router.name
     base = base_models.by_fingerprint(registry, bank.fingerprint)
     if base is None:  # no expert could be imported, so the base model was never registered
-        return None, "none of its experts is installed"
+        result.kept.append(f"{name}: none of its experts is installed")
+        return
     folder = bank.folder / bank.router.folder
     router = read_router(
         folder / WEIGHTS_FILE, (folder / CONFIG_FILE).read_text(encoding="utf-8"), where=f"bank router {name!r}"
@@ -122,15 +116,17 @@ def _install_router(
     local = replace(router.config.base_model, name=base.name, source=base.source, location=base.location)
     router.config = replace(router.config, base_model=local)
     record = router_rows.get(registry, name)
-    replacing = False
-    if record is not None:
-        if record.base_model_id == base.id and _same_router(registry, record, router):
-            return None, "already installed"
-        if record.base_model_id != base.id or not _installed_by(previous, record):
-            return None, "the name is taken by another router"
-        replacing = True
-    register_router(registry, router, base_model_id=base.id, replace=replacing)
-    return name, UPGRADED if replacing else None
+    if record is not None and record.base_model_id == base.id and _same_router(registry, record, router):
+        result.kept.append(f"{name}: already installed")
+        result.router_sha256 = record.blob_sha256
+        return
+    if record is not None and (record.base_model_id != base.id or not _installed_by(previous, record)):
+        result.kept.append(f"{name}: the name is taken by another router")
+        return
+    register_router(registry, router, base_model_id=base.id, replace=record is not None)
+    registered = router_rows.get(registry, name)
+    assert registered is not None
+    result.router, result.upgraded, result.router_sha256 = name, record is not None, registered.blob_sha256
 
 
 def _same_router(registry: Registry, record: RouterRecord, router: Router) -> bool:
@@ -169,11 +165,9 @@ def read_marker(home: Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else {}
 
 
-def _write_marker(registry: Registry, bank: Bank, result: Installed) -> None:
+def _write_marker(home: Path, bank: Bank, result: Installed) -> None:
     """Record the install (written to a temp file, then renamed)."""
-    home = registry.home
-    record = router_rows.get(registry, bank.router.name) if bank.router is not None else None
-    marker = {
+    marker: dict[str, Any] = {
         "bank": bank.folder.name,
         "manifest_sha256": manifest_sha256(bank),
         "built": bank.built,
@@ -182,10 +176,10 @@ def _write_marker(registry: Registry, bank: Bank, result: Installed) -> None:
         "router": result.router,
         "kept": result.kept,
     }
-    if record is not None and (result.router or "already installed" in " ".join(result.kept)):
+    if result.router_sha256 is not None and bank.router is not None:
         # the router the bank put in place (or found in place): what a later upgrade may replace
-        marker["router"] = record.name
-        marker["router_sha256"] = record.blob_sha256
+        marker["router"] = bank.router.name
+        marker["router_sha256"] = result.router_sha256
     home.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".bank-", dir=home)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
