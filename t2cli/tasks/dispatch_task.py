@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.queries import experts as expert_rows
 from t2cli.tasks.lookup import get_task, register_task_factory
-from t2cli.tasks.scorers import scorer
+from t2cli.tasks.scorers import first_mentioned, scorer
 from t2cli.tasks.types import SPLIT_SEED, SPLITS, Score, Task, TaskError, TaskItem
 
 if TYPE_CHECKING:
@@ -90,12 +90,7 @@ def _category_pattern(category: str) -> re.Pattern[str]:
 
 def _earliest(text: str, categories: Sequence[str]) -> str | None:
     """The category mentioned first in ``text`` (the longer name when two start at the same place)."""
-    best: tuple[int, int, str] | None = None
-    for category in categories:
-        match = _category_pattern(category).search(text)
-        if match and (best is None or (match.start(), -len(category)) < best[:2]):
-            best = (match.start(), -len(category), category)
-    return best[2] if best else None
+    return first_mentioned(text, categories, _category_pattern)
 
 
 def boxed_category(answer: str, categories: Sequence[str]) -> str | None:

@@ -174,14 +174,27 @@ def score_exact(completion: str, answer: str, **meta) -> Score:
     return Score(False, _last_line(completion) or None, "not equal")
 
 
+def first_mentioned(text: str, candidates: Sequence[str], pattern: Callable[[str], re.Pattern[str]]) -> str | None:
+    """The candidate whose ``pattern`` matches earliest in ``text``, or None.
+
+    At one position the longer candidate wins, then the one listed first. Shared by ``named``
+    (whole words) and the dispatch task's ``category`` (``t2cli.tasks.dispatch_task``).
+    """
+    best: tuple[int, int, str] | None = None
+    for candidate in candidates:
+        match = pattern(candidate).search(text)
+        if match and (best is None or (match.start(), -len(candidate)) < best[:2]):
+            best = (match.start(), -len(candidate), candidate)
+    return best[2] if best else None
+
+
+def _whole_word(choice: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w]){re.escape(choice)}(?![\w])", re.IGNORECASE)
+
+
 def first_named(completion: str, choices: Sequence[str]) -> str | None:
     """The candidate in ``choices`` that ``completion`` names first (whole words, case ignored), or None."""
-    hits = []
-    for choice in choices:
-        found = re.search(rf"(?<![\w]){re.escape(choice)}(?![\w])", completion, re.IGNORECASE)
-        if found:
-            hits.append((found.start(), -len(choice), choice))  # at one position the longer name wins
-    return min(hits)[2] if hits else None
+    return first_mentioned(completion, choices, _whole_word)
 
 
 @scorer("named", reference=lambda answer, **meta: answer)
